@@ -1,0 +1,29 @@
+# bandpo developer commands. `make test` sets itself up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is pinned: 2.13.0 is a CPU wheel that installs in seconds; an unpinned torch pulls a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= theory,train,figures,notebooks,dev
+
+.PHONY: venv test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+bench: venv
+	$(PY) benchmarks/band_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,15 @@
+"""bandpo: BandPO's probability-aware clipping bounds, certified, and the losses and trainer around them."""
+
+from .band import band, log_band
+from .divergences import Divergence, get_divergence, list_divergences, register_divergence, unregister_divergence
+
+__all__ = [
+    "Divergence",
+    "band",
+    "get_divergence",
+    "list_divergences",
+    "log_band",
+    "register_divergence",
+    "unregister_divergence",
+]
+__version__ = "0.1.0"

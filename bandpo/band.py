@@ -1,0 +1,352 @@
+"""The Band operator: exact f-divergence clipping bounds for the sampled token.
+
+    band(old_logp, delta, divergence) = (lower, upper),
+    [lower, upper] = {r ∈ [0, 1/p] : g_f(p, r) <= delta},   p = exp(old_logp),
+    g_f(p, r) = p f(r) + (1 - p) f((1 - p r)/(1 - p))
+
+(DEVELOPERS.md; the paper's Band_{f,δ}(p), arXiv 2603.04918). g_f is convex in r with g_f(p, 1) = 0,
+so the band is an interval around 1: its two roots, saturated at 0 and 1/p.
+
+How it is computed (everything in float64, elementwise, with a fixed amount of work per element: no
+host-device synchronisation, no data-dependent Python loop, no ``.item()``):
+
+* closed forms in log space for ``tv``, ``chi2`` and ``hellinger``;
+* for divergences that never saturate (``kl``, ``neyman_chi2``) and a Python-number ``delta`` (fixed for a
+  run), a cubic interpolation table of the root in the logit of p, built once per (divergence, delta)
+  and cached, followed by Newton steps that take it to full float64 accuracy;
+* otherwise a bracketed Newton iteration with a fixed number of steps from the small-delta start.
+
+See :mod:`bandpo.solvers` for the parametrisation that keeps every root finite in log space.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from ._numerics import log1mexp
+from .divergences import Divergence, get_divergence
+from .solvers import (
+    autograd_derivative,
+    generic_phi,
+    newton_polish,
+    sides,
+    softplus,
+    solve_side_robust,
+    upper_from_s,
+)
+
+__all__ = ["band", "log_band"]
+
+Delta = Union[float, Tensor]
+
+# Newton steps after the table lookup (interpolation error <= ~1e-9 relative in s; two steps reach 1e-16).
+POLISH_ITERS = 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_delta(delta: Delta, old_logp: Tensor, validate: bool) -> Delta:
+    if isinstance(delta, bool) or not isinstance(delta, (numbers.Real, Tensor)):
+        raise ValueError(f"delta must be a positive finite real number or a floating tensor, got {delta!r}")
+    if isinstance(delta, Tensor):
+        if not delta.is_floating_point():
+            raise ValueError(f"delta must be a floating tensor, got dtype {delta.dtype}")
+        try:
+            shape = torch.broadcast_shapes(delta.shape, old_logp.shape)
+        except RuntimeError:
+            shape = None
+        if shape != old_logp.shape:
+            raise ValueError(
+                f"delta of shape {tuple(delta.shape)} must broadcast to old_logp's shape {tuple(old_logp.shape)}"
+            )
+        if validate and delta.numel() and not bool(torch.all(torch.isfinite(delta) & (delta > 0))):
+            raise ValueError("delta must be finite and > 0 everywhere; got a value <= 0, NaN or inf")
+        return delta
+    value = float(delta)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"delta must be finite and > 0, got {value!r}")
+    return value
+
+
+def _rounding_slack(dtype: torch.dtype) -> float:
+    """How far above 0 a log-probability may be from rounding alone (4 ulps at 1)."""
+    return 4 * torch.finfo(dtype).eps
+
+
+def _check_logp(old_logp: Tensor, validate: bool) -> None:
+    if not isinstance(old_logp, Tensor):
+        raise ValueError(f"old_logp must be a torch.Tensor, got {type(old_logp).__name__}")
+    if not old_logp.is_floating_point():
+        raise ValueError(
+            f"old_logp must be a floating tensor of log-probabilities, got dtype {old_logp.dtype} "
+            "(integer tensors are not log-probabilities)"
+        )
+    if not validate or old_logp.numel() == 0:
+        return
+    slack = _rounding_slack(old_logp.dtype)
+    bad = ~torch.isfinite(old_logp) | (old_logp > slack)
+    if bool(bad.any()):  # the one host-device synchronisation of a validated call
+        x = old_logp.detach()
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(torch.isinf(x).sum())
+        n_pos = int((x > slack).sum())
+        parts = []
+        if n_nan:
+            parts.append(f"{n_nan} NaN")
+        if n_inf:
+            parts.append(f"{n_inf} infinite")
+        if n_pos:
+            top = float(x[torch.isfinite(x)].max())
+            parts.append(f"{n_pos} above 0 (max {top:.3g}; rounding slack is {slack:.2g})")
+        raise ValueError(
+            "old_logp must hold finite log-probabilities <= 0 (p = exp(old_logp) in (0, 1]); found "
+            + ", ".join(parts)
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Interpolation tables for a fixed delta
+# ----------------------------------------------------------------------------------------------------------
+
+# The table is uniform in ζ = K·asinh(z/K), z = logit(p) ∈ [-Z, Z]: spacing H in ζ near p = 1/2, about
+# 37·H in z in the far tails, where the roots vary slowly. Z covers every p the solvers see (masses are
+# clamped at the smallest normal float64, |z| <= 708), so the table never extrapolates.
+TABLE_K = 20.0
+TABLE_Z = 710.0
+TABLE_H = 1.0 / 64
+_ZETA_MAX = TABLE_K * math.asinh(TABLE_Z / TABLE_K)
+_TABLE_CACHE: "OrderedDict[tuple, _Table]" = OrderedDict()
+_TABLE_CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class _Table:
+    """log s*(ζ) for the lower and the upper side on the uniform ζ grid, float64."""
+
+    y_lower: Tensor
+    y_upper: Tensor
+    log_lower_at_one: float  # the p = 1 limit of log r_lower (see _lower_at_one)
+
+    def to(self, device: torch.device) -> "_Table":
+        return _Table(self.y_lower.to(device), self.y_upper.to(device), self.log_lower_at_one)
+
+
+def _phi_fn(div: Divergence):
+    """The divergence's own log-space φ evaluator, or the generic one built from f and f'."""
+    return div.phi or generic_phi(div.f, div.df or autograd_derivative(div.f))
+
+
+def _build_table(div: Divergence, delta: float) -> _Table:
+    n = int(math.ceil(2 * _ZETA_MAX / TABLE_H)) + 1
+    zeta = -_ZETA_MAX + TABLE_H * torch.arange(n, dtype=torch.float64)
+    z = TABLE_K * torch.sinh(zeta / TABLE_K)
+    logp = -softplus(-z)
+    log1mp = -softplus(z)
+    d = torch.tensor(delta, dtype=torch.float64)
+    phi = _phi_fn(div)
+    ys = []
+    for log_a, log_b in sides(logp, log1mp):
+        s, _ = solve_side_robust(phi, log_a, log_b, d, bisect_iters=64, polish_steps=3)
+        ys.append(torch.log(s))
+    return _Table(*ys, float(_lower_at_one(div, d)))
+
+
+@torch.compiler.disable
+def _get_table(div: Divergence, delta: float, device: torch.device) -> _Table:
+    """The cached table for (divergence, delta, device); built once, outside any compiled graph."""
+    key = (id(div), div.name, delta, str(device))
+    table = _TABLE_CACHE.get(key)
+    if table is None:
+        cpu_key = (id(div), div.name, delta, "cpu")
+        cpu = _TABLE_CACHE.get(cpu_key) or _build_table(div, delta)
+        _TABLE_CACHE[cpu_key] = cpu
+        table = cpu.to(device)
+        _TABLE_CACHE[key] = table
+        while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+            _TABLE_CACHE.popitem(last=False)
+    else:
+        _TABLE_CACHE.move_to_end(key)
+    return table
+
+
+def _interp_weights(z: Tensor) -> "tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]":
+    """Node index and 4-point Lagrange weights at ζ(z), shared by both sides."""
+    zeta = TABLE_K * torch.asinh(torch.clamp(z, -TABLE_Z, TABLE_Z) / TABLE_K)
+    t = (zeta + _ZETA_MAX) / TABLE_H
+    n = int(math.ceil(2 * _ZETA_MAX / TABLE_H)) + 1
+    i = torch.clamp(torch.floor(t), 1, n - 3)
+    u = t - i
+    um1, up1, um2 = u - 1, u + 1, u - 2
+    weights = (-u * um1 * um2 / 6, up1 * um1 * um2 / 2, -up1 * u * um2 / 2, up1 * u * um1 / 6)
+    return i.long(), weights
+
+
+def _interp(y: Tensor, i: Tensor, weights) -> Tensor:
+    w0, w1, w2, w3 = weights
+    return w0 * y[i - 1] + w1 * y[i] + w2 * y[i + 1] + w3 * y[i + 2]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-divergence log-band routines
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.compiler.disable  # 64 unrolled bisection steps make inductor's graph explode; run it eagerly
+def generic_log_band(div: Divergence, logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, Tensor]":
+    """Any registered generator: saturation test, then the robust bisection + Newton solve per side."""
+    phi = _phi_fn(div)
+    (la_lo, lb_lo), (la_up, lb_up) = sides(logp, log1mp)
+    out = []
+    for log_a, log_b in ((la_lo, lb_lo), (la_up, lb_up)):
+        a, b = torch.exp(log_a), torch.exp(log_b)
+        # φ(∞) = a f(0) + b f(1/b); a f(0) is 0 where a underflows even if f(0) = inf.
+        f0 = torch.where(a > 0, a * div.f_at_0, torch.zeros_like(a)) if math.isinf(div.f_at_0) else a * div.f_at_0
+        b_c = torch.exp(torch.clamp(log_b, min=-690.0))  # b f(1/b) -> lim f(u)/u as b -> 0
+        phi_inf = f0 + b_c * div.f(1 / b_c)
+        saturated = phi_inf <= delta
+        s, _ = solve_side_robust(phi, log_a, log_b, delta, saturated)
+        out.append(s)
+    s_lo, s_up = out
+    log_upper = torch.where(torch.isinf(s_up), -logp, upper_from_s(s_up, logp, log1mp))
+    return torch.where(log1mp == -math.inf, _lower_at_one(div, delta), -s_lo), log_upper
+
+
+def _lower_at_one(div: Divergence, delta: Tensor) -> Tensor:
+    """log r_lower at p = 1: the limit p -> 1, the root of f(r) + (1 - r)·c = delta, c = lim f(u)/u.
+
+    (The perspective convention 0·f(x/0) = x·c for the vanished complement.) With c = inf no r < 1 is
+    allowed: the lower bound is 1.
+    """
+    c = div.slope_at_inf
+    if math.isinf(c):
+        return torch.zeros_like(delta)
+
+    def phi1(s, log_a, log_b, a, b):
+        w = torch.exp(-s)
+        x = -torch.expm1(-s)
+        df = div.df or autograd_derivative(div.f)
+        return div.f(w) + c * x, w * (c - df(w)), torch.zeros_like(s)
+
+    zero = torch.zeros_like(delta)
+    saturated = (div.f_at_0 + c) <= delta
+    s, _ = solve_side_robust(phi1, zero, zero, delta, saturated)
+    return -s
+
+
+def _table_log_band(div: Divergence, logp: Tensor, log1mp: Tensor, delta: float) -> "tuple[Tensor, Tensor]":
+    """Fixed-delta fast path for non-saturating divergences: table lookup, then Newton polish."""
+    table = _get_table(div, delta, logp.device)
+    (la_lo, lb_lo), (la_up, lb_up) = sides(logp, log1mp)
+    i, weights = _interp_weights(la_lo - lb_lo)  # logit(p), finite thanks to the clamp in `sides`
+    s_lo = torch.exp(_interp(table.y_lower, i, weights))
+    s_up = torch.exp(_interp(table.y_upper, i, weights))
+    phi = _phi_fn(div)
+    d = torch.tensor(delta, dtype=torch.float64, device=logp.device)
+    s_lo, _ = newton_polish(phi, la_lo, lb_lo, d, s_lo, POLISH_ITERS)
+    s_up, _ = newton_polish(phi, la_up, lb_up, d, s_up, POLISH_ITERS)
+    log_lower = torch.where(log1mp == -math.inf, table.log_lower_at_one, -s_lo)
+    return log_lower, upper_from_s(s_up, logp, log1mp)
+
+
+def _never_saturates(div: Divergence) -> bool:
+    """f(0) = +inf: neither bound can reach 0 or 1/p for 0 < p < 1 (φ(∞) = a f(0) + b f(1/b) = ∞)."""
+    return math.isinf(div.f_at_0) and div.f_at_0 > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _log_band_f64(old_logp: Tensor, delta: Delta, div: Divergence, method: str) -> "tuple[Tensor, Tensor]":
+    logp = torch.clamp(old_logp.detach().to(torch.float64), max=0.0)
+    log1mp = log1mexp(logp)
+    if method not in ("auto", "table", "solver"):
+        raise ValueError(f"method must be 'auto', 'table' or 'solver', got {method!r}")
+    tabulable = _never_saturates(div) and not div.closed_form
+    if method == "table" and not (tabulable and isinstance(delta, float)):
+        raise ValueError(
+            "method='table' needs delta as a Python number (the table is built per delta) and a divergence "
+            f"that never saturates and has no closed form; got delta={delta!r}, divergence={div.name!r}"
+        )
+    if method != "solver" and tabulable and isinstance(delta, float):
+        return _table_log_band(div, logp, log1mp, delta)
+    d = delta.detach().to(torch.float64) if isinstance(delta, Tensor) else torch.tensor(delta, dtype=torch.float64)
+    d = d.to(logp.device).expand_as(logp)
+    if div.log_band is not None:
+        return div.log_band(logp, log1mp, d)
+    return generic_log_band(div, logp, log1mp, d)
+
+
+def log_band(
+    old_logp: Tensor,
+    delta: Delta,
+    divergence: "str | Divergence" = "kl",
+    *,
+    validate: bool = True,
+    method: str = "auto",
+) -> "tuple[Tensor, Tensor]":
+    """Logs of the Band bounds, exact where the ratio itself under- or overflows.
+
+    Args:
+        old_logp: (...) floating tensor of sampled-token log-probabilities under the old policy, <= 0.
+        delta: trust-region radius δ > 0: a Python number (fixed for a run: enables the cached fast path) or a
+            floating tensor broadcastable to ``old_logp``.
+        divergence: a registered name (``bandpo.list_divergences()``) or a :class:`Divergence`.
+        validate: check the values of ``old_logp`` (finite, <= 0 up to rounding), which costs one
+            host-device synchronisation; ``False`` skips it for hot loops and ``torch.compile``.
+        method: ``"auto"`` (default), ``"table"`` (fixed-delta interpolation + Newton) or ``"solver"``
+            (bracketed Newton for every element).
+
+    Returns:
+        ``(log_lower, log_upper)``, float64 tensors shaped like ``old_logp``, with -inf where the lower
+        bound saturates at 0 and -old_logp where the upper bound saturates at 1/p. No gradient flows.
+
+    p = 1 (``old_logp == 0``) is the limit p -> 1: upper = 1 = 1/p and lower = lim r_lower (e^{-δ} for KL,
+    1 - δ for TV, 1 for χ², (1-δ/2)² for Hellinger), which is also what the perspective convention
+    0·f(x/0) = x·lim f(u)/u gives for g_f(1, r).
+    """
+    div = get_divergence(divergence)
+    _check_logp(old_logp, validate)
+    delta = _check_delta(delta, old_logp, validate)
+    with torch.no_grad():
+        return _log_band_f64(old_logp, delta, div, method)
+
+
+def band(
+    old_logp: Tensor,
+    delta: Delta,
+    divergence: "str | Divergence" = "kl",
+    *,
+    validate: bool = True,
+    method: str = "auto",
+) -> "tuple[Tensor, Tensor]":
+    """Ratio bounds ``(lower, upper)`` of the f-divergence band of the sampled token.
+
+    The band is {r ∈ [0, 1/p] : g_f(p, r) <= delta} with p = exp(old_logp) and
+    g_f(p, r) = p f(r) + (1-p) f((1 - p r)/(1 - p)) (paper: Band_{f,δ}(p)); 0 <= lower <= 1 <= upper <= 1/p.
+
+    Args: as :func:`log_band`.
+
+    Returns:
+        ``(lower, upper)`` with the shape, dtype and device of ``old_logp``, detached. Values are exp of
+        :func:`log_band`: ``lower`` underflows to 0 and ``upper`` may overflow to inf where the true bound is
+        outside the dtype's range (use :func:`log_band` there). Raw bounds: caps and relaxations belong
+        to the loss.
+
+    Example:
+        >>> import torch, bandpo
+        >>> lower, upper = bandpo.band(torch.log(torch.tensor([0.08, 0.5, 0.95])), 0.05, "kl")
+    """
+    log_lower, log_upper = log_band(old_logp, delta, divergence, validate=validate, method=method)
+    return torch.exp(log_lower).to(old_logp.dtype), torch.exp(log_upper).to(old_logp.dtype)

@@ -1,0 +1,323 @@
+"""Closed forms and root solvers behind the Band operator, in log space.
+
+Every routine here takes float64 tensors ``logp`` = log p, ``log1mp`` = log(1 - p) (computed once, exactly,
+by the caller) and ``delta`` (broadcastable), and returns ``(log_lower, log_upper)``: the logs of the two
+roots of g_f(p, r) = delta, saturated at log 0 = -inf and log(1/p) = -logp.
+
+One parametrisation serves both roots. On each side one of the two outcomes (the sampled token, or the
+rest of the vocabulary) *shrinks* by the factor w = e^{-s} (s >= 0), and the other *grows* so that the
+total stays 1. With ``a`` the mass that shrinks and ``b = 1 - a`` the mass that grows,
+
+    φ(s) = a·f(e^{-s}) + b·f(v(s)),    v(s) = 1 + (a/b)(1 - e^{-s}),    φ(0) = 0,
+
+and the root φ(s*) = delta gives
+
+* the lower bound with (a, b) = (p, 1-p):   log r_lower = -s*;
+* the upper bound with (a, b) = (1-p, p):   log r_upper = log v(s*).
+
+This is the mirror identity r_lower(p) = (1 - (1-p) r_upper(1-p)) / p built into the variables, and it keeps
+everything finite: s* can be 1e298 (KL's lower bound at p = 1e-300) and log v is evaluated as a softplus,
+never as 1 - p r. φ'(s) = a·w·(f'(v) - f'(w)). The bound saturates (s* = ∞) iff φ(∞) = a f(0) + b f(1/b) <= delta.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ._numerics import LOG_TINY, log1mexp, softplus
+
+# φ-evaluator: (s, log_a, log_b, a, b) -> (phi, dphi, log_v)
+PhiFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], "tuple[Tensor, Tensor, Tensor]"]
+
+NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Closed forms
+# ----------------------------------------------------------------------------------------------------------
+
+
+def tv_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, Tensor]":
+    """Total variation, f(u) = |u - 1|/2: g = p|r - 1|, so r = 1 ± delta/p, clamped to [0, 1/p].
+
+    upper = min(1 + delta/p, 1/p) (saturated iff p >= 1 - delta); lower = max(1 - delta/p, 0) (zero iff p <= delta).
+    """
+    log_delta = torch.log(delta)
+    x = log_delta - logp  # log(delta/p)
+    log_upper = torch.where(log_delta >= log1mp, -logp, softplus(x))
+    log_lower = torch.where(x >= 0, NEG_INF, log1mexp(torch.clamp(x, max=0)))
+    return log_lower, log_upper
+
+
+def chi2_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, Tensor]":
+    """Pearson chi^2, f(u) = (u - 1)^2: g = p (r - 1)^2 / (1 - p), so r = 1 ± sqrt(delta (1 - p) / p), clamped.
+
+    upper saturates at 1/p iff p >= 1/(1 + delta); lower at 0 iff p <= delta/(1 + delta).
+    """
+    log_delta = torch.log(delta)
+    z = 0.5 * (log_delta + log1mp - logp)  # log sqrt(delta (1-p)/p)
+    log_upper = torch.where(log_delta >= log1mp - logp, -logp, softplus(z))
+    log_lower = torch.where(z >= 0, NEG_INF, log1mexp(torch.clamp(z, max=0)))
+    return log_lower, log_upper
+
+
+def hellinger_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, Tensor]":
+    """Squared Hellinger, f(u) = (sqrt(u) - 1)^2, i.e. D = Σ (sqrt(q) - sqrt(p))^2 (no 1/2).
+
+    With p = sin^2 α and q = r p = sin^2 β, g = 2 - 2 cos(β - α), so g = delta at β = α ± θ,
+    cos θ = 1 - delta/2. Hence, with t = sqrt((1-p)/p), c = cos θ, s = sin θ = sqrt(delta (1 - delta/4)):
+
+        upper = (c + t s)^2, saturated (= 1/p) iff p >= c^2 (or delta >= 2);
+        lower = (c - t s)^2, zero iff p <= s^2 = delta (1 - delta/4) (or delta >= 2).
+    (Derived symbolically in theory/; the sympy expressions are cross-checked against these in tests.)
+    """
+    c = 1 - 0.5 * delta
+    small = delta < 2
+    c_safe = torch.where(small, c, torch.ones_like(c))
+    s2 = torch.where(small, delta * (1 - 0.25 * delta), torch.ones_like(delta))
+    log_c = torch.log(c_safe)
+    log_s = 0.5 * torch.log(s2)
+    log_t = 0.5 * (log1mp - logp)
+    up = 2 * torch.logaddexp(log_c, log_t + log_s)
+    log_upper = torch.where(small & (logp < 2 * log_c), up, -logp)
+    y = log_t + log_s - log_c  # log(t s / c) < 0 where unsaturated
+    low = 2 * (log_c + log1mexp(torch.clamp(y, max=0)))
+    log_lower = torch.where(small & (y < 0), low, NEG_INF)
+    return log_lower, log_upper
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The one-sided root problem φ(s) = delta
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _log_v(s: Tensor, log_a: Tensor, log_b: Tensor) -> "tuple[Tensor, Tensor]":
+    """log x and log v for x = 1 - e^{-s}, v = 1 + (a/b) x (a softplus: no overflow for tiny b)."""
+    log_x = torch.log(-torch.expm1(-s))
+    return log_x, softplus(log_a - log_b + log_x)
+
+
+def kl_phi(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """φ for KL(old ‖ new), f(u) = -log u: φ(s) = a·s - b·log v, φ'(s) = a x / (b v), exactly in log space."""
+    log_x, log_v = _log_v(s, log_a, log_b)
+    phi = a * s - b * log_v
+    dphi = a * torch.exp(log_x - log_b - log_v)
+    return phi, dphi, log_v
+
+
+def neyman_chi2_phi(
+    s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor
+) -> "tuple[Tensor, Tensor, Tensor]":
+    """φ for Neyman χ², f(u) = (u-1)^2/u, without overflow of f' near u = 0.
+
+    w - 1 = -x and v - 1 = (a/b) x, so φ = a x^2 (e^s + c) with c = a/(b v), and
+    φ' = a (2 x (1 + w c) + x^2 (e^s - c^2 w)) (using dv/ds = (a/b) w).
+    """
+    log_x, log_v = _log_v(s, log_a, log_b)
+    x = torch.exp(log_x)
+    w = torch.exp(-s)
+    es = torch.exp(s)
+    c = torch.exp(log_a - log_b - log_v)
+    phi = a * x * x * (es + c)
+    dphi = a * (2 * x * (1 + w * c) + x * x * (es - c * c * w))
+    return phi, dphi, log_v
+
+
+def reverse_kl_phi(
+    s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor
+) -> "tuple[Tensor, Tensor, Tensor]":
+    """φ for KL(new ‖ old), f(u) = u log u, from the logs: φ = -a s e^{-s} + b v log v, φ' = a w (log v + s).
+
+    (The generic evaluator would take log of v = exp(log v) and lose ~1e-12 near v = 1.)
+    """
+    _, log_v = _log_v(s, log_a, log_b)
+    w = torch.exp(-s)
+    v = torch.exp(log_v)
+    phi = b * v * log_v - a * s * w
+    dphi = a * w * (log_v + s)
+    return phi, dphi, log_v
+
+
+def generic_phi(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor]) -> PhiFn:
+    """φ(s) = a f(e^{-s}) + b f(v), φ'(s) = a e^{-s} (f'(v) - f'(e^{-s})) for any generator."""
+
+    def phi_fn(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+        _, log_v = _log_v(s, log_a, log_b)
+        w = torch.exp(-s)
+        v = torch.exp(log_v)
+        phi = a * f(w) + b * f(v)
+        dphi = a * w * (df(v) - df(w))
+        return phi, dphi, log_v
+
+    return phi_fn
+
+
+def autograd_derivative(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """f' of an elementwise generator by autograd (for user generators registered without ``df``)."""
+
+    def df(u: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = u.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(f(x).sum(), x)
+        return g
+
+    return df
+
+
+def solve_side(
+    phi_fn: PhiFn,
+    log_a: Tensor,
+    log_b: Tensor,
+    delta: Tensor,
+    s0: Tensor,
+    n_iter: int,
+    saturated: Optional[Tensor] = None,
+) -> "tuple[Tensor, Tensor]":
+    """Root of φ(s) = delta on s > 0 by a bracketed Newton iteration with a fixed number of steps.
+
+    For divergences whose φ is well-behaved from the start (KL from :func:`kl_start`). The bracket
+    [lo, hi] starts at [0, ∞) (φ(0) = 0 < delta); each step keeps the Newton iterate when it is finite and
+    falls strictly inside the bracket (or the step is below the resolution of s), and otherwise bisects
+    (geometrically while hi/lo > 4) or doubles while hi = ∞. No data-dependent control flow: ``n_iter``
+    steps always run, elementwise.
+
+    Returns (s*, log v(s*)), with s* = ∞ and log v = -log b where ``saturated``.
+    """
+    a = torch.exp(log_a)
+    b = torch.exp(log_b)
+    inf = torch.full_like(s0, math.inf)
+    lo = torch.zeros_like(s0)
+    hi = inf
+    s = s0
+    for _ in range(n_iter):
+        phi, dphi, _ = phi_fn(s, log_a, log_b, a, b)
+        F = phi - delta
+        below = F < 0
+        lo = torch.where(below, s, lo)
+        hi = torch.where(below, hi, s)
+        newton = s - F / dphi
+        fallback = torch.where(torch.isinf(hi), 2 * lo + 1, _bisect(lo, hi))
+        inside = (newton > lo) & (newton < hi)
+        converged = (newton == s) & torch.isfinite(dphi)  # step below the resolution of s
+        s = torch.where(torch.isfinite(newton) & (inside | converged), newton, fallback)
+    return _finish(phi_fn, s, log_a, log_b, a, b, saturated)
+
+
+def _bisect(lo: Tensor, hi: Tensor) -> Tensor:
+    """Midpoint in log s while the bracket spans more than a factor 4, arithmetic midpoint otherwise."""
+    lo_pos = torch.clamp(lo, min=S_MIN)
+    return torch.where(hi > 4 * lo_pos, torch.sqrt(lo_pos) * torch.sqrt(hi), 0.5 * (lo + hi))
+
+
+def _finish(phi_fn, s, log_a, log_b, a, b, saturated):
+    _, _, log_v = phi_fn(s, log_a, log_b, a, b)
+    if saturated is not None:
+        s = torch.where(saturated, torch.full_like(s, math.inf), s)
+        log_v = torch.where(saturated, -log_b, log_v)
+    return s, log_v
+
+
+# The generic solver brackets s* in [S_MIN, S_MAX]. s* is as small as sqrt(delta p / (f''(1)(1-p))) on the
+# upper side (1e-152 at p = 1e-300); s* reaches delta/p ~ 4.5e307 for KL at the smallest normal p (larger
+# roots, i.e. ratios below e^{-1e308}, are reported as S_MAX).
+S_MIN = 1e-300
+S_MAX = 1e308
+BISECT_ITERS = 64
+POLISH_STEPS = 2
+
+
+def solve_side_robust(
+    phi_fn: PhiFn,
+    log_a: Tensor,
+    log_b: Tensor,
+    delta: Tensor,
+    saturated: Optional[Tensor] = None,
+    bisect_iters: int = BISECT_ITERS,
+    polish_steps: int = POLISH_STEPS,
+) -> "tuple[Tensor, Tensor]":
+    """Root of φ(s) = delta for any convex generator, with a guaranteed fixed budget.
+
+    Phase 1: ``bisect_iters`` bisections of [S_MIN, S_MAX] in log s (then arithmetic once the bracket is
+    within a factor 4): log2(ln(1e608)/ln 4) ≈ 10 steps reach a factor-4 bracket and every further step
+    halves it, so 64 steps leave a relative width of about 2^-53, float64 resolution, by bisection alone.
+    Phase 2: ``polish_steps`` Newton steps from the midpoint, clamped into the bracket and skipped where
+    f' overflows, remove the last rounding of the bisection.
+    This is the path for user-registered generators: no assumption beyond convexity of f.
+    """
+    a = torch.exp(log_a)
+    b = torch.exp(log_b)
+    lo = torch.full_like(log_a, S_MIN)
+    hi = torch.full_like(log_a, S_MAX)
+    for _ in range(bisect_iters):
+        mid = _bisect(lo, hi)
+        phi, _, _ = phi_fn(mid, log_a, log_b, a, b)
+        below = phi < delta
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    s = 0.5 * (lo + hi)
+    for _ in range(polish_steps):
+        phi, dphi, _ = phi_fn(s, log_a, log_b, a, b)
+        newton = s - (phi - delta) / dphi
+        s = torch.where(torch.isfinite(newton), torch.clamp(newton, lo, hi), s)
+    return _finish(phi_fn, s, log_a, log_b, a, b, saturated)
+
+
+def newton_polish(
+    phi_fn: PhiFn, log_a: Tensor, log_b: Tensor, delta: Tensor, s: Tensor, n_iter: int
+) -> "tuple[Tensor, Tensor]":
+    """Plain Newton steps from a close start (the interpolated table value); returns (s, log v(s))."""
+    a = torch.exp(log_a)
+    b = torch.exp(log_b)
+    for _ in range(n_iter):
+        phi, dphi, _ = phi_fn(s, log_a, log_b, a, b)
+        step = (phi - delta) / dphi
+        s = torch.where(torch.isfinite(step), s - step, s)
+    _, _, log_v = phi_fn(s, log_a, log_b, a, b)
+    return s, log_v
+
+
+def small_delta_start(log_a: Tensor, log_b: Tensor, delta: Tensor, f2_at_1: float) -> Tensor:
+    """s0 = sqrt(2 delta b / (f''(1) a)): the small-delta band 1 ± sqrt(2 delta (1-p) / (f''(1) p)) in s."""
+    f2 = f2_at_1 if math.isfinite(f2_at_1) and f2_at_1 > 0 else 1.0
+    return torch.sqrt(2 * delta / f2 * torch.exp(log_b - log_a))
+
+
+def kl_start(log_a: Tensor, log_b: Tensor, delta: Tensor) -> Tensor:
+    """Start for KL: the smaller of the small-delta value and the bound s* <= (delta - b log b)/a.
+
+    φ(s) >= a s + b log b (the line it approaches), so that line's root is an upper bound on s*; it is the
+    exact asymptote where the token is rare (lower side) or the rest is rare (upper side near p = 1).
+    """
+    a = torch.exp(log_a)
+    b = torch.exp(log_b)
+    line = (delta - b * log_b) / a
+    return torch.minimum(small_delta_start(log_a, log_b, delta, 1.0), line)
+
+
+def sides(logp: Tensor, log1mp: Tensor) -> "tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]":
+    """(log_a, log_b) for the lower side and for the upper side, with masses clamped at the smallest normal."""
+    lp = torch.clamp(logp, min=LOG_TINY)
+    l1 = torch.clamp(log1mp, min=LOG_TINY)
+    return (lp, l1), (l1, lp)
+
+
+def upper_from_s(s_up: Tensor, logp: Tensor, log1mp: Tensor) -> Tensor:
+    """log r_upper = log(1 + ((1-p)/p)(1 - e^{-s})) with the exact (unclamped) logp."""
+    return softplus(log1mp - logp + torch.log(-torch.expm1(-s_up)))
+
+
+# Iterations of the bracketed Newton solver for KL. From :func:`kl_start` it converges in 4 (measured over
+# p ∈ [1e-300, 1 - 1e-12], delta ∈ [1e-4, 1]); two more are margin.
+KL_ITERS = 6
+
+
+def kl_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, Tensor]":
+    """KL(old ‖ new), f(u) = -log u: a dedicated log-space Newton solve (no closed form exists)."""
+    (la_lo, lb_lo), (la_up, lb_up) = sides(logp, log1mp)
+    s_lo, _ = solve_side(kl_phi, la_lo, lb_lo, delta, kl_start(la_lo, lb_lo, delta), KL_ITERS)
+    s_up, _ = solve_side(kl_phi, la_up, lb_up, delta, kl_start(la_up, lb_up, delta), KL_ITERS)
+    return -s_lo, upper_from_s(s_up, logp, log1mp)
