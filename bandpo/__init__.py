@@ -13,3 +13,27 @@ __all__ = [
     "unregister_divergence",
 ]
 __version__ = "0.1.0"
+
+from .losses import (
+    LossConfig,
+    aggregate,
+    aggregation_denominator,
+    get_bounds_method,
+    list_aggregations,
+    list_bounds_methods,
+    policy_loss,
+    register_bounds_method,
+    unregister_bounds_method,
+)
+
+__all__ += [
+    "LossConfig",
+    "aggregate",
+    "aggregation_denominator",
+    "get_bounds_method",
+    "list_aggregations",
+    "list_bounds_methods",
+    "policy_loss",
+    "register_bounds_method",
+    "unregister_bounds_method",
+]
