@@ -35,8 +35,12 @@ from .divergences import Divergence, get_divergence
 from .solvers import (
     autograd_derivative,
     generic_phi,
+    KL_ITERS,
+    kl_phi,
+    kl_start,
     newton_polish,
     sides,
+    solve_side,
     softplus,
     solve_side_robust,
     upper_from_s,
@@ -131,6 +135,7 @@ _ZETA_MAX = TABLE_Z / math.sqrt(1 + (TABLE_Z / TABLE_K) ** 2)
 _N_NODES = int(math.ceil(2 * _ZETA_MAX / TABLE_H)) + 1
 _TABLE_CACHE: "OrderedDict[tuple, _Table]" = OrderedDict()
 _TABLE_CACHE_SIZE = 32
+_DELTA_SEEN: "dict[tuple, int]" = {}
 
 
 @dataclass(frozen=True)
@@ -176,8 +181,12 @@ def _build_table(div: Divergence, delta: float) -> _Table:
     d = torch.tensor(delta, dtype=torch.float64)
     phi = _phi_fn(div)
     (la_lo, lb_lo), (la_up, lb_up) = sides(logp, log1mp)
-    s_lo, _ = solve_side_robust(phi, la_lo, lb_lo, d, bisect_iters=64, polish_steps=3)
-    s_up, _ = solve_side_robust(phi, la_up, lb_up, d, bisect_iters=64, polish_steps=3)
+    if phi is kl_phi:  # KL's own start converges in 4 Newton steps everywhere
+        s_lo, _ = solve_side(kl_phi, la_lo, lb_lo, d, kl_start(la_lo, lb_lo, d), KL_ITERS)
+        s_up, _ = solve_side(kl_phi, la_up, lb_up, d, kl_start(la_up, lb_up, d), KL_ITERS)
+    else:
+        s_lo, _ = solve_side_robust(phi, la_lo, lb_lo, d, bisect_iters=64, polish_steps=3)
+        s_up, _ = solve_side_robust(phi, la_up, lb_up, d, bisect_iters=64, polish_steps=3)
     log_r_up = upper_from_s(s_up, logp, log1mp)
     roots = torch.stack([_cubic_coefficients(torch.log(s_lo)), _cubic_coefficients(torch.log(s_up))], dim=1)
     ratios = torch.stack([_cubic_coefficients(torch.log(s_lo)), _cubic_coefficients(torch.log(log_r_up))], dim=1)
@@ -302,24 +311,47 @@ def _never_saturates(div: Divergence) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _log_band_f64(old_logp: Tensor, delta: Delta, div: Divergence, method: str) -> "tuple[Tensor, Tensor]":
-    logp = torch.clamp(old_logp.detach().to(torch.float64), max=0.0)
-    log1mp = log1mexp(logp)
+def _use_table(div: Divergence, delta: Delta, method: str) -> bool:
+    """Whether to take the fixed-delta table path (validates ``method``).
+
+    ``auto`` takes it from the second call with the same (divergence, delta): a run with a fixed delta
+    pays the table build once (~0.1-0.5 s), while a delta that changes every call (a schedule) never
+    builds tables and goes straight to the solvers.
+    """
     if method not in ("auto", "table", "solver"):
         raise ValueError(f"method must be 'auto', 'table' or 'solver', got {method!r}")
-    tabulable = _never_saturates(div) and not div.closed_form
-    if method == "table" and not (tabulable and isinstance(delta, float)):
+    tabulable = _never_saturates(div) and not div.closed_form and isinstance(delta, float)
+    if method == "table" and not tabulable:
         raise ValueError(
             "method='table' needs delta as a Python number (the table is built per delta) and a divergence "
             f"that never saturates and has no closed form; got delta={delta!r}, divergence={div.name!r}"
         )
-    if method != "solver" and tabulable and isinstance(delta, float):
-        return _table_log_band(div, logp, log1mp, delta)
-    d = delta.detach().to(torch.float64) if isinstance(delta, Tensor) else torch.tensor(delta, dtype=torch.float64)
-    d = d.to(logp.device).expand_as(logp)
-    if div.log_band is not None:
-        return div.log_band(logp, log1mp, d)
-    return generic_log_band(div, logp, log1mp, d)
+    if method == "solver" or not tabulable:
+        return False
+    if method == "table":
+        return True
+    key = (id(div), div.name, delta)
+    seen = _DELTA_SEEN.get(key, 0)
+    _DELTA_SEEN[key] = seen + 1
+    if len(_DELTA_SEEN) > 4 * _TABLE_CACHE_SIZE:
+        _DELTA_SEEN.clear()
+    return seen >= 1
+
+
+def _log_band_f64(old_logp: Tensor, delta: Delta, div: Divergence, method: str) -> "tuple[Tensor, Tensor]":
+    logp = torch.clamp(old_logp.detach().to(torch.float64), max=0.0)
+    log1mp = log1mexp(logp)
+    if _use_table(div, delta, method):
+        log_lower, log_upper = _table_log_band(div, logp, log1mp, delta)
+    else:
+        d = delta.detach().to(torch.float64) if isinstance(delta, Tensor) else torch.tensor(delta, dtype=torch.float64)
+        d = d.to(logp.device).expand_as(logp)
+        if div.log_band is not None:
+            log_lower, log_upper = div.log_band(logp, log1mp, d)
+        else:
+            log_lower, log_upper = generic_log_band(div, logp, log1mp, d)
+    # Exact invariants 0 <= lower <= 1 <= upper <= 1/p (the formulas can overshoot 1/p by an ulp near p = 1).
+    return torch.clamp(log_lower, max=0.0), torch.minimum(torch.clamp(log_upper, min=0.0), -logp)
 
 
 def log_band(
@@ -385,13 +417,7 @@ def band(
     div = get_divergence(divergence)
     _check_logp(old_logp, validate)
     delta = _check_delta(delta, old_logp, validate)
-    if (
-        old_logp.dtype != torch.float64
-        and method in ("auto", "table")
-        and isinstance(delta, float)
-        and _never_saturates(div)
-        and not div.closed_form
-    ):
+    if old_logp.dtype != torch.float64 and _use_table(div, delta, method):
         with torch.no_grad():
             return _table_band_lowp(div, old_logp, delta)
     log_lower, log_upper = log_band(old_logp, delta, div, validate=False, method=method)
