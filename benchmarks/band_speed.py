@@ -16,6 +16,9 @@ Accuracy is measured against the 60-digit mpmath reference of tests/reference/ma
 subsample that always includes the extremes; the error is the relative error of the ratio where the
 reference ratio is a normal float32 (elsewhere the float32 answer is 0 or inf for both).
 
+Speed-up is eager band vs eager bisection; "compiled" is torch.compile(band) vs the same eager bisection
+(the bisection cannot be compiled whole: it syncs every iteration).
+
 Writes a JSON summary (``--out``, default benchmarks/results/band_speed.json) that the solver-speed figure reads.
 """
 
@@ -127,6 +130,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (best of)")
     ap.add_argument("--n-ref", type=int, default=160, help="tokens checked against the mpmath reference")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CI has 2 cores)")
+    ap.add_argument("--compile", nargs="*", default=["kl", "tv", "chi2"],
+                    help="divergences also timed under torch.compile (compile time excluded); none: skip")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "band_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -138,7 +143,8 @@ def main(argv=None) -> dict:
 
     names = args.divergences or bandpo.list_divergences()
     rows = []
-    head = f"{'divergence':<12} {'path':<16} {'band tok/s':>12} {'bisect tok/s':>13} {'speed-up':>9} {'band err':>9} {'bisect err':>10}"
+    head = (f"{'divergence':<12} {'path':<12} {'band tok/s':>11} {'bisect tok/s':>13} {'speed-up':>9} "
+            f"{'compiled':>9} {'band err':>9} {'bisect err':>10}")
     print(f"{args.n_tokens} float32 tokens, delta={args.delta}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(head)
     print("-" * len(head))
@@ -151,20 +157,28 @@ def main(argv=None) -> dict:
         s_lo, s_up = bisection_band(sub, args.delta, name)
         band_err = max(max_rel_err(b_lo, ref_lo), max_rel_err(b_up, ref_up))
         bis_err = max(max_rel_err(s_lo, ref_lo), max_rel_err(s_up, ref_up))
-        path = "closed form" if div.closed_form else ("table+Newton" if math.isinf(div.f_at_0) else "solver")
+        path = "closed form" if div.closed_form else ("table" if math.isinf(div.f_at_0) else "solver")
+        t_comp = math.nan
+        if name in (args.compile or []):
+            compiled = torch.compile(lambda x: bandpo.band(x, args.delta, name, validate=False), dynamic=False)
+            compiled(logp)  # compile once (excluded from the timing)
+            t_comp = time_it(lambda: compiled(logp), args.repeats)
         row = {
             "divergence": name,
             "path": path,
             "band_tokens_per_s": args.n_tokens / t_band,
             "bisection_tokens_per_s": args.n_tokens / t_bis,
             "speedup": t_bis / t_band,
+            "band_compiled_tokens_per_s": args.n_tokens / t_comp,
+            "speedup_compiled": t_bis / t_comp,
             "band_max_rel_err": band_err,
             "bisection_max_rel_err": bis_err,
         }
         rows.append(row)
+        comp = f"{row['speedup_compiled']:>8.1f}x" if math.isfinite(t_comp) else f"{'-':>9}"
         print(
-            f"{name:<12} {path:<16} {row['band_tokens_per_s']:>12.3g} {row['bisection_tokens_per_s']:>13.3g} "
-            f"{row['speedup']:>8.1f}x {band_err:>9.1e} {bis_err:>10.1e}",
+            f"{name:<12} {path:<12} {row['band_tokens_per_s']:>11.3g} {row['bisection_tokens_per_s']:>13.3g} "
+            f"{row['speedup']:>8.1f}x {comp} {band_err:>9.1e} {bis_err:>10.1e}",
             flush=True,
         )
     result = {
