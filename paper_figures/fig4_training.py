@@ -1,0 +1,200 @@
+"""Figure 4: tiny-model RL training curves per method, mean and spread over seeds.
+
+    python paper_figures/fig4_training.py --out paper_figures/out/
+    python paper_figures/fig4_training.py --runs some/other/runs --smooth 1
+
+Data: ``data/runs/<method>-seed<k>/metrics.csv``, one folder per (method, seed), written by the reproduction
+runner (Lightning CSVLogger, one row per RL step, column ``step``; several rows of one step are merged, the last
+value of each column winning). Panels, each against the RL step:
+top:    reward mean, accuracy, token entropy of the full next-token distribution (nats);
+bottom: per old-probability bucket, the fraction of the bucket's tokens clipped at the upper bound with positive
+        advantage (``bucket/<b>/clip_high_mean``; ``--clip-stat clip_region_mean`` for both sides), in percent.
+Lines: mean over seeds of a centred moving average (``--smooth`` steps, default 1/25 of the run); bands: min and
+max over seeds of the same smoothed curves. Steps present in every seed of a method are used.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from style import DATA, ROOT, apply_style, method_style, out_parser, panel_label, resolve_out, save
+
+NAME = "fig4_training.png"
+RUNS = DATA / "runs"
+RUN_DIR = re.compile(r"^(?P<method>.+)-seed(?P<seed>\d+)$")
+TOP = (("reward/mean", "reward (mean)"), ("accuracy", "accuracy"), ("entropy", "token entropy (nats)"))
+BUCKET_KEY = re.compile(r"^bucket/(?P<bucket>[^/]+)/(?P<stat>[^/]+)$")
+METHOD_ORDER = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2")
+
+
+def runner_command() -> "list[str] | None":
+    """The reproduction runner's command line (it skips finished runs itself); None while no runner exists."""
+    import importlib.util
+
+    if importlib.util.find_spec("bandpo.reproduce") is None:
+        return None
+    return [sys.executable, "-m", "bandpo.reproduce", "--out", str(RUNS)]
+
+
+def runs_complete() -> bool:
+    """True when every run the runner plans has a finished metrics.csv (here: any run exists and no runner)."""
+    return bool(discover_runs(RUNS)) and runner_command() is None
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    """A Lightning CSVLogger file -> {column: values per step}, steps sorted, rows of one step merged.
+
+    Empty cells are missing values; for each step the last non-empty value of each column is kept.
+    """
+    path = Path(path)
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "step" not in reader.fieldnames:
+            raise ValueError(f"{path}: no 'step' column (columns: {reader.fieldnames})")
+        merged: dict[int, dict[str, float]] = {}
+        for row in reader:
+            if not row.get("step"):
+                continue
+            step = int(float(row["step"]))
+            slot = merged.setdefault(step, {})
+            for key, value in row.items():
+                if key != "step" and value not in ("", None):
+                    slot[key] = float(value)
+    steps = sorted(merged)
+    columns = sorted({k for slot in merged.values() for k in slot})
+    out = {"step": np.array(steps, dtype=float)}
+    for key in columns:
+        out[key] = np.array([merged[s].get(key, math.nan) for s in steps], dtype=float)
+    return out
+
+
+def discover_runs(runs: Path = RUNS) -> dict[str, dict[int, Path]]:
+    """{method: {seed: metrics.csv}} for every ``<method>-seed<k>/metrics.csv`` under ``runs``."""
+    found: dict[str, dict[int, Path]] = {}
+    for d in sorted(Path(runs).glob("*")):
+        m = RUN_DIR.match(d.name)
+        if m and (d / "metrics.csv").is_file():
+            found.setdefault(m["method"], {})[int(m["seed"])] = d / "metrics.csv"
+    known = [m for m in METHOD_ORDER if m in found]
+    return {m: found[m] for m in known + sorted(set(found) - set(known))}
+
+
+def smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points, ignoring NaNs; the window shrinks at the ends."""
+    if window <= 1:
+        return y.astype(float)
+    ok = np.isfinite(y)
+    kernel = np.ones(window)
+    num = np.convolve(np.where(ok, y, 0.0), kernel, mode="same")
+    den = np.convolve(ok.astype(float), kernel, mode="same")
+    return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def aggregate(per_seed: list[dict[str, np.ndarray]], key: str, window: int):
+    """(steps, mean, min, max) over seeds of the smoothed column ``key``, on the steps common to all seeds.
+
+    Returns None when no seed has the column.
+    """
+    have = [r for r in per_seed if key in r]
+    if not have:
+        return None
+    common = have[0]["step"]
+    for r in have[1:]:
+        common = np.intersect1d(common, r["step"])
+    ys = np.stack([smooth(r[key][np.isin(r["step"], common)], window) for r in have])
+    with np.errstate(all="ignore"):
+        return common, np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+
+
+def buckets_of(per_seed: list[dict[str, np.ndarray]], stat: str) -> list[str]:
+    """Bucket names that carry ``stat``, in the order of their lower edge (``p0-0.01`` before ``p0.01-0.1``)."""
+    names = {m["bucket"] for r in per_seed for k in r if (m := BUCKET_KEY.match(k)) and m["stat"] == stat}
+
+    def lower_edge(b: str) -> float:
+        try:
+            return float(b.lstrip("p").split("-")[0])
+        except ValueError:
+            return math.inf
+
+    return sorted(names, key=lambda b: (lower_edge(b), b))
+
+
+def load_runs(runs: Path = RUNS) -> dict[str, list[dict[str, np.ndarray]]]:
+    """{method: [metrics of each seed]}; a clear error when there is nothing to plot."""
+    found = discover_runs(runs)
+    if not found:
+        raise FileNotFoundError(f"no <method>-seed<k>/metrics.csv under {runs}: run `make reproduce` "
+                                f"(or the reproduction runner) first")
+    return {m: [read_metrics(p) for _, p in sorted(seeds.items())] for m, seeds in found.items()}
+
+
+def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: str = "clip_high_mean"):
+    """Draw the curves of every run under ``runs`` and save to ``out`` (a .png path or a folder)."""
+    data = load_runs(runs)
+    n_steps = max(len(r["step"]) for seeds in data.values() for r in seeds)
+    window = max(1, n_steps // 25) if window is None else window
+    buckets = buckets_of([r for seeds in data.values() for r in seeds], clip_stat)
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    n_bottom = max(len(buckets), 1)
+    fig = plt.figure(figsize=(max(7.4, 2.2 * n_bottom), 5.6), layout="constrained")
+    top_fig, bottom_fig = fig.subfigures(2, 1, height_ratios=[1, 1])
+    top_axes = top_fig.subplots(1, len(TOP))
+    bottom_axes = np.atleast_1d(bottom_fig.subplots(1, n_bottom, sharey=True))
+    letters = iter("abcdefghijk")
+    for method, seeds in data.items():
+        st = method_style(method)
+        label = f"{st['label']} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+        for ax, (key, _) in zip(top_axes, TOP):
+            agg = aggregate(seeds, key, window)
+            if agg is not None:
+                x, mean, lo, hi = agg
+                ax.plot(x, mean, color=st["color"], ls=st["ls"], lw=1.4, label=label)
+                ax.fill_between(x, lo, hi, color=st["color"], alpha=0.15, lw=0)
+        for ax, b in zip(bottom_axes, buckets):
+            agg = aggregate(seeds, f"bucket/{b}/{clip_stat}", window)
+            if agg is not None:
+                x, mean, lo, hi = agg
+                ax.plot(x, 100 * mean, color=st["color"], ls=st["ls"], lw=1.3)
+                ax.fill_between(x, 100 * lo, 100 * hi, color=st["color"], alpha=0.15, lw=0)
+    for ax, (_, ylabel) in zip(top_axes, TOP):
+        ax.set(xlabel="RL step", ylabel=ylabel, title=ylabel.split(" (")[0])
+        panel_label(ax, next(letters))
+    what = {"clip_high_mean": "clipped high, A > 0", "clip_low_mean": "clipped low, A < 0",
+            "clip_region_mean": "clipped"}.get(clip_stat, clip_stat)
+    for i, (ax, b) in enumerate(zip(bottom_axes, buckets)):
+        ax.set(xlabel="RL step", title=f"old prob. {b.lstrip('p').replace('-', ' to ')}")
+        if i == 0:
+            ax.set_ylabel(f"% of bucket's tokens {what}")
+        ax.set_ylim(bottom=0)
+        panel_label(ax, next(letters))
+    if not buckets:
+        bottom_axes[0].text(0.5, 0.5, f"no bucket/*/{clip_stat} columns", ha="center", transform=bottom_axes[0].transAxes)
+    handles, labels = top_axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
+    fig.suptitle(f"tiny-model RL on CPU: mean over seeds (bands: min to max), moving average over {window} steps",
+                 fontsize=9)
+    return save(fig, resolve_out(out, NAME))
+
+
+def main(argv=None):
+    ap = out_parser(__doc__.splitlines()[0], NAME)
+    ap.add_argument("--runs", type=Path, default=RUNS, help="folder of <method>-seed<k>/metrics.csv runs")
+    ap.add_argument("--smooth", type=int, default=None, help="moving-average window in steps (default: run/25)")
+    ap.add_argument("--clip-stat", default="clip_high_mean",
+                    choices=["clip_high_mean", "clip_low_mean", "clip_region_mean"], help="bucket statistic (bottom row)")
+    args = ap.parse_args(argv)
+    path = make_figure(args.out, args.runs, args.smooth, args.clip_stat)
+    print(f"wrote {path}")
+    return [path]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Regenerate every paper figure into paper_figures/out/: ``make reproduce`` runs this.
+
+    python paper_figures/reproduce.py                  # data that is missing is produced first, then all figures
+    python paper_figures/reproduce.py --only fig1 fig2 # a subset (matched on the script name's prefix)
+    python paper_figures/reproduce.py --no-data        # figures only, from the data already on disk
+
+Steps, each skipped when its output already exists (delete the file or folder to redo it):
+1. training runs: the tiny-model reproduction runner writes paper_figures/data/runs/<method>-seed<k>/metrics.csv
+   and skips finished runs itself; its progress bars are shown as it goes;
+2. the rare-arm bandit histories: paper_figures/data/bandit/ (seconds);
+3. the solver benchmark: benchmarks/results/band_speed.json (about a minute on 2 CPU cores);
+4. every figure script, in-process (one Python start-up for all of them), into ``--out``.
+It ends by listing the files it wrote, with their sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from style import DATA, OUT, ROOT  # noqa: E402
+
+FIGURES = (
+    "fig1_bounds",
+    "fig2_regions",
+    "fig3_band_family",
+    "fig4_training",
+    "fig5_bandit",
+    "fig6_solver_speed",
+)
+"""Every figure script (module name in paper_figures/), in the order they are drawn."""
+
+
+def _run(cmd: list[str], what: str) -> None:
+    """Run a data-producing command with its output streaming to this terminal; stop on failure."""
+    print(f"\n==> {what}\n    $ {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def ensure_training_runs() -> None:
+    """Step 1: run the reproduction runner (it skips finished runs) unless every run is already complete."""
+    fig4 = importlib.import_module("fig4_training")
+    cmd = fig4.runner_command()
+    if cmd is None:
+        print("==> training runs: no reproduction runner in this checkout; drawing from the runs on disk", flush=True)
+        return
+    if fig4.runs_complete():
+        print(f"==> training runs: all present under {fig4.RUNS.relative_to(ROOT)}, skipping", flush=True)
+        return
+    _run(cmd, "training runs (tiny model on CPU; the runner skips finished runs)")
+
+
+def ensure_bandit() -> None:
+    """Step 2: the bandit histories."""
+    fig5 = importlib.import_module("fig5_bandit")
+    if fig5.data_complete():
+        print(f"==> bandit: data present under {fig5.BANDIT.relative_to(ROOT)}, skipping", flush=True)
+        return
+    print("\n==> rare-arm bandit (seconds)", flush=True)
+    fig5.generate_data()
+
+
+def ensure_benchmark() -> None:
+    """Step 3: the solver speed/accuracy benchmark."""
+    fig6 = importlib.import_module("fig6_solver_speed")
+    if fig6.DEFAULT_DATA.is_file():
+        print(f"==> solver benchmark: {fig6.DEFAULT_DATA.relative_to(ROOT)} present, skipping", flush=True)
+        return
+    _run([sys.executable, str(ROOT / "benchmarks" / "band_speed.py"), "--out", str(fig6.DEFAULT_DATA)],
+         "solver benchmark")
+
+
+def draw(names, out: Path) -> "tuple[list[Path], dict[str, str]]":
+    """Step 4: run each figure's ``main`` in this process; returns the files written and {figure: why not}."""
+    written, missing = [], {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            paths = importlib.import_module(name).main(["--out", str(out)])
+        except FileNotFoundError as exc:  # its data is missing: say so, draw the others, fail at the end
+            missing[name] = str(exc)
+            print(f"    {name}: NOT DRAWN: {exc}", flush=True)
+            continue
+        print(f"    {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        written += paths
+    return written, missing
+
+
+def main(argv=None) -> list[Path]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=OUT, help="output folder (default: paper_figures/out)")
+    ap.add_argument("--only", nargs="*", default=None, help="figure name prefixes, e.g. fig1 fig4")
+    ap.add_argument("--no-data", action="store_true", help="do not produce missing data; draw from what exists")
+    args = ap.parse_args(argv)
+
+    names = [n for n in FIGURES if args.only is None or any(n.startswith(o) for o in args.only)]
+    if not names:
+        raise SystemExit(f"--only {args.only} matches none of {', '.join(FIGURES)}")
+    t0 = time.perf_counter()
+    if not args.no_data:
+        if "fig4_training" in names:
+            ensure_training_runs()
+        if "fig5_bandit" in names:
+            ensure_bandit()
+        if "fig6_solver_speed" in names:
+            ensure_benchmark()
+    print(f"\n==> figures into {args.out}", flush=True)
+    written, missing = draw(names, args.out)
+    print(f"\nwrote {len(written)} files in {time.perf_counter() - t0:.0f} s:")
+    for path in written:
+        print(f"  {path}  ({path.stat().st_size / 1024:.0f} KiB)")
+    print(f"data: {DATA}")
+    if missing:
+        raise SystemExit(f"{len(missing)} figure(s) not drawn for lack of data: {', '.join(missing)}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Every paper figure script runs headless on small settings into a temporary folder and writes a real PNG.
+
+The scripts are imported and their ``main(argv)`` called in this process (one Python start-up for all).
+Scripts that read data (training curves, solver benchmark) are run on small synthetic data written here
+when the real data is missing, and on the real data when it is there. Besides "a PNG was written", the
+figures' own computations are checked against the definitions they claim to draw.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIG_DIR = ROOT / "paper_figures"
+sys.path.insert(0, str(FIG_DIR))
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk; fails unless the file is a PNG."""
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_png(path: Path, min_w: int = 600, min_h: int = 300) -> None:
+    """A written, non-trivial PNG: right signature, at least min_w x min_h pixels, more than a few KiB."""
+    path = Path(path)
+    assert path.is_file() and path.stat().st_size > 10_000, f"{path} missing or nearly empty"
+    w, h = png_size(path)
+    assert w >= min_w and h >= min_h, f"{path} is only {w}x{h}"
+
+
+def fig(name: str):
+    return importlib.import_module(name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fig. 1: bounds of probability variation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_fig1_writes_png_deterministically(tmp_path):
+    f1 = fig("fig1_bounds")
+    (a,) = f1.main(["--out", str(tmp_path / "a"), "--n", "200"])
+    (b,) = f1.main(["--out", str(tmp_path / "b" / "custom.png"), "--n", "200"])
+    assert a.name == "fig1_bounds.png" and b.name == "custom.png"
+    assert_png(a)
+    assert a.read_bytes() == b.read_bytes(), "two runs with the same settings must write identical PNGs"
+
+
+def test_fig1_curves_match_their_definitions():
+    f1 = fig("fig1_bounds")
+    p = np.array([0.08, 0.5, 1.0])
+    # DCPO from the losses registry with the figure's eps 0.2/0.28; expected values from DCPO's formula
+    # upper = 1/2 + 1/2 sqrt(1 + 4 eps_high / p) (cap 10), lower = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0))
+    lo, up = f1.method_bounds(p, "dcpo", eps_low=0.2, eps_high=0.28)
+    np.testing.assert_allclose(up, [0.5 + 0.5 * math.sqrt(1 + 1.12 / 0.08), 0.5 + 0.5 * math.sqrt(1 + 1.12 / 0.5),
+                                    0.5 + 0.5 * math.sqrt(2.12)], rtol=1e-12)
+    np.testing.assert_allclose(lo, [0.5, 0.5, 0.5 + 0.5 * math.sqrt(0.2)], rtol=1e-12)
+    lo, up = f1.method_bounds(p, "clip", eps_low=0.2, eps_high=0.28)
+    np.testing.assert_allclose(lo, 0.8) and np.testing.assert_allclose(up, 1.28)
+    # Band at delta 0.1: TV's variation is exactly +-0.1 where unsaturated (closed form 1 +- delta/p), and the
+    # chi2 upper variation peaks at sqrt(delta/4) = 0.158 at p = 1/2 (closed form 1 + sqrt(delta (1-p)/p))
+    grid = f1.p_grid(400)
+    lo_tv, up_tv = f1.band_bounds(grid, 0.1, "tv")
+    mid = (grid > 0.1) & (grid < 0.9)
+    np.testing.assert_allclose((up_tv[mid] - 1) * grid[mid], 0.1, rtol=1e-12)
+    np.testing.assert_allclose((lo_tv[mid] - 1) * grid[mid], -0.1, rtol=1e-12)
+    _, up_chi = f1.band_bounds(np.array([0.5]), 0.1, "chi2")
+    assert abs((up_chi[0] - 1) * 0.5 - math.sqrt(0.1 / 4)) < 1e-12
+    # every Band lens stays inside the simplex strip -p <= (r-1)p <= 1-p (rounding slack 1e-12)
+    for d in f1.DIVERGENCES:
+        lo, up = f1.band_bounds(grid, 0.1, d)
+        assert np.all((up - 1) * grid <= 1 - grid + 1e-12) and np.all((lo - 1) * grid >= -grid - 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fig. 2: clipping regions
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_fig2_writes_png(tmp_path):
+    (path,) = fig("fig2_regions").main(["--out", str(tmp_path), "--n", "120"])
+    assert_png(path)
+
+
+def test_fig2_regions_agree_with_the_trust_region_definition():
+    """Band allows (p_old, p_new) iff g_KL(p_old, r) <= delta; DAPO iff 0.8 <= r <= 1.28 (independent check)."""
+    f2 = fig("fig2_regions")
+    gen = np.random.default_rng(0)
+    p_old = np.sort(gen.uniform(0.005, 0.995, 300))
+    p_new = np.sort(gen.uniform(0.0, 1.0, 300))
+    codes = f2.region_codes(p_old, p_new, 0.1)
+    kl = __import__("bandpo").get_divergence("kl")
+    P = torch.as_tensor(p_old[None, :], dtype=torch.float64)
+    R = torch.as_tensor(p_new[:, None] / p_old[None, :], dtype=torch.float64)
+    g = kl.g(P, R).numpy()
+    band_ok = g <= 0.1
+    # points within 1e-9 of the boundary may legitimately round either way
+    clear = np.abs(g - 0.1) > 1e-9
+    assert np.array_equal((codes >= 2)[clear], band_ok[clear])
+    r = R.numpy()
+    assert np.array_equal(codes % 2 == 1, (r >= 0.8) & (r <= 1.28))
+    # all four regions are present, and the areas add up to the square
+    frac = f2.area_fractions(400, 0.1)
+    assert all(v > 0 for v in frac.values()) and abs(sum(frac.values()) - 1) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fig. 3: band family and delta sweep
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_fig3_writes_png(tmp_path):
+    (path,) = fig("fig3_band_family").main(["--out", str(tmp_path), "--n", "150"])
+    assert_png(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fig. 4: training curves (reads data/runs/<method>-seed<k>/metrics.csv)
+# ---------------------------------------------------------------------------------------------------------
+
+BUCKETS = ("p0-0.01", "p0.01-0.1", "p0.1-0.5", "p0.5-1")
+
+
+def write_synthetic_runs(root: Path, methods=("clip", "clip_higher", "dcpo", "band_kl"), seeds=(0, 1), steps=30):
+    """Lightning-CSVLogger-shaped metrics: value = method index + seed/10 + step/1000 in every column, and
+    every step written as two rows (the rollout columns, then the bucket columns) like a logger called twice."""
+    cols = ["reward/mean", "accuracy", "entropy"] + [f"bucket/{b}/{k}" for b in BUCKETS
+                                                     for k in ("clip_high_mean", "clip_region_mean", "tokens")]
+    for i, m in enumerate(methods):
+        for s in seeds:
+            d = root / f"{m}-seed{s}"
+            d.mkdir(parents=True)
+            lines = ["step,epoch," + ",".join(cols)]
+            for t in range(steps):
+                v = f"{i + s / 10 + t / 1000:.6f}"
+                lines.append(f"{t},0," + ",".join([v] * 3 + [""] * (len(cols) - 3)))
+                lines.append(f"{t},0," + ",".join([""] * 3 + [v] * (len(cols) - 3)))
+            (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_fig4_reader_merges_rows_and_aggregates_seeds(tmp_path):
+    f4 = fig("fig4_training")
+    runs = write_synthetic_runs(tmp_path / "runs", steps=10)
+    found = f4.discover_runs(runs)
+    assert list(found) == ["clip", "clip_higher", "dcpo", "band_kl"] and sorted(found["dcpo"]) == [0, 1]
+    r = f4.read_metrics(found["dcpo"][1])
+    np.testing.assert_array_equal(r["step"], np.arange(10))  # two rows per step merged into one
+    np.testing.assert_allclose(r["accuracy"], 2 + 0.1 + np.arange(10) / 1000)
+    np.testing.assert_allclose(r["bucket/p0-0.01/clip_high_mean"], 2 + 0.1 + np.arange(10) / 1000)
+    seeds = [f4.read_metrics(p) for p in found["dcpo"].values()]
+    x, mean, lo, hi = f4.aggregate(seeds, "entropy", window=1)
+    # seeds 0 and 1 differ by exactly 0.1: mean is the midpoint, min/max the two seeds
+    np.testing.assert_allclose(mean, 2.05 + np.arange(10) / 1000)
+    np.testing.assert_allclose(hi - lo, 0.1)
+    # smoothing a linear ramp with a centred window leaves the interior unchanged
+    np.testing.assert_allclose(f4.smooth(np.arange(10.0), 3)[1:-1], np.arange(1.0, 9.0))
+    assert f4.buckets_of(seeds, "clip_high_mean") == list(BUCKETS)
+
+
+def test_fig4_writes_png(tmp_path):
+    f4 = fig("fig4_training")
+    real = f4.discover_runs(f4.RUNS)
+    runs = f4.RUNS if real else write_synthetic_runs(tmp_path / "runs")
+    (path,) = f4.main(["--out", str(tmp_path), "--runs", str(runs)])
+    assert_png(path)
+
+
+def test_fig4_without_runs_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make reproduce"):
+        fig("fig4_training").make_figure(tmp_path, tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fig. 5: rare-arm bandit (reads data/bandit/bandit.json, made by bandpo.bandit)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_fig5_generates_its_data_and_draws(tmp_path):
+    pytest.importorskip("bandpo.bandit")
+    f5 = fig("fig5_bandit")
+    data = tmp_path / "bandit.json"
+    (path,) = f5.main(["--out", str(tmp_path), "--data", str(data), "--regenerate", "--steps", "8", "--seeds", "2",
+                       "--methods", "clip-higher", "band-kl"])
+    assert_png(path, min_h=250)
+    saved = json.loads(data.read_text())
+    assert list(saved["methods"]) == ["clip-higher", "band-kl"]
+    m = saved["methods"]["band-kl"]
+    assert len(m["p_rare"]["mean"]) == 9 and len(m["discover_steps"]) == 2  # steps + 1 (initial) and one per seed
+    assert all(q25 <= q75 for q25, q75 in zip(m["p_rare"]["q25"], m["p_rare"]["q75"]))
+    assert abs(m["p_rare"]["mean"][0] - saved["config"]["rare_prob"]) < 1e-9  # starts at the configured pi(rare)
+
+
+def test_fig5_draws_the_committed_data(tmp_path):
+    f5 = fig("fig5_bandit")
+    if not f5.data_complete():
+        pytest.skip(f"{f5.DEFAULT_DATA} not committed yet (test_fig5_generates_its_data_and_draws covers the script)")
+    (path,) = f5.main(["--out", str(tmp_path)])
+    assert_png(path, min_h=250)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fig. 6: solver speed and accuracy (reads the benchmark's JSON)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _synthetic_bench(path: Path) -> Path:
+    rows = [dict(divergence=d, band_tokens_per_s=10.0 ** (6 + i / 3), bisection_tokens_per_s=10.0 ** (5 + i / 5),
+                 speedup=10.0 ** (1 + i / 3 - i / 5), band_max_rel_err=6e-8 * (1 + i),
+                 bisection_max_rel_err=10.0 ** (i - 3)) for i, d in enumerate(["kl", "tv", "chi2"])]
+    path.write_text(json.dumps(dict(n_tokens=4096, dtype="float32", device="cpu (test)", torch="x", rows=rows)))
+    return path
+
+
+def test_fig6_reads_the_benchmark_schema(tmp_path):
+    f6 = fig("fig6_solver_speed")
+    data = _synthetic_bench(tmp_path / "bench.json")
+    (path,) = f6.main(["--out", str(tmp_path), "--data", str(data)])
+    assert_png(path)
+
+
+def test_fig6_rejects_incomplete_data(tmp_path):
+    f6 = fig("fig6_solver_speed")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(n_tokens=1, dtype="float32", device="cpu", torch="x",
+                                   rows=[dict(divergence="kl", speedup=1.0)])))
+    with pytest.raises(ValueError, match=r"rows\[0\] misses keys \['band_tokens_per_s'"):
+        f6.make_figure(tmp_path, bad)
+    with pytest.raises(FileNotFoundError, match="band_speed.py"):
+        f6.make_figure(tmp_path, tmp_path / "nothing.json")
+
+
+def test_fig6_on_real_benchmark_output(tmp_path):
+    """The committed benchmark output when present; otherwise a tiny real benchmark run (about 8 s)."""
+    f6 = fig("fig6_solver_speed")
+    data = f6.DEFAULT_DATA
+    if not data.is_file():
+        data = tmp_path / "band_speed.json"
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "band_speed.py"), "--n-tokens", "4096",
+                        "--divergences", "kl", "--n-ref", "8", "--repeats", "1", "--out", str(data)],
+                       check=True, capture_output=True)
+    (path,) = f6.main(["--out", str(tmp_path), "--data", str(data)])
+    assert_png(path, min_h=200)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The driver and the index
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_every_figure_script_is_driven_and_documented():
+    reproduce = fig("reproduce")
+    scripts = sorted(p.stem for p in FIG_DIR.glob("fig*.py"))
+    assert sorted(reproduce.FIGURES) == scripts, "reproduce.FIGURES must list every paper_figures/fig*.py"
+    index = (FIG_DIR / "README.md").read_text()
+    for name in scripts:
+        assert f"{name}.py" in index, f"paper_figures/README.md does not mention {name}.py"
