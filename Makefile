@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 EXTRAS ?= theory,train,figures,notebooks,dev
 
-.PHONY: venv test test-slow bench clean
+.PHONY: venv test test-slow bench clean reproduce
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test-slow: venv
 
 bench: venv
 	$(PY) benchmarks/band_speed.py
+
+# Every paper figure into paper_figures/out/, running the training runs / bandit / benchmark whose data is missing.
+reproduce: venv
+	$(PY) paper_figures/reproduce.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
