@@ -34,7 +34,7 @@ METHOD_ORDER = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2"
 
 
 def runner_command() -> "list[str] | None":
-    """The reproduction runner's command line (it skips finished runs itself); None while no runner exists."""
+    """The reproduction runner's command line (``bandpo.reproduce``, which skips finished runs); None without it."""
     import importlib.util
 
     if importlib.util.find_spec("bandpo.reproduce") is None:
@@ -42,9 +42,13 @@ def runner_command() -> "list[str] | None":
     return [sys.executable, "-m", "bandpo.reproduce", "--out", str(RUNS)]
 
 
-def runs_complete() -> bool:
-    """True when every run the runner plans has a finished metrics.csv (here: any run exists and no runner)."""
-    return bool(discover_runs(RUNS)) and runner_command() is None
+def runs_complete(runs: Path = RUNS) -> bool:
+    """True when every (method, seed) the runner plans has finished (its own ``is_finished`` test)."""
+    from bandpo.config import load_config, preset_path
+    from bandpo.reproduce import METHODS, SEEDS, is_finished, run_dir
+
+    max_steps = load_config(preset_path("tiny-cpu")).trainer.max_steps
+    return all(is_finished(run_dir(runs, m, s), max_steps) for m in METHODS for s in SEEDS)
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:

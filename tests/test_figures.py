@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIG_DIR = ROOT / "paper_figures"
 sys.path.insert(0, str(FIG_DIR))
 
+from synthetic import BUCKETS, write_synthetic_runs  # noqa: E402  (paper_figures/synthetic.py)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -133,36 +135,15 @@ def test_fig3_writes_png(tmp_path):
 # Fig. 4: training curves (reads data/runs/<method>-seed<k>/metrics.csv)
 # ---------------------------------------------------------------------------------------------------------
 
-BUCKETS = ("p0-0.01", "p0.01-0.1", "p0.1-0.5", "p0.5-1")
-
-
-def write_synthetic_runs(root: Path, methods=("clip", "clip_higher", "dcpo", "band_kl"), seeds=(0, 1), steps=30):
-    """Lightning-CSVLogger-shaped metrics: value = method index + seed/10 + step/1000 in every column, and
-    every step written as two rows (the rollout columns, then the bucket columns) like a logger called twice."""
-    cols = ["reward/mean", "accuracy", "entropy"] + [f"bucket/{b}/{k}" for b in BUCKETS
-                                                     for k in ("clip_high_mean", "clip_region_mean", "tokens")]
-    for i, m in enumerate(methods):
-        for s in seeds:
-            d = root / f"{m}-seed{s}"
-            d.mkdir(parents=True)
-            lines = ["step,epoch," + ",".join(cols)]
-            for t in range(steps):
-                v = f"{i + s / 10 + t / 1000:.6f}"
-                lines.append(f"{t},0," + ",".join([v] * 3 + [""] * (len(cols) - 3)))
-                lines.append(f"{t},0," + ",".join([""] * 3 + [v] * (len(cols) - 3)))
-            (d / "metrics.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_fig4_reader_merges_rows_and_aggregates_seeds(tmp_path):
     f4 = fig("fig4_training")
-    runs = write_synthetic_runs(tmp_path / "runs", steps=10)
+    runs = write_synthetic_runs(tmp_path / "runs", steps=10, split_rows=True)
     found = f4.discover_runs(runs)
     assert list(found) == ["clip", "clip_higher", "dcpo", "band_kl"] and sorted(found["dcpo"]) == [0, 1]
     r = f4.read_metrics(found["dcpo"][1])
     np.testing.assert_array_equal(r["step"], np.arange(10))  # two rows per step merged into one
     np.testing.assert_allclose(r["accuracy"], 2 + 0.1 + np.arange(10) / 1000)
-    np.testing.assert_allclose(r["bucket/p0-0.01/clip_high_mean"], 2 + 0.1 + np.arange(10) / 1000)
+    np.testing.assert_array_equal(r["bucket/p0.5-1/tokens"], 800)  # from the second row of each step
     seeds = [f4.read_metrics(p) for p in found["dcpo"].values()]
     x, mean, lo, hi = f4.aggregate(seeds, "entropy", window=1)
     # seeds 0 and 1 differ by exactly 0.1: mean is the midpoint, min/max the two seeds
