@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Union
 
 import torch
@@ -253,10 +253,9 @@ class LossConfig:
     """Cap >= 1 on every method's upper bound (the paper trains BandPO with 10); ``None``: no cap."""
     agg: str = "token-mean"
     """Aggregation mode: a name from :func:`list_aggregations`."""
-    _resolved_eps: "tuple[Optional[float], Optional[float]]" = field(default=(None, None), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        bounds_method = get_bounds_method(self.method)
+        get_bounds_method(self.method)  # ValueError listing the known methods
         get_divergence(self.divergence)  # ValueError listing the known names
         _get_aggregation(self.agg)
         if not _is_real(self.delta) or not (math.isfinite(self.delta) and self.delta > 0):
@@ -275,15 +274,14 @@ class LossConfig:
             _is_real(self.max_ratio) and math.isfinite(self.max_ratio) and self.max_ratio >= 1
         ):
             raise ValueError(f"max_ratio must be None or a finite number >= 1 (e.g. 10), got {self.max_ratio!r}")
-        default_low, default_high = bounds_method.eps_defaults
-        eps_low = float(self.eps_low) if self.eps_low is not None else default_low
-        eps_high = float(self.eps_high) if self.eps_high is not None else default_high
-        object.__setattr__(self, "_resolved_eps", (eps_low, eps_high))
 
     @property
     def eps(self) -> "tuple[Optional[float], Optional[float]]":
         """(eps_low, eps_high) after the method's defaults are filled in (``None`` where the method has none)."""
-        return self._resolved_eps
+        default_low, default_high = get_bounds_method(self.method).eps_defaults
+        eps_low = float(self.eps_low) if self.eps_low is not None else default_low
+        eps_high = float(self.eps_high) if self.eps_high is not None else default_high
+        return eps_low, eps_high
 
 
 # ----------------------------------------------------------------------------------------------------------

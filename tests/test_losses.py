@@ -18,6 +18,7 @@ within a finite-difference step.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import zlib
@@ -269,6 +270,8 @@ def test_method_defaults_and_registry():
     assert LossConfig(method="dcpo").eps == (0.16, 0.2)
     assert LossConfig(method="band").eps == (None, None)
     assert LossConfig(method="dcpo", eps_high=0.3).eps == (0.16, 0.3)
+    cfg = LossConfig(method="dcpo", dual_clip=10.0, agg="seq-mean-token-mean")
+    assert LossConfig(**dataclasses.asdict(cfg)) == cfg  # a config round-trips through a dict (YAML, CLI)
     assert list_aggregations() == sorted(AGGS)
 
     class Half:
@@ -641,3 +644,26 @@ def test_bad_values_at_valid_tokens_raise(name, value, message):
     good[name][0, 0] = value
     with pytest.raises(ValueError, match=message):
         policy_loss(**good)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that validate=False never syncs")
+@pytest.mark.parametrize("method", ["clip", "dcpo"])
+def test_no_host_sync_without_validation_on_cuda(method):
+    """With validate=False, computing the loss, its gradient and every metric issues no host-device sync.
+
+    (``band`` is left out here: its own sync-freedom belongs to bandpo.band's tests.)
+    """
+    logp, old, adv, mask = (t.cuda() for t in _batch(3))
+    x = logp.clone().requires_grad_(True)
+    policy_loss(x, old, adv, mask, method=method, dual_clip=10.0, max_ratio=10.0, validate=False)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for agg in AGGS:
+            loss, metrics = policy_loss(
+                x, old, adv, mask, method=method, dual_clip=10.0, max_ratio=10.0, agg=agg, validate=False
+            )
+            loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert set(metrics) == set(METRIC_KEYS) and torch.isfinite(x.grad).all()
