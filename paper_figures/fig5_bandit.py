@@ -10,8 +10,8 @@ entropy and the rollout reward, the pooled per-bucket high-clip fractions, and e
 Panels:
 (a) π(rare arm) vs step (mean over seeds, band: interquartile range);
 (b) policy entropy (nats);
-(c) fraction of tokens clipped at the upper bound with positive advantage, in the old-probability bucket
-    where the rare arm starts (pooled over seeds);
+(c) fraction of tokens clipped at the upper bound with positive advantage, per old-probability bucket, pooled
+    over seeds and over the whole run (weighted by the bucket's token count per step);
 (d) steps until π(rare) >= the discovery threshold, one dot per seed (right edge: never within the run).
 """
 
@@ -96,21 +96,19 @@ def _arr(xs) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in xs], dtype=float)
 
 
-def rare_bucket(cfg: dict, buckets: list[str]) -> str:
-    """The old-probability bucket that contains the rare arm's initial probability."""
-    p0 = cfg["rare_prob"]
-    for b in buckets:
-        lo, hi = (float(x) for x in b[1:].split("-"))
-        if lo <= p0 < hi:
-            return b
-    return buckets[0]
+def pooled(method_entry: dict, bucket: str) -> float:
+    """High-clip fraction of ``bucket`` over the whole run: Σ_t clip_t·tokens_t / Σ_t tokens_t (0 if no tokens)."""
+    c, n = _arr(method_entry["clip_high"][bucket]), _arr(method_entry["tokens"][bucket])
+    ok = np.isfinite(c) & np.isfinite(n)
+    total = n[ok].sum()
+    return float((c[ok] * n[ok]).sum() / total) if total > 0 else 0.0
 
 
 def make_figure(out, data_path: Path = DEFAULT_DATA):
     """Draw the four panels from ``data_path`` and save to ``out`` (a .png path or a folder)."""
     data = load(data_path)
     cfg, methods = data["config"], data["methods"]
-    bucket = rare_bucket(cfg, data["buckets"])
+    buckets = data["buckets"]
     apply_style()
     import matplotlib.pyplot as plt
 
@@ -124,9 +122,11 @@ def make_figure(out, data_path: Path = DEFAULT_DATA):
         x = np.arange(len(m["p_rare"]["mean"]))
         for ax, key in ((ax_p, "p_rare"), (ax_h, "entropy")):
             ax.plot(x, _arr(m[key]["mean"]), color=st["color"], ls=st["ls"], lw=1.4, label=label)
-            ax.fill_between(x, _arr(m[key]["q25"]), _arr(m[key]["q75"]), color=st["color"], alpha=0.12, lw=0)
-        xc = np.arange(1, len(m["clip_high"][bucket]) + 1)
-        ax_c.plot(xc, 100 * _arr(m["clip_high"][bucket]), color=st["color"], ls=st["ls"], lw=1.2)
+            ax.fill_between(x, _arr(m[key]["q25"]), _arr(m[key]["q75"]), color=st["color"], alpha=0.08, lw=0)
+        width = 0.8 / len(methods)
+        for j, b in enumerate(buckets):
+            ax_c.bar(j - 0.4 + (i + 0.5) * width, 100 * pooled(m, b), width, color=st["color"],
+                     hatch="//" if st["ls"] not in ("-", "solid") else None, edgecolor="white", lw=0.3)
         d = _arr(m["discover_steps"])
         d = np.where(np.isfinite(d), d, steps_max * 1.08)
         jitter = (np.arange(len(d)) - (len(d) - 1) / 2) * (0.5 / max(len(d), 1))
@@ -134,9 +134,10 @@ def make_figure(out, data_path: Path = DEFAULT_DATA):
     ax_p.axhline(cfg["discover_at"], color="0.5", lw=0.8, ls=":")
     ax_p.set(xlabel="step", ylabel=r"$\pi$(rare arm)", ylim=(0, 1.02), title="rare best arm")
     ax_h.set(xlabel="step", ylabel="entropy (nats)", title="policy entropy")
-    top = max((100 * np.nanmax(_arr(m["clip_high"][bucket])) for m in methods.values()), default=0.0)
-    ax_c.set(xlabel="step", ylabel="% clipped high (A > 0)", ylim=(-0.03 * max(1.1 * top, 1.0), max(1.1 * top, 1.0)),
-             title=f"upper clipping, bucket {bucket}")
+    ax_c.set_xticks(range(len(buckets)), [b.lstrip("p").replace("-", "–") for b in buckets])
+    ax_c.set(xlabel="old probability of the token", ylabel="% clipped high (A > 0), whole run",
+             title="upper clipping by bucket")
+    ax_c.grid(axis="x", visible=False)
     names = list(methods)
     ax_d.axvline(steps_max, color="0.5", lw=0.8, ls=":")
     ax_d.set_yticks(range(len(names)), names)
