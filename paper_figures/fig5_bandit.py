@@ -49,9 +49,23 @@ def _summary(values: np.ndarray) -> dict:
             "q75": _round(np.quantile(values, 0.75, axis=1))}
 
 
+def _config_dict(cfg) -> dict:
+    """A BanditConfig as JSON-ready values (tuples as lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
 def data_complete(path: Path = DEFAULT_DATA) -> bool:
-    """True when the bandit data file exists (reproduce.py's skip test)."""
-    return Path(path).is_file()
+    """True when the data file exists and was made with the current ``BanditConfig()`` defaults."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    from bandpo.bandit import BanditConfig
+
+    saved = json.loads(path.read_text()).get("config")
+    if saved != _config_dict(BanditConfig()):
+        print(f"{path}: made with other BanditConfig settings than bandpo.bandit's current defaults")
+        return False
+    return True
 
 
 def generate_data(path: Path = DEFAULT_DATA, cfg=None, methods=None) -> Path:
@@ -62,7 +76,7 @@ def generate_data(path: Path = DEFAULT_DATA, cfg=None, methods=None) -> Path:
     runs = run_all(cfg, methods)
     from bandpo.losses import BUCKET_NAMES
 
-    out = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    out = {"config": _config_dict(cfg),
            "buckets": list(BUCKET_NAMES), "methods": {}}
     for name, h in runs.items():
         entry = {s: _summary(getattr(h, s).numpy()) for s in SERIES}
@@ -165,7 +179,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=None, help="with --regenerate: number of seeds")
     ap.add_argument("--methods", nargs="*", default=None, help="with --regenerate: bandpo.bandit.METHODS keys")
     args = ap.parse_args(argv)
-    if args.regenerate or not data_complete(args.data):
+    if args.regenerate or not Path(args.data).is_file():
         from dataclasses import replace
 
         from bandpo.bandit import BanditConfig
