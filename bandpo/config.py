@@ -1,0 +1,617 @@
+"""Typed training configuration: dataclasses with a docstring under every field, validated once, YAML in/out.
+
+A run is described by one :class:`TrainConfig` with seven sections (``model``, ``task``, ``rollout``, ``loss``,
+``optim``, ``warmstart``, ``trainer``). YAML files in ``bandpo/configs/`` hold the same nesting; a file may name a
+``base:`` file (relative to itself) whose values it overrides, key by key.
+
+Validation happens in two places, both before any work:
+
+* structural checks in ``__post_init__`` (types, ranges, names, cross-field rules such as "mini-batch no larger
+  than the batch"): a bad value raises ``ValueError`` naming the key, the value and what is allowed;
+* :meth:`TrainConfig.check_paths` checks what depends on the machine (the model folder or Hugging Face cache entry,
+  the data file) and is called by ``bandpo.train`` at start-up. Parsing a GPU recipe on a laptop therefore works.
+
+Nothing here imports torch, Lightning or transformers.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = [
+    "CONFIG_DIR",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RolloutConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "WarmStartConfig",
+    "field_docs",
+    "list_presets",
+    "load_config",
+    "preset_path",
+]
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+LOSS_METHODS = ("clip", "dcpo", "band")
+"""Policy-loss methods of ``bandpo.policy_loss`` (checked again against ``bandpo.losses`` when it is importable)."""
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+SAMPLERS = ("loop", "hf_generate")
+ARCHS = ("qwen2", "llama")
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"config {key} = {value!r} is invalid: {allowed}")
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        _fail(key, value, allowed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """The policy (and, with ``loss.kl_coef > 0``, the frozen reference: a copy of the initial policy)."""
+
+    name_or_path: Optional[str] = None
+    """A Hugging Face causal LM: a local folder, or a hub id already in the local HF cache (nothing is downloaded).
+    None builds the tiny randomly initialised model described by the fields below."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder or hub id. None: the model's own tokenizer, or the built-in character tokenizer for the
+    tiny model."""
+    arch: str = "qwen2"
+    """Tiny model architecture (a transformers config class): 'qwen2' or 'llama'. Only used without name_or_path."""
+    hidden_size: int = 128
+    """Tiny model width."""
+    num_layers: int = 2
+    """Tiny model depth (decoder layers)."""
+    num_heads: int = 4
+    """Tiny model attention heads (hidden_size must be divisible by it)."""
+    intermediate_size: int = 384
+    """Tiny model MLP width."""
+    max_positions: int = 128
+    """Tiny model context length (prompt + completion tokens must fit)."""
+    dtype: str = "float32"
+    """Dtype the weights are loaded in ('float32' or 'bfloat16'). Mixed precision is ``trainer.precision``."""
+    attn_implementation: str = "sdpa"
+    """transformers attention backend ('sdpa', 'eager', or 'flash_attention_2' where installed)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (saves memory for long responses)."""
+    trust_remote_code: bool = False
+    """Passed to ``from_pretrained`` for models with custom code."""
+
+    def __post_init__(self) -> None:
+        _check(self.arch in ARCHS, "model.arch", self.arch, f"one of {ARCHS}")
+        for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            _check(getattr(self, k) >= 1, f"model.{k}", getattr(self, k), "must be >= 1")
+        _check(self.hidden_size % self.num_heads == 0, "model.hidden_size", self.hidden_size,
+               f"must be divisible by model.num_heads = {self.num_heads}")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype,
+               "one of 'float32', 'bfloat16', 'float16'")
+
+
+@dataclass
+class TaskConfig:
+    """Where prompts come from and how completions are scored (see ``bandpo.tasks``)."""
+
+    name: str = "addition"
+    """Task in ``bandpo.tasks.TASKS``: 'addition' (procedural, built in) or 'math_file' (prompts from a file)."""
+    min_digits: int = 2
+    """addition: fewest digits of an operand."""
+    max_digits: int = 3
+    """addition: most digits of an operand."""
+    path: Optional[str] = None
+    """math_file: local .jsonl/.json/.parquet file or ``datasets.save_to_disk`` folder."""
+    split: str = "train"
+    """math_file: split to read from a .json dict or a DatasetDict folder."""
+    prompt_column: str = "prompt"
+    """math_file: column with the problem text (or a list of chat messages). Dots read nested fields."""
+    answer_column: str = "answer"
+    """math_file: column with the ground-truth answer, e.g. 'reward_model.ground_truth'."""
+    template: str = "none"
+    """Prompt template: 'none', 'dapo' (the DAPO-Math template) or a format string with '{prompt}'."""
+    chat_template: bool = False
+    """Apply the tokenizer's chat template to the (templated) prompt."""
+    reward_funcs: list[str] = field(default_factory=list)
+    """Reward functions from ``bandpo.tasks.REWARD_FUNCS``, summed; empty: the task's default."""
+    reward_weights: Optional[list[float]] = None
+    """One weight per reward function; None: all 1."""
+
+    def __post_init__(self) -> None:
+        from .tasks import REWARD_FUNCS, TASKS, TEMPLATES
+
+        _check(self.name in TASKS, "task.name", self.name, f"one of {sorted(TASKS)}")
+        _check(1 <= self.min_digits <= self.max_digits <= 18, "task.min_digits/max_digits",
+               (self.min_digits, self.max_digits), "need 1 <= min_digits <= max_digits <= 18")
+        _check(self.template in TEMPLATES or "{prompt}" in self.template, "task.template", self.template,
+               f"one of {sorted(TEMPLATES)} or a format string containing '{{prompt}}'")
+        for name in self.reward_funcs:
+            _check(name in REWARD_FUNCS, "task.reward_funcs", name, f"each must be one of {sorted(REWARD_FUNCS)}")
+        if self.reward_weights is not None:
+            _check(len(self.reward_weights) == len(self.reward_funcs), "task.reward_weights", self.reward_weights,
+                   f"needs one weight per reward function ({len(self.reward_funcs)})")
+        if self.name == "math_file":
+            _check(self.path is not None, "task.path", self.path, "task 'math_file' needs a data path")
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling of G completions per prompt with the current policy."""
+
+    prompts_per_step: int = 16
+    """Prompts per RL step (the rollout batch), over all devices. The paper: 256."""
+    group_size: int = 8
+    """G, completions sampled per prompt (the GRPO group). The paper: 16. Must be >= 2."""
+    temperature: float = 1.0
+    """Sampling temperature; old log-probs, entropy and the loss use the same temperature-scaled logits."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1 = full distribution). Log-probs are always of the untruncated distribution."""
+    max_new_tokens: int = 8
+    """Longest completion in tokens (the paper: 4096). Completions that hit it are kept, without EOS."""
+    sampler: str = "loop"
+    """'loop' (bandpo's KV-cache sampler, seeded by the run's generator, resumable) or 'hf_generate'
+    (``model.generate`` under a forked, seeded global RNG)."""
+    micro_batch_size: int = 0
+    """Sequences per generation / log-prob forward chunk; 0: the whole local batch at once."""
+
+    def __post_init__(self) -> None:
+        _check(self.prompts_per_step >= 1, "rollout.prompts_per_step", self.prompts_per_step, "must be >= 1")
+        _check(self.group_size >= 2, "rollout.group_size", self.group_size,
+               "G must be >= 2: group-normalised advantages compare completions of the same prompt")
+        _check(math.isfinite(self.temperature) and self.temperature > 0, "rollout.temperature", self.temperature,
+               "must be > 0")
+        _check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
+        _check(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "must be >= 1")
+        _check(self.sampler in SAMPLERS, "rollout.sampler", self.sampler, f"one of {SAMPLERS}")
+        _check(self.micro_batch_size >= 0, "rollout.micro_batch_size", self.micro_batch_size, "must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    """Arguments of ``bandpo.policy_loss`` plus the advantage and reference-KL settings."""
+
+    method: str = "band"
+    """Ratio bound: 'clip' (PPO/GRPO [1-eps_low, 1+eps_high]; Clip-Higher with eps_high 0.28), 'dcpo'
+    (DCPO dynamic-adaptive clipping) or 'band' (BandPO: the f-divergence band of radius delta)."""
+    divergence: str = "kl"
+    """f-divergence of the band (``bandpo.list_divergences()``); the paper trains with 'kl'."""
+    delta: float = 0.05
+    """Trust-region radius δ of the band (method 'band'). The paper: 0.05."""
+    eps_low: Optional[float] = None
+    """Lower clip ε₋ (methods 'clip' and 'dcpo'); None: the method's default (clip 0.2, dcpo 0.16)."""
+    eps_high: Optional[float] = None
+    """Upper clip ε₊ (methods 'clip' and 'dcpo'); None: the method's default (clip 0.28, dcpo 0.2)."""
+    dual_clip: Optional[float] = 10.0
+    """Dual-clip constant c (> 1) bounding the loss of negative-advantage tokens at -A·c; None: off."""
+    max_ratio: Optional[float] = 10.0
+    """Cap on the upper ratio bound (BandPO and DCPO use 10); None: no cap."""
+    agg: str = "seq-mean-token-mean"
+    """Loss aggregation: 'token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum', 'seq-mean-token-sum-norm'."""
+    kl_coef: float = 0.001
+    """β of the k3 KL(π‖π_ref) penalty added to the loss (the paper: 0.001); 0 disables the reference model."""
+    scale_adv_by_std: bool = True
+    """GRPO advantages (R - mean_G R)/(std_G R + 1e-6); False: R - mean_G R (Dr. GRPO)."""
+
+    def __post_init__(self) -> None:
+        methods = _policy_loss_methods()
+        _check(self.method in methods, "loss.method", self.method, f"one of {methods}")
+        if self.method == "band":
+            from .divergences import list_divergences
+
+            _check(self.divergence in list_divergences(), "loss.divergence", self.divergence,
+                   f"one of {list_divergences()}")
+        _check(isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta > 0, "loss.delta",
+               self.delta, "the trust-region radius must be a finite number > 0")
+        _check(self.eps_low is None or 0 <= self.eps_low <= 1, "loss.eps_low", self.eps_low, "None or in [0, 1]")
+        _check(self.eps_high is None or 0 <= self.eps_high < math.inf, "loss.eps_high", self.eps_high,
+               "None or a finite number >= 0")
+        _check(self.dual_clip is None or 1 < self.dual_clip < math.inf, "loss.dual_clip", self.dual_clip,
+               "None or a finite number > 1")
+        _check(self.max_ratio is None or 1 <= self.max_ratio < math.inf, "loss.max_ratio", self.max_ratio,
+               "None or a finite number >= 1")
+        _check(self.agg in AGG_MODES, "loss.agg", self.agg, f"one of {AGG_MODES}")
+        _check(math.isfinite(self.kl_coef) and self.kl_coef >= 0, "loss.kl_coef", self.kl_coef, "must be >= 0")
+
+    def policy_loss_kwargs(self) -> dict:
+        """Keyword arguments for ``bandpo.policy_loss``."""
+        return dict(method=self.method, divergence=self.divergence, delta=self.delta, eps_low=self.eps_low,
+                    eps_high=self.eps_high, dual_clip=self.dual_clip, max_ratio=self.max_ratio, agg=self.agg)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the off-policy update schedule: several optimiser steps per rollout batch."""
+
+    lr: float = 1e-6
+    """Learning rate (the paper: 1e-6, constant)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (β₁, β₂)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear learning-rate warm-up from 0."""
+    prompts_per_minibatch: int = 4
+    """Prompts (each with its G completions) per optimiser step, over all devices: the PPO mini-batch. The
+    paper: 64 of 256, i.e. 4 optimiser steps per rollout batch."""
+    micro_batch_size: int = 0
+    """Sequences per forward/backward (gradient accumulation inside a mini-batch); 0: the whole local mini-batch."""
+    ppo_epochs: int = 1
+    """Passes over the rollout batch (each a full round of mini-batches)."""
+    shuffle: bool = False
+    """Shuffle prompt groups between mini-batches (seeded)."""
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
+               "two numbers in [0, 1)")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+        _check(self.prompts_per_minibatch >= 1, "optim.prompts_per_minibatch", self.prompts_per_minibatch,
+               "must be >= 1")
+        _check(self.micro_batch_size >= 0, "optim.micro_batch_size", self.micro_batch_size, "must be >= 0")
+        _check(self.ppo_epochs >= 1, "optim.ppo_epochs", self.ppo_epochs, "must be >= 1")
+
+
+@dataclass
+class WarmStartConfig:
+    """Supervised warm-start before RL, so the initial reward is not zero (tasks with targets only)."""
+
+    steps: int = 0
+    """Supervised steps (cross-entropy on prompt -> answer + EOS); 0: none (pretrained models)."""
+    lr: float = 1e-3
+    """Warm-start learning rate (AdamW, constant)."""
+    batch_size: int = 64
+    """Warm-start examples per step."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "warmstart.steps", self.steps, "must be >= 0")
+        _check(self.lr > 0, "warmstart.lr", self.lr, "must be > 0")
+        _check(self.batch_size >= 1, "warmstart.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass
+class TrainerConfig:
+    """Run length, hardware and bookkeeping (Lightning Trainer settings)."""
+
+    max_steps: int = 200
+    """RL steps (rollout batches); each makes ``ppo_epochs · prompts_per_step / prompts_per_minibatch`` optimiser
+    steps. One metrics row per RL step."""
+    seed: int = 0
+    """Seed of the model init, the warm-start, the prompts and the sampler."""
+    accelerator: str = "auto"
+    """Lightning accelerator: 'cpu', 'gpu', 'auto'."""
+    devices: Union[int, str] = 1
+    """Devices per node (an int or 'auto')."""
+    num_nodes: int = 1
+    """Nodes (multi-node through Lightning's launcher / SLURM / torchrun)."""
+    strategy: str = "auto"
+    """'auto' (one device), 'ddp', 'ddp_spawn' or 'fsdp' (Lightning's strategies)."""
+    fsdp_wrap: list[str] = field(default_factory=list)
+    """FSDP: transformers module class names to wrap as units (e.g. ['Qwen2DecoderLayer'])."""
+    precision: str = "32-true"
+    """'32-true', 'bf16-mixed' (GPU recipes) or 'bf16-true'."""
+    checkpoint_every: int = 25
+    """Save ``checkpoints/last.ckpt`` every this many RL steps (and at the end); a kill loses at most this many."""
+    nonfinite: str = "stop"
+    """On a non-finite loss or gradient norm: 'stop' (raise, with the step and statistics) or 'skip' (drop that
+    optimiser step, report it, go on)."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    num_threads: int = 0
+    """torch CPU threads; 0: min(4, available cores)."""
+    deterministic: bool = False
+    """``torch.use_deterministic_algorithms`` (Lightning's ``deterministic``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "trainer.max_steps", self.max_steps, "must be >= 1")
+        _check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), "trainer.accelerator", self.accelerator,
+               "one of 'auto', 'cpu', 'gpu', 'cuda', 'mps'")
+        _check(self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1), "trainer.devices",
+               self.devices, "an int >= 1 or 'auto'")
+        _check(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "must be >= 1")
+        _check(self.strategy in STRATEGIES, "trainer.strategy", self.strategy, f"one of {STRATEGIES}")
+        _check(self.precision in PRECISIONS, "trainer.precision", self.precision,
+               f"one of {PRECISIONS} (fp16 with a gradient scaler is not supported: use bf16)")
+        _check(self.checkpoint_every >= 1, "trainer.checkpoint_every", self.checkpoint_every, "must be >= 1")
+        _check(self.nonfinite in ("stop", "skip"), "trainer.nonfinite", self.nonfinite, "'stop' or 'skip'")
+        _check(self.num_threads >= 0, "trainer.num_threads", self.num_threads, "must be >= 0")
+
+    @property
+    def world_size(self) -> Optional[int]:
+        """Processes in the run, when known from the config (None with devices='auto')."""
+        return None if self.devices == "auto" else int(self.devices) * self.num_nodes
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "task": TaskConfig,
+    "rollout": RolloutConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "warmstart": WarmStartConfig,
+    "trainer": TrainerConfig,
+}
+
+
+@dataclass
+class TrainConfig:
+    """A complete run. Build with :func:`load_config` / :meth:`from_dict`; sections are validated on
+    construction and the cross-section rules in ``__post_init__``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """Prompts and rewards."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Policy loss, advantages, reference KL."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and mini-batching."""
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Supervised warm-start."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Run length and hardware."""
+
+    def __post_init__(self) -> None:
+        r, o = self.rollout, self.optim
+        _check(o.prompts_per_minibatch <= r.prompts_per_step, "optim.prompts_per_minibatch", o.prompts_per_minibatch,
+               f"the mini-batch must not be larger than the batch (rollout.prompts_per_step = {r.prompts_per_step})")
+        _check(r.prompts_per_step % o.prompts_per_minibatch == 0, "optim.prompts_per_minibatch",
+               o.prompts_per_minibatch, f"must divide rollout.prompts_per_step = {r.prompts_per_step}")
+        world = self.trainer.world_size
+        if world is not None:
+            _check(o.prompts_per_minibatch % world == 0, "optim.prompts_per_minibatch", o.prompts_per_minibatch,
+                   f"must be divisible by the number of processes (devices x num_nodes = {world})")
+            local_seqs = o.prompts_per_minibatch // world * r.group_size
+            if o.micro_batch_size:
+                _check(local_seqs % o.micro_batch_size == 0, "optim.micro_batch_size", o.micro_batch_size,
+                       f"must divide the per-process mini-batch of {local_seqs} sequences")
+        if self.warmstart.steps > 0:
+            from .tasks import SFT_TASKS
+
+            _check(self.task.name in SFT_TASKS, "warmstart.steps", self.warmstart.steps,
+                   f"task {self.task.name!r} has no supervised targets (tasks with targets: {sorted(SFT_TASKS)}); "
+                   "set it to 0")
+        if self.model.name_or_path is None and self.model.tokenizer is not None:
+            _fail("model.tokenizer", self.model.tokenizer, "the tiny model uses the built-in character tokenizer")
+
+    # ------------------------------------------------------------------------------------------------------
+    # dict / YAML
+    # ------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Build from a nested dict (unknown sections or keys raise, listing what is allowed)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a mapping of sections, got {type(data).__name__}")
+        unknown = set(data) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; allowed: {list(SECTIONS)}")
+        sections = {}
+        for name, sec_cls in SECTIONS.items():
+            values = data.get(name) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {name!r} must be a mapping, got {values!r}")
+            sections[name] = _build_section(sec_cls, name, values)
+        return cls(**sections)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML-ready)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: Union[str, Path, None] = None) -> str:
+        """Serialise (and write to ``path`` if given). ``load_config(path)`` gives back an equal config."""
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def replace(self, overrides: dict) -> "TrainConfig":
+        """A new config with dotted-key overrides applied (``{"loss.delta": 0.1}``), validated again."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in SECTIONS or not name:
+                raise ValueError(f"override key {key!r} must be 'section.field' with section in {list(SECTIONS)}")
+            data[section][name] = value
+        return TrainConfig.from_dict(data)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Machine-dependent checks (start-up)
+    # ------------------------------------------------------------------------------------------------------
+
+    def check_paths(self) -> None:
+        """Raise ``ValueError`` if the model, tokenizer or data cannot be found locally (nothing is downloaded)."""
+        if self.model.name_or_path is not None:
+            _check_model_source(self.model.name_or_path, "model.name_or_path")
+        if self.model.tokenizer is not None:
+            _check_model_source(self.model.tokenizer, "model.tokenizer", need="tokenizer_config.json")
+        if self.task.path is not None and not Path(self.task.path).expanduser().exists():
+            _fail("task.path", self.task.path, "the data file or folder does not exist (data are read locally)")
+
+
+def _check_model_source(name: str, key: str, need: str = "config.json") -> None:
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / need).is_file():
+            _fail(key, name, f"the folder exists but has no {need}")
+        return
+    if p.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        _fail(key, name, "no such model folder (expected a local folder or a hub id 'org/name' in the HF cache)")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        _fail(key, name, "not a local folder, and huggingface_hub is not installed to look in the HF cache")
+    found = try_to_load_from_cache(name, need)
+    if not isinstance(found, str):
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        _fail(key, name, f"not a local folder and not in the Hugging Face cache ({cache}); nothing is downloaded: "
+              f"fetch it first (`huggingface-cli download {name}`) or give a local path")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Construction helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _policy_loss_methods() -> tuple:
+    try:
+        from . import losses  # the pure-torch loss module: cheap to import
+    except ImportError:
+        return LOSS_METHODS
+    for attr in ("list_bounds_methods", "list_methods", "list_policy_losses"):
+        fn = getattr(losses, attr, None)
+        if callable(fn):
+            return tuple(fn())
+    for attr in ("METHODS", "POLICY_LOSSES", "BOUNDS"):
+        reg = getattr(losses, attr, None)
+        if isinstance(reg, (dict, tuple, list)) and reg:
+            return tuple(reg)
+    return LOSS_METHODS
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type (ints for floats, '1e-6' strings for floats, ...)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"config {key} = {value!r}: expected {tp}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config {key} = {value!r}: expected a list")
+        return [_coerce(v, args[0] if args else Any, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"config {key} = {value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"config {key} = {value!r}: expected an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"config {key} = {value!r}: expected an integer") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"config {key} = {value!r}: expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {key} = {value!r}: expected a number") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config {key} = {value!r}: expected a string")
+        return value
+    return value
+
+
+def _build_section(sec_cls: type, name: str, values: dict) -> Any:
+    hints = typing.get_type_hints(sec_cls)
+    names = [f.name for f in dataclasses.fields(sec_cls)]
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in config section {name!r}; allowed: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()}
+    return sec_cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    import yaml
+
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"config {path} includes itself through 'base:'")
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _deep_merge(_read_yaml(path.parent / base, seen + (path,)), data)
+    return data
+
+
+def preset_path(name: str) -> Path:
+    """Path of ``bandpo/configs/<name>.yaml``; raises with the list of presets if there is none."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; presets: {list_presets()}")
+    return path
+
+
+def list_presets() -> list:
+    """Names of the YAML configs shipped in ``bandpo/configs``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(path: Union[str, Path, None] = None, overrides: Optional[dict] = None) -> TrainConfig:
+    """Load a YAML config (following ``base:``) with optional dotted-key overrides; None: the defaults."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ValueError(f"override key {key!r} must be 'section.field' with section in {list(SECTIONS)}")
+        data.setdefault(section, {})
+        data[section] = dict(data[section] or {}, **{name: value})
+    return TrainConfig.from_dict(data)
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict:
+    """The docstring under each field of a config dataclass (attribute docstrings, read from the source)."""
+    tree = ast.parse(inspect.getsource(cls).lstrip())
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs

@@ -1,0 +1,492 @@
+"""The pieces of a GRPO-style RL step as functions of tensors and models: sampling, log-probs, entropy, rewards,
+advantages, the k3 reference KL, and the supervised warm-start. ``bandpo.module.BandPOModule`` only wires them.
+
+Shapes: ``N`` sequences in a rollout (``N = prompts · G``, a prompt's G completions contiguous), ``P`` prompt
+tokens (left-padded), ``T`` completion tokens (right-padded), ``V`` vocabulary size. ``mask`` is 1 on real
+completion tokens (up to and including EOS) and 0 on padding.
+
+Design decisions (and where they follow the paper's training code, digest §3 and §5.4):
+
+1. Old log-probs are recomputed with a separate forward pass over prompt + completion after sampling, never taken
+   from the sampler: ``generate``'s processed scores are changed by logits processors, and the KV-cache sampler's
+   logits differ from a full forward in the last bits. The same function computes the new log-probs in the update,
+   so ``ratio = 1`` exactly for an unchanged policy.
+2. Log-probs and entropy use the temperature-scaled logits ``z / τ`` (the distribution that is sampled), over the
+   whole vocabulary: top-p truncation only affects which token is drawn.
+3. Token entropy is that of the full next-token distribution, ``H = logsumexp(z) − Σ softmax(z)·z``.
+4. GRPO advantages: ``A_i = (R_i − mean_G R) / (std_G R + 1e-6)`` with the unbiased std, or ``R_i − mean_G R``
+   without std scaling, broadcast to every completion token by the caller.
+5. Reference KL: the low-variance k3 estimator ``exp(ref − logp) − (ref − logp) − 1`` per token, clamped to
+   [−10, 10] (≥ 0 up to the clamp), aggregated like the policy loss and added with coefficient β.
+6. Sampling draws from an explicit ``torch.Generator`` (the ``loop`` sampler), so a run's random stream is part of
+   its checkpoint and a resumed run samples exactly what an uninterrupted one would.
+
+``transformers`` is not imported here: any Hugging Face causal LM (``model(input_ids, attention_mask,
+position_ids, ...) -> .logits``) works.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Rollout",
+    "SAMPLERS",
+    "completion_logp",
+    "group_advantages",
+    "k3_kl",
+    "masked_mean",
+    "position_ids",
+    "rollout",
+    "sample_hf_generate",
+    "sample_loop",
+    "selective_logp",
+    "sft_loss",
+    "token_entropy",
+    "top_p_filter",
+    "warm_start",
+]
+
+KL_CLAMP = 10.0
+"""k3 values are clamped to [-KL_CLAMP, KL_CLAMP] (as in the paper's training code)."""
+ADV_EPS = 1e-6
+"""Added to the group std in the GRPO advantage."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small tensor helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: Optional[int] = None) -> Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (over ``dim``, or everything). Empty -> 0."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def position_ids(mask: Tensor) -> Tensor:
+    """Position ids for a left- or right-padded ``(B, L)`` attention mask: 0, 1, ... over the real tokens."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def selective_logp(logits: Tensor, ids: Tensor) -> Tensor:
+    """``log softmax(logits)[ids]`` in float32 without materialising the log-softmax.
+
+    Args:
+        logits: (B, T, V). ids: (B, T) token ids.
+    Returns:
+        (B, T) float32 log-probabilities ``z[id] − logsumexp(z)``.
+    """
+    z = logits.float()
+    return z.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy of the full next-token distribution, ``H = logsumexp(z) − Σ_v softmax(z)_v z_v``.
+
+    Args:
+        logits: (..., V). Returns: (...) float32, in nats; in ``[0, log V]``.
+    """
+    z = logits.float()
+    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
+def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Set to −inf every logit outside the smallest set of most likely tokens with total probability >= top_p.
+
+    The most likely token is always kept. Args: logits (B, V). Returns: (B, V), a new tensor.
+    """
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _pad_right(tensors: Sequence[Tensor], value: int) -> Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def _chunks(n: int, size: int) -> list:
+    size = size if size > 0 else n
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_params(model_cls: type) -> frozenset:
+    return frozenset(inspect.signature(model_cls.forward).parameters)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _finish(tokens: list, eos_id: int, pad_id: int) -> tuple:
+    """Stack sampled columns into (ids, mask): mask is 1 up to and including the first EOS."""
+    ids = torch.stack(tokens, dim=1)
+    is_eos = ids == eos_id
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    mask = (~after_eos).long()
+    return ids.masked_fill(after_eos, pad_id), mask
+
+
+@torch.no_grad()
+def sample_loop(
+    model: Any,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> tuple:
+    """Sample completions token by token with a KV cache, drawing from ``generator``.
+
+    Next token ~ softmax(top_p_filter(z / temperature)). Rows stop after EOS (later tokens are ``pad_id``); the loop
+    ends when every row has stopped or after ``max_new_tokens``.
+
+    Args:
+        prompt_ids, prompt_mask: (B, P), left-padded.
+    Returns:
+        ``(completion_ids, completion_mask)``, both (B, T) with T <= max_new_tokens.
+    """
+    from transformers import DynamicCache
+
+    params = _forward_params(type(model))
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    mask = prompt_mask.long()
+    pos = position_ids(mask)
+    first = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache},
+                **first)
+    last_pos = pos[:, -1:]
+    done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    tokens = []
+    for t in range(max_new_tokens):
+        logits = top_p_filter(out.logits[:, -1].float() / temperature, top_p)
+        nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+        nxt = nxt.masked_fill(done, pad_id)
+        tokens.append(nxt)
+        done = done | (nxt == eos_id)
+        if t == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
+                    **{cache_kw: cache})
+    return _finish(tokens, eos_id, pad_id)
+
+
+@torch.no_grad()
+def sample_hf_generate(
+    model: Any,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> tuple:
+    """Sample with ``model.generate`` (``do_sample=True, top_k=0``). ``generate`` has no generator argument, so
+    the global RNG is forked and seeded from ``generator`` (one draw per call), which keeps runs reproducible.
+    Same contract as :func:`sample_loop`."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
+    devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature, top_p=top_p,
+            top_k=0, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
+        )
+    new = out[:, prompt_ids.shape[1]:]
+    return _finish(list(new.unbind(1)), eos_id, pad_id)
+
+
+SAMPLERS: dict[str, Callable[..., tuple]] = {"loop": sample_loop, "hf_generate": sample_hf_generate}
+"""Sampler registry (``rollout.sampler`` in the config)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Log-probs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def completion_logp(
+    model: Any,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple:
+    """Log-probabilities (and entropies) of the completion tokens under ``model``, from one forward pass.
+
+    ``logp[b, t] = log softmax(z_{P+t−1} / τ)[completion_ids[b, t]]``, the prediction of completion token t from
+    the prompt and completion tokens before it.
+
+    Args:
+        prompt_ids, prompt_mask: (B, P) left-padded. completion_ids, completion_mask: (B, T) right-padded.
+    Returns:
+        ``(logp, entropy)``: (B, T) float32 each (entropy is None unless ``with_entropy``). Values at masked
+        positions are defined but meaningless.
+    """
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    T = completion_ids.shape[1]
+    kwargs = {}
+    if "logits_to_keep" in _forward_params(type(model)):
+        kwargs["logits_to_keep"] = T + 1  # only the positions that predict completion tokens (+ the last)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
+                   **kwargs).logits
+    logits = logits[:, -(T + 1):-1]
+    if temperature != 1.0:
+        logits = logits.float() / temperature
+    logp = selective_logp(logits, completion_ids)
+    entropy = token_entropy(logits) if with_entropy else None
+    return logp, entropy
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Advantages and KL
+# ----------------------------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: Tensor, group_size: int, *, scale_by_std: bool = True, eps: float = ADV_EPS) -> Tensor:
+    """GRPO advantages: each reward minus its group's mean, divided by the group's std (+eps) if ``scale_by_std``.
+
+    ``A_i = (R_i − mean_G R) / (std_G R + eps)``, std unbiased (Bessel-corrected, as in the paper's code);
+    a group whose rewards are all equal gets A = 0.
+
+    Args:
+        rewards: (N,) with N divisible by ``group_size``, groups contiguous.
+    Returns:
+        (N,) float32.
+    """
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0 or group_size < 2:
+        raise ValueError(f"rewards must be 1-D with a length divisible by group_size >= 2; got shape "
+                         f"{tuple(rewards.shape)} and group_size {group_size}")
+    r = rewards.float().view(-1, group_size)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        adv = adv / (r.std(dim=1, keepdim=True) + eps)
+    return adv.reshape(-1)
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimator of KL(π ‖ π_ref) for tokens sampled from π: ``exp(d) − d − 1``, ``d = ref − logp``.
+
+    Unbiased for the KL and >= 0 (Schulman, "Approximating KL divergence"), clamped to [−10, 10].
+    Args: logp, ref_logp: (B, T). Returns: (B, T).
+    """
+    d = (ref_logp - logp).clamp(-20.0, 20.0)  # exp stays finite; the clamp below bounds the value
+    return (torch.exp(d) - d - 1).clamp(-KL_CLAMP, KL_CLAMP)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rollout
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One rollout batch (N = prompts · G sequences, groups contiguous). Tensors are on the model's device."""
+
+    prompt_ids: Tensor
+    """(N, P) left-padded prompt tokens."""
+    prompt_mask: Tensor
+    """(N, P)."""
+    completion_ids: Tensor
+    """(N, T) sampled tokens, right-padded."""
+    mask: Tensor
+    """(N, T) 1 on completion tokens up to and including EOS."""
+    old_logp: Tensor
+    """(N, T) log π_old of the sampled tokens (recomputed by a forward pass)."""
+    entropy: Tensor
+    """(N, T) entropy of π_old's next-token distribution."""
+    rewards: Tensor
+    """(N,) summed weighted rewards."""
+    adv: Tensor
+    """(N,) group advantages."""
+    correct: Tensor
+    """(N,) 1.0 where the task counts the completion as correct."""
+    ref_logp: Optional[Tensor] = None
+    """(N, T) log π_ref, when a reference model is used."""
+    completions: list = field(default_factory=list)
+    """Decoded completions (N strings)."""
+    reward_parts: dict = field(default_factory=dict)
+    """Reward function name -> (N,) scores."""
+
+
+def _tokenize_prompts(tokenizer: Any, rows: Sequence[dict], chat_template: bool) -> list:
+    texts = []
+    for row in rows:
+        prompt = row["prompt"]
+        if chat_template or isinstance(prompt, list):
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        texts.append(prompt)
+    return texts
+
+
+@torch.no_grad()
+def rollout(
+    policy: Any,
+    tokenizer: Any,
+    rows: Sequence[dict],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    reward_funcs: Sequence[str],
+    correct_fn: Callable,
+    generator: Optional[torch.Generator] = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    sampler: str = "loop",
+    reward_weights: Optional[Sequence[float]] = None,
+    ref_model: Any = None,
+    scale_adv_by_std: bool = True,
+    micro_batch_size: int = 0,
+    chat_template: bool = False,
+) -> Rollout:
+    """Sample ``group_size`` completions per prompt row, score them, and compute advantages and old log-probs.
+
+    Args:
+        rows: prompt rows (``"prompt"`` plus columns such as ``"answer"``, passed to the reward functions).
+        reward_funcs: names in ``bandpo.tasks.REWARD_FUNCS``; correct_fn: ``(completions, answers) -> bools``.
+        micro_batch_size: sequences per sampling / forward chunk (0: all at once).
+    """
+    from .tasks import weighted_rewards
+
+    device = next(policy.parameters()).device
+    texts = _tokenize_prompts(tokenizer, rows, chat_template)
+    texts_rep = [t for t in texts for _ in range(group_size)]
+    enc = tokenizer(texts_rep, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    prompt_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    sample = SAMPLERS[sampler]
+    was_training = policy.training
+    policy.eval()
+    parts = []
+    for sl in _chunks(len(texts_rep), micro_batch_size):
+        parts.append(sample(policy, prompt_ids[sl], prompt_mask[sl], max_new_tokens=max_new_tokens,
+                            eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, temperature=temperature,
+                            top_p=top_p, generator=generator))
+    completion_ids = _pad_right([p[0] for p in parts], tokenizer.pad_token_id)
+    mask = _pad_right([p[1] for p in parts], 0)
+
+    def logp_of(model: Any, with_entropy: bool) -> tuple:
+        outs = [completion_logp(model, prompt_ids[sl], prompt_mask[sl], completion_ids[sl], mask[sl],
+                                temperature=temperature, with_entropy=with_entropy)
+                for sl in _chunks(len(texts_rep), micro_batch_size)]
+        logp = torch.cat([o[0] for o in outs])
+        return logp, (torch.cat([o[1] for o in outs]) if with_entropy else None)
+
+    old_logp, entropy = logp_of(policy, True)
+    ref_logp = logp_of(ref_model, False)[0] if ref_model is not None else None
+    policy.train(was_training)
+
+    completions = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
+                                         skip_special_tokens=True)
+    columns = {k: [row[k] for row in rows for _ in range(group_size)] for k in rows[0] if k != "prompt"}
+    total, per_func = weighted_rewards(reward_funcs, reward_weights, texts_rep, completions, columns)
+    rewards = torch.tensor(total, dtype=torch.float32, device=device)
+    correct = torch.tensor(correct_fn(completions, columns.get("answer", [""] * len(completions))),
+                           dtype=torch.float32, device=device)
+    return Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, mask=mask,
+        old_logp=old_logp, entropy=entropy, rewards=rewards,
+        adv=group_advantages(rewards, group_size, scale_by_std=scale_adv_by_std), correct=correct,
+        ref_logp=ref_logp, completions=completions,
+        reward_parts={k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in per_func.items()},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Supervised warm-start
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple]) -> tuple:
+    """Cross-entropy of ``target + EOS`` given ``prompt`` (prompt tokens are not scored).
+
+    Args:
+        pairs: ``(prompt, target)`` strings.
+    Returns:
+        ``(loss, token_accuracy, sequence_accuracy)``: mean token NLL (0-d, differentiable) and the greedy
+        (argmax) accuracies per token and per whole target (detached floats).
+    """
+    device = next(model.parameters()).device
+    p_enc = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    t_enc = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
+    seqs = [p + t + [tokenizer.eos_token_id] for p, t in zip(p_enc, t_enc)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    target_mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    attn = torch.zeros_like(target_mask)
+    for i, (s, p) in enumerate(zip(seqs, p_enc)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        target_mask[i, len(p): len(s)] = 1
+    ids, attn, target_mask = ids.to(device), attn.to(device), target_mask.to(device)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False).logits
+    logits, labels, m = logits[:, :-1], ids[:, 1:], target_mask[:, 1:]
+    nll = -selective_logp(logits, labels)
+    loss = masked_mean(nll, m)
+    with torch.no_grad():
+        hit = (logits.argmax(-1) == labels) | (m == 0)
+        tok_acc = float(masked_mean(hit.float(), m))
+        seq_acc = float(hit.all(dim=1).float().mean())
+    return loss, tok_acc, seq_acc
+
+
+def warm_start(
+    model: Any,
+    tokenizer: Any,
+    sft_rows: Callable[[int, int], list],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    log: Optional[Callable[[str], None]] = None,
+) -> dict:
+    """Train ``model`` in place for ``steps`` AdamW steps on ``sft_rows(step, batch_size)`` (constant ``lr``).
+
+    Deterministic for a deterministic ``sft_rows`` (no sampling). Returns the last step's
+    ``{"loss", "token_accuracy", "sequence_accuracy"}``.
+    """
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    stats = {"loss": float("nan"), "token_accuracy": 0.0, "sequence_accuracy": 0.0, "steps": steps}
+    for step in range(steps):
+        loss, tok_acc, seq_acc = sft_loss(model, tokenizer, sft_rows(step, batch_size))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        stats.update(loss=loss.item(), token_accuracy=tok_acc, sequence_accuracy=seq_acc)
+        if log is not None and (step + 1) % max(1, steps // 5) == 0:
+            log(f"warm-start {step + 1}/{steps}: loss {stats['loss']:.4f}, token acc {tok_acc:.3f}, "
+                f"sequence acc {seq_acc:.3f}")
+    opt.zero_grad(set_to_none=True)
+    return stats

@@ -1,0 +1,335 @@
+"""Verifiable tasks: where prompts come from and how completions are scored.
+
+A task turns an RL step index into a batch of prompt rows, and scores completions with plain reward functions
+
+    fn(prompts: list[str], completions: list[str], **columns) -> list[float]
+
+(the convention of TRL's ``reward_funcs``): ``prompts[i]`` is the text the policy was conditioned on,
+``completions[i]`` the decoded sampled text (special tokens removed), and every other column of the prompt rows
+is passed by name as a list aligned with ``completions`` (each prompt's value repeated once per completion).
+Reward functions must accept and ignore extra keyword arguments.
+
+Two tasks are registered (``TASKS``; add one with :func:`register_task`):
+
+* ``addition``: procedurally generated ``"a+b="`` prompts with ``min_digits``..``max_digits``-digit operands
+  and the exact decimal sum as the answer; reward ``exact_match`` (1.0 if the completion equals the answer,
+  else 0.0). Batch ``step`` of a run with seed ``seed`` is a pure function of ``(seed, step)``, so a resumed run
+  sees the same prompts as an uninterrupted one. It also yields supervised targets for the warm-start.
+* ``math_file``: prompts and answers read from a local file (``.jsonl``, ``.json``, ``.parquet`` with pyarrow) or a
+  ``datasets.save_to_disk`` folder; the DAPO-Math prompt template ("... The last line of your response should be
+  of the form Answer: $Answer ...") and the ``answer_line`` reward (+1 when the value after the last
+  ``Answer:`` in the last 300 characters equals the ground truth after normalisation, else -1; the paper's
+  DAPO-Math scoring). Rows are visited in a seeded random order, reshuffled each epoch. Nothing is downloaded.
+
+Reward functions are registered in ``REWARD_FUNCS``; a config names them (``task.reward_funcs``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = [
+    "DAPO_TEMPLATE",
+    "REWARD_FUNCS",
+    "SFT_TASKS",
+    "TASKS",
+    "Task",
+    "answer_format",
+    "answer_line",
+    "build_task",
+    "exact_match",
+    "extract_answer",
+    "load_rows",
+    "normalize_answer",
+    "register_reward",
+    "register_task",
+]
+
+RewardFunc = Callable[..., list]
+
+# ----------------------------------------------------------------------------------------------------------
+# Reward functions
+# ----------------------------------------------------------------------------------------------------------
+
+REWARD_FUNCS: dict[str, RewardFunc] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
+    """Decorator: register a reward function ``fn(prompts, completions, **columns) -> list[float]`` by name."""
+
+    def deco(fn: RewardFunc) -> RewardFunc:
+        if name in REWARD_FUNCS:
+            raise ValueError(f"reward function {name!r} is already registered")
+        REWARD_FUNCS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_reward("exact_match")
+def exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
+    """1.0 where ``completion.strip() == answer``, else 0.0 (the ``addition`` task's reward)."""
+    return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+_ANSWER_RE = re.compile(r"Answer\s*:\s*([^\n]*)")
+
+
+def extract_answer(text: str, *, tail_chars: int = 300) -> Optional[str]:
+    """The value after the last ``Answer:`` in the last ``tail_chars`` characters, or None if there is none."""
+    found = _ANSWER_RE.findall(text[-tail_chars:])
+    return found[-1].strip() if found else None
+
+
+def _unwrap(s: str, command: str) -> str:
+    """Replace ``\\command{x}`` by ``x`` (balanced braces)."""
+    key = "\\" + command + "{"
+    while (i := s.find(key)) >= 0:
+        depth, j = 1, i + len(key)
+        while j < len(s) and depth:
+            depth += {"{": 1, "}": -1}.get(s[j], 0)
+            j += 1
+        if depth:  # unbalanced: leave as is
+            break
+        s = s[:i] + s[i + len(key) : j - 1] + s[j:]
+    return s
+
+
+def normalize_answer(s: str) -> str:
+    """A small Minerva-style normaliser for final answers (written for this package).
+
+    Unwraps ``\\boxed{}``/``\\text{}``/``\\mathrm{}``, drops ``$``, ``\\left``/``\\right``, LaTeX spacing,
+    ``^\\circ``, a trailing period and all whitespace, maps ``\\dfrac``/``\\tfrac`` to ``\\frac``, and removes
+    thousands separators from plain integers (``1,000`` -> ``1000``).
+
+    Examples:
+        >>> normalize_answer("$\\\\boxed{1,000}$."), normalize_answer("\\\\dfrac{1}{2}")
+        ('1000', '\\\\frac{1}{2}')
+    """
+    s = s.strip()
+    for cmd in ("boxed", "text", "textbf", "mathrm", "mbox"):
+        s = _unwrap(s, cmd)
+    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\ ", "")):
+        s = s.replace(old, new)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("^\\circ", "").replace("^{\\circ}", "")
+    s = s.replace("$", "")
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", s):
+        s = s.replace(",", "")
+    return s
+
+
+@register_reward("answer_line")
+def answer_line(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
+    """+1.0 if the ``Answer:`` value (see :func:`extract_answer`) matches ``answer`` after
+    :func:`normalize_answer`, else -1.0 (also when there is no ``Answer:`` line): the DAPO-Math scoring."""
+    out = []
+    for c, a in zip(completions, answer, strict=True):
+        got = extract_answer(c)
+        out.append(1.0 if got is not None and normalize_answer(got) == normalize_answer(str(a)) else -1.0)
+    return out
+
+
+@register_reward("answer_format")
+def answer_format(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
+    """1.0 if the completion has an ``Answer:`` line in its last 300 characters, else 0.0 (format only)."""
+    return [1.0 if extract_answer(c) is not None else 0.0 for c in completions]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tasks
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """A prompt source plus its scoring.
+
+    Attributes:
+        name: registry key.
+        rows: ``rows(step, n) -> list[dict]`` with at least ``"prompt"`` (str, or a list of chat messages) and
+            ``"answer"``; a pure function of ``(step, n)`` for a given task object.
+        reward_funcs: default reward function names (a config may override them).
+        correct: ``correct(completions, answers) -> list[bool]``, the logged ``accuracy``.
+        sft_rows: optional ``sft_rows(step, n) -> list[(prompt, target)]`` for the supervised warm-start.
+    """
+
+    name: str
+    rows: Callable[[int, int], list]
+    reward_funcs: tuple = ()
+    correct: Callable[[Sequence[str], Sequence[str]], list] = field(default=lambda c, a: [False] * len(c))
+    sft_rows: Optional[Callable[[int, int], list]] = None
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+SFT_TASKS: set = set()
+"""Tasks whose rows come with supervised targets (usable with a warm-start)."""
+
+
+def register_task(name: str, *, sft: bool = False) -> Callable:
+    """Decorator: register ``factory(cfg: TaskConfig, seed: int) -> Task`` under ``name``; ``sft=True`` if the
+    task provides ``sft_rows`` for the supervised warm-start."""
+
+    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        TASKS[name] = factory
+        if sft:
+            SFT_TASKS.add(name)
+        return factory
+
+    return deco
+
+
+def build_task(cfg: Any, seed: int) -> Task:
+    """Build the task named by ``cfg.name`` (a :class:`bandpo.config.TaskConfig`) for a run seeded ``seed``."""
+    if cfg.name not in TASKS:
+        raise ValueError(f"unknown task {cfg.name!r}; registered tasks: {sorted(TASKS)}")
+    return TASKS[cfg.name](cfg, seed)
+
+
+def _rng(seed: int, stream: int, step: int) -> random.Random:
+    # One independent stream per (seed, purpose, step); int seeding is stable across Python versions.
+    return random.Random((seed * 1_000_003 + stream) * 1_000_000_007 + step)
+
+
+def _operand(rng: random.Random, lo_digits: int, hi_digits: int) -> int:
+    d = rng.randint(lo_digits, hi_digits)
+    return rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1)
+
+
+@register_task("addition", sft=True)
+def _addition(cfg: Any, seed: int) -> Task:
+    lo, hi = cfg.min_digits, cfg.max_digits
+
+    def pairs(stream: int, step: int, n: int) -> list:
+        rng = _rng(seed, stream, step)
+        return [(_operand(rng, lo, hi), _operand(rng, lo, hi)) for _ in range(n)]
+
+    def rows(step: int, n: int) -> list:
+        return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs(0, step, n)]
+
+    def sft_rows(step: int, n: int) -> list:  # a separate stream: warm-start problems are not the RL problems
+        return [(f"{a}+{b}=", str(a + b)) for a, b in pairs(1, step, n)]
+
+    def correct(completions: Sequence[str], answers: Sequence[str]) -> list:
+        return [c.strip() == str(a) for c, a in zip(completions, answers, strict=True)]
+
+    return Task("addition", rows, ("exact_match",), correct, sft_rows)
+
+
+DAPO_TEMPLATE = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{prompt}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
+"""The DAPO-Math prompt template (the wording of the DAPO-Math-17k prompts the paper trains on)."""
+
+TEMPLATES = {"none": "{prompt}", "dapo": DAPO_TEMPLATE}
+
+
+def _get(row: dict, column: str) -> Any:
+    """``row[column]``, where a dotted column (``reward_model.ground_truth``) reads into nested dicts."""
+    value: Any = row
+    for part in column.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"column {column!r} not found in a data row with keys {sorted(row)}")
+        value = value[part]
+    return value
+
+
+def load_rows(path: str, split: str = "train") -> list:
+    """Read all rows of a local ``.jsonl``/``.json``/``.parquet`` file or ``datasets.save_to_disk`` folder."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"data path {str(p)!r} does not exist (data are read from local paths only)")
+    if p.is_dir():
+        try:
+            import datasets  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise ValueError(f"{p} is a folder: reading a saved Hugging Face dataset needs `pip install datasets`") from e
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+        return [dict(r) for r in ds]
+    if p.suffix == ".jsonl":
+        with p.open() as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if p.suffix == ".json":
+        data = json.loads(p.read_text())
+        return list(data[split] if isinstance(data, dict) else data)
+    if p.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise ValueError(f"reading {p} needs `pip install pyarrow`") from e
+        return pq.read_table(str(p)).to_pylist()
+    raise ValueError(f"unsupported data file {p.name!r}: use .jsonl, .json, .parquet or a datasets folder")
+
+
+@register_task("math_file")
+def _math_file(cfg: Any, seed: int) -> Task:
+    if cfg.path is None:
+        raise ValueError("task 'math_file' needs task.path (a local .jsonl/.json/.parquet file or datasets folder)")
+    raw = load_rows(cfg.path, cfg.split)
+    if not raw:
+        raise ValueError(f"no rows in {cfg.path}")
+    template = TEMPLATES.get(cfg.template, cfg.template)
+    data = []
+    for r in raw:
+        prompt = _get(r, cfg.prompt_column)
+        if isinstance(prompt, str):
+            prompt = template.format(prompt=prompt)
+        elif not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
+            raise ValueError(f"column {cfg.prompt_column!r} must hold a string or a list of chat messages")
+        data.append({"prompt": prompt, "answer": str(_get(r, cfg.answer_column))})
+    n_rows = len(data)
+
+    @functools.lru_cache(maxsize=2)
+    def order(epoch: int) -> list:
+        perm = list(range(n_rows))
+        _rng(seed, 2, epoch).shuffle(perm)
+        return perm
+
+    def rows(step: int, n: int) -> list:
+        out = []
+        for k in range(step * n, step * n + n):
+            epoch, i = divmod(k, n_rows)
+            out.append(data[order(epoch)[i]])
+        return out
+
+    def correct(completions: Sequence[str], answers: Sequence[str]) -> list:
+        return [r > 0 for r in answer_line([""] * len(completions), completions, answers)]
+
+    return Task("math_file", rows, ("answer_line",), correct, None)
+
+
+def weighted_rewards(
+    names: Sequence[str], weights: Optional[Sequence[float]], prompts: list, completions: list, columns: dict
+) -> tuple:
+    """Sum of weighted reward functions, plus each function's scores.
+
+    Returns:
+        ``(total, per_func)``: ``total[i] = Σ_k w_k fn_k(...)[i]`` (list of N floats) and a dict name -> list.
+    Raises:
+        ValueError: a function returned the wrong number of values or a non-finite value.
+    """
+    weights = list(weights) if weights is not None else [1.0] * len(names)
+    total = [0.0] * len(completions)
+    per_func = {}
+    for name, w in zip(names, weights, strict=True):
+        scores = [float(x) for x in REWARD_FUNCS[name](prompts, completions, **columns)]
+        if len(scores) != len(completions):
+            raise ValueError(f"reward function {name!r} returned {len(scores)} values for {len(completions)} completions")
+        if not all(math.isfinite(x) for x in scores):
+            raise ValueError(f"reward function {name!r} returned a non-finite value")
+        per_func[name] = scores
+        total = [t + w * s for t, s in zip(total, scores)]
+    return total, per_func
