@@ -37,3 +37,16 @@ __all__ += [
     "register_bounds_method",
     "unregister_bounds_method",
 ]
+
+# Training (bandpo.config is light; the Lightning module loads Lightning and transformers on first access).
+from .config import TrainConfig, load_config
+
+__all__ += ["TrainConfig", "load_config"]
+
+
+def __getattr__(name: str):
+    if name == "BandPOModule":
+        from .module import BandPOModule
+
+        return BandPOModule
+    raise AttributeError(f"module 'bandpo' has no attribute {name!r}")

@@ -1,0 +1,365 @@
+"""``BandPOModule``: a LightningModule (manual optimisation) that runs the GRPO-style loop of the paper.
+
+One ``training_step`` is one RL step:
+
+1. **rollout** (``bandpo.rl.rollout``): this process's share of the step's prompts, G completions each, rewards,
+   group advantages, old log-probs and entropy from a forward pass, reference log-probs if ``kl_coef > 0``;
+2. **update**: ``ppo_epochs`` passes over the rollout in mini-batches of ``prompts_per_minibatch`` prompt groups,
+   one optimiser step each (so the later steps are off-policy and the ratio bounds matter), with gradient
+   accumulation over micro-batches; loss = ``bandpo.policy_loss`` + β·k3 KL, both aggregated with the exact
+   whole-mini-batch denominator (``bandpo.losses.aggregation_denominator``);
+3. **log** one row of metrics (reduced over processes) to the run's CSV logger.
+
+The module only wires pure functions (``bandpo.rl``, ``bandpo.policy_loss``); its own state is the RL step
+counter and, when the reference policy cannot be rebuilt from the model path, the reference weights (both in
+the checkpoint). Sampling randomness is re-seeded at every step from (seed, rank, step), so a resumed run
+draws exactly what an uninterrupted one would. The data loader is only a clock: the prompts of step ``s`` are
+``task.rows(s, prompts_per_step)``.
+
+Non-finite loss or gradient norm: reported with the RL step, the optimiser step and statistics of the inputs,
+then the optimiser step is skipped (``trainer.nonfinite = "skip"``, counted in ``nonfinite/skipped``) or the run
+stops with ``FloatingPointError`` (``"stop"``). The decision is reduced over processes so every rank agrees.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from .config import TrainConfig
+from .losses import aggregate, aggregation_denominator, policy_loss
+from .rl import Rollout, completion_logp, k3_kl, masked_mean, rollout
+from .tasks import Task
+
+__all__ = ["BandPOModule", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient norm with ``trainer.nonfinite = "stop"``."""
+
+
+class _Clock(IterableDataset):
+    """An endless stream of ticks: the module builds each step's batch itself from its step counter."""
+
+    def __iter__(self):
+        while True:
+            yield 0
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % (2**63 - 1)
+
+
+class BandPOModule(L.LightningModule):
+    """GRPO-style RL with ``bandpo.policy_loss`` for any ``transformers`` causal LM.
+
+    Args:
+        policy: the causal LM to train (``model(input_ids, attention_mask, position_ids) -> .logits``).
+        tokenizer: its tokenizer (pad and eos tokens set).
+        config: the run's :class:`bandpo.config.TrainConfig`.
+        task: prompts and scoring (:func:`bandpo.tasks.build_task`).
+        ref_policy: frozen reference for the k3 KL term (required iff ``config.loss.kl_coef > 0``). It is not a
+            registered submodule: not trained, not wrapped by DDP, and saved in checkpoints only when
+            ``store_ref`` is set (it cannot be rebuilt from the model path, e.g. after a warm-start).
+        store_ref: save the reference weights in checkpoints.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        tokenizer: Any,
+        config: TrainConfig,
+        task: Task,
+        ref_policy: Any = None,
+        store_ref: bool = False,
+    ) -> None:
+        super().__init__()
+        if (config.loss.kl_coef > 0) != (ref_policy is not None):
+            raise ValueError("a reference policy is needed exactly when loss.kl_coef > 0")
+        self.automatic_optimization = False
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.cfg = config
+        self.task = task
+        self._ref = [ref_policy]  # a list hides it from nn.Module registration
+        if ref_policy is not None:
+            ref_policy.eval().requires_grad_(False)
+        self.store_ref = store_ref
+        self.rl_step = 0
+        self.generator: Optional[torch.Generator] = None
+
+    @property
+    def ref_policy(self) -> Any:
+        return self._ref[0]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Lightning hooks
+    # ------------------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if self.ref_policy is not None:
+            self.ref_policy.to(self.device)
+
+    def on_fit_start(self) -> None:
+        if self.ref_policy is not None:
+            self.ref_policy.to(self.device)
+        self.generator = torch.Generator(device=self.device)
+
+    def on_train_start(self) -> None:
+        if self.rl_step >= self.cfg.trainer.max_steps:  # resumed a finished run: nothing to do
+            self.trainer.should_stop = True
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Clock(), batch_size=None)
+
+    def configure_optimizers(self) -> Any:
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        warmup = o.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["bandpo"] = {
+            "rl_step": self.rl_step,
+            "config": self.cfg.to_dict(),
+            "ref_state": self.ref_policy.state_dict() if (self.store_ref and self.ref_policy is not None) else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["bandpo"]
+        self.rl_step = int(state["rl_step"])
+        if state.get("ref_state") is not None:
+            if self.ref_policy is None:
+                raise ValueError("the checkpoint holds reference weights but this run has no reference policy")
+            self.ref_policy.load_state_dict(state["ref_state"])
+
+    # ------------------------------------------------------------------------------------------------------
+    # The RL step
+    # ------------------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        cfg, step = self.cfg, self.rl_step
+        world, rank = self.trainer.world_size, self.global_rank
+        seed = _step_seed(cfg.trainer.seed, rank, step)
+        self.generator.manual_seed(seed)
+        torch.manual_seed(seed)  # only dropout, if the model has any, draws from the global RNG
+
+        t0 = time.perf_counter()
+        ro = self._rollout(step, rank, world)
+        t1 = time.perf_counter()
+        stats = self._update(ro, step)
+        t2 = time.perf_counter()
+
+        row = self._reduce_metrics(self._rollout_metrics(ro), stats, world)
+        n_tokens = row.pop("_completion_tokens")
+        row.update({
+            "optim_steps": float(self.trainer.global_step),
+            "lr": float(self.lr_schedulers().get_last_lr()[0]),
+            "time/rollout_s": t1 - t0,
+            "time/update_s": t2 - t1,
+            "time/step_s": t2 - t0,
+            "perf/tokens_per_s": n_tokens / max(t2 - t0, 1e-9),
+        })
+        if self.logger is not None:
+            self.logger.log_metrics(row, step=step)
+            self.logger.save()
+        self.log_dict({"reward": row["reward/mean"], "acc": row["accuracy"], "entropy": row["entropy"]},
+                      prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        self.rl_step += 1
+        if self.rl_step >= cfg.trainer.max_steps:
+            self.trainer.should_stop = True
+
+    def _rollout(self, step: int, rank: int, world: int) -> Rollout:
+        cfg = self.cfg
+        rows = self.task.rows(step, cfg.rollout.prompts_per_step)
+        per_rank = len(rows) // world
+        rows = rows[rank * per_rank:(rank + 1) * per_rank]
+        r = cfg.rollout
+        return rollout(
+            self.policy, self.tokenizer, rows, group_size=r.group_size, max_new_tokens=r.max_new_tokens,
+            reward_funcs=cfg.task.reward_funcs or self.task.reward_funcs, reward_weights=cfg.task.reward_weights,
+            correct_fn=self.task.correct, generator=self.generator, temperature=r.temperature, top_p=r.top_p,
+            sampler=r.sampler, ref_model=self.ref_policy, scale_adv_by_std=cfg.loss.scale_adv_by_std,
+            micro_batch_size=r.micro_batch_size, chat_template=cfg.task.chat_template,
+        )
+
+    def _update(self, ro: Rollout, step: int) -> list:
+        """``ppo_epochs`` passes of mini-batch optimiser steps over the rollout; returns per-step metrics."""
+        cfg = self.cfg
+        G = cfg.rollout.group_size
+        n_groups = ro.adv.shape[0] // G
+        groups_per_mb = cfg.optim.prompts_per_minibatch // self.trainer.world_size
+        stats = []
+        for _ in range(cfg.optim.ppo_epochs):
+            if cfg.optim.shuffle:
+                order = torch.randperm(n_groups, generator=self.generator, device=self.generator.device).cpu()
+            else:
+                order = torch.arange(n_groups)
+            for k in range(0, n_groups, groups_per_mb):
+                groups = order[k:k + groups_per_mb]
+                idx = (groups[:, None] * G + torch.arange(G)).reshape(-1).to(ro.adv.device)
+                stats.append(self._optimizer_step(ro, idx, step, len(stats)))
+        return stats
+
+    def _optimizer_step(self, ro: Rollout, idx: Tensor, step: int, k: int) -> dict:
+        """One mini-batch: accumulate micro-batch gradients, check finiteness, clip, step."""
+        cfg = self.cfg
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad()
+        den = aggregation_denominator(ro.mask[idx], cfg.loss.agg)
+        micro = cfg.optim.micro_batch_size or len(idx)
+        total = torch.zeros((), device=ro.adv.device)
+        parts: list = []
+        for j in idx.split(micro):
+            logp, _ = completion_logp(self.policy, ro.prompt_ids[j], ro.prompt_mask[j], ro.completion_ids[j],
+                                      ro.mask[j], temperature=cfg.rollout.temperature)
+            mask = ro.mask[j]
+            adv = ro.adv[j].reshape(-1, 1).expand_as(logp)
+            loss, m = policy_loss(logp, ro.old_logp[j], adv, mask, **cfg.loss.policy_loss_kwargs(),
+                                  denominator=den, validate=False)
+            m["loss/policy"] = loss.detach()
+            if ro.ref_logp is not None:
+                kl = aggregate(k3_kl(logp, ro.ref_logp[j]), mask, cfg.loss.agg, denominator=den)
+                loss = loss + cfg.loss.kl_coef * kl
+                m["kl_ref"] = kl.detach()
+            self.manual_backward(loss)
+            total = total + loss.detach()
+            parts.append((m, logp.detach(), j))
+        grad_norm = self._grad_norm()
+        finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))
+        bad = self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        if bad:
+            self._report_nonfinite(ro, parts, total, grad_norm, step, k)
+            opt.zero_grad()
+        else:
+            opt.step()
+            sched.step()
+        return {"parts": parts, "loss/total": total, "grad_norm": grad_norm, "skipped": float(bad)}
+
+    def _grad_norm(self) -> Tensor:
+        clip = self.cfg.optim.grad_clip or math.inf
+        model = self.trainer.strategy.model
+        if hasattr(model, "clip_grad_norm_"):  # FSDP: the norm over all shards
+            return model.clip_grad_norm_(clip)
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+
+    def _report_nonfinite(self, ro: Rollout, parts: list, total: Tensor, grad_norm: Tensor, step: int,
+                          k: int) -> None:
+        idx = torch.cat([j for _, _, j in parts])
+        logp = torch.cat([lp for _, lp, _ in parts])
+        mask = ro.mask[idx].bool()
+        old = ro.old_logp[idx]
+        bad_grads = [n for n, p in self.policy.named_parameters() if p.grad is not None
+                     and not bool(torch.isfinite(p.grad).all())]
+
+        def rng(x: Tensor) -> str:
+            x = x[mask]
+            n_bad = int((~torch.isfinite(x)).sum())
+            x = x[torch.isfinite(x)]
+            return (f"[{float(x.min()):.4g}, {float(x.max()):.4g}]" if x.numel() else "[]") + f" ({n_bad} non-finite)"
+
+        msg = (f"non-finite {'loss' if not torch.isfinite(total) else 'gradient norm'} at RL step {step}, "
+               f"optimiser step {k} of the step (global optimiser step {self.trainer.global_step}) on rank "
+               f"{self.global_rank}: loss = {float(total)}, grad_norm = {float(grad_norm)}; valid tokens "
+               f"{int(mask.sum())}; logp range {rng(logp)}; old_logp range {rng(old)}; log-ratio range "
+               f"{rng(logp - old)}; adv range {rng(ro.adv[idx].reshape(-1, 1).expand_as(logp))}; "
+               f"parameters with non-finite gradients: {len(bad_grads)} {bad_grads[:5]}")
+        if self.cfg.trainer.nonfinite == "stop":
+            raise NonFiniteError(msg + ". Stopping (trainer.nonfinite = 'stop').")
+        print(f"[bandpo] WARNING: {msg}. Skipping this optimiser step (trainer.nonfinite = 'skip').", flush=True)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Metrics
+    # ------------------------------------------------------------------------------------------------------
+
+    def _rollout_metrics(self, ro: Rollout) -> dict:
+        """(sum, weight) pairs, so that a sum over processes gives the global mean."""
+        G = self.cfg.rollout.group_size
+        n = float(ro.rewards.numel())
+        length = ro.mask.sum(1).float()
+        hit_max = (ro.mask[:, -1] == 1) & (ro.completion_ids[:, -1] != self.tokenizer.eos_token_id)
+        hit_max = hit_max & (ro.mask.shape[1] == self.cfg.rollout.max_new_tokens)
+        zero_std = (ro.rewards.view(-1, G).std(1) == 0).float()
+        tokens = ro.mask.sum().float()
+        out = {
+            "reward/mean": (ro.rewards.sum(), n),
+            "_reward_sq": ((ro.rewards ** 2).sum(), n),
+            "accuracy": (ro.correct.sum(), n),
+            "completion_length/mean": (length.sum(), n),
+            "completion_length/truncated_frac": (hit_max.float().sum(), n),
+            "entropy": ((ro.entropy * ro.mask).sum(), tokens),
+            "frac_reward_zero_std": (zero_std.sum(), float(zero_std.numel())),
+            "_completion_tokens": (tokens, 1.0),
+        }
+        for name, scores in ro.reward_parts.items():
+            out[f"reward/{name}"] = (scores.sum(), n)
+        return out
+
+    def _reduce_metrics(self, rollout_sums: dict, stats: list, world: int) -> dict:
+        """Combine rollout sums and per-optimiser-step loss metrics, reduced over processes, into floats.
+
+        Means are kept as (Σ value·weight, Σ weight) and summed over processes in one all-reduce: loss metrics
+        are token-weighted over micro-batches, optimiser steps and processes (bucket metrics by the bucket's
+        token count); ``loss/*``, ``kl_ref`` and ``grad_norm`` are means over optimiser steps; ``num_tokens`` and
+        the bucket token counts are totals over the RL step; ``ratio/min``/``ratio/max`` are the extremes.
+        """
+        dev, f64 = self.device, torch.float64
+
+        def t(x: Any) -> Tensor:
+            return torch.as_tensor(x, dtype=f64, device=dev).reshape(())
+
+        means: dict = {k: [t(v), t(w)] for k, (v, w) in rollout_sums.items()}
+        sums: dict = {}
+        lo, hi = t(math.inf), t(-math.inf)
+
+        def add(key: str, value: Tensor, weight: Any) -> None:
+            w = t(weight)
+            s, ws = means.get(key, (t(0.0), t(0.0)))
+            means[key] = [s + value.to(f64) * w, ws + w]
+
+        for s in stats:
+            per_step: dict = {}
+            for m, _, _ in s["parts"]:
+                for key, value in m.items():
+                    if key == "ratio/min":
+                        lo = torch.minimum(lo, value.to(f64))
+                    elif key == "ratio/max":
+                        hi = torch.maximum(hi, value.to(f64))
+                    elif key == "num_tokens" or key.endswith("/tokens"):
+                        sums[key] = sums.get(key, t(0.0)) + value.to(f64)
+                    elif key in ("loss/policy", "kl_ref"):  # micro-batch parts add up to the mini-batch value
+                        per_step[key] = per_step.get(key, t(0.0)) + value.to(f64)
+                    elif key.startswith("bucket/"):
+                        add(key, value, m[key.rsplit("/", 1)[0] + "/tokens"])
+                    else:
+                        add(key, value, m["num_tokens"])
+            for key, value in per_step.items():
+                add(key, value, 1.0)
+            add("loss/total", s["loss/total"], 1.0)
+            add("grad_norm", s["grad_norm"].detach(), 1.0)
+        means["nonfinite/skipped"] = [t(sum(s["skipped"] for s in stats)), t(1.0)]
+
+        mkeys, skeys = sorted(means), sorted(sums)
+        flat = torch.stack([means[k][0] for k in mkeys] + [means[k][1] for k in mkeys] + [sums[k] for k in skeys])
+        ext = torch.stack([lo, -hi])
+        if world > 1:
+            flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
+            ext = self.all_gather(ext).reshape(world, 2).amin(dim=0)
+        values, ext_v = flat.tolist(), ext.tolist()
+        n = len(mkeys)
+        row = {k: (values[i] / values[n + i] if values[n + i] > 0 else 0.0) for i, k in enumerate(mkeys)}
+        row.update({k: values[2 * n + i] for i, k in enumerate(skeys)})
+        row["ratio/min"], row["ratio/max"] = ext_v[0], -ext_v[1]
+        mean_sq = row.pop("_reward_sq")
+        row["reward/std"] = math.sqrt(max(mean_sq - row["reward/mean"] ** 2, 0.0))
+        row["_completion_tokens"] *= world  # the mean per process times the processes: the global count
+        return row

@@ -1,0 +1,456 @@
+"""Train a language model with BandPO (or a baseline) from the command line or from Python.
+
+    python -m bandpo.train --preset tiny-cpu --method band --divergence kl --delta 0.05 --max-steps 300 \\
+        --seed 0 --out runs/tiny-band
+    python -m bandpo.train --config bandpo/configs/paper-bandpo-kl.yaml --out runs/qwen3b-bandkl
+    python -m bandpo.train --config bandpo/configs/paper-bandpo-kl.yaml --dry-run --out /tmp/dry   # CPU check
+
+Every config field is also a flag (``--loss.delta 0.1``, ``--rollout.group_size 16``; ``python -m bandpo.train
+--help`` lists them with their docstrings); the loss options and a few others have short aliases
+(``--method --divergence --delta --eps-low --eps-high --dual-clip --max-ratio --agg --kl-coef --lr --max-steps
+--seed --devices --strategy --accelerator --precision``). ``none`` sets an optional value to None.
+
+What a run writes in ``--out`` (DIR):
+
+* ``DIR/config.yaml``: the resolved config (every field, after the preset/file/flags);
+* ``DIR/metrics.csv``: one row per RL step (Lightning ``CSVLogger``), column ``step`` = RL step index from 0;
+* ``DIR/checkpoints/last.ckpt``: written atomically every ``trainer.checkpoint_every`` steps and at the end;
+* ``DIR/warmstart.json``: the supervised warm-start's final loss/accuracy (when there is one);
+* ``DIR/summary.json``: written when the run reaches ``max_steps`` (the last row, wall time).
+
+Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` (only
+``trainer.max_steps``, ``progress_bar``, ``num_threads`` and ``checkpoint_every`` may differ from the saved
+config). Rows of steps after the checkpoint (done by a killed process, whose updates were lost) are dropped and
+recomputed; every earlier row is kept and new rows are appended. On CPU with a fixed seed the resumed metrics
+equal those of an uninterrupted run (timing columns aside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from .config import SECTIONS, TrainConfig, field_docs, list_presets, load_config, preset_path
+
+__all__ = ["build_policy", "build_tokenizer", "dry_run_config", "main", "run"]
+
+RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every"}
+"""Config keys that may differ between a run and its resumption."""
+
+ALIASES = {
+    "method": "loss.method", "divergence": "loss.divergence", "delta": "loss.delta", "eps-low": "loss.eps_low",
+    "eps-high": "loss.eps_high", "dual-clip": "loss.dual_clip", "max-ratio": "loss.max_ratio", "agg": "loss.agg",
+    "kl-coef": "loss.kl_coef", "lr": "optim.lr", "max-steps": "trainer.max_steps", "seed": "trainer.seed",
+    "devices": "trainer.devices", "strategy": "trainer.strategy", "accelerator": "trainer.accelerator",
+    "precision": "trainer.precision",
+}
+
+
+def _log(msg: str) -> None:
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(f"[bandpo] {msg}", flush=True)
+
+
+def _is_main_process() -> bool:
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model and tokenizer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_tokenizer(cfg: TrainConfig) -> Any:
+    """The character tokenizer for the tiny model, else ``AutoTokenizer`` from the local path / HF cache."""
+    from .tokenizer import build_char_tokenizer
+
+    m = cfg.model
+    if m.name_or_path is None:
+        return build_char_tokenizer()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(m.tokenizer or m.name_or_path, trust_remote_code=m.trust_remote_code,
+                                        local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def build_policy(cfg: TrainConfig, tokenizer: Any) -> Any:
+    """The tiny random model (seeded by ``trainer.seed``) or ``AutoModelForCausalLM`` from a local source."""
+    import torch
+
+    m = cfg.model
+    dtype = getattr(torch, m.dtype)
+    if m.name_or_path is None:
+        import transformers
+
+        config_cls = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig}[m.arch]
+        hf_cfg = config_cls(
+            vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+            num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
+            max_position_embeddings=m.max_positions, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            attn_implementation=m.attn_implementation,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.trainer.seed)
+            model = transformers.AutoModelForCausalLM.from_config(hf_cfg).to(dtype)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            m.name_or_path, dtype=dtype, attn_implementation=m.attn_implementation,
+            trust_remote_code=m.trust_remote_code, local_files_only=True,
+        )
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lightning pieces: an appending CSV logger, atomic checkpoints, a progress bar with a total
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _lightning_pieces() -> tuple:
+    """Classes that subclass Lightning's, defined on first use so that importing this module stays cheap."""
+    import lightning as L
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        """Keeps an existing metrics.csv (Lightning's writer deletes it) and continues its header."""
+
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = next(csv.reader(f), [])
+
+        def drop_steps_from(self, step: int) -> int:
+            """Remove rows with ``step >= step`` (written after the checkpoint being resumed). Returns how many."""
+            if not os.path.isfile(self.metrics_file_path):
+                return 0
+            with open(self.metrics_file_path, newline="") as f:
+                reader = csv.DictReader(f)
+                fields, rows = reader.fieldnames or [], list(reader)
+            keep = [r for r in rows if int(float(r["step"])) < step]
+            if len(keep) != len(rows):
+                tmp = self.metrics_file_path + ".tmp"
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(keep)
+                os.replace(tmp, self.metrics_file_path)
+            return len(rows) - len(keep)
+
+    class AppendingCSVLogger(CSVLogger):
+        """``CSVLogger`` writing ``DIR/metrics.csv`` directly and appending to it on resume."""
+
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> AppendingWriter:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    class RLCheckpoint(L.Callback):
+        """Save ``last.ckpt`` every ``every`` RL steps and at the end, atomically (write, then rename)."""
+
+        def __init__(self, dirpath: Path, every: int) -> None:
+            self.dirpath, self.every, self._saved_at = Path(dirpath), every, -1
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            # Resuming at step k: rows >= k belong to updates that were lost with the killed process.
+            if trainer.is_global_zero and trainer.logger is not None:
+                dropped = trainer.logger.experiment.drop_steps_from(pl_module.rl_step)
+                if dropped:
+                    _log(f"dropped {dropped} metrics rows after the checkpoint (step >= {pl_module.rl_step})")
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            if pl_module.rl_step % self.every == 0 or trainer.should_stop:
+                self.save(trainer, pl_module)
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self.save(trainer, pl_module)
+
+        def save(self, trainer: Any, pl_module: Any) -> None:
+            if self._saved_at == pl_module.rl_step:
+                return
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            tmp = self.dirpath / "last.ckpt.tmp"
+            trainer.save_checkpoint(tmp)
+            trainer.strategy.barrier()
+            if trainer.is_global_zero:
+                os.replace(tmp, self.dirpath / "last.ckpt")
+            trainer.strategy.barrier()
+            self._saved_at = pl_module.rl_step
+
+    class StepsProgressBar(TQDMProgressBar):
+        """The progress bar counts RL steps up to ``max_steps`` (the data loader itself is endless)."""
+
+        @property
+        def total_train_batches(self) -> Union[int, float]:
+            return self.trainer.lightning_module.cfg.trainer.max_steps
+
+        def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+            super().on_train_epoch_start(trainer, *args)
+            self.train_progress_bar.initial = trainer.lightning_module.rl_step
+            self.train_progress_bar.n = trainer.lightning_module.rl_step
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self.train_progress_bar.n = pl_module.rl_step
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            self.train_progress_bar.refresh()
+
+    return AppendingCSVLogger, RLCheckpoint, StepsProgressBar
+
+
+def _strategy(cfg: TrainConfig) -> Any:
+    t = cfg.trainer
+    if t.strategy == "fsdp":
+        import transformers
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        layers = set()
+        for name in t.fsdp_wrap:
+            cls = getattr(transformers, name, None)
+            if cls is None:
+                for mod in list(sys.modules.values()):
+                    if getattr(mod, "__name__", "").startswith("transformers.models.") and hasattr(mod, name):
+                        cls = getattr(mod, name)
+                        break
+            if cls is None:
+                raise ValueError(f"trainer.fsdp_wrap: no transformers class named {name!r} (load the model first)")
+            layers.add(cls)
+        return FSDPStrategy(auto_wrap_policy=layers or None, activation_checkpointing_policy=None,
+                            state_dict_type="full", use_orig_params=True)
+    if t.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=False)
+    return t.strategy
+
+
+def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any] = ()) -> Any:
+    """The Lightning ``Trainer`` of a run writing into ``out``."""
+    import lightning as L
+
+    AppendingCSVLogger, RLCheckpoint, StepsProgressBar = _lightning_pieces()
+    t = cfg.trainer
+    callbacks = [RLCheckpoint(out / "checkpoints", t.checkpoint_every), *extra_callbacks]
+    if t.progress_bar:
+        callbacks.append(StepsProgressBar())
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=_strategy(cfg),
+        precision=t.precision, max_epochs=-1, max_steps=-1, logger=AppendingCSVLogger(str(out), name="", version=""),
+        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=t.progress_bar,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+        deterministic=t.deterministic, default_root_dir=str(out), log_every_n_steps=1,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _check_resume(cfg: TrainConfig, out: Path) -> Optional[Path]:
+    """The checkpoint to resume from (None for a fresh run); raises if ``out`` holds a different run."""
+    saved = out / "config.yaml"
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if saved.is_file():
+        import yaml
+
+        differ = [k for k in _diff(yaml.safe_load(saved.read_text()), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+        if differ:
+            raise ValueError(f"{out} holds a run with a different config (keys {differ}); resume it with the same "
+                             f"settings or choose another --out")
+    return ckpt if ckpt.is_file() else None
+
+
+def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[Any] = ()) -> dict:
+    """Train (or resume) the run described by ``cfg`` into the folder ``out``; returns ``summary.json``'s dict.
+
+    Checks paths and the output folder before any work, builds tokenizer, policy, task, the warm-start (fresh
+    runs only), reference policy, module and trainer, then fits.
+    """
+    import torch
+
+    out = Path(out)
+    cfg.check_paths()
+    ckpt = _check_resume(cfg, out)
+    torch.set_num_threads(cfg.trainer.num_threads or min(4, os.cpu_count() or 1))
+
+    import lightning as L
+
+    from .module import BandPOModule
+    from .rl import warm_start
+    from .tasks import build_task
+
+    t_start = time.time()
+    L.seed_everything(cfg.trainer.seed, workers=False, verbose=False)
+    task = build_task(cfg.task, cfg.trainer.seed)
+    tokenizer = build_tokenizer(cfg)
+    policy = build_policy(cfg, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():
+        cfg.to_yaml(out / "config.yaml")
+    if ckpt is None and cfg.warmstart.steps > 0:
+        w = cfg.warmstart
+        _log(f"supervised warm-start: {w.steps} steps of {w.batch_size} examples, lr {w.lr}")
+        t0 = time.time()
+        stats = warm_start(policy, tokenizer, task.sft_rows, steps=w.steps, lr=w.lr, batch_size=w.batch_size,
+                           log=_log)
+        stats["wall_s"] = time.time() - t0
+        if _is_main_process():
+            (out / "warmstart.json").write_text(json.dumps(stats, indent=1) + "\n")
+    ref = copy.deepcopy(policy) if cfg.loss.kl_coef > 0 else None
+    module = BandPOModule(policy, tokenizer, cfg, task, ref_policy=ref, store_ref=cfg.warmstart.steps > 0)
+    trainer = build_trainer(cfg, out, extra_callbacks)
+    if ckpt is not None:
+        _log(f"resuming from {ckpt}")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
+        trainer.fit(module, ckpt_path=str(ckpt) if ckpt is not None else None)
+    summary = {"completed_steps": module.rl_step, "max_steps": cfg.trainer.max_steps,
+               "wall_s_this_process": time.time() - t_start}
+    if trainer.is_global_zero and module.rl_step >= cfg.trainer.max_steps:
+        with open(out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        summary["last_row"] = {k: float(v) for k, v in rows[-1].items() if v != ""} if rows else {}
+        summary["rows"] = len(rows)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int = 2) -> TrainConfig:
+    """``cfg`` with the tiny model substituted: same loss and task logic, CPU-sized everything else.
+
+    The model becomes the tiny random one (character tokenizer, no chat template), a ``math_file`` task reads a
+    small generated JSONL written to ``workdir``, batch sizes shrink (keeping G >= 2 and the number of optimiser
+    steps per rollout), and the run uses one CPU process in float32 for ``max_steps`` steps.
+    """
+
+    d = cfg.to_dict()
+    d["model"] = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_positions": 512,
+                  "gradient_checkpointing": cfg.model.gradient_checkpointing}
+    if cfg.task.name == "math_file":
+        path = Path(workdir) / "dry_run_math.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for i in range(16):
+                f.write(json.dumps({"prompt": f"What is {i} + {2 * i}?", "answer": str(3 * i)}) + "\n")
+        d["task"].update(path=str(path), prompt_column="prompt", answer_column="answer", chat_template=False)
+    n_mb = cfg.rollout.prompts_per_step // cfg.optim.prompts_per_minibatch
+    G = min(cfg.rollout.group_size, 4)
+    d["rollout"].update(prompts_per_step=n_mb, group_size=G, max_new_tokens=min(cfg.rollout.max_new_tokens, 8),
+                        micro_batch_size=0)
+    d["optim"].update(prompts_per_minibatch=1, micro_batch_size=G // 2 if cfg.optim.micro_batch_size else 0)
+    d["warmstart"].update(steps=min(cfg.warmstart.steps, 2), batch_size=4)
+    d["trainer"].update(max_steps=max_steps, accelerator="cpu", devices=1, num_nodes=1, strategy="auto",
+                        precision="32-true", fsdp_wrap=[], progress_bar=False, checkpoint_every=max_steps)
+    return TrainConfig.from_dict(d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: ``--preset``/``--config``, ``--out``, ``--dry-run``, aliases, and ``--<section>.<field>``."""
+    p = argparse.ArgumentParser(
+        prog="python -m bandpo.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"presets: {', '.join(list_presets())}",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a config shipped in bandpo/configs (e.g. tiny-cpu)")
+    src.add_argument("--config", help="a YAML config file")
+    p.add_argument("--out", required=True, help="output folder (metrics.csv, checkpoints/, config.yaml)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="substitute the tiny model and CPU-sized batches and run 2 steps (checks a GPU config)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    g = p.add_argument_group("shortcuts")
+    for flag, key in ALIASES.items():
+        g.add_argument(f"--{flag}", dest=key, metavar="V", help=f"= --{key}")
+    for section, cls in SECTIONS.items():
+        grp = p.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
+        hints = typing.get_type_hints(cls)
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+            grp.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", metavar=_type_name(hints[f.name]),
+                             help=f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"))
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
+    """(config, args): the preset/file with flag overrides applied and validated."""
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    path = preset_path(args.preset) if args.preset else args.config
+    return load_config(path, overrides), args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        cfg, args = parse_args(argv)
+        if args.dry_run:
+            cfg = dry_run_config(cfg, Path(args.out) / "dry-run-data")
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        cfg.check_paths()
+    except ValueError as e:
+        print(f"bandpo.train: error: {e}", file=sys.stderr)
+        return 2
+    summary = run(cfg, args.out)
+    if summary["completed_steps"] < summary["max_steps"]:
+        _log(f"stopped at step {summary['completed_steps']} of {summary['max_steps']}; run the same command again "
+             "to resume from the last checkpoint")
+        return 1
+    if _is_main_process():
+        last = summary.get("last_row", {})
+        _log(f"done: {summary['completed_steps']}/{summary['max_steps']} steps; last reward "
+             f"{last.get('reward/mean', float('nan')):.4f}, accuracy {last.get('accuracy', float('nan')):.4f}, "
+             f"entropy {last.get('entropy', float('nan')):.4f}; metrics in {Path(args.out) / 'metrics.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
