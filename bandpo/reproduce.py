@@ -1,0 +1,211 @@
+"""Small-scale reproduction of the paper's comparison: GRPO clip, Clip-Higher, DCPO and BandPO (KL; TV and χ² as
+ablations), 3 seeds each, on the tiny CPU task.
+
+    python -m bandpo.reproduce                      # all methods x seeds 0 1 2 into paper_figures/data/runs
+    python -m bandpo.reproduce --methods band_kl clip --seeds 0 --max-steps 50
+    python -m bandpo.reproduce --shard 0/2 &  python -m bandpo.reproduce --shard 1/2   # two processes
+
+Every run is the ``tiny-cpu`` preset (or ``--preset``) with the method's loss settings (``METHODS``) and
+``trainer.seed = k``; everything else is identical across methods, including the warm-started starting point of a
+given seed (the warm-start depends only on the seed). Run from the repository root. Finished runs
+(``summary.json`` present with ``completed_steps >= max_steps``) are skipped; an interrupted run resumes from its
+checkpoint. Checkpoints are deleted when a run finishes unless ``--keep-checkpoints``.
+
+Data layout (read by the figure scripts; documented in ``bandpo/configs/README.md``)::
+
+    <out>/summary.csv                 one row per finished run (columns in SUMMARY_COLUMNS)
+    <out>/<method>-seed<k>/metrics.csv  one row per RL step: column ``step`` (0-based) and the logged metrics
+    <out>/<method>-seed<k>/config.yaml  the resolved config of the run
+    <out>/<method>-seed<k>/warmstart.json, summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .config import load_config, preset_path
+
+__all__ = ["METHODS", "SEEDS", "SUMMARY_COLUMNS", "is_finished", "reproduce", "summarize"]
+
+METHODS: dict = {
+    "clip": {"loss.method": "clip", "loss.eps_low": 0.2, "loss.eps_high": 0.2, "loss.max_ratio": None},
+    "clip_higher": {"loss.method": "clip", "loss.eps_low": 0.2, "loss.eps_high": 0.28, "loss.max_ratio": None},
+    "dcpo": {"loss.method": "dcpo", "loss.eps_low": 0.16, "loss.eps_high": 0.2, "loss.max_ratio": 10.0},
+    "band_kl": {"loss.method": "band", "loss.divergence": "kl", "loss.delta": 0.05, "loss.max_ratio": 10.0},
+    "band_tv": {"loss.method": "band", "loss.divergence": "tv", "loss.delta": 0.05, "loss.max_ratio": 10.0},
+    "band_chi2": {"loss.method": "band", "loss.divergence": "chi2", "loss.delta": 0.05, "loss.max_ratio": 10.0},
+}
+"""Method id -> loss overrides (the paper's settings: digest §5.5). The ids are the canonical method ids of
+``paper_figures/style.py`` (``clip`` is GRPO's 0.2/0.2 clip). Dual-clip 10, the KL term, the aggregation and
+everything else come from the preset and are the same for all."""
+
+SEEDS = (0, 1, 2)
+DEFAULT_OUT = Path("paper_figures/data/runs")
+WINDOW = 25
+"""Steps averaged for the 'first'/'last' columns of the summary."""
+
+SUMMARY_COLUMNS = (
+    "method", "seed", "steps", "reward_first", "reward_last", "accuracy_first", "accuracy_last", "entropy_first",
+    "entropy_last", "clip_region_mean", "ppo_kl_mean", "completion_length_last", "wall_s",
+)
+"""summary.csv columns: *_first / *_last are means over the first / last WINDOW steps; clip_region_mean and
+ppo_kl_mean are means over all steps; wall_s is the sum of the rows' time/step_s (RL steps only)."""
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    return Path(out) / f"{method}-seed{seed}"
+
+
+def is_finished(path: Path, max_steps: int) -> bool:
+    """True if the run in ``path`` completed at least ``max_steps`` RL steps."""
+    summary = Path(path) / "summary.json"
+    if not summary.is_file():
+        return False
+    try:
+        return int(json.loads(summary.read_text())["completed_steps"]) >= max_steps
+    except (ValueError, KeyError):
+        return False
+
+
+def _mean(rows: list, key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key, "") != ""]
+    return statistics.fmean(values) if values else math.nan
+
+
+def summarize(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> list:
+    """Write ``<out>/summary.csv`` from the finished runs' metrics; returns its rows."""
+    out = Path(out)
+    table = []
+    for method in methods:
+        for seed in seeds:
+            path = run_dir(out, method, seed) / "metrics.csv"
+            if not (run_dir(out, method, seed) / "summary.json").is_file() or not path.is_file():
+                continue
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            first, last = rows[:WINDOW], rows[-WINDOW:]
+            table.append({
+                "method": method, "seed": seed, "steps": len(rows),
+                "reward_first": _mean(first, "reward/mean"), "reward_last": _mean(last, "reward/mean"),
+                "accuracy_first": _mean(first, "accuracy"), "accuracy_last": _mean(last, "accuracy"),
+                "entropy_first": _mean(first, "entropy"), "entropy_last": _mean(last, "entropy"),
+                "clip_region_mean": _mean(rows, "clip_ratio/region_mean"), "ppo_kl_mean": _mean(rows, "ppo_kl"),
+                "completion_length_last": _mean(last, "completion_length/mean"),
+                "wall_s": sum(float(r["time/step_s"]) for r in rows),
+            })
+    if table:
+        with open(out / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(table)
+    return table
+
+
+def format_table(table: list, methods: Sequence[str]) -> str:
+    """Per method: mean ± std over seeds (sample std) of the final reward, accuracy and entropy."""
+    lines = [f"{'method':<11} {'n':>2}  {'reward_last':>15}  {'accuracy_last':>15}  {'entropy_first':>15}  "
+             f"{'entropy_last':>15}  {'clip_region':>8}"]
+    for method in methods:
+        rows = [r for r in table if r["method"] == method]
+        if not rows:
+            continue
+
+        def ms(key: str) -> str:
+            v = [r[key] for r in rows]
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            return f"{statistics.fmean(v):.3f} ± {sd:.3f}"
+
+        lines.append(f"{method:<11} {len(rows):>2}  {ms('reward_last'):>15}  {ms('accuracy_last'):>15}  "
+                     f"{ms('entropy_first'):>15}  {ms('entropy_last'):>15}  "
+                     f"{statistics.fmean(r['clip_region_mean'] for r in rows):8.4f}")
+    return "\n".join(lines)
+
+
+def reproduce(
+    out: Path = DEFAULT_OUT,
+    methods: Sequence[str] = tuple(METHODS),
+    seeds: Sequence[int] = SEEDS,
+    *,
+    preset: str = "tiny-cpu",
+    overrides: Optional[dict] = None,
+    keep_checkpoints: bool = False,
+    shard: tuple = (0, 1),
+    runner: Optional[Callable] = None,
+) -> list:
+    """Train every (method, seed) not yet finished, in seed-major order; returns the summary rows.
+
+    ``shard = (i, n)`` runs only every n-th job starting at i (to split the work over processes).
+    """
+    from .train import run
+
+    runner = runner or run
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    out = Path(out)
+    jobs = [(seed, method) for seed in seeds for method in methods]
+    for n, (seed, method) in enumerate(jobs):
+        if n % shard[1] != shard[0]:
+            continue
+        cfg = load_config(preset_path(preset), {**(overrides or {}), **METHODS[method], "trainer.seed": seed,
+                                                "trainer.progress_bar": False})
+        path = run_dir(out, method, seed)
+        if is_finished(path, cfg.trainer.max_steps):
+            print(f"[reproduce] skip {path} (finished)", flush=True)
+            continue
+        print(f"[reproduce] run {path} ({n + 1}/{len(jobs)})", flush=True)
+        runner(cfg, path)
+        if not keep_checkpoints:
+            shutil.rmtree(path / "checkpoints", ignore_errors=True)
+    return summarize(out, methods, seeds)
+
+
+def _parse_set(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects section.field=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bandpo.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"subset of {list(METHODS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--preset", default="tiny-cpu")
+    p.add_argument("--max-steps", type=int, help="RL steps per run (default: the preset's)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
+    p.add_argument("--summary-only", action="store_true", help="only rewrite summary.csv and print the table")
+    args = p.parse_args(argv)
+    try:
+        overrides = _parse_set(args.set)
+        if args.max_steps is not None:
+            overrides["trainer.max_steps"] = args.max_steps
+        i, n = (int(x) for x in args.shard.split("/"))
+        if args.summary_only:
+            table = summarize(Path(args.out), args.methods, args.seeds)
+        else:
+            table = reproduce(Path(args.out), args.methods, args.seeds, preset=args.preset, overrides=overrides,
+                              keep_checkpoints=args.keep_checkpoints, shard=(i, n))
+    except ValueError as e:
+        print(f"bandpo.reproduce: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(table, args.methods))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
