@@ -11,7 +11,8 @@ and draws, per divergence:
 
 Schema: {"n_tokens": int, "dtype": str, "device": str, "torch": str, "rows": [{"divergence": str,
 "band_tokens_per_s": float, "bisection_tokens_per_s": float, "speedup": float, "band_max_rel_err": float,
-"bisection_max_rel_err": float}, ...]} (extra keys are ignored).
+"bisection_max_rel_err": float}, ...]}. Optional row keys drawn when present: "path" (which code path
+bandpo took), "band_compiled_tokens_per_s" and "speedup_compiled" (torch.compile; NaN where not measured).
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def load(path: Path) -> dict:
     return data
 
 
+def _finite(x) -> float:
+    """A JSON number, or NaN for null/NaN/missing."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def make_figure(out, data_path: Path = DEFAULT_DATA):
     """Draw both panels from the JSON at ``data_path`` and save to ``out`` (a .png path or a folder)."""
     data = load(data_path)
@@ -58,21 +67,30 @@ def make_figure(out, data_path: Path = DEFAULT_DATA):
     names = [r["divergence"] for r in rows]
     y = np.arange(len(rows))
     h = 0.38
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(7.4, 0.9 + 0.42 * len(rows)), sharey=True,
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(7.4, 1.0 + 0.5 * len(rows)), sharey=True,
                                      constrained_layout=True)
     colors = [divergence_style(n)["color"] for n in names]
 
     band_tps = np.array([r["band_tokens_per_s"] for r in rows])
     bis_tps = np.array([r["bisection_tokens_per_s"] for r in rows])
-    ax_a.barh(y - h / 2, band_tps, h, color=colors, label="bandpo.band")
-    ax_a.barh(y + h / 2, bis_tps, h, color="white", edgecolor=GREY, hatch="////", lw=0.8,
-              label="bisection, 50 it.")
-    xmax = max(band_tps.max(), bis_tps.max())
-    for yi, r in zip(y, rows):
-        ax_a.text(xmax * 3, yi, f"{r['speedup']:.3g}x", va="center", ha="left", fontsize=7.5)
-    ax_a.set(xscale="log", xlim=(min(band_tps.min(), bis_tps.min()) / 3, xmax * 40), xlabel="tokens / s (higher is better)",
+    comp_tps = np.array([_finite(r.get("band_compiled_tokens_per_s")) for r in rows])
+    has_comp = bool(np.isfinite(comp_tps).any())
+    hb = 0.27 if has_comp else h
+    ax_a.barh(y - hb, band_tps, hb, color=colors, label="bandpo.band")
+    if has_comp:
+        ax_a.barh(y, np.nan_to_num(comp_tps), hb, color=colors, alpha=0.45, edgecolor=colors, lw=0.8)
+    ax_a.barh(y + (hb if has_comp else h / 2), bis_tps, hb, color="white", edgecolor=GREY, hatch="////", lw=0.8)
+    if not has_comp:  # two bars: centre them on the tick
+        for patch in ax_a.patches[: len(rows)]:
+            patch.set_y(patch.get_y() + h / 2)
+    xmax = np.nanmax(np.concatenate([band_tps, bis_tps, comp_tps]))
+    for yi, r, c in zip(y, rows, comp_tps):
+        text = f"{r['speedup']:.3g}x" + (f"\n{_finite(r.get('speedup_compiled')):.3g}x compiled" if np.isfinite(c) else "")
+        ax_a.text(xmax * 3, yi, text, va="center", ha="left", fontsize=7)
+    ax_a.set(xscale="log", xlim=(min(band_tps.min(), bis_tps.min()) / 3, xmax * 60), xlabel="tokens / s (higher is better)",
              title="throughput (speed-up = band / bisection)")
-    ax_a.set_yticks(y, [divergence_style(n)["label"] for n in names])
+    ax_a.set_yticks(y, [divergence_style(n)["label"] + (f"\n({r['path']})" if r.get("path") else "")
+                        for n, r in zip(names, rows)])
     ax_a.invert_yaxis()
     ax_a.grid(axis="y", visible=False)
     panel_label(ax_a, "a")
@@ -91,9 +109,11 @@ def make_figure(out, data_path: Path = DEFAULT_DATA):
     panel_label(ax_b, "b")
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor="0.45", label="bandpo.band (colour: divergence)"),
-               Patch(facecolor="white", edgecolor=GREY, hatch="////", label="bisection baseline, 50 iterations"),
-               roundoff]
+    handles = [Patch(facecolor="0.45", label="bandpo.band (colour: divergence)")]
+    if has_comp:
+        handles.append(Patch(facecolor="0.45", alpha=0.45, edgecolor="0.45", label="torch.compile(bandpo.band)"))
+    handles += [Patch(facecolor="white", edgecolor=GREY, hatch="////", label="bisection baseline, 50 iterations"),
+                roundoff]
     fig.legend(handles=handles, loc="outside lower center", ncol=3)
     fig.suptitle(f"{data['n_tokens']:,} {data['dtype']} tokens, {data['device']}, torch {data['torch']}", fontsize=9)
     return save(fig, resolve_out(out, NAME))

@@ -213,7 +213,9 @@ def test_fig5_committed_data_is_current():
 def _synthetic_bench(path: Path) -> Path:
     rows = [dict(divergence=d, band_tokens_per_s=10.0 ** (6 + i / 3), bisection_tokens_per_s=10.0 ** (5 + i / 5),
                  speedup=10.0 ** (1 + i / 3 - i / 5), band_max_rel_err=6e-8 * (1 + i),
-                 bisection_max_rel_err=10.0 ** (i - 3)) for i, d in enumerate(["kl", "tv", "chi2"])]
+                 bisection_max_rel_err=10.0 ** (i - 3), path="closed form",
+                 band_compiled_tokens_per_s=2e7 if d == "tv" else float("nan"),
+                 speedup_compiled=40.0 if d == "tv" else float("nan")) for i, d in enumerate(["kl", "tv", "chi2"])]
     path.write_text(json.dumps(dict(n_tokens=4096, dtype="float32", device="cpu (test)", torch="x", rows=rows)))
     return path
 
