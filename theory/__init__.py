@@ -1,0 +1,42 @@
+"""theory: the Band operator's algebra derived by sympy, and its global optimality certified by cvxpy.
+
+* :func:`derive_bounds` (:mod:`theory.derive`): closed-form lower/upper bounds derived from the generator;
+* :mod:`theory.checks`: symbolic identities (root, convexity, mirror, limits, small-delta expansion);
+* :mod:`theory.asymptotics`: the limits p -> 0, p -> 1 and the unified small-delta expansion;
+* :func:`certify` (:mod:`theory.certify`, needs cvxpy): the full-vocabulary problem solved by a conic solver;
+* ``python -m theory.report`` writes ``theory/REPORT.md``; ``python -m theory.certify`` prints the certification table.
+
+``bandpo`` never imports this package (nor sympy or cvxpy); this package imports ``bandpo`` only to cross-check.
+"""
+
+from .derive import BandDerivation, SideDerivation, closed_form_divergences, derive_bounds
+from .generators import delta, get_symbolic, list_symbolic, p, r, register_symbolic, u
+
+__all__ = [
+    "BandDerivation",
+    "SideDerivation",
+    "certify",
+    "closed_form_divergences",
+    "delta",
+    "derive_bounds",
+    "get_symbolic",
+    "list_symbolic",
+    "p",
+    "r",
+    "register_symbolic",
+    "u",
+]
+
+
+def __getattr__(name):
+    """``theory.certify`` and ``theory.Certificate`` import cvxpy on first use (a second or two).
+
+    ``theory.certify`` is the module ``theory/certify.py`` (``python -m theory.certify``); calling it calls the
+    function: ``theory.certify(p, index, delta, divergence)``.
+    """
+    if name in ("certify", "Certificate"):
+        import importlib
+
+        module = importlib.import_module(".certify", __name__)
+        return module if name == "certify" else module.Certificate
+    raise AttributeError(f"module 'theory' has no attribute {name!r}")
