@@ -6,7 +6,8 @@
 Data: ``data/runs/<method>-seed<k>/metrics.csv``, one folder per (method, seed), written by the reproduction
 runner (Lightning CSVLogger, one row per RL step, column ``step``; several rows of one step are merged, the last
 value of each column winning). Panels, each against the RL step:
-top:    reward mean, accuracy, token entropy of the full next-token distribution (nats);
+top:    reward mean, accuracy (one panel "reward = accuracy" when they are equal in every run, as with exact-match
+        0/1 rewards), token entropy of the full next-token distribution (nats), % of all tokens clipped;
 bottom: per old-probability bucket, the fraction of the bucket's tokens clipped at the upper bound with positive
         advantage (``bucket/<b>/clip_high_mean``; ``--clip-stat clip_region_mean`` for both sides), in percent.
 Lines: mean over seeds of a centred moving average (``--smooth`` steps, default 1/25 of the run); bands: min and
@@ -28,7 +29,23 @@ from style import DATA, ROOT, apply_style, method_style, out_parser, panel_label
 NAME = "fig4_training.png"
 RUNS = DATA / "runs"
 RUN_DIR = re.compile(r"^(?P<method>.+)-seed(?P<seed>\d+)$")
-TOP = (("reward/mean", "reward (mean)"), ("accuracy", "accuracy"), ("entropy", "token entropy (nats)"))
+TOP = (
+    ("reward/mean", "reward (mean)", 1.0),
+    ("accuracy", "accuracy", 1.0),
+    ("entropy", "token entropy (nats)", 1.0),
+    ("clip_ratio/region_mean", "% tokens clipped (all)", 100.0),
+)
+"""Top-row panels: (column, axis label, scale). ``accuracy`` is left out when it equals the reward in every run."""
+
+
+def top_panels(data: dict) -> list:
+    """TOP without the accuracy panel when accuracy == reward/mean everywhere (exact-match 0/1 rewards)."""
+    same = all("accuracy" in r and "reward/mean" in r and np.allclose(r["accuracy"], r["reward/mean"], rtol=0,
+                                                                     atol=1e-12, equal_nan=True)
+               for seeds in data.values() for r in seeds)
+    if not same:
+        return list(TOP)
+    return [("reward/mean", "reward = accuracy (mean)", 1.0)] + [t for t in TOP if t[0] not in ("reward/mean", "accuracy")]
 BUCKET_KEY = re.compile(r"^bucket/(?P<bucket>[^/]+)/(?P<stat>[^/]+)$")
 METHOD_ORDER = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2")
 
@@ -150,26 +167,27 @@ def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: st
     n_bottom = max(len(buckets), 1)
     fig = plt.figure(figsize=(max(7.4, 2.2 * n_bottom), 5.6), layout="constrained")
     top_fig, bottom_fig = fig.subfigures(2, 1, height_ratios=[1, 1])
-    top_axes = top_fig.subplots(1, len(TOP))
+    panels = top_panels(data)
+    top_axes = top_fig.subplots(1, len(panels))
     bottom_axes = np.atleast_1d(bottom_fig.subplots(1, n_bottom, sharey=True))
     letters = iter("abcdefghijk")
     for method, seeds in data.items():
         st = method_style(method)
         label = f"{st['label']} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
-        for ax, (key, _) in zip(top_axes, TOP):
+        for ax, (key, _, scale) in zip(top_axes, panels):
             agg = aggregate(seeds, key, window)
             if agg is not None:
                 x, mean, lo, hi = agg
-                ax.plot(x, mean, color=st["color"], ls=st["ls"], lw=1.4, label=label)
-                ax.fill_between(x, lo, hi, color=st["color"], alpha=0.15, lw=0)
+                ax.plot(x, scale * mean, color=st["color"], ls=st["ls"], lw=1.4, label=label)
+                ax.fill_between(x, scale * lo, scale * hi, color=st["color"], alpha=0.15, lw=0)
         for ax, b in zip(bottom_axes, buckets):
             agg = aggregate(seeds, f"bucket/{b}/{clip_stat}", window)
             if agg is not None:
                 x, mean, lo, hi = agg
                 ax.plot(x, 100 * mean, color=st["color"], ls=st["ls"], lw=1.3)
                 ax.fill_between(x, 100 * lo, 100 * hi, color=st["color"], alpha=0.15, lw=0)
-    for ax, (_, ylabel) in zip(top_axes, TOP):
-        ax.set(xlabel="RL step", ylabel=ylabel, title=ylabel.split(" (")[0])
+    for ax, (_, ylabel, _) in zip(top_axes, panels):
+        ax.set(xlabel="RL step", ylabel=ylabel, title=ylabel.split(" (")[0].lstrip("% "))
         panel_label(ax, next(letters))
     what = {"clip_high_mean": "clipped high, A > 0", "clip_low_mean": "clipped low, A < 0",
             "clip_region_mean": "clipped"}.get(clip_stat, clip_stat)
@@ -183,7 +201,7 @@ def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: st
         bottom_axes[0].text(0.5, 0.5, f"no bucket/*/{clip_stat} columns", ha="center", transform=bottom_axes[0].transAxes)
     handles, labels = top_axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
-    fig.suptitle(f"tiny-model RL on CPU: mean over seeds (bands: min to max), moving average over {window} steps",
+    fig.suptitle(f"tiny-model RL on CPU: mean over seeds (bands: min to max), moving average over {window} step{'s' if window != 1 else ''}",
                  fontsize=9)
     return save(fig, resolve_out(out, NAME))
 

@@ -4,7 +4,8 @@
 
 Values are made up but internally consistent the way the trainer's are: per step, the bucket token counts add up
 to ``num_tokens`` and ``clip_ratio/high_mean`` is the token-weighted mean of the per-bucket
-``bucket/<b>/clip_high_mean`` (the identity docs/metrics.md states). Every column of a step is
+``bucket/<b>/clip_high_mean`` (the identity docs/metrics.md states); the region fractions are 1.5 times the high
+ones, bucket by bucket and overall. Every column of a step is
 ``method_index + seed/10 + step/1000`` where no such identity is needed, so a reader's output can be checked
 exactly. ``split_rows=True`` writes each step as two rows (rollout columns, then loss columns), as a logger
 called twice per step would.
@@ -29,7 +30,7 @@ def value(method_index: int, seed: int, step: int) -> float:
 def write_synthetic_runs(root, methods=METHODS, seeds=(0, 1), steps: int = 30, split_rows: bool = False) -> Path:
     """Write ``root/<method>-seed<k>/metrics.csv`` for every method and seed; returns ``root``."""
     root = Path(root)
-    loss_cols = ["num_tokens", "clip_ratio/high_mean"] + [f"bucket/{b}/{k}" for b in BUCKETS
+    loss_cols = ["num_tokens", "clip_ratio/high_mean", "clip_ratio/region_mean"] + [f"bucket/{b}/{k}" for b in BUCKETS
                                                          for k in ("tokens", "clip_high_mean", "clip_region_mean")]
     cols = list(ROLLOUT_COLUMNS) + loss_cols
     for i, method in enumerate(methods):
@@ -42,7 +43,8 @@ def write_synthetic_runs(root, methods=METHODS, seeds=(0, 1), steps: int = 30, s
                 rollout = [f"{v:.6f}"] * len(ROLLOUT_COLUMNS)
                 highs = [0.01 * (len(methods) - i) * (t % 3 + 1) / (j + 1) for j in range(len(BUCKETS))]
                 n = sum(BUCKET_TOKENS)
-                loss = [str(n), repr(sum(h * k for h, k in zip(highs, BUCKET_TOKENS)) / n)]
+                high = sum(h * k for h, k in zip(highs, BUCKET_TOKENS)) / n
+                loss = [str(n), repr(high), repr(1.5 * high)]
                 for h, k in zip(highs, BUCKET_TOKENS):
                     loss += [str(k), repr(h), repr(1.5 * h)]
                 if split_rows:

@@ -154,6 +154,14 @@ def test_fig4_reader_merges_rows_and_aggregates_seeds(tmp_path):
     assert f4.buckets_of(seeds, "clip_high_mean") == list(BUCKETS)
 
 
+def test_fig4_merges_reward_and_accuracy_only_when_equal():
+    f4 = fig("fig4_training")
+    same = {"m": [{"reward/mean": np.array([0.1, 0.5]), "accuracy": np.array([0.1, 0.5])}]}
+    differ = {"m": [{"reward/mean": np.array([0.1, 0.5]), "accuracy": np.array([0.1, 0.4])}]}
+    assert [k for k, _, _ in f4.top_panels(same)] == ["reward/mean", "entropy", "clip_ratio/region_mean"]
+    assert [k for k, _, _ in f4.top_panels(differ)] == ["reward/mean", "accuracy", "entropy", "clip_ratio/region_mean"]
+
+
 def test_fig4_writes_png(tmp_path):
     f4 = fig("fig4_training")
     real = f4.discover_runs(f4.RUNS)
