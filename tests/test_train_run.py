@@ -80,6 +80,8 @@ def test_smoke_three_steps_every_parameter_changes(tmp_path):
             assert math.isfinite(float(r[key])), (key, r[key])
         assert float(r["nonfinite/skipped"]) == 0.0
         assert float(r["optim_steps"]) == 2 * (int(r["step"]) + 1)  # 4 prompts / 2 per mini-batch = 2 per step
+        # The update saw each of the 16 sequences' completion tokens once (ppo_epochs = 1).
+        assert float(r["num_tokens"]) == pytest.approx(16 * float(r["completion_length/mean"]), rel=1e-12)
     assert float(rows[-1]["kl_ref"]) > 0  # the policy moved away from the reference
     unchanged = [n for n, p in policy.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
     assert not unchanged, f"parameters not updated: {unchanged}"
@@ -158,29 +160,58 @@ def test_dry_run_of_every_config(tmp_path, name):
     assert all(math.isfinite(float(r["loss/total"])) and math.isfinite(float(r["entropy"])) for r in rows)
 
 
+DDP_OVERRIDES = {
+    "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.intermediate_size": 64,
+    "rollout.prompts_per_step": 4, "rollout.group_size": 4, "optim.prompts_per_minibatch": 2, "warmstart.steps": 2,
+    "warmstart.batch_size": 8, "trainer.max_steps": 2, "trainer.progress_bar": False, "trainer.num_threads": 1,
+    "trainer.accelerator": "cpu", "trainer.devices": 2, "trainer.strategy": "ddp",
+}
+
+
+def _ddp_main(out: str) -> None:
+    """Run as a script (see the bottom of this file): Lightning's launcher re-runs it as rank 1."""
+
+    class Checksum(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            total = sum(float(p.detach().double().sum()) for p in pl_module.policy.parameters())
+            Path(out, f"rank{trainer.global_rank}.txt").write_text(f"{total!r} {trainer.world_size}")
+
+    run(load_config(CONFIG_DIR / "tiny-cpu.yaml", DDP_OVERRIDES), out, extra_callbacks=[Checksum()])
+
+
 def test_ddp_two_cpu_processes(tmp_path):
-    """A real 2-process DDP run (gloo) through the command line."""
+    """A real 2-process DDP run (gloo): the processes sample different prompts, yet end with identical weights."""
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "bandpo.train", "--preset", "tiny-cpu", "--out", str(out),
-        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--max-steps", "2",
-        "--model.hidden_size", "32", "--model.num_layers", "1", "--model.num_heads", "2",
-        "--model.intermediate_size", "64", "--rollout.prompts_per_step", "4", "--rollout.group_size", "4",
-        "--optim.prompts_per_minibatch", "2", "--warmstart.steps", "2", "--warmstart.batch_size", "8",
-        "--trainer.progress_bar", "false", "--trainer.num_threads", "1",
-    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, __file__, "--ddp", str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+    r0, r1 = (out / "rank0.txt").read_text(), (out / "rank1.txt").read_text()
+    assert r0 == r1 and r0.endswith(" 2"), (r0, r1)  # bitwise-equal parameter sums: gradients were all-reduced
     rows = read_rows(out / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [0, 1]
     for r in rows:
         assert math.isfinite(float(r["loss/total"])) and math.isfinite(float(r["grad_norm"]))
-        # 2 prompts per process x 4 completions; one optimiser step of 1 prompt per process per mini-batch:
-        # tokens are summed over both processes, so the count exceeds what one process alone sampled.
         assert float(r["optim_steps"]) == 2 * (int(r["step"]) + 1)
+        # Metrics are reduced over both processes: the update saw every completion token of the 16 sequences
+        # (2 processes x 2 prompts x G = 4) once, so num_tokens = 16 x the global mean completion length.
+        assert float(r["num_tokens"]) == pytest.approx(16 * float(r["completion_length/mean"]), rel=1e-12)
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_through_the_command_line(tmp_path):
+    """`python -m bandpo.train ... --devices 2 --strategy ddp`: Lightning relaunches the module as rank 1."""
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "bandpo.train", "--preset", "tiny-cpu", "--out", str(out)]
+    for key, value in DDP_OVERRIDES.items():
+        cmd += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+    assert [int(r["step"]) for r in read_rows(out / "metrics.csv")] == [0, 1]
 
 
 @pytest.mark.slow
@@ -211,3 +242,7 @@ def test_kill_mid_run_loses_at_most_the_steps_since_the_checkpoint(tmp_path):
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if not k.startswith(TIMING)} == {
             k: v for k, v in rb.items() if not k.startswith(TIMING)}
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp":
+    _ddp_main(sys.argv[2])
