@@ -201,7 +201,8 @@ def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: st
         bottom_axes[0].text(0.5, 0.5, f"no bucket/*/{clip_stat} columns", ha="center", transform=bottom_axes[0].transAxes)
     handles, labels = top_axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
-    fig.suptitle(f"tiny-model RL on CPU: mean over seeds (bands: min to max), moving average over {window} step{'s' if window != 1 else ''}",
+    steps_txt = f"{window} step{'s' if window != 1 else ''}"
+    fig.suptitle(f"tiny-model RL on CPU: mean over seeds (bands: min to max), moving average over {steps_txt}",
                  fontsize=9)
     return save(fig, resolve_out(out, NAME))
 
