@@ -45,7 +45,8 @@ def top_panels(data: dict) -> list:
                for seeds in data.values() for r in seeds)
     if not same:
         return list(TOP)
-    return [("reward/mean", "reward = accuracy (mean)", 1.0)] + [t for t in TOP if t[0] not in ("reward/mean", "accuracy")]
+    rest = [t for t in TOP if t[0] not in ("reward/mean", "accuracy")]
+    return [("reward/mean", "reward = accuracy (mean)", 1.0)] + rest
 BUCKET_KEY = re.compile(r"^bucket/(?P<bucket>[^/]+)/(?P<stat>[^/]+)$")
 METHOD_ORDER = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2")
 
@@ -198,7 +199,8 @@ def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: st
         ax.set_ylim(bottom=0)
         panel_label(ax, next(letters))
     if not buckets:
-        bottom_axes[0].text(0.5, 0.5, f"no bucket/*/{clip_stat} columns", ha="center", transform=bottom_axes[0].transAxes)
+        bottom_axes[0].text(0.5, 0.5, f"no bucket/*/{clip_stat} columns", ha="center",
+                            transform=bottom_axes[0].transAxes)
     handles, labels = top_axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
     steps_txt = f"{window} step{'s' if window != 1 else ''}"
@@ -212,7 +214,8 @@ def main(argv=None):
     ap.add_argument("--runs", type=Path, default=RUNS, help="folder of <method>-seed<k>/metrics.csv runs")
     ap.add_argument("--smooth", type=int, default=None, help="moving-average window in steps (default: run/25)")
     ap.add_argument("--clip-stat", default="clip_high_mean",
-                    choices=["clip_high_mean", "clip_low_mean", "clip_region_mean"], help="bucket statistic (bottom row)")
+                    choices=["clip_high_mean", "clip_low_mean", "clip_region_mean"],
+                    help="bucket statistic (bottom row)")
     args = ap.parse_args(argv)
     path = make_figure(args.out, args.runs, args.smooth, args.clip_stat)
     print(f"wrote {path}")

@@ -173,7 +173,8 @@ def make_figure(out, data_path: Path = DEFAULT_DATA):
 
 def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="bandit JSON to read (and to write with --regenerate)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                    help="bandit JSON to read (and to write with --regenerate)")
     ap.add_argument("--regenerate", action="store_true", help="run bandpo.bandit and rewrite --data first")
     ap.add_argument("--steps", type=int, default=None, help="with --regenerate: steps per run (default: BanditConfig)")
     ap.add_argument("--seeds", type=int, default=None, help="with --regenerate: number of seeds")

@@ -85,9 +85,12 @@ def make_figure(out, data_path: Path = DEFAULT_DATA):
             patch.set_y(patch.get_y() + h / 2)
     xmax = np.nanmax(np.concatenate([band_tps, bis_tps, comp_tps]))
     for yi, r, c in zip(y, rows, comp_tps):
-        text = f"{r['speedup']:.3g}x" + (f"\n{_finite(r.get('speedup_compiled')):.3g}x compiled" if np.isfinite(c) else "")
+        text = f"{r['speedup']:.3g}x"
+        if np.isfinite(c):
+            text += f"\n{_finite(r.get('speedup_compiled')):.3g}x compiled"
         ax_a.text(xmax * 3, yi, text, va="center", ha="left", fontsize=7)
-    ax_a.set(xscale="log", xlim=(min(band_tps.min(), bis_tps.min()) / 3, xmax * 60), xlabel="tokens / s (higher is better)",
+    ax_a.set(xscale="log", xlim=(min(band_tps.min(), bis_tps.min()) / 3, xmax * 60),
+             xlabel="tokens / s (higher is better)",
              title="throughput (speed-up = band / bisection)")
     ax_a.set_yticks(y, [divergence_style(n)["label"] + (f"\n({r['path']})" if r.get("path") else "")
                         for n, r in zip(names, rows)])
