@@ -21,6 +21,7 @@ See :mod:`bandpo.solvers` for the parametrisation that keeps every root finite i
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections import OrderedDict
@@ -189,7 +190,22 @@ def _build_table(div: Divergence, delta: float) -> _Table:
     return _Table(roots, float(_lower_at_one(div, d)))
 
 
-@torch.compiler.disable
+def _eager_only(fn):
+    """``torch.compiler.disable(fn)``, applied on the first call: importing torch._dynamo at import time
+    would cost ~1 s (and pull sympy) for every user of ``import bandpo``."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal disabled
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return wrapper
+
+
+@_eager_only
 def _get_table(div: Divergence, delta: float, device: torch.device, kind: str = "f64"):
     """The cached table of ``kind`` ("f64": _Table, "f32": _BitsTable) for (divergence, delta, device).
 
@@ -272,7 +288,7 @@ def _lookup(coef: Tensor, z: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@torch.compiler.disable  # 64 unrolled bisection steps make inductor's graph explode; run it eagerly
+@_eager_only  # 64 unrolled bisection steps make inductor's graph explode; run it eagerly
 def generic_log_band(div: Divergence, logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, Tensor]":
     """Any registered generator: saturation test, then the robust bisection + Newton solve per side."""
     phi = _phi_fn(div)

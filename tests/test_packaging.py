@@ -43,3 +43,18 @@ def test_torch_is_pinned_where_installs_happen():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_import_bandpo_stays_light():
+    """bandpo never imports sympy or cvxpy at run time (theory/ does), nor Lightning/transformers until the
+    trainer is used; checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bandpo, torch; bandpo.band(torch.zeros(3), 0.05); "
+        "print(','.join(m for m in ('sympy', 'cvxpy', 'mpmath', 'lightning', 'transformers', 'torch._dynamo') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""
