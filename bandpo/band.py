@@ -191,13 +191,15 @@ def _build_table(div: Divergence, delta: float) -> _Table:
 
 
 def _eager_only(fn):
-    """``torch.compiler.disable(fn)``, applied on the first call: importing torch._dynamo at import time
-    would cost ~1 s (and pull sympy) for every user of ``import bandpo``."""
+    """Run ``fn`` outside any compiled graph (``torch.compiler.disable``), without importing torch._dynamo
+    for eager callers: that import costs ~1 s (and pulls sympy) for every user of ``import bandpo``."""
     disabled = None
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         nonlocal disabled
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
         if disabled is None:
             disabled = torch.compiler.disable(fn)
         return disabled(*args, **kwargs)
@@ -478,8 +480,9 @@ def band(
     div = get_divergence(divergence)
     _check_logp(old_logp, validate)
     delta = _check_delta(delta, old_logp, validate)
-    if old_logp.dtype != torch.float64 and _use_table(div, delta, method):
-        with torch.no_grad():
+    use_table = _use_table(div, delta, method)  # decided (and counted) once per call
+    with torch.no_grad():
+        if use_table and old_logp.dtype != torch.float64:
             return _table_band_lowp(div, old_logp, delta)
-    log_lower, log_upper = log_band(old_logp, delta, div, validate=False, method=method)
+        log_lower, log_upper = _log_band_f64(old_logp, delta, div, "table" if use_table else "solver")
     return torch.exp(log_lower).to(old_logp.dtype), torch.exp(log_upper).to(old_logp.dtype)
