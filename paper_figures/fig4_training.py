@@ -180,13 +180,13 @@ def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: st
             if agg is not None:
                 x, mean, lo, hi = agg
                 ax.plot(x, scale * mean, color=st["color"], ls=st["ls"], lw=1.4, label=label)
-                ax.fill_between(x, scale * lo, scale * hi, color=st["color"], alpha=0.15, lw=0)
+                ax.fill_between(x, scale * lo, scale * hi, color=st["color"], alpha=0.06, lw=0)
         for ax, b in zip(bottom_axes, buckets):
             agg = aggregate(seeds, f"bucket/{b}/{clip_stat}", window)
             if agg is not None:
                 x, mean, lo, hi = agg
                 ax.plot(x, 100 * mean, color=st["color"], ls=st["ls"], lw=1.3)
-                ax.fill_between(x, 100 * lo, 100 * hi, color=st["color"], alpha=0.15, lw=0)
+                ax.fill_between(x, 100 * lo, 100 * hi, color=st["color"], alpha=0.08, lw=0)
     for ax, (_, ylabel, _) in zip(top_axes, panels):
         ax.set(xlabel="RL step", ylabel=ylabel, title=ylabel.split(" (")[0].lstrip("% "))
         panel_label(ax, next(letters))
@@ -202,7 +202,7 @@ def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: st
         bottom_axes[0].text(0.5, 0.5, f"no bucket/*/{clip_stat} columns", ha="center",
                             transform=bottom_axes[0].transAxes)
     handles, labels = top_axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
     steps_txt = f"{window} step{'s' if window != 1 else ''}"
     fig.suptitle(f"tiny-model RL on CPU: mean over seeds (bands: min to max), moving average over {steps_txt}",
                  fontsize=9)
