@@ -31,7 +31,6 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ._numerics import log1mexp
 from .divergences import Divergence, get_divergence
 from .solvers import (
     autograd_derivative,
@@ -401,14 +400,16 @@ def _use_table(div: Divergence, delta: Delta, method: str) -> bool:
 
 def _log_band_f64(old_logp: Tensor, delta: Delta, div: Divergence, method: str) -> "tuple[Tensor, Tensor]":
     logp = torch.clamp(old_logp.detach().to(torch.float64), max=0.0)
-    log1mp = log1mexp(logp)
+    # log(1 - p) to an absolute error of ~1e-16, which is all its uses need (they add it to other logs or
+    # exponentiate it); -expm1 is accurate to an ulp relative everywhere. -inf at p = 1.
+    log1mp = torch.log(-torch.expm1(logp))
     if _use_table(div, delta, method):
         log_lower, log_upper = _table_log_band(div, logp, log1mp, delta)
     else:
         if isinstance(delta, Tensor):
-            d = delta.detach().to(device=logp.device, dtype=torch.float64).expand_as(logp)
+            d = delta.detach().to(device=logp.device, dtype=torch.float64)  # broadcasts against logp
         else:
-            d = torch.full_like(logp, delta)  # a fill, not a host-to-device copy
+            d = torch.full((), delta, dtype=torch.float64, device=logp.device)  # a fill, not a host copy
         if div.log_band is not None:
             log_lower, log_upper = div.log_band(logp, log1mp, d)
         else:
