@@ -23,7 +23,6 @@ stops with ``FloatingPointError`` (``"stop"``). The decision is reduced over pro
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Any, Optional
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .config import TrainConfig
 from .losses import aggregate, aggregation_denominator, policy_loss
-from .rl import Rollout, completion_logp, k3_kl, masked_mean, rollout
+from .rl import Rollout, completion_logp, k3_kl, rollout
 from .tasks import Task
 
 __all__ = ["BandPOModule", "NonFiniteError"]

@@ -34,7 +34,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 import typing
 from pathlib import Path
