@@ -392,9 +392,10 @@ def _use_table(div: Divergence, delta: Delta, method: str) -> bool:
         return True
     key = (id(div), div.name, delta)
     seen = _DELTA_SEEN.get(key, 0)
-    _DELTA_SEEN[key] = seen + 1
-    if len(_DELTA_SEEN) > 4 * _TABLE_CACHE_SIZE:
-        _DELTA_SEEN.clear()
+    if seen < 2:  # stops changing after the second call, so torch.compile's guards on it stay valid
+        if len(_DELTA_SEEN) > 4 * _TABLE_CACHE_SIZE:
+            _DELTA_SEEN.clear()
+        _DELTA_SEEN[key] = seen + 1
     return seen >= 1
 
 
