@@ -450,8 +450,9 @@ def log_band(
     div = get_divergence(divergence)
     _check_logp(old_logp, validate)
     delta = _check_delta(delta, old_logp, validate)
+    path = "table" if _use_table(div, delta, method) else "solver"  # decided (and counted) once per call
     with torch.no_grad():
-        return _log_band_f64(old_logp, delta, div, method)
+        return _chunked(lambda x: _log_band_f64(x, delta, div, path), old_logp, delta)
 
 
 def band(
@@ -483,8 +484,37 @@ def band(
     _check_logp(old_logp, validate)
     delta = _check_delta(delta, old_logp, validate)
     use_table = _use_table(div, delta, method)  # decided (and counted) once per call
+
+    def one_pass(x: Tensor) -> "tuple[Tensor, Tensor]":
+        if use_table and x.dtype != torch.float64:
+            return _table_band_lowp(div, x, delta)
+        log_lower, log_upper = _log_band_f64(x, delta, div, "table" if use_table else "solver")
+        return torch.exp(log_lower).to(x.dtype), torch.exp(log_upper).to(x.dtype)
+
     with torch.no_grad():
-        if use_table and old_logp.dtype != torch.float64:
-            return _table_band_lowp(div, old_logp, delta)
-        log_lower, log_upper = _log_band_f64(old_logp, delta, div, "table" if use_table else "solver")
-    return torch.exp(log_lower).to(old_logp.dtype), torch.exp(log_upper).to(old_logp.dtype)
+        return _chunked(one_pass, old_logp, delta)
+
+
+CHUNK = 1 << 16
+"""Elements per pass on the eager CPU path. One pass over a whole 1M-token batch allocates ~20 fresh buffers
+of 8-64 MB, and page-faulting them costs more than the arithmetic; in chunks of 65536 the intermediates
+(~4 MB) stay in cache and the allocator reuses their memory (measured 2-3x faster at 2^20 tokens). Not used
+under torch.compile (the kernel is fused), on accelerators, or with a tensor delta."""
+
+
+def _chunked(fn, old_logp: Tensor, delta: Delta) -> "tuple[Tensor, Tensor]":
+    """Apply the elementwise ``fn`` (x -> (lower, upper)) to ``old_logp`` in flat chunks of CHUNK elements.
+
+    The chunk count depends only on the shape, never on the data."""
+    n = old_logp.numel()
+    if n <= CHUNK or old_logp.device.type != "cpu" or isinstance(delta, Tensor) or torch.compiler.is_compiling():
+        return fn(old_logp)
+    flat = old_logp.detach().reshape(-1)
+    outs = None
+    for start in range(0, n, CHUNK):
+        parts = fn(flat[start : start + CHUNK])
+        if outs is None:
+            outs = tuple(torch.empty(n, dtype=t.dtype, device=t.device) for t in parts)
+        for out, part in zip(outs, parts):
+            out[start : start + CHUNK] = part
+    return tuple(out.view(old_logp.shape) for out in outs)
