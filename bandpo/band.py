@@ -11,10 +11,16 @@ How it is computed (everything in float64, elementwise, with a fixed amount of w
 host-device synchronisation, no data-dependent Python loop, no ``.item()``):
 
 * closed forms in log space for ``tv``, ``chi2`` and ``hellinger``;
-* for divergences that never saturate (``kl``, ``neyman_chi2``) and a Python-number ``delta`` (fixed for a
-  run), a cubic interpolation table of the root in the logit of p, built once per (divergence, delta)
-  and cached, followed by Newton steps that take it to full float64 accuracy;
-* otherwise a bracketed Newton iteration with a fixed number of steps from the small-delta start.
+* with a Python-number ``delta`` (fixed for a run), from the second call with that delta, interpolation
+  tables built once per (divergence, delta) and cached:
+  - divergences that never saturate (``kl``, ``neyman_chi2``): float64 outputs interpolate the root in the
+    logit of p and take two Newton steps to full float64 accuracy; float32/16 outputs are one lookup in a
+    table indexed by the float32 bits of -old_logp;
+  - divergences that saturate (``reverse_kl``, ``js``, user generators with finite f(0)): float32/16
+    outputs are one lookup per bound in a table indexed by the distance to that bound's saturation kink,
+    exact 0 and 1/p beyond it; float64 outputs use the solver;
+* otherwise a dedicated solver (KL: bracketed Newton from a start that brackets the root) or the generic
+  one (bisection then Newton, a fixed number of steps) for any registered generator.
 
 See :mod:`bandpo.solvers` for the parametrisation that keeps every root finite in log space.
 """
@@ -208,20 +214,22 @@ def _eager_only(fn):
 
 @_eager_only
 def _get_table(div: Divergence, delta: float, device: torch.device, kind: str = "f64"):
-    """The cached table of ``kind`` ("f64": _Table, "f32": _BitsTable) for (divergence, delta, device).
+    """The cached table of ``kind`` ("f64": _Table, "f32": _BitsTable, "sat": _SatTable) for (divergence,
+    delta, device); None where a "sat" table does not apply (saturation is not one interval at an end).
 
     Built once on the CPU, outside any compiled graph, then copied to the device once."""
     key = (id(div), div.name, delta, kind, str(device))
-    table = _TABLE_CACHE.get(key)
-    if table is None:
+    if key not in _TABLE_CACHE:
         cpu_key = (id(div), div.name, delta, kind, "cpu")
-        cpu = _TABLE_CACHE.get(cpu_key) or (_build_table if kind == "f64" else _build_bits_table)(div, delta)
-        _TABLE_CACHE[cpu_key] = cpu
-        table = cpu.to(device)
-        _TABLE_CACHE[key] = table
+        if cpu_key not in _TABLE_CACHE:
+            _TABLE_CACHE[cpu_key] = _BUILDERS[kind](div, delta)
+        cpu = _TABLE_CACHE[cpu_key]
+        _TABLE_CACHE[key] = None if cpu is None else cpu.to(device)
+        table = _TABLE_CACHE[key]
         while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
             _TABLE_CACHE.popitem(last=False)
     else:
+        table = _TABLE_CACHE[key]
         _TABLE_CACHE.move_to_end(key)
     return table
 
@@ -289,6 +297,16 @@ def _lookup(coef: Tensor, z: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _phi_at_inf(div: Divergence, log_a: Tensor, log_b: Tensor) -> Tensor:
+    """φ(∞) = a f(0) + b f(1/b): the divergence of the saturated bound (shrinking mass a moved entirely).
+
+    a f(0) is 0 where a underflows even if f(0) = inf."""
+    a = torch.exp(log_a)
+    f0 = torch.where(a > 0, a * div.f_at_0, torch.zeros_like(a)) if math.isinf(div.f_at_0) else a * div.f_at_0
+    b_c = torch.exp(torch.clamp(log_b, min=-690.0))  # b f(1/b) -> lim f(u)/u as b -> 0
+    return f0 + b_c * div.f(1 / b_c)
+
+
 @_eager_only  # 64 unrolled bisection steps make inductor's graph explode; run it eagerly
 def generic_log_band(div: Divergence, logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, Tensor]":
     """Any registered generator: saturation test, then the robust bisection + Newton solve per side."""
@@ -296,12 +314,7 @@ def generic_log_band(div: Divergence, logp: Tensor, log1mp: Tensor, delta: Tenso
     (la_lo, lb_lo), (la_up, lb_up) = sides(logp, log1mp)
     out = []
     for log_a, log_b in ((la_lo, lb_lo), (la_up, lb_up)):
-        a, b = torch.exp(log_a), torch.exp(log_b)
-        # φ(∞) = a f(0) + b f(1/b); a f(0) is 0 where a underflows even if f(0) = inf.
-        f0 = torch.where(a > 0, a * div.f_at_0, torch.zeros_like(a)) if math.isinf(div.f_at_0) else a * div.f_at_0
-        b_c = torch.exp(torch.clamp(log_b, min=-690.0))  # b f(1/b) -> lim f(u)/u as b -> 0
-        phi_inf = f0 + b_c * div.f(1 / b_c)
-        saturated = phi_inf <= delta
+        saturated = _phi_at_inf(div, log_a, log_b) <= delta
         s, _ = solve_side_robust(phi, log_a, log_b, delta, saturated)
         out.append(s)
     s_lo, s_up = out
@@ -361,6 +374,191 @@ def _table_band_lowp(div: Divergence, old_logp: Tensor, delta: float) -> "tuple[
     return ratio[..., 0].contiguous(), ratio[..., 1].contiguous()
 
 
+# ----------------------------------------------------------------------------------------------------------
+# float32/16 tables for divergences that saturate (f(0) finite: reverse_kl, js, most user generators)
+# ----------------------------------------------------------------------------------------------------------
+
+# With f(0) finite, each bound saturates on one end of the x = -log p axis: the lower bound is exactly 0 for
+# x >= X_lo (rare tokens), the upper bound exactly 1/p for x <= X_up (confident tokens). Near such a kink
+# the root behaves like d / log(1/d) in the distance d to it, which no polynomial in x resolves. So each
+# side's unsaturated interval (L, R) is cut at its midpoint and each half is tabulated against the distance
+# d to its own end (L: 0 or a kink; R: a kink or x = 2^10), indexed like the never-saturating table, by
+# the float64 bits of d: 256 segments per binade, so the relative resolution in d is the same at every
+# distance from the kink. Within a segment the quantity log(∓log r) is smooth in u, and a cubic through
+# four float64-solver nodes reaches ~1e-10 (tests/test_band_solvers.py measures it).
+_SAT_SHIFT = 52 - BITS_M  # float64 mantissa bits below a segment index
+_SAT_X_MAX = 2.0**X_MAX_EXP  # x = -log p is clamped here (p = e^-1024 underflows float64 anyway)
+_SAT_E_ZERO = -150  # halves anchored at x = 0 (p -> 1) reach d = 2^-150 (below every nonzero float32)
+_SAT_KINK_BITS = 36  # halves anchored at a kink X reach d = 2^(floor(log2 X) - 36) (nodes 16 ulps apart)
+
+
+@dataclass(frozen=True)
+class _SatHalf:
+    """One half of a side's unsaturated interval, tabulated against d = x - anchor (left) or anchor - x."""
+
+    anchor: float
+    from_left: bool
+    e_min: int
+    d_max: float
+    base: int  # first row of this half in the side's coefficient table
+
+
+@dataclass(frozen=True)
+class _SatSide:
+    """A side's unsaturated interval (L, R) in x, saturated beyond the kinks (``kink_left``/``kink_right``)."""
+
+    L: float
+    R: float
+    kink_left: bool
+    kink_right: bool
+    halves: "tuple[_SatHalf, ...]"
+    coef: Optional[Tensor]  # (n_segments, 4) cubic coefficients of log(∓log r) in u; None: always saturated
+
+    def to(self, device: torch.device) -> "_SatSide":
+        coef = None if self.coef is None else self.coef.to(device)
+        return _SatSide(self.L, self.R, self.kink_left, self.kink_right, self.halves, coef)
+
+
+@dataclass(frozen=True)
+class _SatTable:
+    lower: _SatSide
+    upper: _SatSide
+    log_lower_at_one: float  # p = 1 exactly: the limit p -> 1 (it can differ from r_lower at p = 1 - 1e-40)
+
+    def to(self, device: torch.device) -> "_SatTable":
+        return _SatTable(self.lower.to(device), self.upper.to(device), self.log_lower_at_one)
+
+
+def _saturation_threshold(div: Divergence, delta: float, side: int) -> "Optional[tuple[float, float]]":
+    """(L, R): the side's unsaturated interval of x = -log p in [0, 2^10], or None if saturation is not one
+    interval at the end (then the table does not apply and the solver is used). Bisection in float64."""
+
+    def saturated(x: Tensor) -> Tensor:
+        logp = -x
+        log1mp = torch.log(-torch.expm1(logp))
+        (la_lo, lb_lo), (la_up, lb_up) = sides(logp, log1mp)
+        la, lb = (la_lo, lb_lo) if side == 0 else (la_up, lb_up)
+        return _phi_at_inf(div, la, lb) <= delta
+
+    # x = 0 (p = 1) is excluded: the lower bound there is the p -> 1 limit, stored separately
+    grid = torch.logspace(-45, math.log10(_SAT_X_MAX), 4000, dtype=torch.float64)
+    sat = saturated(grid)
+    first_change = sat if side == 0 else ~sat  # lower: saturated on a suffix; upper: on a prefix
+    k = int(first_change.long().argmax()) if bool(first_change.any()) else len(grid)
+    if bool(first_change[k:].all()) is False:
+        return None  # saturation is not one interval at the end: no table
+    if k == len(grid):  # lower never saturated / upper always saturated
+        return (0.0, math.inf) if side == 0 else (_SAT_X_MAX, _SAT_X_MAX)
+    if k == 0:  # lower always saturated / upper never saturated
+        return (0.0, 0.0) if side == 0 else (0.0, math.inf)
+    lo, hi = float(grid[k - 1]), float(grid[k])
+    for _ in range(200):  # to float64 resolution
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        s = bool(saturated(torch.tensor([mid], dtype=torch.float64)))
+        if s == (side == 0):
+            hi = mid
+        else:
+            lo = mid
+    # lower: saturated for x >= R (R = hi, the first saturated x); upper: saturated for x <= L = lo
+    return (0.0, hi) if side == 0 else (lo, math.inf)
+
+
+def _build_sat_side(div: Divergence, delta: float, side: int) -> "Optional[_SatSide]":
+    interval = _saturation_threshold(div, delta, side)
+    if interval is None:
+        return None
+    L, R = interval
+    kink_left, kink_right = L > 0, math.isfinite(R)
+    if not L < min(R, _SAT_X_MAX):
+        return _SatSide(L, R, kink_left, kink_right, (), None)
+    mid = 0.5 * (L + R) if math.isfinite(R) else math.inf
+    specs = [(L, True, min(mid, _SAT_X_MAX) - L)]
+    if math.isfinite(R):
+        specs.append((R, False, R - mid))
+    halves, coefs, base = [], [], 0
+    for anchor, from_left, d_max in specs:
+        e_min = _SAT_E_ZERO if anchor == 0 else math.floor(math.log2(anchor)) - _SAT_KINK_BITS
+        e_max = max(math.ceil(math.log2(d_max)), e_min + 1)
+        e = torch.arange(e_min, e_max, dtype=torch.float64)
+        width = torch.exp2(e - BITS_M)[:, None]
+        # per binade: nodes at 2^e + (i - 1) 2^(e-8), i = 0..258; segment k uses nodes k..k+3 (u = -1, 0, 1, 2)
+        i = torch.arange(2**BITS_M + 3, dtype=torch.float64)
+        d_nom = torch.exp2(e)[:, None] + (i - 1) * width  # (n_binades, 259)
+        start = d_nom[:, 1:-2]  # (n_binades, 256) segment starts
+        n_keep = int((start <= d_max).sum())  # segments in use (a prefix: starts increase)
+        need = d_nom <= d_max + 2 * width  # the nodes those segments use (all inside the half: unsaturated)
+        x = anchor + d_nom[need] if from_left else anchor - d_nom[need]
+        d_act = torch.full_like(d_nom, math.nan)
+        d_act[need] = x - anchor if from_left else anchor - x  # where the node really sits (x is rounded)
+        log_lower, log_upper = _log_band_f64(-x, delta, div, "solver")
+        y = torch.full_like(d_nom, math.nan)
+        y[need] = torch.log(-log_lower) if side == 0 else torch.log(log_upper)
+        idx = torch.arange(2**BITS_M)[:, None] + torch.arange(4)
+        u = ((d_act[:, idx] - start[..., None]) / width[..., None]).reshape(-1, 4)[:n_keep]
+        y_seg = y[:, idx].reshape(-1, 4)[:n_keep]
+        if not bool(torch.isfinite(y_seg).all() and torch.isfinite(u).all()):
+            return None
+        vander = u[..., None] ** torch.arange(4, dtype=torch.float64)  # (segments, 4 nodes, 4 powers)
+        c = torch.linalg.solve(vander, y_seg.unsqueeze(-1)).squeeze(-1)
+        halves.append(_SatHalf(anchor, from_left, e_min, d_max, base))
+        coefs.append(c)
+        base += c.shape[0]
+    return _SatSide(L, R, kink_left, kink_right, tuple(halves), torch.cat(coefs))
+
+
+def _build_sat_table(div: Divergence, delta: float) -> "Optional[_SatTable]":
+    lower, upper = _build_sat_side(div, delta, 0), _build_sat_side(div, delta, 1)
+    if lower is None or upper is None:
+        return None
+    at_one = float(_lower_at_one(div, torch.tensor(delta, dtype=torch.float64)))
+    return _SatTable(lower, upper, at_one)
+
+
+def _sat_side_log_ratio(side: _SatSide, x: Tensor, sign: float) -> "tuple[Tensor, Tensor]":
+    """(log r, saturated) for float64 x = -old_logp in [0, 2^10]; log r = sign·exp(cubic)."""
+    if side.coef is None:
+        return torch.zeros_like(x), torch.ones_like(x, dtype=torch.bool)
+    first = side.halves[0]
+    d, off, lo, hi = None, None, None, None
+    for h in side.halves:
+        dh = (x - h.anchor) if h.from_left else (h.anchor - x)
+        dh = torch.clamp(dh, 2.0**h.e_min, h.d_max)
+        oh = h.base - ((1023 + h.e_min) << BITS_M)
+        if d is None:
+            d, off = dh, oh
+        else:  # the second half (anchored at R) takes x at or beyond the midpoint
+            right = x >= 0.5 * (first.anchor + h.anchor)
+            d = torch.where(right, dh, d)
+            off = torch.where(right, oh, off)
+    bits = d.view(torch.int64)
+    idx = torch.bitwise_right_shift(bits, _SAT_SHIFT).add_(off)
+    u = torch.bitwise_and(bits, (1 << _SAT_SHIFT) - 1).to(torch.float64).mul_(2.0**-_SAT_SHIFT)
+    c0, c1, c2, c3 = side.coef.index_select(0, idx.reshape(-1)).reshape(*x.shape, 4).unbind(-1)
+    y = torch.addcmul(c0, u, torch.addcmul(c1, u, torch.addcmul(c2, u, c3)))
+    saturated = torch.zeros_like(x, dtype=torch.bool)
+    if side.kink_left:
+        saturated = saturated | (x <= side.L)
+    if side.kink_right:
+        saturated = saturated | (x >= side.R)
+    return torch.exp(y).mul_(sign), saturated
+
+
+def _sat_table_band_lowp(div: Divergence, old_logp: Tensor, delta: float, table: _SatTable):
+    """Fixed-delta fast path for float32/16 outputs of saturating divergences: two table lookups, no solve."""
+    x64 = torch.clamp(old_logp.detach().to(torch.float64).neg(), 0.0, _SAT_X_MAX)
+    log_lo, sat_lo = _sat_side_log_ratio(table.lower, x64, -1.0)
+    log_up, sat_up = _sat_side_log_ratio(table.upper, x64, 1.0)
+    lower = torch.where(sat_lo, 0.0, torch.exp(log_lo))
+    lower = torch.where(x64 == 0, math.exp(table.log_lower_at_one), lower)
+    upper = torch.where(sat_up, torch.exp(-old_logp.detach().to(torch.float64)), torch.exp(log_up))
+    return lower.to(old_logp.dtype), upper.to(old_logp.dtype)
+
+
+_BUILDERS = {"f64": _build_table, "f32": _build_bits_table, "sat": _build_sat_table}
+
+
 def _never_saturates(div: Divergence) -> bool:
     """f(0) = +inf: neither bound can reach 0 or 1/p for 0 < p < 1 (φ(∞) = a f(0) + b f(1/b) = ∞)."""
     return math.isinf(div.f_at_0) and div.f_at_0 > 0
@@ -375,16 +573,16 @@ def _use_table(div: Divergence, delta: Delta, method: str) -> bool:
     """Whether to take the fixed-delta table path (validates ``method``).
 
     ``auto`` takes it from the second call with the same (divergence, delta): a run with a fixed delta
-    pays the table build once (~0.1-0.5 s), while a delta that changes every call (a schedule) never
-    builds tables and goes straight to the solvers.
+    pays the table build once (0.02-0.5 s), while a delta that changes every call (a schedule) never
+    builds tables and goes straight to the solvers. Closed forms need no table.
     """
     if method not in ("auto", "table", "solver"):
         raise ValueError(f"method must be 'auto', 'table' or 'solver', got {method!r}")
-    tabulable = _never_saturates(div) and not div.closed_form and isinstance(delta, float)
+    tabulable = not div.closed_form and isinstance(delta, float)
     if method == "table" and not tabulable:
         raise ValueError(
             "method='table' needs delta as a Python number (the table is built per delta) and a divergence "
-            f"that never saturates and has no closed form; got delta={delta!r}, divergence={div.name!r}"
+            f"without a closed form; got delta={delta!r}, divergence={div.name!r}"
         )
     if method == "solver" or not tabulable:
         return False
@@ -404,7 +602,7 @@ def _log_band_f64(old_logp: Tensor, delta: Delta, div: Divergence, method: str) 
     # log(1 - p) to an absolute error of ~1e-16, which is all its uses need (they add it to other logs or
     # exponentiate it); -expm1 is accurate to an ulp relative everywhere. -inf at p = 1.
     log1mp = torch.log(-torch.expm1(logp))
-    if _use_table(div, delta, method):
+    if method == "table" and _never_saturates(div):
         log_lower, log_upper = _table_log_band(div, logp, log1mp, delta)
     else:
         if isinstance(delta, Tensor):
@@ -436,8 +634,9 @@ def log_band(
         divergence: a registered name (``bandpo.list_divergences()``) or a :class:`Divergence`.
         validate: check the values of ``old_logp`` (finite, <= 0 up to rounding), which costs one
             host-device synchronisation; ``False`` skips it for hot loops and ``torch.compile``.
-        method: ``"auto"`` (default), ``"table"`` (fixed-delta interpolation + Newton) or ``"solver"``
-            (bracketed Newton for every element).
+        method: ``"auto"`` (default: tables from the second call with the same Python-number delta),
+            ``"table"`` (tables now; float64 results of saturating divergences still use the solver) or
+            ``"solver"`` (no tables).
 
     Returns:
         ``(log_lower, log_upper)``, float64 tensors shaped like ``old_logp``, with -inf where the lower
@@ -487,7 +686,11 @@ def band(
 
     def one_pass(x: Tensor) -> "tuple[Tensor, Tensor]":
         if use_table and x.dtype != torch.float64:
-            return _table_band_lowp(div, x, delta)
+            if _never_saturates(div):
+                return _table_band_lowp(div, x, delta)
+            table = _get_table(div, delta, x.device, "sat")
+            if table is not None:
+                return _sat_table_band_lowp(div, x, delta, table)
         log_lower, log_upper = _log_band_f64(x, delta, div, "table" if use_table else "solver")
         return torch.exp(log_lower).to(x.dtype), torch.exp(log_upper).to(x.dtype)
 
