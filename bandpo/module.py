@@ -7,7 +7,8 @@ One ``training_step`` is one RL step:
 2. **update**: ``ppo_epochs`` passes over the rollout in mini-batches of ``prompts_per_minibatch`` prompt groups,
    one optimiser step each (so the later steps are off-policy and the ratio bounds matter), with gradient
    accumulation over micro-batches; loss = ``bandpo.policy_loss`` + β·k3 KL, both aggregated with the exact
-   whole-mini-batch denominator (``bandpo.losses.aggregation_denominator``);
+   whole-mini-batch denominator (``bandpo.losses.aggregation_denominator``), with several processes the
+   mean of the ranks' denominators, so that the gradient average is the aggregate over all ranks' tokens;
 3. **log** one row of metrics (reduced over processes) to the run's CSV logger.
 
 The module only wires pure functions (``bandpo.rl``, ``bandpo.policy_loss``); its own state is the RL step
@@ -214,6 +215,12 @@ class BandPOModule(L.LightningModule):
         opt, sched = self.optimizers(), self.lr_schedulers()
         opt.zero_grad()
         den = aggregation_denominator(ro.mask[idx], cfg.loss.agg)
+        world = self.trainer.world_size
+        if world > 1:
+            # DDP/FSDP average the ranks' gradients. Ranks hold different numbers of valid tokens, so each
+            # divides by the mean denominator over ranks: the average is then the aggregate of the whole
+            # mini-batch over all ranks (not a mean of per-rank means).
+            den = self.trainer.strategy.reduce(den, reduce_op="sum") / world
         micro = cfg.optim.micro_batch_size or len(idx)
         total = torch.zeros((), device=ro.adv.device)
         parts: list = []

@@ -366,6 +366,50 @@ def test_micro_batches_sum_to_the_whole_with_the_global_denominator(agg):
     torch.testing.assert_close(total_float, whole, rtol=1e-14, atol=1e-15)
 
 
+def _rank_worker(rank: int, world: int, init_file: str, agg: str, out: str) -> None:
+    """One process of test_ranks_average_to_the_whole_with_the_mean_denominator (gloo, CPU)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        logp, old, adv, mask = _batch(2)
+        rows = slice(0, 3) if rank == 0 else slice(3, 8)  # unequal shares of rows and valid tokens
+        kw = dict(method="band", agg=agg, dual_clip=10.0, max_ratio=10.0)
+        results = []
+        for mean_den in (True, False):
+            den = aggregation_denominator(mask[rows], agg)
+            if mean_den:  # what BandPOModule does with several processes
+                dist.all_reduce(den, op=dist.ReduceOp.SUM)
+                den = den / world
+            x = logp.clone().requires_grad_(True)
+            loss, _ = policy_loss(x[rows], old[rows], adv[rows], mask[rows], denominator=den, **kw)
+            (grad,) = torch.autograd.grad(loss, x)
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # DDP's gradient average
+            results.append(grad / world)
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_ranks_average_to_the_whole_with_the_mean_denominator(tmp_path, agg):
+    """Two real gloo processes with unequal valid-token counts: averaging their gradients (as DDP does) gives
+    the whole batch's gradient when each divides by the mean of the ranks' denominators, and not when each
+    uses its own (a mean of per-rank means)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "grads.pt"
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "pg"), agg, str(out)), nprocs=2, join=True)
+    g_mean_den, g_own_den = torch.load(out)
+    logp, old, adv, mask = _batch(2)
+    x = logp.clone().requires_grad_(True)
+    whole, _ = policy_loss(x, old, adv, mask, method="band", agg=agg, dual_clip=10.0, max_ratio=10.0)
+    (g_whole,) = torch.autograd.grad(whole, x)
+    torch.testing.assert_close(g_mean_den, g_whole, rtol=1e-13, atol=1e-15)
+    assert not torch.allclose(g_own_den, g_whole, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("agg", AGGS)
 def test_plain_mean_of_equal_micro_batches(agg):
     """Which modes recombine as the plain mean of equal-size micro-batch losses (the documented list)."""
