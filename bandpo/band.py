@@ -385,7 +385,8 @@ def _table_band_lowp(div: Divergence, old_logp: Tensor, delta: float) -> "tuple[
 # d to its own end (L: 0 or a kink; R: a kink or x = 2^10), indexed like the never-saturating table, by
 # the float64 bits of d: 256 segments per binade, so the relative resolution in d is the same at every
 # distance from the kink. Within a segment the quantity log(∓log r) is smooth in u, and a cubic through
-# four float64-solver nodes reaches ~1e-10 (tests/test_band_solvers.py measures it).
+# four float64-solver nodes (at their true, rounded positions) gives the float32 result to 1 ulp
+# (tests/test_band_solvers.py).
 _SAT_SHIFT = 52 - BITS_M  # float64 mantissa bits below a segment index
 _SAT_X_MAX = 2.0**X_MAX_EXP  # x = -log p is clamped here (p = e^-1024 underflows float64 anyway)
 _SAT_E_ZERO = -150  # halves anchored at x = 0 (p -> 1) reach d = 2^-150 (below every nonzero float32)
@@ -409,6 +410,7 @@ class _SatSide:
 
     L: float
     R: float
+    split: float  # (L + R)/2 where R is finite: x below it uses the first half, from it the second
     kink_left: bool
     kink_right: bool
     halves: "tuple[_SatHalf, ...]"
@@ -416,7 +418,7 @@ class _SatSide:
 
     def to(self, device: torch.device) -> "_SatSide":
         coef = None if self.coef is None else self.coef.to(device)
-        return _SatSide(self.L, self.R, self.kink_left, self.kink_right, self.halves, coef)
+        return _SatSide(self.L, self.R, self.split, self.kink_left, self.kink_right, self.halves, coef)
 
 
 @dataclass(frozen=True)
@@ -472,7 +474,7 @@ def _build_sat_side(div: Divergence, delta: float, side: int) -> "Optional[_SatS
     L, R = interval
     kink_left, kink_right = L > 0, math.isfinite(R)
     if not L < min(R, _SAT_X_MAX):
-        return _SatSide(L, R, kink_left, kink_right, (), None)
+        return _SatSide(L, R, math.inf, kink_left, kink_right, (), None)
     mid = 0.5 * (L + R) if math.isfinite(R) else math.inf
     specs = [(L, True, min(mid, _SAT_X_MAX) - L)]
     if math.isfinite(R):
@@ -505,7 +507,7 @@ def _build_sat_side(div: Divergence, delta: float, side: int) -> "Optional[_SatS
         halves.append(_SatHalf(anchor, from_left, e_min, d_max, base))
         coefs.append(c)
         base += c.shape[0]
-    return _SatSide(L, R, kink_left, kink_right, tuple(halves), torch.cat(coefs))
+    return _SatSide(L, R, mid, kink_left, kink_right, tuple(halves), torch.cat(coefs))
 
 
 def _build_sat_table(div: Divergence, delta: float) -> "Optional[_SatTable]":
@@ -520,16 +522,15 @@ def _sat_side_log_ratio(side: _SatSide, x: Tensor, sign: float) -> "tuple[Tensor
     """(log r, saturated) for float64 x = -old_logp in [0, 2^10]; log r = sign·exp(cubic)."""
     if side.coef is None:
         return torch.zeros_like(x), torch.ones_like(x, dtype=torch.bool)
-    first = side.halves[0]
-    d, off, lo, hi = None, None, None, None
+    d, off = None, None
     for h in side.halves:
         dh = (x - h.anchor) if h.from_left else (h.anchor - x)
         dh = torch.clamp(dh, 2.0**h.e_min, h.d_max)
         oh = h.base - ((1023 + h.e_min) << BITS_M)
         if d is None:
             d, off = dh, oh
-        else:  # the second half (anchored at R) takes x at or beyond the midpoint
-            right = x >= 0.5 * (first.anchor + h.anchor)
+        else:  # the second half (anchored at R) takes x from the midpoint on
+            right = x >= side.split
             d = torch.where(right, dh, d)
             off = torch.where(right, oh, off)
     bits = d.view(torch.int64)
@@ -545,7 +546,7 @@ def _sat_side_log_ratio(side: _SatSide, x: Tensor, sign: float) -> "tuple[Tensor
     return torch.exp(y).mul_(sign), saturated
 
 
-def _sat_table_band_lowp(div: Divergence, old_logp: Tensor, delta: float, table: _SatTable):
+def _sat_table_band_lowp(old_logp: Tensor, table: _SatTable) -> "tuple[Tensor, Tensor]":
     """Fixed-delta fast path for float32/16 outputs of saturating divergences: two table lookups, no solve."""
     x64 = torch.clamp(old_logp.detach().to(torch.float64).neg(), 0.0, _SAT_X_MAX)
     log_lo, sat_lo = _sat_side_log_ratio(table.lower, x64, -1.0)
@@ -690,7 +691,7 @@ def band(
                 return _table_band_lowp(div, x, delta)
             table = _get_table(div, delta, x.device, "sat")
             if table is not None:
-                return _sat_table_band_lowp(div, x, delta, table)
+                return _sat_table_band_lowp(x, table)
         log_lower, log_upper = _log_band_f64(x, delta, div, "table" if use_table else "solver")
         return torch.exp(log_lower).to(x.dtype), torch.exp(log_upper).to(x.dtype)
 
