@@ -16,9 +16,9 @@ host-device synchronisation, no data-dependent Python loop, no ``.item()``):
   - divergences that never saturate (``kl``, ``neyman_chi2``): float64 outputs interpolate the root in the
     logit of p and take two Newton steps to full float64 accuracy; float32/16 outputs are one lookup in a
     table indexed by the float32 bits of -old_logp;
-  - divergences that saturate (``reverse_kl``, ``js``, user generators with finite f(0)): float32/16
-    outputs are one lookup per bound in a table indexed by the distance to that bound's saturation kink,
-    exact 0 and 1/p beyond it; float64 outputs use the solver;
+  - divergences that saturate (``reverse_kl``, ``js``, user generators with finite f(0)): tables indexed
+    by the distance to each bound's saturation kink, exact 0 and 1/p beyond it; float32/16 outputs are one
+    lookup per bound, float64 outputs take a tabulated start and three Newton steps;
 * otherwise a dedicated solver (KL: bracketed Newton from a start that brackets the root) or the generic
   one (bisection then Newton, a fixed number of steps) for any registered generator.
 
@@ -415,10 +415,12 @@ class _SatSide:
     kink_right: bool
     halves: "tuple[_SatHalf, ...]"
     coef: Optional[Tensor]  # (n_segments, 4) cubic coefficients of log(∓log r) in u; None: always saturated
+    coef_s: Optional[Tensor] = None  # the same for log s* (the float64 start); None: float64 uses the solver
 
     def to(self, device: torch.device) -> "_SatSide":
-        coef = None if self.coef is None else self.coef.to(device)
-        return _SatSide(self.L, self.R, self.split, self.kink_left, self.kink_right, self.halves, coef)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return _SatSide(self.L, self.R, self.split, self.kink_left, self.kink_right, self.halves,
+                        move(self.coef), move(self.coef_s))
 
 
 @dataclass(frozen=True)
@@ -494,20 +496,44 @@ def _build_sat_side(div: Divergence, delta: float, side: int) -> "Optional[_SatS
         x = anchor + d_nom[need] if from_left else anchor - d_nom[need]
         d_act = torch.full_like(d_nom, math.nan)
         d_act[need] = x - anchor if from_left else anchor - x  # where the node really sits (x is rounded)
-        log_lower, log_upper = _log_band_f64(-x, delta, div, "solver")
-        y = torch.full_like(d_nom, math.nan)
-        y[need] = torch.log(-log_lower) if side == 0 else torch.log(log_upper)
+        y_r, y_s = _sat_nodes(div, x, delta, side)
         idx = torch.arange(2**BITS_M)[:, None] + torch.arange(4)
         u = ((d_act[:, idx] - start[..., None]) / width[..., None]).reshape(-1, 4)[:n_keep]
-        y_seg = y[:, idx].reshape(-1, 4)[:n_keep]
-        if not bool(torch.isfinite(y_seg).all() and torch.isfinite(u).all()):
-            return None
         vander = u[..., None] ** torch.arange(4, dtype=torch.float64)  # (segments, 4 nodes, 4 powers)
-        c = torch.linalg.solve(vander, y_seg.unsqueeze(-1)).squeeze(-1)
+        if not bool(torch.isfinite(u).all()):
+            return None
+        c = []
+        for y_need in (y_r, y_s):
+            if y_need is None:
+                c.append(None)
+                continue
+            y = torch.full_like(d_nom, math.nan)
+            y[need] = y_need
+            y_seg = y[:, idx].reshape(-1, 4)[:n_keep]
+            if not bool(torch.isfinite(y_seg).all()):
+                return None
+            c.append(torch.linalg.solve(vander, y_seg.unsqueeze(-1)).squeeze(-1))
         halves.append(_SatHalf(anchor, from_left, e_min, d_max, base))
         coefs.append(c)
-        base += c.shape[0]
-    return _SatSide(L, R, mid, kink_left, kink_right, tuple(halves), torch.cat(coefs))
+        base += c[0].shape[0]
+    coef = torch.cat([c[0] for c in coefs])
+    coef_s = None if coefs[0][1] is None else torch.cat([c[1] for c in coefs])
+    return _SatSide(L, R, mid, kink_left, kink_right, tuple(halves), coef, coef_s)
+
+
+def _sat_nodes(div: Divergence, x: Tensor, delta: float, side: int) -> "tuple[Tensor, Optional[Tensor]]":
+    """Node values at x = -log p (unsaturated): log(∓log r) of the side's bound and, for the generic solver,
+    log s* (None for a divergence with its own ``log_band``: its float64 results stay with it)."""
+    logp = -x
+    if div.log_band is not None:
+        log_lower, log_upper = _log_band_f64(logp, delta, div, "solver")
+        return (torch.log(-log_lower) if side == 0 else torch.log(log_upper)), None
+    log1mp = torch.log(-torch.expm1(logp))
+    log_a, log_b = sides(logp, log1mp)[side]
+    d = torch.full((), delta, dtype=torch.float64)
+    s, _ = solve_side_robust(_phi_fn(div), log_a, log_b, d)  # what generic_log_band computes
+    log_r = -s if side == 0 else upper_from_s(s, logp, log1mp)
+    return torch.log(log_r.abs()), torch.log(s)
 
 
 def _build_sat_table(div: Divergence, delta: float) -> "Optional[_SatTable]":
@@ -522,6 +548,12 @@ def _sat_side_log_ratio(side: _SatSide, x: Tensor, sign: float) -> "tuple[Tensor
     """(log r, saturated) for float64 x = -old_logp in [0, 2^10]; log r = sign·exp(cubic)."""
     if side.coef is None:
         return torch.zeros_like(x), torch.ones_like(x, dtype=torch.bool)
+    y, saturated = _sat_lookup(side, side.coef, x)
+    return torch.exp(y).mul_(sign), saturated
+
+
+def _sat_lookup(side: _SatSide, coef: Tensor, x: Tensor) -> "tuple[Tensor, Tensor]":
+    """(cubic of ``coef`` at x, saturated) for float64 x = -old_logp in [0, 2^10] (``side.coef`` not None)."""
     d, off = None, None
     for h in side.halves:
         dh = (x - h.anchor) if h.from_left else (h.anchor - x)
@@ -536,14 +568,14 @@ def _sat_side_log_ratio(side: _SatSide, x: Tensor, sign: float) -> "tuple[Tensor
     bits = d.view(torch.int64)
     idx = torch.bitwise_right_shift(bits, _SAT_SHIFT).add_(off)
     u = torch.bitwise_and(bits, (1 << _SAT_SHIFT) - 1).to(torch.float64).mul_(2.0**-_SAT_SHIFT)
-    c0, c1, c2, c3 = side.coef.index_select(0, idx.reshape(-1)).reshape(*x.shape, 4).unbind(-1)
+    c0, c1, c2, c3 = coef.index_select(0, idx.reshape(-1)).reshape(*x.shape, 4).unbind(-1)
     y = torch.addcmul(c0, u, torch.addcmul(c1, u, torch.addcmul(c2, u, c3)))
     saturated = torch.zeros_like(x, dtype=torch.bool)
     if side.kink_left:
         saturated = saturated | (x <= side.L)
     if side.kink_right:
         saturated = saturated | (x >= side.R)
-    return torch.exp(y).mul_(sign), saturated
+    return y, saturated
 
 
 def _sat_table_band_lowp(old_logp: Tensor, table: _SatTable) -> "tuple[Tensor, Tensor]":
@@ -555,6 +587,37 @@ def _sat_table_band_lowp(old_logp: Tensor, table: _SatTable) -> "tuple[Tensor, T
     lower = torch.where(x64 == 0, math.exp(table.log_lower_at_one), lower)
     upper = torch.where(sat_up, torch.exp(-old_logp.detach().to(torch.float64)), torch.exp(log_up))
     return lower.to(old_logp.dtype), upper.to(old_logp.dtype)
+
+
+# Newton steps after the kink-table lookup. Two suffice wherever the table reaches (x >= 2^-150); below it
+# (float64 p within 1e-45 of 1) the start is the value at 2^-150, off by up to a factor ~7 for reverse_kl,
+# whose lower bound approaches 1 like δ/log(1/(1-p)): the third step takes that to 1e-15 (measured).
+SAT_POLISH_ITERS = 3
+
+
+def _sat_table_log_band(div: Divergence, logp: Tensor, log1mp: Tensor, delta: float, table: _SatTable):
+    """Fixed-delta float64 path for saturating divergences: the tabulated log s* as the start, then Newton
+    steps (as for the never-saturating table); exact saturation and the p -> 1 limit as in float32/16."""
+    x = torch.clamp(-logp, 0.0, _SAT_X_MAX)
+    phi = _phi_fn(div)
+    d = torch.full((), delta, dtype=torch.float64, device=logp.device)
+    out = []
+    for k, (side, (log_a, log_b)) in enumerate(zip((table.lower, table.upper), sides(logp, log1mp))):
+        if side.coef is None:
+            out.append((torch.full_like(x, math.inf), torch.ones_like(x, dtype=torch.bool)))
+            continue
+        y, saturated = _sat_lookup(side, side.coef_s, x)
+        s, _ = newton_polish(phi, log_a, log_b, d, torch.exp(y), SAT_POLISH_ITERS)
+        out.append((s, saturated))
+    (s_lo, sat_lo), (s_up, sat_up) = out
+    log_lower = torch.where(sat_lo, -math.inf, -s_lo)
+    log_lower = torch.where(log1mp == -math.inf, table.log_lower_at_one, log_lower)
+    log_upper = torch.where(sat_up, -logp, upper_from_s(s_up, logp, log1mp))
+    return log_lower, log_upper
+
+
+def _has_f64_sat_table(table: Optional[_SatTable]) -> bool:
+    return table is not None and all(s.coef is None or s.coef_s is not None for s in (table.lower, table.upper))
 
 
 _BUILDERS = {"f64": _build_table, "f32": _build_bits_table, "sat": _build_sat_table}
@@ -603,8 +666,11 @@ def _log_band_f64(old_logp: Tensor, delta: Delta, div: Divergence, method: str) 
     # log(1 - p) to an absolute error of ~1e-16, which is all its uses need (they add it to other logs or
     # exponentiate it); -expm1 is accurate to an ulp relative everywhere. -inf at p = 1.
     log1mp = torch.log(-torch.expm1(logp))
+    sat_table = _get_table(div, delta, logp.device, "sat") if method == "table" and not _never_saturates(div) else None
     if method == "table" and _never_saturates(div):
         log_lower, log_upper = _table_log_band(div, logp, log1mp, delta)
+    elif _has_f64_sat_table(sat_table):
+        log_lower, log_upper = _sat_table_log_band(div, logp, log1mp, delta, sat_table)
     else:
         if isinstance(delta, Tensor):
             d = delta.detach().to(device=logp.device, dtype=torch.float64)  # broadcasts against logp
@@ -636,8 +702,7 @@ def log_band(
         validate: check the values of ``old_logp`` (finite, <= 0 up to rounding), which costs one
             host-device synchronisation; ``False`` skips it for hot loops and ``torch.compile``.
         method: ``"auto"`` (default: tables from the second call with the same Python-number delta),
-            ``"table"`` (tables now; float64 results of saturating divergences still use the solver) or
-            ``"solver"`` (no tables).
+            ``"table"`` (tables now) or ``"solver"`` (no tables).
 
     Returns:
         ``(log_lower, log_upper)``, float64 tensors shaped like ``old_logp``, with -inf where the lower

@@ -85,9 +85,13 @@ def test_closed_forms_match_generic_solver(name, delta):
         assert (err <= 1e-10).all(), f"max |Δ log r| = {err.max():.3g}"
 
 
-@pytest.mark.parametrize("name", ["kl", "neyman_chi2"])
+@pytest.mark.parametrize("name", ["kl", "neyman_chi2", "reverse_kl"])
 @pytest.mark.parametrize("delta", [1e-4, 0.05, 0.7])
 def test_table_path_matches_solver_path(name, delta):
+    """float64: table start + Newton equals the solver to 4e-15, with the same saturation. For reverse_kl the
+    points within 1% of its kinks (x = -log p = -log(1 - e^-delta) and delta, derived by hand) are left to
+    test_band_reference.py, which allows for the condition number there (both paths differ by up to 2.5e-14
+    next to a kink); js likewise (at delta = 1e-4 both paths sit ~1e-12 from the reference near its kink)."""
     logp = torch.cat([
         -torch.logspace(-14, math.log10(700), 2000, dtype=torch.float64),
         torch.tensor([0.0], dtype=torch.float64),
@@ -95,6 +99,12 @@ def test_table_path_matches_solver_path(name, delta):
     a = bandpo.log_band(logp, delta, name, method="table")
     b = bandpo.log_band(logp, delta, name, method="solver")
     for x, y in zip(a, b):
+        assert torch.equal(x == -math.inf, y == -math.inf) and torch.equal(x == -logp, y == -logp)  # saturation
+        fin = torch.isfinite(y)
+        if name == "reverse_kl":
+            for kink in (-math.log(-math.expm1(-delta)), delta):
+                fin &= ((-logp - kink).abs() > 0.05 * kink)
+        x, y = x[fin], y[fin]
         assert ((x - y).abs() <= 4e-15 * torch.clamp(y.abs(), min=1.0)).all(), (x - y).abs().max()
 
 
