@@ -1,7 +1,7 @@
 """bandpo: BandPO's probability-aware clipping bounds, certified, and the losses and trainer around them."""
 
-from .band import band, log_band
-from .divergences import Divergence, get_divergence, list_divergences, register_divergence, unregister_divergence
+from .operator import band, log_band
+from .operator import Divergence, get_divergence, list_divergences, register_divergence, unregister_divergence
 
 __all__ = [
     "Divergence",
@@ -38,15 +38,15 @@ __all__ += [
     "unregister_bounds_method",
 ]
 
-# Training (bandpo.config is light; the Lightning module loads Lightning and transformers on first access).
-from .config import TrainConfig, load_config
+# Training (bandpo.training.config is light; the Lightning module loads Lightning and transformers on first access).
+from .training.config import TrainConfig, load_config
 
 __all__ += ["TrainConfig", "load_config"]
 
 
 def __getattr__(name: str):
     if name == "BandPOModule":
-        from .module import BandPOModule
+        from .training.module import BandPOModule
 
         return BandPOModule
     raise AttributeError(f"module 'bandpo' has no attribute {name!r}")

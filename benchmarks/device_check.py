@@ -38,7 +38,7 @@ gets whatever is left of ``--budget-s``; ``--sections`` picks a subset):
    from benchmarks/band_speed.py), best of 3 after two warm-up calls (CUDA events), tokens/s of eager band,
    the 50-step bisection and their ratio for every divergence, and compiled band for kl/tv/chi2. Rows that
    would overrun ``--budget-s`` are skipped (SKIP). PASS: every timed output finite where it should be.
-6. Tiny LM training: ``python -m bandpo.train --preset tiny-cpu`` for 20 RL steps (fp32) and 10 steps
+6. Tiny LM training: ``python -m bandpo.training --preset tiny-cpu`` for 20 RL steps (fp32) and 10 steps
    (``--precision bf16-mixed``) on the device (a shortened warm-start, which runs on the CPU), 90 s timeout each.
    PASS: exit 0, one metrics.csv row per step with finite loss/total, loss/policy and reward/mean, and
    (CUDA) Lightning reporting the GPU used. metrics.csv is copied to --out.
@@ -625,7 +625,7 @@ def _subprocess_env() -> dict:
 def _train(rep: Report, device: torch.device, args, label: str, steps: int, warmstart: int, extra: list) -> None:
     accel = "gpu" if device.type == "cuda" else "cpu"
     out = Path(tempfile.mkdtemp(prefix=f"bandpo_train_{label}_"))
-    cmd = [sys.executable, "-m", "bandpo.train", "--preset", "tiny-cpu", "--out", str(out),
+    cmd = [sys.executable, "-m", "bandpo.training", "--preset", "tiny-cpu", "--out", str(out),
            "--max-steps", str(steps), "--accelerator", accel, "--seed", "0", "--warmstart.steps", str(warmstart),
            "--trainer.progress_bar", "false", "--trainer.checkpoint_every", str(steps), *extra]
     name = f"train {label}: {steps} steps, --accelerator {accel} {' '.join(extra)}".rstrip()
@@ -756,7 +756,7 @@ def main(argv=None) -> int:
         3: ("no host-device sync with validate=False", section_sync, ()),
         4: ("torch.compile", section_compile, (compiled,)),
         5: ("speed (float32 LLM-like log-probs, delta 0.05)", section_speed, (compiled,)),
-        6: ("tiny LM training (python -m bandpo.train --preset tiny-cpu)", section_train, ()),
+        6: ("tiny LM training (python -m bandpo.training --preset tiny-cpu)", section_train, ()),
         7: ("pytest tests/test_losses.py -k cuda", section_pytest, ()),
     }
     for k in RUN_ORDER:

@@ -52,18 +52,18 @@ METHOD_ORDER = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2"
 
 
 def runner_command() -> "list[str] | None":
-    """The reproduction runner's command line (``bandpo.reproduce``, which skips finished runs); None without it."""
+    """The reproduction runner's command line (``bandpo.experiments.reproduce``, which skips finished runs); None without it."""
     import importlib.util
 
-    if importlib.util.find_spec("bandpo.reproduce") is None:
+    if importlib.util.find_spec("bandpo.experiments.reproduce") is None:
         return None
-    return [sys.executable, "-m", "bandpo.reproduce", "--out", str(RUNS)]
+    return [sys.executable, "-m", "bandpo.experiments.reproduce", "--out", str(RUNS)]
 
 
 def runs_complete(runs: Path = RUNS) -> bool:
     """True when every (method, seed) the runner plans has finished (its own ``is_finished`` test)."""
-    from bandpo.config import load_config, preset_path
-    from bandpo.reproduce import METHODS, SEEDS, is_finished, run_dir
+    from bandpo.training.config import load_config, preset_path
+    from bandpo.experiments.reproduce import METHODS, SEEDS, is_finished, run_dir
 
     max_steps = load_config(preset_path("tiny-cpu")).trainer.max_steps
     return all(is_finished(run_dir(runs, m, s), max_steps) for m in METHODS for s in SEEDS)

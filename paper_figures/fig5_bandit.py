@@ -1,9 +1,9 @@
 """Figure 5: the rare-arm bandit, does a probability-aware bound help a policy find a good arm it rarely samples?
 
     python paper_figures/fig5_bandit.py --out paper_figures/out/                # draws from data/bandit/
-    python paper_figures/fig5_bandit.py --regenerate                            # re-runs bandpo.bandit first
+    python paper_figures/fig5_bandit.py --regenerate                            # re-runs bandpo.experiments.bandit first
 
-Data: ``data/bandit/bandit.json``, written by :func:`generate_data` from :func:`bandpo.bandit.run_all` with
+Data: ``data/bandit/bandit.json``, written by :func:`generate_data` from :func:`bandpo.experiments.bandit.run_all` with
 ``BanditConfig()``'s defaults (seeded, so regenerating gives the same numbers on the same torch version).
 It holds, per method and per step, the mean and the 25/75 % quantiles over seeds of π(rare arm), the policy
 entropy and the rollout reward, the pooled per-bucket high-clip fractions, and each seed's discovery step.
@@ -59,18 +59,18 @@ def data_complete(path: Path = DEFAULT_DATA) -> bool:
     path = Path(path)
     if not path.is_file():
         return False
-    from bandpo.bandit import BanditConfig
+    from bandpo.experiments.bandit import BanditConfig
 
     saved = json.loads(path.read_text()).get("config")
     if saved != _config_dict(BanditConfig()):
-        print(f"{path}: made with other BanditConfig settings than bandpo.bandit's current defaults")
+        print(f"{path}: made with other BanditConfig settings than bandpo.experiments.bandit's current defaults")
         return False
     return True
 
 
 def generate_data(path: Path = DEFAULT_DATA, cfg=None, methods=None) -> Path:
     """Run the bandit for every method and write the summaries to ``path`` (JSON)."""
-    from bandpo.bandit import BanditConfig, run_all
+    from bandpo.experiments.bandit import BanditConfig, run_all
 
     cfg = cfg or BanditConfig()
     runs = run_all(cfg, methods)
@@ -175,15 +175,15 @@ def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="bandit JSON to read (and to write with --regenerate)")
-    ap.add_argument("--regenerate", action="store_true", help="run bandpo.bandit and rewrite --data first")
+    ap.add_argument("--regenerate", action="store_true", help="run bandpo.experiments.bandit and rewrite --data first")
     ap.add_argument("--steps", type=int, default=None, help="with --regenerate: steps per run (default: BanditConfig)")
     ap.add_argument("--seeds", type=int, default=None, help="with --regenerate: number of seeds")
-    ap.add_argument("--methods", nargs="*", default=None, help="with --regenerate: bandpo.bandit.METHODS keys")
+    ap.add_argument("--methods", nargs="*", default=None, help="with --regenerate: bandpo.experiments.bandit.METHODS keys")
     args = ap.parse_args(argv)
     if args.regenerate or not Path(args.data).is_file():
         from dataclasses import replace
 
-        from bandpo.bandit import BanditConfig
+        from bandpo.experiments.bandit import BanditConfig
 
         cfg = BanditConfig()
         if args.steps is not None:

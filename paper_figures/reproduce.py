@@ -51,7 +51,7 @@ def ensure_training_runs() -> None:
     fig4 = importlib.import_module("fig4_training")
     cmd = fig4.runner_command()
     if cmd is None:
-        print("==> training runs: no reproduction runner (bandpo.reproduce) in this checkout; using the runs on disk",
+        print("==> training runs: no reproduction runner (bandpo.experiments.reproduce) in this checkout; using the runs on disk",
               flush=True)
         return
     if fig4.runs_complete():

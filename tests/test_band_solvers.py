@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import bandpo
-from bandpo._numerics import log1mexp
-from bandpo.band import generic_log_band
+from bandpo.operator.numerics import log1mexp
+from bandpo.operator.bands import generic_log_band
 
 SCALAR_F = {
     "kl": lambda u: math.inf if u == 0 else -math.log(u),
@@ -196,11 +196,11 @@ def test_low_precision_table_path_is_the_float64_answer_rounded(name, delta, dty
 @pytest.mark.parametrize("name", ["kl", "tv", "js"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_large_inputs_are_processed_in_chunks_with_identical_results(name, dtype):
-    """Inputs above bandpo.band.CHUNK elements go through the chunked CPU path: same values as per-row calls,
+    """Inputs above bandpo.operator.bands.CHUNK elements go through the chunked CPU path: same values as per-row calls,
     for a non-contiguous (transposed) 2-D input, in band and log_band."""
     import importlib
 
-    chunk = importlib.import_module("bandpo.band").CHUNK
+    chunk = importlib.import_module("bandpo.operator.bands").CHUNK
     g = torch.Generator().manual_seed(3)
     x = torch.log(torch.rand(64, chunk // 16, generator=g, dtype=dtype).clamp(min=1e-6)).t()  # (T, B) view
     assert x.numel() > chunk and not x.is_contiguous()

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bandpo.bandit import METHODS, BanditConfig, format_table, grpo_advantages, main, run_bandit, summarize
+from bandpo.experiments.bandit import METHODS, BanditConfig, format_table, grpo_advantages, main, run_bandit, summarize
 from bandpo.losses import BUCKET_NAMES
 
 SMALL = BanditConfig(steps=6, seeds=(0, 1, 2), n_groups=2, group_size=8, minibatches=2, epochs=2)

@@ -176,12 +176,12 @@ def test_fig4_without_runs_says_what_to_do(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Fig. 5: rare-arm bandit (reads data/bandit/bandit.json, made by bandpo.bandit)
+# Fig. 5: rare-arm bandit (reads data/bandit/bandit.json, made by bandpo.experiments.bandit)
 # ---------------------------------------------------------------------------------------------------------
 
 
 def test_fig5_generates_its_data_and_draws(tmp_path):
-    pytest.importorskip("bandpo.bandit")
+    pytest.importorskip("bandpo.experiments.bandit")
     f5 = fig("fig5_bandit")
     data = tmp_path / "bandit.json"
     (path,) = f5.main(["--out", str(tmp_path), "--data", str(data), "--regenerate", "--steps", "8", "--seeds", "2",
@@ -204,9 +204,9 @@ def test_fig5_draws_the_committed_data(tmp_path):
 
 
 def test_fig5_committed_data_is_current():
-    """The committed bandit data was made with bandpo.bandit's current defaults; if this fails, regenerate it:
+    """The committed bandit data was made with bandpo.experiments.bandit's current defaults; if this fails, regenerate it:
     python paper_figures/fig5_bandit.py --regenerate."""
-    pytest.importorskip("bandpo.bandit")
+    pytest.importorskip("bandpo.experiments.bandit")
     f5 = fig("fig5_bandit")
     if not f5.DEFAULT_DATA.is_file():
         pytest.skip(f"{f5.DEFAULT_DATA} not committed yet")

@@ -1,4 +1,4 @@
-"""theory.certify: the full-vocabulary problem (cvxpy + Clarabel) against bandpo.band.
+"""bandpo_theory.certify: the full-vocabulary problem (cvxpy + Clarabel) against bandpo.band.
 
     .venv/bin/python -m pytest -q tests/test_theory_certify.py          # ~15 s
     .venv/bin/python -m pytest -q -m slow tests/test_theory_certify.py  # + the 100-trial table, all divergences
@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import bandpo
-C = importlib.import_module("theory.certify")  # the module (theory.certify is the function)
+C = importlib.import_module("bandpo_theory.certify")  # the module (bandpo_theory.certify is the function)
 
 ALL = C.list_certifiable()
 
@@ -141,12 +141,12 @@ def test_bad_inputs():
 
 
 def test_package_exports_the_function():
-    """``theory.certify(p, index, delta, divergence)`` works although ``theory.certify`` is also the module."""
-    import theory
+    """``bandpo_theory.certify(p, index, delta, divergence)`` works although ``bandpo_theory.certify`` is also the module."""
+    import bandpo_theory
 
     p, i = _vocab("moderate")
-    cert = theory.certify(p, i, 0.05, "tv")
-    assert isinstance(cert, theory.Certificate)
+    cert = bandpo_theory.certify(p, i, 0.05, "tv")
+    assert isinstance(cert, bandpo_theory.Certificate)
     assert cert.upper == C.certify(p, i, 0.05, "tv").upper
 
 

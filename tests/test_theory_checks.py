@@ -1,4 +1,4 @@
-"""theory.checks and theory.asymptotics: pytest re-verifies the algebra, and the limits/expansion against bandpo.
+"""bandpo_theory.checks and bandpo_theory.asymptotics: pytest re-verifies the algebra, and the limits/expansion against bandpo.
 
     .venv/bin/python -m pytest -q tests/test_theory_checks.py
 
@@ -16,9 +16,9 @@ import sympy as sp
 import torch
 
 import bandpo
-from theory import asymptotics as A
-from theory import checks as C
-from theory.generators import delta, list_symbolic, p, q, r, register_symbolic, u, unregister_symbolic
+from bandpo_theory import asymptotics as A
+from bandpo_theory import checks as C
+from bandpo_theory.generators import delta, list_symbolic, p, q, r, register_symbolic, u, unregister_symbolic
 
 ALL = tuple(list_symbolic())
 CLOSED = ("chi2", "hellinger", "neyman_chi2", "tv")

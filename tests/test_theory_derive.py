@@ -1,8 +1,8 @@
-"""theory.derive: sympy's closed forms, and bandpo's torch closed forms checked against them.
+"""bandpo_theory.derive: sympy's closed forms, and bandpo's torch closed forms checked against them.
 
     .venv/bin/python -m pytest -q tests/test_theory_derive.py
 
-Where the expected values come from: the sympy expressions of ``theory.derive_bounds`` (derived from the
+Where the expected values come from: the sympy expressions of ``bandpo_theory.derive_bounds`` (derived from the
 generator alone), evaluated by ``sympy.lambdify(..., "mpmath")`` at 50 digits at the exact float64 input
 p = exp(old_logp). Tolerance on bandpo's float64 result: 1e-12 relative plus 16 ulps times the bound's condition
 number kappa = |d log bound / d log p| (also from sympy), the same rule as tests/test_band_reference.py; kappa
@@ -22,10 +22,10 @@ import sympy as sp
 import torch
 
 import bandpo
-from bandpo import solvers
-from theory import delta, derive_bounds, p
-from theory.checks import _is_zero
-from theory.generators import g_of, list_symbolic
+from bandpo.operator import solvers
+from bandpo_theory import delta, derive_bounds, p
+from bandpo_theory.checks import _is_zero
+from bandpo_theory.generators import g_of, list_symbolic
 
 CLOSED = ("tv", "chi2", "hellinger", "neyman_chi2")
 NO_CLOSED_FORM = ("kl", "reverse_kl", "js")
@@ -152,7 +152,7 @@ def test_bandpo_band_matches_sympy(name):
 
 @pytest.mark.parametrize("name", sorted(TORCH_LOG_BANDS))
 def test_torch_log_bands_match_sympy(name):
-    """bandpo.solvers.*_log_band against log of the sympy bounds: absolute error in log = relative error."""
+    """bandpo.operator.solvers.*_log_band against log of the sympy bounds: absolute error in log = relative error."""
     ref = _reference(name)
     logp_t = torch.tensor(LOGP, dtype=torch.float64)
     log1mp_t = torch.log(-torch.expm1(logp_t))

@@ -1,9 +1,9 @@
-"""theory/REPORT.md is what `python -m theory.report` writes today.
+"""theory/REPORT.md is what `python -m bandpo_theory.report` writes today.
 
     .venv/bin/python -m pytest -q tests/test_theory_report.py
 
 The report records the sympy version that wrote it. With that version the committed file must equal a fresh
-build byte for byte (regenerate with `python -m theory.report` after changing theory/); with another sympy
+build byte for byte (regenerate with `python -m bandpo_theory.report` after changing theory/); with another sympy
 version (a newer release may print LaTeX differently) every section must still be present and the check
 summary must still be all "pass".
 """
@@ -14,7 +14,7 @@ import re
 
 import sympy as sp
 
-from theory import report
+from bandpo_theory import report
 
 
 def test_committed_report_is_fresh():
@@ -25,4 +25,4 @@ def test_committed_report_is_fresh():
         assert heading in fresh and heading in committed, heading
     assert "| FAIL |" not in fresh and "FAILS" not in fresh and "DISAGREE" not in fresh
     if version == sp.__version__:
-        assert committed == fresh, "theory/REPORT.md is stale: run `python -m theory.report`"
+        assert committed == fresh, "theory/REPORT.md is stale: run `python -m bandpo_theory.report`"

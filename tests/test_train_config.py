@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from bandpo.config import (
+from bandpo.training.config import (
     CONFIG_DIR,
     SECTIONS,
     TrainConfig,
@@ -18,7 +18,7 @@ from bandpo.config import (
     list_presets,
     load_config,
 )
-from bandpo.train import build_parser, main, parse_args
+from bandpo.training.cli import build_parser, main, parse_args
 
 PRESETS = list_presets()
 

@@ -17,8 +17,8 @@ import math
 import pytest
 import torch
 
-from bandpo.config import TaskConfig, load_config
-from bandpo.rl import (
+from bandpo.training.config import TaskConfig, load_config
+from bandpo.training.rollout import (
     completion_logp,
     group_advantages,
     k3_kl,
@@ -32,7 +32,7 @@ from bandpo.rl import (
     top_p_filter,
     warm_start,
 )
-from bandpo.tasks import (
+from bandpo.training.tasks import (
     answer_line,
     build_task,
     exact_match,
@@ -40,8 +40,8 @@ from bandpo.tasks import (
     normalize_answer,
     weighted_rewards,
 )
-from bandpo.tokenizer import build_char_tokenizer, load_char_tokenizer
-from bandpo.train import build_policy
+from bandpo.training.tokenizer import build_char_tokenizer, load_char_tokenizer
+from bandpo.training.cli import build_policy
 
 TINY = {"model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.intermediate_size": 64}
 

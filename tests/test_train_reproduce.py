@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from bandpo.reproduce import METHODS, SUMMARY_COLUMNS, format_table, main, reproduce
+from bandpo.experiments.reproduce import METHODS, SUMMARY_COLUMNS, format_table, main, reproduce
 
 SMALL = {
     "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.intermediate_size": 64,

@@ -19,12 +19,12 @@ import lightning as L
 import pytest
 import torch
 
-import bandpo.module
-from bandpo.config import CONFIG_DIR, list_presets, load_config
+import bandpo.training.module
+from bandpo.training.config import CONFIG_DIR, list_presets, load_config
 from bandpo.losses import METRIC_KEYS
-from bandpo.module import BandPOModule, NonFiniteError
-from bandpo.tasks import REWARD_FUNCS, build_task, register_reward
-from bandpo.train import build_policy, build_tokenizer, build_trainer, dry_run_config, run
+from bandpo.training.module import BandPOModule, NonFiniteError
+from bandpo.training.tasks import REWARD_FUNCS, build_task, register_reward
+from bandpo.training.cli import build_policy, build_tokenizer, build_trainer, dry_run_config, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize("mode", ["skip", "stop"])
 def test_nonfinite_loss_is_reported(tmp_path, monkeypatch, capsys, mode):
     calls = {"n": 0}
-    real = bandpo.module.policy_loss
+    real = bandpo.training.module.policy_loss
 
     def poisoned(*args, **kwargs):
         loss, metrics = real(*args, **kwargs)
@@ -132,7 +132,7 @@ def test_nonfinite_loss_is_reported(tmp_path, monkeypatch, capsys, mode):
             loss = loss * float("nan")
         return loss, metrics
 
-    monkeypatch.setattr(bandpo.module, "policy_loss", poisoned)
+    monkeypatch.setattr(bandpo.training.module, "policy_loss", poisoned)
     cfg = tiny_cfg(trainer__nonfinite=mode, warmstart__steps=0)
     if mode == "stop":
         with pytest.raises(NonFiniteError, match=r"non-finite loss at RL step 1, optimiser step 0.*logp range"):
@@ -202,9 +202,9 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_through_the_command_line(tmp_path):
-    """`python -m bandpo.train ... --devices 2 --strategy ddp`: Lightning relaunches the module as rank 1."""
+    """`python -m bandpo.training ... --devices 2 --strategy ddp`: Lightning relaunches the module as rank 1."""
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "bandpo.train", "--preset", "tiny-cpu", "--out", str(out)]
+    cmd = [sys.executable, "-m", "bandpo.training", "--preset", "tiny-cpu", "--out", str(out)]
     for key, value in DDP_OVERRIDES.items():
         cmd += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
@@ -222,7 +222,7 @@ def test_kill_mid_run_loses_at_most_the_steps_since_the_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     def cli(out, **kw):
-        return subprocess.Popen([sys.executable, "-m", "bandpo.train", *common, "--out", str(out)], cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "bandpo.training", *common, "--out", str(out)], cwd=REPO,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
     assert cli(tmp_path / "a").wait(timeout=600) == 0

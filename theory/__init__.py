@@ -1,10 +1,10 @@
 """theory: the Band operator's algebra derived by sympy, and its global optimality certified by cvxpy.
 
-* :func:`derive_bounds` (:mod:`theory.derive`): closed-form lower/upper bounds derived from the generator;
-* :mod:`theory.checks`: symbolic identities (root, convexity, mirror, limits, small-delta expansion);
-* :mod:`theory.asymptotics`: the limits p -> 0, p -> 1 and the unified small-delta expansion;
-* :func:`certify` (:mod:`theory.certify`, needs cvxpy): the full-vocabulary problem solved by a conic solver;
-* ``python -m theory.report`` writes ``theory/REPORT.md``; ``python -m theory.certify`` prints the certification table.
+* :func:`derive_bounds` (:mod:`bandpo_theory.derive`): closed-form lower/upper bounds derived from the generator;
+* :mod:`bandpo_theory.checks`: symbolic identities (root, convexity, mirror, limits, small-delta expansion);
+* :mod:`bandpo_theory.asymptotics`: the limits p -> 0, p -> 1 and the unified small-delta expansion;
+* :func:`certify` (:mod:`bandpo_theory.certify`, needs cvxpy): the full-vocabulary problem solved by a conic solver;
+* ``python -m bandpo_theory.report`` writes ``theory/REPORT.md``; ``python -m bandpo_theory.certify`` prints the certification table.
 
 ``bandpo`` never imports this package (nor sympy or cvxpy); this package imports ``bandpo`` only to cross-check.
 """
@@ -29,14 +29,14 @@ __all__ = [
 
 
 def __getattr__(name):
-    """``theory.certify`` and ``theory.Certificate`` import cvxpy on first use (a second or two).
+    """``bandpo_theory.certify`` and ``bandpo_theory.Certificate`` import cvxpy on first use (a second or two).
 
-    ``theory.certify`` is the module ``theory/certify.py`` (``python -m theory.certify``); calling it calls the
-    function: ``theory.certify(p, index, delta, divergence)``.
+    ``bandpo_theory.certify`` is the module ``theory/certify.py`` (``python -m bandpo_theory.certify``); calling it calls the
+    function: ``bandpo_theory.certify(p, index, delta, divergence)``.
     """
     if name in ("certify", "Certificate"):
         import importlib
 
         module = importlib.import_module(".certify", __name__)
         return module if name == "certify" else module.Certificate
-    raise AttributeError(f"module 'theory' has no attribute {name!r}")
+    raise AttributeError(f"module 'bandpo_theory' has no attribute {name!r}")

@@ -31,7 +31,7 @@ Two equivalent formulations (``variables=``):
 
 Command line (prints a table; see :func:`main`)::
 
-    python -m theory.certify --divergence all --delta 0.05 --vocab 50 --trials 100
+    python -m bandpo_theory.certify --divergence all --delta 0.05 --vocab 50 --trials 100
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import numpy as np
 # Solver attempts, in order, until one reports "optimal". Clarabel's defaults stop at 1e-8 relative gap and
 # feasibility; 1e-10 is about as tight as its double-precision interior-point iterations get on these
 # exponential/power-cone problems: with a 1e-6 token, some solves end "AlmostSolved" (cvxpy:
-# optimal_inaccurate) at 1e-10 and succeed at 1e-9 or 1e-8 (measured with `python -m theory.certify`), hence
+# optimal_inaccurate) at 1e-10 and succeed at 1e-9 or 1e-8 (measured with `python -m bandpo_theory.certify`), hence
 # the ladder. SCS (first-order, 1e-9) is the last resort. If none is optimal, the first inaccurate result is kept.
 SOLVER_ATTEMPTS = (
     ("CLARABEL", "CLARABEL", {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "max_iter": 200}),
@@ -554,7 +554,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     parser = argparse.ArgumentParser(
-        prog="python -m theory.certify",
+        prog="python -m bandpo_theory.certify",
         description="Certify bandpo.band against the full-vocabulary problem solved by Clarabel (SCS fallback).",
     )
     parser.add_argument("--divergence", default="all", help=f"one of {', '.join(list_certifiable())}, or 'all'")
@@ -579,14 +579,14 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     print(table)
     if args.out:
         with open(args.out, "w") as fh:
-            fh.write(f"# Certification: cvxpy (full simplex) vs bandpo.band\n\n`python -m theory.certify "
+            fh.write(f"# Certification: cvxpy (full simplex) vs bandpo.band\n\n`python -m bandpo_theory.certify "
                      f"--divergence {args.divergence} --delta {args.delta} --vocab {args.vocab} --trials {args.trials} "
                      f"--seed {args.seed} --variables {args.variables}`\n\n{header}\n\n{table}\n")
     return rows
 
 
 class _CallableModule(types.ModuleType):
-    """``theory.certify`` is this module (``python -m theory.certify``) and, called, the function :func:`certify`."""
+    """``bandpo_theory.certify`` is this module (``python -m bandpo_theory.certify``) and, called, the function :func:`certify`."""
 
     def __call__(self, *args, **kwargs) -> Certificate:
         return certify(*args, **kwargs)

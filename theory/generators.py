@@ -1,4 +1,4 @@
-"""Symbolic generators: the sympy twin of :mod:`bandpo.divergences`.
+"""Symbolic generators: the sympy twin of :mod:`bandpo.operator.divergences`.
 
 Every registered bandpo divergence has a sympy generator f(u) here, built from its name through a small
 registry (no if/elif chains). The derivations in :mod:`theory.derive` and :mod:`theory.asymptotics` start
@@ -155,7 +155,7 @@ def _hellinger_lower_map(y, z):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Built-ins (the same conventions as bandpo.divergences: D_f(Q‖P) = Σ P f(Q/P), Q new, P old)
+# Built-ins (the same conventions as bandpo.operator.divergences: D_f(Q‖P) = Σ P f(Q/P), Q new, P old)
 # ----------------------------------------------------------------------------------------------------------
 
 register_symbolic("kl", -sp.log(u), note="KL(π_old ‖ π_new), the paper's direction")

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ._numerics import LOG_TINY, log1mexp, softplus
+from .numerics import LOG_TINY, log1mexp, softplus
 
 # φ-evaluator: (s, log_a, log_b, a, b) -> (phi, dphi, log_v)
 PhiFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], "tuple[Tensor, Tensor, Tensor]"]

@@ -1,7 +1,7 @@
 """Typed training configuration: dataclasses with a docstring under every field, validated once, YAML in/out.
 
 A run is described by one :class:`TrainConfig` with seven sections (``model``, ``task``, ``rollout``, ``loss``,
-``optim``, ``warmstart``, ``trainer``). YAML files in ``bandpo/configs/`` hold the same nesting; a file may name a
+``optim``, ``warmstart``, ``trainer``). YAML files in ``bandpo/training/presets/`` hold the same nesting; a file may name a
 ``base:`` file (relative to itself) whose values it overrides, key by key.
 
 Validation happens in two places, both before any work:
@@ -9,7 +9,7 @@ Validation happens in two places, both before any work:
 * structural checks in ``__post_init__`` (types, ranges, names, cross-field rules such as "mini-batch no larger
   than the batch"): a bad value raises ``ValueError`` naming the key, the value and what is allowed;
 * :meth:`TrainConfig.check_paths` checks what depends on the machine (the model folder or Hugging Face cache entry,
-  the data file) and is called by ``bandpo.train`` at start-up. Parsing a GPU recipe on a laptop therefore works.
+  the data file) and is called by ``bandpo.training.cli`` at start-up. Parsing a GPU recipe on a laptop therefore works.
 
 Nothing here imports torch, Lightning or transformers.
 """
@@ -43,7 +43,7 @@ __all__ = [
     "preset_path",
 ]
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parent / "presets"
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
@@ -108,10 +108,10 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """Where prompts come from and how completions are scored (see ``bandpo.tasks``)."""
+    """Where prompts come from and how completions are scored (see ``bandpo.training.tasks``)."""
 
     name: str = "addition"
-    """Task in ``bandpo.tasks.TASKS``: 'addition' (procedural, built in) or 'math_file' (prompts from a file)."""
+    """Task in ``bandpo.training.tasks.TASKS``: 'addition' (procedural, built in) or 'math_file' (prompts from a file)."""
     min_digits: int = 2
     """addition: fewest digits of an operand."""
     max_digits: int = 3
@@ -129,7 +129,7 @@ class TaskConfig:
     chat_template: bool = False
     """Apply the tokenizer's chat template to the (templated) prompt."""
     reward_funcs: list[str] = field(default_factory=list)
-    """Reward functions from ``bandpo.tasks.REWARD_FUNCS``, summed; empty: the task's default."""
+    """Reward functions from ``bandpo.training.tasks.REWARD_FUNCS``, summed; empty: the task's default."""
     reward_weights: Optional[list[float]] = None
     """One weight per reward function; None: all 1."""
 
@@ -211,7 +211,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         # The policy-loss fields are validated by bandpo.losses.LossConfig itself (one set of rules), one field
         # at a time so that the message names the offending key.
-        from .losses import LossConfig as PolicyLossConfig
+        from ..losses.core import LossConfig as PolicyLossConfig
 
         for name, value in self.policy_loss_kwargs().items():
             try:
@@ -552,7 +552,7 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
 
 
 def preset_path(name: str) -> Path:
-    """Path of ``bandpo/configs/<name>.yaml``; raises with the list of presets if there is none."""
+    """Path of ``bandpo/training/presets/<name>.yaml``; raises with the list of presets if there is none."""
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; presets: {list_presets()}")
@@ -560,7 +560,7 @@ def preset_path(name: str) -> Path:
 
 
 def list_presets() -> list:
-    """Names of the YAML configs shipped in ``bandpo/configs``."""
+    """Names of the YAML configs shipped in ``bandpo/training/presets``."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 

@@ -1,5 +1,5 @@
 """The pieces of a GRPO-style RL step as functions of tensors and models: sampling, log-probs, entropy, rewards,
-advantages, the k3 reference KL, and the supervised warm-start. ``bandpo.module.BandPOModule`` only wires them.
+advantages, the k3 reference KL, and the supervised warm-start. ``bandpo.training.module.BandPOModule`` only wires them.
 
 Shapes: ``N`` sequences in a rollout (``N = prompts · G``, a prompt's G completions contiguous), ``P`` prompt
 tokens (left-padded), ``T`` completion tokens (right-padded), ``V`` vocabulary size. ``mask`` is 1 on real
@@ -374,7 +374,7 @@ def rollout(
 
     Args:
         rows: prompt rows (``"prompt"`` plus columns such as ``"answer"``, passed to the reward functions).
-        reward_funcs: names in ``bandpo.tasks.REWARD_FUNCS``; correct_fn: ``(completions, answers) -> bools``.
+        reward_funcs: names in ``bandpo.training.tasks.REWARD_FUNCS``; correct_fn: ``(completions, answers) -> bools``.
         micro_batch_size: sequences per sampling / forward chunk (0: all at once).
     """
     from .tasks import weighted_rewards

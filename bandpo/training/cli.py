@@ -1,11 +1,11 @@
 """Train a language model with BandPO (or a baseline) from the command line or from Python.
 
-    python -m bandpo.train --preset tiny-cpu --method band --divergence kl --delta 0.05 --max-steps 300 \\
+    python -m bandpo.training --preset tiny-cpu --method band --divergence kl --delta 0.05 --max-steps 300 \\
         --seed 0 --out runs/tiny-band
-    python -m bandpo.train --config bandpo/configs/paper-bandpo-kl.yaml --out runs/qwen3b-bandkl
-    python -m bandpo.train --config bandpo/configs/paper-bandpo-kl.yaml --dry-run --out /tmp/dry   # CPU check
+    python -m bandpo.training --config bandpo/training/presets/paper-bandpo-kl.yaml --out runs/qwen3b-bandkl
+    python -m bandpo.training --config bandpo/training/presets/paper-bandpo-kl.yaml --dry-run --out /tmp/dry   # CPU check
 
-Every config field is also a flag (``--loss.delta 0.1``, ``--rollout.group_size 16``; ``python -m bandpo.train
+Every config field is also a flag (``--loss.delta 0.1``, ``--rollout.group_size 16``; ``python -m bandpo.training
 --help`` lists them with their docstrings); the loss options and a few others have short aliases
 (``--method --divergence --delta --eps-low --eps-high --dual-clip --max-ratio --agg --kl-coef --lr --max-steps
 --seed --devices --strategy --accelerator --precision``). ``none`` sets an optional value to None.
@@ -310,7 +310,7 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
     import lightning as L
 
     from .module import BandPOModule
-    from .rl import warm_start
+    from .rollout import warm_start
     from .tasks import build_task
 
     t_start = time.time()
@@ -393,12 +393,12 @@ def _type_name(tp: Any) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: ``--preset``/``--config``, ``--out``, ``--dry-run``, aliases, and ``--<section>.<field>``."""
     p = argparse.ArgumentParser(
-        prog="python -m bandpo.train", description=__doc__.split("\n\n")[0],
+        prog="python -m bandpo.training", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets: {', '.join(list_presets())}",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", help="a config shipped in bandpo/configs (e.g. tiny-cpu)")
+    src.add_argument("--preset", help="a config shipped in bandpo/training/presets (e.g. tiny-cpu)")
     src.add_argument("--config", help="a YAML config file")
     p.add_argument("--out", required=True, help="output folder (metrics.csv, checkpoints/, config.yaml)")
     p.add_argument("--dry-run", action="store_true",
@@ -436,7 +436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         cfg.check_paths()
     except ValueError as e:
-        print(f"bandpo.train: error: {e}", file=sys.stderr)
+        print(f"bandpo.training: error: {e}", file=sys.stderr)
         return 2
     summary = run(cfg, args.out)
     if summary["completed_steps"] < summary["max_steps"]:

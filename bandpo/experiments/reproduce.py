@@ -1,9 +1,9 @@
 """Small-scale reproduction of the paper's comparison: GRPO clip, Clip-Higher, DCPO and BandPO (KL; TV and χ² as
 ablations), 3 seeds each, on the tiny CPU task.
 
-    python -m bandpo.reproduce                      # all methods x seeds 0 1 2 into paper_figures/data/runs
-    python -m bandpo.reproduce --methods band_kl clip --seeds 0 --max-steps 50
-    python -m bandpo.reproduce --shard 0/2 &  python -m bandpo.reproduce --shard 1/2   # two processes
+    python -m bandpo.experiments.reproduce                      # all methods x seeds 0 1 2 into paper_figures/data/runs
+    python -m bandpo.experiments.reproduce --methods band_kl clip --seeds 0 --max-steps 50
+    python -m bandpo.experiments.reproduce --shard 0/2 &  python -m bandpo.experiments.reproduce --shard 1/2   # two processes
 
 Every run is the ``tiny-cpu`` preset (or ``--preset``) with the method's loss settings (``METHODS``) and
 ``trainer.seed = k``; everything else is identical across methods, including the warm-started starting point of a
@@ -11,7 +11,7 @@ given seed (the warm-start depends only on the seed). Run from the repository ro
 (``summary.json`` present with ``completed_steps >= max_steps``) are skipped; an interrupted run resumes from its
 checkpoint. Checkpoints are deleted when a run finishes unless ``--keep-checkpoints``.
 
-Data layout (read by the figure scripts; documented in ``bandpo/configs/README.md``)::
+Data layout (read by the figure scripts; documented in ``bandpo/training/presets/README.md``)::
 
     <out>/summary.csv                 one row per finished run (columns in SUMMARY_COLUMNS)
     <out>/<method>-seed<k>/metrics.csv  one row per RL step: column ``step`` (0-based) and the logged metrics
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .config import load_config, preset_path
+from ..training.config import load_config, preset_path
 
 __all__ = ["METHODS", "SEEDS", "SUMMARY_COLUMNS", "is_finished", "reproduce", "summarize"]
 
@@ -144,7 +144,7 @@ def reproduce(
 
     ``shard = (i, n)`` runs only every n-th job starting at i (to split the work over processes).
     """
-    from .train import run
+    from ..training.cli import run
 
     runner = runner or run
     unknown = [m for m in methods if m not in METHODS]
@@ -179,7 +179,7 @@ def _parse_set(items: Sequence[str]) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bandpo.reproduce", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
     p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"subset of {list(METHODS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
@@ -201,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             table = reproduce(Path(args.out), args.methods, args.seeds, preset=args.preset, overrides=overrides,
                               keep_checkpoints=args.keep_checkpoints, shard=(i, n))
     except ValueError as e:
-        print(f"bandpo.reproduce: error: {e}", file=sys.stderr)
+        print(f"bandpo.experiments.reproduce: error: {e}", file=sys.stderr)
         return 2
     print(format_table(table, args.methods))
     return 0

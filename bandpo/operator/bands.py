@@ -22,7 +22,7 @@ host-device synchronisation, no data-dependent Python loop, no ``.item()``):
 * otherwise a dedicated solver (KL: bracketed Newton from a start that brackets the root) or the generic
   one (bisection then Newton, a fixed number of steps) for any registered generator.
 
-See :mod:`bandpo.solvers` for the parametrisation that keeps every root finite in log space.
+See :mod:`bandpo.operator.solvers` for the parametrisation that keeps every root finite in log space.
 """
 
 from __future__ import annotations

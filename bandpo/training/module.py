@@ -2,7 +2,7 @@
 
 One ``training_step`` is one RL step:
 
-1. **rollout** (``bandpo.rl.rollout``): this process's share of the step's prompts, G completions each, rewards,
+1. **rollout** (``bandpo.training.rollout.rollout``): this process's share of the step's prompts, G completions each, rewards,
    group advantages, old log-probs and entropy from a forward pass, reference log-probs if ``kl_coef > 0``;
 2. **update**: ``ppo_epochs`` passes over the rollout in mini-batches of ``prompts_per_minibatch`` prompt groups,
    one optimiser step each (so the later steps are off-policy and the ratio bounds matter), with gradient
@@ -11,7 +11,7 @@ One ``training_step`` is one RL step:
    mean of the ranks' denominators, so that the gradient average is the aggregate over all ranks' tokens;
 3. **log** one row of metrics (reduced over processes) to the run's CSV logger.
 
-The module only wires pure functions (``bandpo.rl``, ``bandpo.policy_loss``); its own state is the RL step
+The module only wires pure functions (``bandpo.training.rollout``, ``bandpo.policy_loss``); its own state is the RL step
 counter and, when the reference policy cannot be rebuilt from the model path, the reference weights (both in
 the checkpoint). Sampling randomness is re-seeded at every step from (seed, rank, step), so a resumed run
 draws exactly what an uninterrupted one would. The data loader is only a clock: the prompts of step ``s`` are
@@ -34,8 +34,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from .config import TrainConfig
-from .losses import aggregate, aggregation_denominator, policy_loss
-from .rl import Rollout, completion_logp, k3_kl, rollout
+from ..losses.core import aggregate, aggregation_denominator, policy_loss
+from .rollout import Rollout, completion_logp, k3_kl, rollout
 from .tasks import Task
 
 __all__ = ["BandPOModule", "NonFiniteError"]
@@ -63,8 +63,8 @@ class BandPOModule(L.LightningModule):
     Args:
         policy: the causal LM to train (``model(input_ids, attention_mask, position_ids) -> .logits``).
         tokenizer: its tokenizer (pad and eos tokens set).
-        config: the run's :class:`bandpo.config.TrainConfig`.
-        task: prompts and scoring (:func:`bandpo.tasks.build_task`).
+        config: the run's :class:`bandpo.training.config.TrainConfig`.
+        task: prompts and scoring (:func:`bandpo.training.tasks.build_task`).
         ref_policy: frozen reference for the k3 KL term (required iff ``config.loss.kl_coef > 0``). It is not a
             registered submodule: not trained, not wrapped by DDP, and saved in checkpoints only when
             ``store_ref`` is set (it cannot be rebuilt from the model path, e.g. after a warm-start).

@@ -17,7 +17,7 @@ axis is the loss's B axis, with ``seq-mean-token-mean`` times S, so each seed's 
 seed draws its uniforms from its own generator once: all methods see the same random numbers (common random
 numbers), and a seed's run does not depend on which other seeds run with it.
 
-``python -m bandpo.bandit`` prints the summary table; :func:`run_bandit` returns per-step histories for
+``python -m bandpo.experiments.bandit`` prints the summary table; :func:`run_bandit` returns per-step histories for
 figures.
 """
 
@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .losses import BUCKET_NAMES, policy_loss
+from ..losses.core import BUCKET_NAMES, policy_loss
 
 __all__ = ["BanditConfig", "BanditHistory", "METHODS", "grpo_advantages", "run_bandit", "run_all", "summarize", "format_table", "main"]
 
@@ -321,7 +321,7 @@ def format_table(rows: "dict[str, dict[str, float]]", cfg: BanditConfig) -> str:
 
 
 def main(argv: "Optional[list[str]]" = None) -> str:
-    """``python -m bandpo.bandit [--steps N] [--seeds S] [--lr LR] [--optimizer adam|sgd] [--epochs E] ...``."""
+    """``python -m bandpo.experiments.bandit [--steps N] [--seeds S] [--lr LR] [--optimizer adam|sgd] [--epochs E] ...``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     d = BanditConfig()
     parser.add_argument("--steps", type=int, default=d.steps, help="rollout batches per run")

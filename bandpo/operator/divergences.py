@@ -14,7 +14,7 @@ probability ``p`` the Band operator works with the two-point reduction
 Each :class:`Divergence` carries its generator, optionally its derivative ``df`` (used by the generic
 Newton solver; autograd supplies it otherwise), ``f''(1)`` (the curvature that sets the small-delta
 band, issue #4's "unified view"), and optionally a ``log_band`` routine: a closed form or a dedicated
-solver. Divergences without one go through :func:`bandpo.band.generic_log_band`.
+solver. Divergences without one go through :func:`bandpo.operator.bands.generic_log_band`.
 
 Register your own with :func:`register_divergence`; the generator alone is enough.
 """
@@ -27,6 +27,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+
+from ..registry import Registry
 
 Generator = Callable[[Tensor], Tensor]
 # (logp, log1mp, delta) -> (log_lower, log_upper), all float64 tensors of one shape.
@@ -54,7 +56,7 @@ class Divergence:
     """lim_{u→∞} f(u)/u (the recession slope); decides whether the upper bound can saturate at r = 1/p."""
     phi: Optional[Callable] = None
     """Optional log-space evaluator φ(s, log_a, log_b, a, b) -> (φ, φ', log v) of the one-sided problem
-    (:mod:`bandpo.solvers`); the generic one built from ``f`` and ``df`` otherwise."""
+    (:mod:`bandpo.operator.solvers`); the generic one built from ``f`` and ``df`` otherwise."""
     log_band: Optional[LogBandFn] = None
     """Closed form or dedicated solver (logp, log1mp, delta) -> (log_lower, log_upper); ``None``: generic solver."""
     formula: str = ""
@@ -76,12 +78,13 @@ class Divergence:
         return p * self.f(r) + (1 - p) * self.f((1 - p * r) / (1 - p))
 
 
-_REGISTRY: dict[str, Divergence] = {}
+DIVERGENCES: Registry[Divergence] = Registry("divergence", hint="register your own with bandpo.register_divergence")
+"""Every registered divergence by name."""
 
 
 def list_divergences() -> list[str]:
     """Names of the registered divergences, sorted."""
-    return sorted(_REGISTRY)
+    return DIVERGENCES.names()
 
 
 def get_divergence(divergence: "str | Divergence") -> Divergence:
@@ -92,18 +95,7 @@ def get_divergence(divergence: "str | Divergence") -> Divergence:
     """
     if isinstance(divergence, Divergence):
         return divergence
-    if not isinstance(divergence, str):
-        raise ValueError(
-            f"divergence must be a name or a Divergence, got {type(divergence).__name__}; "
-            f"known names: {', '.join(list_divergences())}"
-        )
-    try:
-        return _REGISTRY[divergence]
-    except KeyError:
-        raise ValueError(
-            f"unknown divergence {divergence!r}; known divergences: {', '.join(list_divergences())} "
-            "(register your own with bandpo.register_divergence)"
-        ) from None
+    return DIVERGENCES.get(divergence)
 
 
 def _numeric_limit(f: Generator, u: float, scale: float = 1.0) -> float:
@@ -179,7 +171,7 @@ def register_divergence(
         f2_at_1: optional f''(1); estimated by finite differences otherwise.
         slope_at_inf: optional lim f(u)/u as u -> inf (only used at p = 1 exactly); estimated otherwise.
         log_band: optional closed form / dedicated solver; the generic solver is used otherwise.
-        phi: optional log-space evaluator of the one-sided problem (see :mod:`bandpo.solvers`).
+        phi: optional log-space evaluator of the one-sided problem (see :mod:`bandpo.operator.solvers`).
         closed_form: mark ``log_band`` as exact closed form (documentation and benchmarks only).
         formula, description: for ``repr`` and reports.
         overwrite: allow replacing an existing entry.
@@ -189,7 +181,7 @@ def register_divergence(
     """
     if not isinstance(name, str) or not name:
         raise ValueError("divergence name must be a non-empty string")
-    if name in _REGISTRY and not overwrite:
+    if name in DIVERGENCES and not overwrite:
         raise ValueError(f"divergence {name!r} is already registered (pass overwrite=True to replace it)")
     if not callable(f):
         raise ValueError(f"generator of {name!r} must be callable")
@@ -216,14 +208,12 @@ def register_divergence(
         description=description,
         closed_form=closed_form,
     )
-    _REGISTRY[name] = div
-    return div
+    return DIVERGENCES.register(name, div, overwrite=overwrite)
 
 
 def unregister_divergence(name: str) -> None:
     """Remove a registered divergence (for tests and notebooks)."""
-    get_divergence(name)
-    del _REGISTRY[name]
+    DIVERGENCES.unregister(name)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from typing import Callable, Optional, Protocol, Union
 import torch
 from torch import Tensor
 
-from .band import band
-from .divergences import Divergence, get_divergence
+from ..operator.bands import band
+from ..operator.divergences import Divergence, get_divergence
 
 __all__ = [
     "AGGREGATIONS",

@@ -189,7 +189,7 @@ def register_task(name: str, *, sft: bool = False) -> Callable:
 
 
 def build_task(cfg: Any, seed: int) -> Task:
-    """Build the task named by ``cfg.name`` (a :class:`bandpo.config.TaskConfig`) for a run seeded ``seed``."""
+    """Build the task named by ``cfg.name`` (a :class:`bandpo.training.config.TaskConfig`) for a run seeded ``seed``."""
     if cfg.name not in TASKS:
         raise ValueError(f"unknown task {cfg.name!r}; registered tasks: {sorted(TASKS)}")
     return TASKS[cfg.name](cfg, seed)
