@@ -47,7 +47,6 @@ CONFIG_DIR = Path(__file__).parent / "presets"
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
-SAMPLERS = ("loop", "hf_generate")
 ARCHS = ("qwen2", "llama")
 
 
@@ -178,7 +177,9 @@ class RolloutConfig:
                "must be > 0")
         _check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
         _check(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "must be >= 1")
-        _check(self.sampler in SAMPLERS, "rollout.sampler", self.sampler, f"one of {SAMPLERS}")
+        from .rollout import SAMPLERS
+
+        _check(self.sampler in SAMPLERS, "rollout.sampler", self.sampler, f"one of {SAMPLERS.names()}")
         _check(self.micro_batch_size >= 0, "rollout.micro_batch_size", self.micro_batch_size, "must be >= 0")
 
 

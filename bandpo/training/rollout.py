@@ -5,7 +5,8 @@ Shapes: ``N`` sequences in a rollout (``N = prompts · G``, a prompt's G complet
 tokens (left-padded), ``T`` completion tokens (right-padded), ``V`` vocabulary size. ``mask`` is 1 on real
 completion tokens (up to and including EOS) and 0 on padding.
 
-Design decisions (and where they follow the paper's training code, digest §3 and §5.4):
+Design decisions (those that follow the paper's training recipe are listed in ``docs/paper-notes.md``,
+"Training recipe"):
 
 1. Old log-probs are recomputed with a separate forward pass over prompt + completion after sampling, never taken
    from the sampler: ``generate``'s processed scores are changed by logits processors, and the KV-cache sampler's
@@ -35,6 +36,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..registry import Registry
+
 __all__ = [
     "Rollout",
     "SAMPLERS",
@@ -43,6 +46,7 @@ __all__ = [
     "k3_kl",
     "masked_mean",
     "position_ids",
+    "register_sampler",
     "rollout",
     "sample_hf_generate",
     "sample_loop",
@@ -57,6 +61,10 @@ KL_CLAMP = 10.0
 """k3 values are clamped to [-KL_CLAMP, KL_CLAMP] (as in the paper's training code)."""
 ADV_EPS = 1e-6
 """Added to the group std in the GRPO advantage."""
+
+Sampler = Callable[..., tuple]
+"""``(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_id, pad_id, temperature, top_p, generator)
+-> (completion_ids, completion_mask)``."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,8 +142,9 @@ def _forward_params(model_cls: type) -> frozenset:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _finish(tokens: list, eos_id: int, pad_id: int) -> tuple:
-    """Stack sampled columns into (ids, mask): mask is 1 up to and including the first EOS."""
+def _stack_and_mask_after_eos(tokens: list, eos_id: int, pad_id: int) -> tuple:
+    """Stack sampled columns into ``(ids, mask)``, both (B, T): mask is 1 up to and including the first EOS, and
+    ids after it are replaced by ``pad_id``."""
     ids = torch.stack(tokens, dim=1)
     is_eos = ids == eos_id
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
@@ -191,7 +200,7 @@ def sample_loop(
         last_pos = last_pos + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
                     **{cache_kw: cache})
-    return _finish(tokens, eos_id, pad_id)
+    return _stack_and_mask_after_eos(tokens, eos_id, pad_id)
 
 
 @torch.no_grad()
@@ -219,11 +228,27 @@ def sample_hf_generate(
             top_k=0, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
         )
     new = out[:, prompt_ids.shape[1]:]
-    return _finish(list(new.unbind(1)), eos_id, pad_id)
+    return _stack_and_mask_after_eos(list(new.unbind(1)), eos_id, pad_id)
 
 
-SAMPLERS: dict[str, Callable[..., tuple]] = {"loop": sample_loop, "hf_generate": sample_hf_generate}
-"""Sampler registry (``rollout.sampler`` in the config)."""
+SAMPLERS: Registry[Sampler] = Registry(
+    "sampler", hint="register your own with bandpo.training.rollout.register_sampler"
+)
+"""Sampler name -> sampling function with the contract of :func:`sample_loop` (``rollout.sampler`` in the config)."""
+
+
+def register_sampler(name: str, *, overwrite: bool = False) -> Callable[[Sampler], Sampler]:
+    """Decorator: register a sampler ``fn(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_id, pad_id,
+    temperature, top_p, generator) -> (completion_ids, completion_mask)`` (the contract of :func:`sample_loop`).
+
+    Raises:
+        ValueError: ``name`` is taken and ``overwrite`` is False.
+    """
+    return SAMPLERS.decorator(name, overwrite=overwrite)
+
+
+register_sampler("loop")(sample_loop)
+register_sampler("hf_generate")(sample_hf_generate)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -384,7 +409,7 @@ def rollout(
     texts_rep = [t for t in texts for _ in range(group_size)]
     enc = tokenizer(texts_rep, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     prompt_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    sample = SAMPLERS[sampler]
+    sample = SAMPLERS.get(sampler)
     was_training = policy.training
     policy.eval()
     parts = []

@@ -35,11 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..registry import Registry
+
 __all__ = [
     "DAPO_TEMPLATE",
     "REWARD_FUNCS",
     "SFT_TASKS",
     "TASKS",
+    "TEMPLATES",
     "Task",
     "answer_format",
     "answer_line",
@@ -50,6 +53,7 @@ __all__ = [
     "normalize_answer",
     "register_reward",
     "register_task",
+    "weighted_rewards",
 ]
 
 RewardFunc = Callable[..., list]
@@ -58,19 +62,19 @@ RewardFunc = Callable[..., list]
 # Reward functions
 # ----------------------------------------------------------------------------------------------------------
 
-REWARD_FUNCS: dict[str, RewardFunc] = {}
+REWARD_FUNCS: Registry[RewardFunc] = Registry(
+    "reward function", hint="register your own with bandpo.training.tasks.register_reward"
+)
+"""Reward function name -> ``fn(prompts, completions, **columns) -> list[float]`` (``task.reward_funcs``)."""
 
 
-def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
-    """Decorator: register a reward function ``fn(prompts, completions, **columns) -> list[float]`` by name."""
+def register_reward(name: str, *, overwrite: bool = False) -> Callable[[RewardFunc], RewardFunc]:
+    """Decorator: register a reward function ``fn(prompts, completions, **columns) -> list[float]`` by name.
 
-    def deco(fn: RewardFunc) -> RewardFunc:
-        if name in REWARD_FUNCS:
-            raise ValueError(f"reward function {name!r} is already registered")
-        REWARD_FUNCS[name] = fn
-        return fn
-
-    return deco
+    Raises:
+        ValueError: ``name`` is taken and ``overwrite`` is False.
+    """
+    return REWARD_FUNCS.decorator(name, overwrite=overwrite)
 
 
 @register_reward("exact_match")
@@ -168,31 +172,40 @@ class Task:
     sft_rows: Optional[Callable[[int, int], list]] = None
 
 
-TASKS: dict[str, Callable[..., Task]] = {}
-SFT_TASKS: set = set()
-"""Tasks whose rows come with supervised targets (usable with a warm-start)."""
+TaskFactory = Callable[..., Task]
+
+TASKS: Registry[TaskFactory] = Registry("task", hint="register your own with bandpo.training.tasks.register_task")
+"""Task name -> ``factory(cfg: TaskConfig, seed: int) -> Task`` (``task.name``)."""
+SFT_TASKS: Registry[TaskFactory] = Registry("task with supervised targets")
+"""The tasks whose rows come with supervised targets (usable with a warm-start); a subset of :data:`TASKS`."""
 
 
-def register_task(name: str, *, sft: bool = False) -> Callable:
+def register_task(name: str, *, sft: bool = False, overwrite: bool = False) -> Callable[[TaskFactory], TaskFactory]:
     """Decorator: register ``factory(cfg: TaskConfig, seed: int) -> Task`` under ``name``; ``sft=True`` if the
-    task provides ``sft_rows`` for the supervised warm-start."""
+    task provides ``sft_rows`` for the supervised warm-start.
 
-    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
-        if name in TASKS:
-            raise ValueError(f"task {name!r} is already registered")
-        TASKS[name] = factory
+    Raises:
+        ValueError: ``name`` is taken and ``overwrite`` is False.
+    """
+
+    def deco(factory: TaskFactory) -> TaskFactory:
+        TASKS.register(name, factory, overwrite=overwrite)
         if sft:
-            SFT_TASKS.add(name)
+            SFT_TASKS.register(name, factory, overwrite=overwrite)
+        elif name in SFT_TASKS:  # overwritten by a task without targets
+            SFT_TASKS.unregister(name)
         return factory
 
     return deco
 
 
 def build_task(cfg: Any, seed: int) -> Task:
-    """Build the task named by ``cfg.name`` (a :class:`bandpo.training.config.TaskConfig`) for a run seeded ``seed``."""
-    if cfg.name not in TASKS:
-        raise ValueError(f"unknown task {cfg.name!r}; registered tasks: {sorted(TASKS)}")
-    return TASKS[cfg.name](cfg, seed)
+    """Build the task named by ``cfg.name`` (a :class:`bandpo.training.config.TaskConfig`) for a run seeded ``seed``.
+
+    Raises:
+        ValueError: unknown task name (the message lists the registered tasks).
+    """
+    return TASKS.get(cfg.name)(cfg, seed)
 
 
 def _rng(seed: int, stream: int, step: int) -> random.Random:
@@ -232,7 +245,11 @@ DAPO_TEMPLATE = (
 )
 """The DAPO-Math prompt template (the wording of the DAPO-Math-17k prompts the paper trains on)."""
 
-TEMPLATES = {"none": "{prompt}", "dapo": DAPO_TEMPLATE}
+TEMPLATES: Registry[str] = Registry("prompt template")
+"""Template name -> format string with a ``{prompt}`` field (``task.template``; a config may also give the format
+string itself)."""
+TEMPLATES.register("none", "{prompt}")
+TEMPLATES.register("dapo", DAPO_TEMPLATE)
 
 
 def _get(row: dict, column: str) -> Any:
@@ -281,7 +298,7 @@ def _math_file(cfg: Any, seed: int) -> Task:
     raw = load_rows(cfg.path, cfg.split)
     if not raw:
         raise ValueError(f"no rows in {cfg.path}")
-    template = TEMPLATES.get(cfg.template, cfg.template)
+    template = TEMPLATES.find(cfg.template) or cfg.template
     data = []
     for r in raw:
         prompt = _get(r, cfg.prompt_column)
@@ -325,7 +342,7 @@ def weighted_rewards(
     total = [0.0] * len(completions)
     per_func = {}
     for name, w in zip(names, weights, strict=True):
-        scores = [float(x) for x in REWARD_FUNCS[name](prompts, completions, **columns)]
+        scores = [float(x) for x in REWARD_FUNCS.get(name)(prompts, completions, **columns)]
         if len(scores) != len(completions):
             raise ValueError(f"reward function {name!r} returned {len(scores)} values for {len(completions)} completions")
         if not all(math.isfinite(x) for x in scores):
