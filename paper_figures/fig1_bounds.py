@@ -9,7 +9,7 @@
     simplex strip -p <= Δ <= 1 - p, whereas DAPO's upper line 0.28·p crosses 1 - p at p = 1/1.28 ≈ 0.78:
     beyond it the fixed bound allows probabilities above 1.
 
-Parameters follow the paper's README figure (δ = 0.1, DCPO ε₋ = 0.2, ε₊ = 0.28; see docs/paper.md §7.1).
+Parameters follow the paper's Fig. 1 (δ = 0.1, DCPO ε₋ = 0.2, ε₊ = 0.28; see docs/paper-notes.md, "Baselines").
 No data is read; everything is computed here.
 """
 

@@ -84,19 +84,20 @@ def test_probability_and_ratio_formulations_agree(name):
 def test_problems_are_dcp(name, variables):
     p, i = _vocab("moderate")
     for sense in ("min", "max"):
-        problem, *_ = C.build_problem(p, i, 0.05, name, sense, variables)
-        assert problem.is_dcp()
+        built = C.build_problem(p, i, 0.05, name, sense, variables)
+        assert built.problem.is_dcp()
+        assert built.x.shape == (p.size,) and built.constraint in built.problem.constraints
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_conjugates(name):
     """f*(s) = sup_{r >= 0} (s r - f(r)) against a brute-force maximum over r ∈ {0} ∪ [1e-8, 1e8] (60001 points,
     with bandpo's generator): never below it (it is a sup), and within 1e-6 of it (grid spacing) where finite."""
-    conj = C.DCP_DIVERGENCES[name].conjugate
+    conj = C.DCP_DIVERGENCES.get(name).conjugate
     f = bandpo.get_divergence(name).f
     grid = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-8, 8, 60001, dtype=torch.float64)])
     fr = f(grid)
-    smax = C.DCP_DIVERGENCES[name].conjugate_max
+    smax = C.DCP_DIVERGENCES.get(name).conjugate_max
     for s in (-50.0, -3.0, -1.0, -0.4, 0.0, 0.2, 0.3, 0.9):
         value = float(conj(np.array([s]))[0])
         brute = float(torch.max(torch.where(torch.isfinite(fr), s * grid - fr, torch.tensor(-math.inf, dtype=torch.float64))))

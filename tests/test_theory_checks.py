@@ -2,9 +2,9 @@
 
     .venv/bin/python -m pytest -q tests/test_theory_checks.py
 
-Expected values: the symbolic ones (limits, expansion coefficients) are the textbook/paper-digest results quoted
-in the issue (e^{-delta} and 1 - e^{-delta} for KL, 1 - delta and delta for TV, ...). Numeric comparisons with
-bandpo state their tolerance where they are made.
+Expected values: the symbolic ones (limits, expansion coefficients) are the textbook results restated in
+docs/paper-notes.md, "The band" (e^{-delta} and 1 - e^{-delta} for KL, 1 - delta and delta for TV, ...).
+Numeric comparisons with bandpo state their tolerance where they are made.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_generic_expansion_is_the_unified_band():
     assert sp.simplify(exp.a2 + A.F3 * (1 - 2 * p) / (3 * A.F2**2 * p)) == 0
 
 
-# Limits quoted in the issue / paper digest §2.5, as sympy expressions in delta.
+# Limits as listed in docs/paper-notes.md ("The band", limits), as sympy expressions in delta.
 LOWER_AT_ONE = {
     "kl": sp.exp(-delta),
     "tv": 1 - delta,

@@ -64,12 +64,13 @@ def test_no_closed_form_says_why(name):
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="no symbolic generator"):
+    with pytest.raises(ValueError, match="unknown symbolic generator 'not_a_divergence'; known symbolic generators: .*kl"):
         derive_bounds("not_a_divergence")
 
 
 def test_known_closed_forms():
-    """The derived forms equal the textbook ones (paper digest §2.3-2.4), checked symbolically on the unsaturated branch."""
+    """The derived forms equal the textbook ones (docs/paper-notes.md, "The band"), checked symbolically on the
+    unsaturated branch."""
     expected = {
         "tv": (1 - delta / p, 1 + delta / p),
         "chi2": (1 - sp.sqrt(delta * (1 - p) / p), 1 + sp.sqrt(delta * (1 - p) / p)),
@@ -84,7 +85,7 @@ def test_known_closed_forms():
     d = derive_bounds("hellinger")
     assert _is_zero(d.lower_side.root - (c - t * s) ** 2)
     assert _is_zero(d.upper_side.root - (c + t * s) ** 2)
-    # Saturation thresholds (paper digest §2.3)
+    # Saturation thresholds (docs/paper-notes.md, "The band", saturation)
     sat = {name: (derive_bounds(name).lower_side.saturation_value, derive_bounds(name).upper_side.saturation_value)
            for name in ("tv", "chi2", "hellinger")}
     assert sp.simplify(sat["tv"][0] - p) == 0 and sp.simplify(sat["tv"][1] - (1 - p)) == 0

@@ -18,7 +18,7 @@ Three results, each computed by sympy for every symbolic generator (closed form 
       bound = 1 ± sqrt(2 delta (1 - p) / (f''(1) p)) - f'''(1) (1 - 2p) / (3 f''(1)² p) · delta + O(delta^{3/2}),
 
   derived once for a generic f in :func:`generic_expansion` and confirmed per divergence in
-  :func:`theory.checks.check_small_delta`.
+  :func:`bandpo_theory.checks.check_small_delta`.
 """
 
 from __future__ import annotations

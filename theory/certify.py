@@ -43,10 +43,12 @@ import time
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import cvxpy as cp
 import numpy as np
+
+from bandpo.registry import Registry
 
 # Solver attempts, in order, until one reports "optimal". Clarabel's defaults stop at 1e-8 relative gap and
 # feasibility; 1e-10 is about as tight as its double-precision interior-point iterations get on these
@@ -133,31 +135,34 @@ def _js_ratio(r, p):
     return 0.5 * (p @ (cp.rel_entr(r, m) + cp.rel_entr(np.ones(r.shape[0]), m)))
 
 
-DCP_DIVERGENCES: dict[str, DCPDivergence] = {
-    d.name: d
-    for d in (
-        DCPDivergence("kl", lambda q, p: cp.sum(cp.rel_entr(p, q)), lambda r, p: -(p @ cp.log(r)),
-                      _kl_conj, 0.0, "KL(p ‖ q) = Σ rel_entr(p, q)"),
-        DCPDivergence("reverse_kl", lambda q, p: cp.sum(cp.rel_entr(q, p)), lambda r, p: -(p @ cp.entr(r)),
-                      _reverse_kl_conj, math.inf, "KL(q ‖ p) = Σ rel_entr(q, p)"),
-        DCPDivergence("tv", lambda q, p: 0.5 * cp.norm1(q - p), lambda r, p: 0.5 * (p @ cp.abs(r - 1)),
-                      _tv_conj, 0.5, "½ ‖q - p‖₁"),
-        DCPDivergence("chi2", lambda q, p: cp.sum_squares(cp.multiply(1 / np.sqrt(p), q - p)),
-                      lambda r, p: p @ cp.square(r - 1), _chi2_conj, math.inf, "Σ (q - p)²/p"),
-        DCPDivergence("neyman_chi2", lambda q, p: cp.sum(cp.multiply(p**2, cp.inv_pos(q))) - 1,
-                      lambda r, p: p @ cp.inv_pos(r) - 1, _neyman_conj, 1.0, "Σ p²/q - 1 (= Σ (q - p)²/q on the simplex)"),
-        DCPDivergence("hellinger", lambda q, p: 2 - 2 * (np.sqrt(p) @ cp.sqrt(q)),
-                      lambda r, p: 2 - 2 * (p @ cp.sqrt(r)), _hellinger_conj, 1.0,
-                      "2 - 2 Σ sqrt(p q) (= Σ (sqrt q - sqrt p)² on the simplex); i.e. sqrt(p) @ sqrt(q) >= 1 - delta/2"),
-        DCPDivergence("js", _js_prob, _js_ratio, _js_conj, 0.5 * math.log(2),
-                      "½ Σ rel_entr(p, m) + rel_entr(q, m), m = (p + q)/2"),
-    )
-}
+DCP_DIVERGENCES: Registry[DCPDivergence] = Registry(
+    "divergence", hint="the divergences certify can write in DCP form; add one with DCP_DIVERGENCES.register"
+)
+"""Divergence name (bandpo's) -> its DCP form and conjugate."""
+for _d in (
+    DCPDivergence("kl", lambda q, p: cp.sum(cp.rel_entr(p, q)), lambda r, p: -(p @ cp.log(r)),
+                  _kl_conj, 0.0, "KL(p ‖ q) = Σ rel_entr(p, q)"),
+    DCPDivergence("reverse_kl", lambda q, p: cp.sum(cp.rel_entr(q, p)), lambda r, p: -(p @ cp.entr(r)),
+                  _reverse_kl_conj, math.inf, "KL(q ‖ p) = Σ rel_entr(q, p)"),
+    DCPDivergence("tv", lambda q, p: 0.5 * cp.norm1(q - p), lambda r, p: 0.5 * (p @ cp.abs(r - 1)),
+                  _tv_conj, 0.5, "½ ‖q - p‖₁"),
+    DCPDivergence("chi2", lambda q, p: cp.sum_squares(cp.multiply(1 / np.sqrt(p), q - p)),
+                  lambda r, p: p @ cp.square(r - 1), _chi2_conj, math.inf, "Σ (q - p)²/p"),
+    DCPDivergence("neyman_chi2", lambda q, p: cp.sum(cp.multiply(p**2, cp.inv_pos(q))) - 1,
+                  lambda r, p: p @ cp.inv_pos(r) - 1, _neyman_conj, 1.0, "Σ p²/q - 1 (= Σ (q - p)²/q on the simplex)"),
+    DCPDivergence("hellinger", lambda q, p: 2 - 2 * (np.sqrt(p) @ cp.sqrt(q)),
+                  lambda r, p: 2 - 2 * (p @ cp.sqrt(r)), _hellinger_conj, 1.0,
+                  "2 - 2 Σ sqrt(p q) (= Σ (sqrt q - sqrt p)² on the simplex); i.e. sqrt(p) @ sqrt(q) >= 1 - delta/2"),
+    DCPDivergence("js", _js_prob, _js_ratio, _js_conj, 0.5 * math.log(2),
+                  "½ Σ rel_entr(p, m) + rel_entr(q, m), m = (p + q)/2"),
+):
+    DCP_DIVERGENCES.register(_d.name, _d)
+del _d
 
 
 def list_certifiable() -> list[str]:
-    """Divergences :func:`certify` can write in DCP form."""
-    return sorted(DCP_DIVERGENCES)
+    """Divergences :func:`certify` can write in DCP form, sorted."""
+    return DCP_DIVERGENCES.names()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,8 +208,7 @@ class Certificate:
 
 
 def _check_inputs(p, index: int, delta: float, divergence: str) -> np.ndarray:
-    if divergence not in DCP_DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r} for certify; known: {', '.join(list_certifiable())}")
+    DCP_DIVERGENCES.get(divergence)  # ValueError listing the certifiable divergences
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 1 or p.size < 2:
         raise ValueError(f"p must be a 1-D array of at least 2 probabilities, got shape {p.shape}")
@@ -283,7 +287,7 @@ def dual_bound(lam: float, p_i: float, delta: float, divergence: str, sense: int
     d(λ, ν) = λ delta + ν + λ (1 - p_i) f*(-ν/λ) + λ p_i f*((sense/p_i - ν)/λ). Valid for every λ >= 0 and ν;
     with λ = 0 it reduces to the trivial bounds (r_i <= 1/p_i, r_i >= 0).
     """
-    div = DCP_DIVERGENCES[divergence]
+    div = DCP_DIVERGENCES.get(divergence)
     trivial = 1 / p_i if sense > 0 else 0.0
     if not (lam > 0 and math.isfinite(lam)):
         return trivial
@@ -315,9 +319,64 @@ def dual_bound(lam: float, p_i: float, delta: float, divergence: str, sense: int
     return min(best, trivial)  # the trivial bounds (r_i <= 1/p_i; -r_i <= 0) are dual bounds too
 
 
-def build_problem(p: np.ndarray, index: int, delta: float, divergence: str, sense: str, variables: str = "ratio"):
-    """(problem, x, divergence constraint, simplex constraint) for max/min of q_i/p_i; DCP asserted."""
-    div = DCP_DIVERGENCES[divergence]
+class ConicProblem(NamedTuple):
+    """One side's cvxpy problem, as built by :func:`build_problem`."""
+
+    problem: cp.Problem
+    """max or min of q_i / p_i (DCP)."""
+    x: cp.Variable
+    """(V,) the variable: r = q / p (``variables="ratio"``) or q (``"probability"``)."""
+    constraint: cp.Constraint
+    """The divergence constraint D_f <= delta (its dual value is λ)."""
+    simplex: cp.Constraint
+    """p @ r == 1 or Σ q == 1."""
+
+
+class SolveResult(NamedTuple):
+    """What :func:`_solve` kept from the solver attempts."""
+
+    status: str
+    """cvxpy's status (``"optimal"``, ``"optimal_inaccurate"``, ...), or ``"solver_error"``."""
+    solver: str
+    """Label of the attempt in :data:`SOLVER_ATTEMPTS` that produced it (``"none"`` if none did)."""
+    x: Optional[np.ndarray]
+    """(V,) float64 value of the variable, or None without a solution."""
+    dual: float
+    """λ, the dual value of the divergence constraint (0 if cvxpy gives none, nan without a solution)."""
+
+
+@dataclass(frozen=True)
+class SideResult:
+    """The certified solution of one side (min or max of q_i / p_i)."""
+
+    value: float
+    """Solver's optimum of the ratio (nan without a solution)."""
+    interval: tuple
+    """(lower end, upper end) guaranteed to contain the true optimum: (dual, feasible) for the min, (feasible, dual)
+    for the max."""
+    status: str
+    """cvxpy's status of this side."""
+    solver: str
+    """Solver attempt that produced it."""
+    gap: float
+    """|dual bound - solver optimum|, in units of the ratio."""
+    gap_relative: float
+    """gap / max(1, |solver optimum|)."""
+    dual: float
+    """λ, the dual value of the divergence constraint."""
+
+
+def build_problem(
+    p: np.ndarray, index: int, delta: float, divergence: str, sense: str, variables: str = "ratio"
+) -> ConicProblem:
+    """The DCP problem max (``sense="max"``) or min of q_i/p_i subject to D_f <= delta on the simplex.
+
+    Args:
+        p: (V,) old distribution. index: the sampled token i. variables: ``"ratio"`` or ``"probability"``.
+    Returns:
+        A :class:`ConicProblem`; ``problem.is_dcp()`` is asserted.
+    """
+    div = DCP_DIVERGENCES.get(divergence)
     n = p.size
     if variables == "ratio":
         x = cp.Variable(n, nonneg=True, name="r")
@@ -334,14 +393,14 @@ def build_problem(p: np.ndarray, index: int, delta: float, divergence: str, sens
     constraint = expr <= delta
     problem = cp.Problem(cp.Maximize(objective) if sense == "max" else cp.Minimize(objective), [constraint, simplex])
     assert problem.is_dcp(), f"{divergence} ({variables}) is not DCP"
-    return problem, x, constraint, simplex
+    return ConicProblem(problem, x, constraint, simplex)
 
 
 _STATUS_RANK = {cp.OPTIMAL: 0, cp.OPTIMAL_INACCURATE: 1}
 
 
-def _solve(problem, x, constraint) -> "tuple[str, str, Optional[np.ndarray], float]":
-    """Run SOLVER_ATTEMPTS until one is optimal. Returns (status, attempt label, x value, λ)."""
+def _solve(problem: cp.Problem, x: cp.Variable, constraint: cp.Constraint) -> SolveResult:
+    """Run SOLVER_ATTEMPTS until one is optimal; otherwise keep the first inaccurate result."""
     kept = None
     for label, solver, opts in SOLVER_ATTEMPTS:
         try:
@@ -353,11 +412,31 @@ def _solve(problem, x, constraint) -> "tuple[str, str, Optional[np.ndarray], flo
         if x.value is None:
             continue
         lam = float(np.asarray(constraint.dual_value).reshape(-1)[0]) if constraint.dual_value is not None else 0.0
-        result = (problem.status, label, np.array(x.value, dtype=np.float64), lam)
+        result = SolveResult(problem.status, label, np.array(x.value, dtype=np.float64), lam)
         if problem.status == cp.OPTIMAL:
             return result
         kept = kept or result
-    return kept or ("solver_error", "none", None, math.nan)
+    return kept or SolveResult("solver_error", "none", None, math.nan)
+
+
+def _certify_side(p: np.ndarray, index: int, delta: float, divergence: str, sense: str, variables: str) -> SideResult:
+    """Solve one side (``sense`` "min" or "max") and enclose its optimum between a dual bound and a feasible value."""
+    sign = 1 if sense == "max" else -1
+    built = build_problem(p, index, delta, divergence, sense, variables)
+    sol = _solve(built.problem, built.x, built.constraint)
+    if sol.x is None:
+        return SideResult(math.nan, (math.nan, math.nan), sol.status, sol.solver, math.nan, math.nan, math.nan)
+    r_hat = sol.x / (p if variables == "probability" else 1.0)
+    value = float(r_hat[index])
+    feasible = _feasible_value(r_hat, p, index, delta, divergence)
+    bound = dual_bound(max(sol.dual, 0.0), float(p[index]), delta, divergence, sign)
+    if sign > 0:
+        interval, gap = (feasible, bound), abs(bound - value)
+    else:
+        dual_end = -bound if bound != 0 else 0.0
+        interval, gap = (dual_end, feasible), abs(value - dual_end)
+    return SideResult(value=value, interval=interval, status=sol.status, solver=sol.solver, gap=gap,
+                      gap_relative=gap / max(1.0, abs(value)), dual=sol.dual)
 
 
 def certify(p, index: int, delta: float, divergence: str, *, variables: str = "ratio") -> Certificate:
@@ -380,40 +459,28 @@ def certify(p, index: int, delta: float, divergence: str, *, variables: str = "r
     p = _check_inputs(p, index, delta, divergence)
     delta = float(delta)
     index = int(index)
-    out = {}
     t0 = time.perf_counter()
-    for sense, sign in (("min", -1), ("max", 1)):
-        problem, x, constraint, _ = build_problem(p, index, delta, divergence, sense, variables)
-        status, solver, x_value, lam = _solve(problem, x, constraint)
-        if x_value is None:
-            out[sense] = (math.nan, (math.nan, math.nan), status, solver, math.nan, math.nan, math.nan)
-            continue
-        r_hat = x_value / (p if variables == "probability" else 1.0)
-        value = float(r_hat[index])
-        feasible = _feasible_value(r_hat, p, index, delta, divergence)
-        bound = dual_bound(max(lam, 0.0), float(p[index]), delta, divergence, sign)
-        interval = (feasible, bound) if sign > 0 else (-bound if bound != 0 else 0.0, feasible)
-        gap = abs(bound - value) if sign > 0 else abs(value - interval[0])
-        out[sense] = (value, interval, status, solver, gap, lam, gap / max(1.0, abs(value)))
+    lo = _certify_side(p, index, delta, divergence, "min", variables)
+    up = _certify_side(p, index, delta, divergence, "max", variables)
     elapsed = time.perf_counter() - t0
-    statuses = (out["min"][2], out["max"][2])
+    statuses = (lo.status, up.status)
     worst = max(statuses, key=lambda s: _STATUS_RANK.get(s, 9))
-    solvers = ",".join(dict.fromkeys((out["min"][3], out["max"][3])))
+    solvers = ",".join(dict.fromkeys((lo.solver, up.solver)))
     return Certificate(
         divergence=divergence,
         index=index,
         p_index=float(p[index]),
         delta=delta,
-        lower=out["min"][0],
-        upper=out["max"][0],
-        lower_interval=out["min"][1],
-        upper_interval=out["max"][1],
+        lower=lo.value,
+        upper=up.value,
+        lower_interval=lo.interval,
+        upper_interval=up.interval,
         status=worst,
         statuses=statuses,
-        duality_gap=max(out["min"][4], out["max"][4]),
-        duality_gap_relative=max(out["min"][6], out["max"][6]),
-        dual_lower=out["min"][5],
-        dual_upper=out["max"][5],
+        duality_gap=max(lo.gap, up.gap),
+        duality_gap_relative=max(lo.gap_relative, up.gap_relative),
+        dual_lower=lo.dual,
+        dual_upper=up.dual,
         solve_time=elapsed,
         solver=solvers,
         variables=variables,
@@ -504,7 +571,8 @@ def compare_with_band(cert: Certificate, method: str = "auto") -> Comparison:
         inside &= (a - slack <= band_value <= b + slack)
         width = max(width, (b - a) / max(1.0, abs(band_value)))
     solved = all(math.isfinite(v) for v in (cert.lower, cert.upper))
-    return Comparison(rel, absq, solved, bool(inside and solved), width, cert)
+    return Comparison(rel_ratio=rel, abs_q=absq, solved=solved, inside=bool(inside and solved), width=width,
+                      certificate=cert)
 
 
 def run_trials(divergence: str, delta: float, vocab: int, trials: int, seed: int = 0, variables: str = "ratio"):

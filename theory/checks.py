@@ -111,7 +111,7 @@ def check_root_identity(divergence: str, side: str, methods=("symbolic", "parame
 
     Uses the *unrefined* generator (|u - 1| stays |u - 1|), so it also confirms that the root lies on the side
     it was derived for. Nested radicals (Hellinger: sqrt of the root) are handled by the divergence's rational
-    parametrisation of the unsaturated region (:mod:`theory.generators`): the residual is then a rational
+    parametrisation of the unsaturated region (:mod:`bandpo_theory.generators`): the residual is then a rational
     function of two positive symbols and simplifies to 0. The map's image is open and the residual is
     real-analytic on the connected unsaturated region (every radicand is positive there), so vanishing on the
     image means vanishing on the whole region. The map is also checked to land inside the region.
@@ -238,7 +238,7 @@ def check_limit_mirror(divergence: str) -> CheckResult:
 
 @lru_cache(maxsize=None)
 def check_closed_form_limits(divergence: str) -> CheckResult:
-    """For a closed form: the limits of its branches equal the limits derived from g_f (theory.asymptotics).
+    """For a closed form: the limits of its branches equal the limits derived from g_f (bandpo_theory.asymptotics).
 
     lim_{p->1} of the lower root, and lim_{p->0} of upper·p (with its sqrt(p) rate when that limit is 0:
     χ²'s upper·p ~ sqrt(delta·p)). Both taken while unsaturated (small delta).
@@ -260,7 +260,7 @@ def check_small_delta(divergence: str) -> CheckResult:
     """The unified expansion 1 ± sqrt(2 delta (1-p)/(f''(1) p)) + a2 delta holds for this smooth f.
 
     Two ways: (1) for every smooth generator: with sympy's own Taylor series of this f at 1 (to third order),
-    g_f(p, 1 + a1 ε + a2 ε²) - ε² = O(ε⁴) for the coefficients of :func:`theory.asymptotics.expansion_for`, both
+    g_f(p, 1 + a1 ε + a2 ε²) - ε² = O(ε⁴) for the coefficients of :func:`bandpo_theory.asymptotics.expansion_for`, both
     signs, so each bound (a root of g_f = ε²) agrees with the expansion to O(ε²) = O(delta); (2) for a closed
     form, its own series in ε = sqrt(delta) has exactly these first coefficients.
     """

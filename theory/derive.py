@@ -4,7 +4,7 @@ For a divergence with generator f, the Band of the sampled token with old probab
 
     [lower, upper] = {r ∈ [0, 1/p] : g_f(p, r) <= delta},   g_f(p, r) = p f(r) + (1-p) f((1 - p r)/(1 - p)).
 
-g_f(p, ·) is convex with g_f(p, 1) = 0 (checked in :mod:`theory.checks`), so it decreases on [0, 1] and
+g_f(p, ·) is convex with g_f(p, 1) = 0 (checked in :mod:`bandpo_theory.checks`), so it decreases on [0, 1] and
 increases on [1, 1/p]; each bound is the root of g_f(p, r) = delta on its side of 1, or the end of the simplex
 (0 or 1/p) when g_f stays below delta all the way there. :func:`derive_bounds` does exactly that, per side:
 

@@ -1,9 +1,10 @@
 """Symbolic generators: the sympy twin of :mod:`bandpo.operator.divergences`.
 
 Every registered bandpo divergence has a sympy generator f(u) here, built from its name through a small
-registry (no if/elif chains). The derivations in :mod:`theory.derive` and :mod:`theory.asymptotics` start
-from these expressions and nothing else; :func:`check_generator_matches_bandpo` (in :mod:`theory.checks`)
-evaluates each one against bandpo's float64 torch generator ``bandpo.get_divergence(name).f``.
+registry (a :class:`bandpo.registry.Registry`). The derivations in :mod:`bandpo_theory.derive` and
+:mod:`bandpo_theory.asymptotics` start from these expressions and nothing else;
+:func:`check_generator_matches_bandpo` (in :mod:`bandpo_theory.checks`) evaluates each one against bandpo's
+float64 torch generator ``bandpo.get_divergence(name).f``.
 
 Symbols (all positive, so that sympy simplifies sqrt(p**2) to p and so on):
 
@@ -26,13 +27,15 @@ from typing import Callable, Optional
 
 import sympy as sp
 
+from bandpo.registry import Registry
+
 p, delta = sp.symbols("p delta", positive=True)
 r, u = sp.symbols("r u", positive=True)
 # Auxiliary positive symbols used by the checks: p = 1/(1 + m) puts p in (0, 1) with 1 - p visibly positive.
 m, t, x, q, w, eps = sp.symbols("m t x q w varepsilon", positive=True)
 
 # A rational map from the positive quadrant (y, z) onto the unsaturated region of one side, used to prove
-# identities that involve nested square roots (see theory.checks.check_root_identity).
+# identities that involve nested square roots (see bandpo_theory.checks.check_root_identity).
 RegionMap = Callable[[sp.Symbol, sp.Symbol], "tuple[sp.Expr, sp.Expr]"]
 
 
@@ -52,7 +55,9 @@ class SymbolicGenerator:
     """One line for the report (direction, normalisation)."""
 
 
-_SYMBOLIC: dict[str, SymbolicGenerator] = {}
+_SYMBOLIC: Registry[SymbolicGenerator] = Registry(
+    "symbolic generator", hint="add one with bandpo_theory.generators.register_symbolic"
+)
 
 
 def register_symbolic(
@@ -61,44 +66,35 @@ def register_symbolic(
     """Add a sympy generator under ``name`` (the bandpo divergence it mirrors).
 
     Raises:
-        ValueError: duplicate name, or ``f`` is not an expression in ``u`` alone.
+        ValueError: duplicate name (and ``overwrite`` is False), or ``f`` is not an expression in ``u`` alone.
     """
-    if name in _SYMBOLIC and not overwrite:
-        raise ValueError(f"symbolic generator {name!r} is already registered (pass overwrite=True to replace it)")
     f = sp.sympify(f)
     if not f.free_symbols <= {u}:
         raise ValueError(f"generator of {name!r} must be an expression in u only, got symbols {f.free_symbols}")
-    gen = SymbolicGenerator(name=name, f=f, region_maps=region_maps, note=note)
-    _SYMBOLIC[name] = gen
-    return gen
+    return _SYMBOLIC.register(
+        name, SymbolicGenerator(name=name, f=f, region_maps=region_maps, note=note), overwrite=overwrite
+    )
 
 
 def unregister_symbolic(name: str) -> None:
-    """Remove a symbolic generator (for tests)."""
-    get_symbolic(name)
-    del _SYMBOLIC[name]
+    """Remove a symbolic generator (ValueError listing the known names if there is none)."""
+    _SYMBOLIC.unregister(name)
 
 
 def list_symbolic() -> list[str]:
     """Names with a sympy generator, sorted."""
-    return sorted(_SYMBOLIC)
+    return _SYMBOLIC.names()
 
 
-def get_symbolic(divergence: str) -> SymbolicGenerator:
-    """The sympy generator of a divergence name.
+def get_symbolic(divergence: "str | SymbolicGenerator") -> SymbolicGenerator:
+    """The sympy generator of a divergence name (a :class:`SymbolicGenerator` is returned as is).
 
     Raises:
         ValueError: the name has no symbolic generator; the message lists the known names.
     """
     if isinstance(divergence, SymbolicGenerator):
         return divergence
-    try:
-        return _SYMBOLIC[divergence]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"no symbolic generator for divergence {divergence!r}; known: {', '.join(list_symbolic())} "
-            "(add one with theory.generators.register_symbolic)"
-        ) from None
+    return _SYMBOLIC.get(divergence)
 
 
 def g_of(f: sp.Expr, p_: sp.Expr, r_: sp.Expr, f_complement: Optional[sp.Expr] = None) -> sp.Expr:

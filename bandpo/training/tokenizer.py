@@ -13,8 +13,8 @@ Design notes:
 * No BOS/EOS is added by ``__call__``: the trainer appends EOS to supervised targets itself and the sampler
   stops on EOS. Prompts are left-padded for generation (``padding_side="left"``).
 * Save with ``save_pretrained`` and load with :func:`load_char_tokenizer` (``PreTrainedTokenizerFast``). Do not
-  use ``AutoTokenizer`` on a folder that also holds a model config: it may pick another class and other ids
-  (see env-notes).
+  use ``AutoTokenizer`` on a folder that also holds a model config: it may pick another tokenizer class, with
+  other ids, from that config.
 
 ``transformers`` is imported inside the functions, so ``import bandpo`` stays light.
 """
