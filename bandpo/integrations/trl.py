@@ -1,0 +1,283 @@
+"""BandPO in TRL: ``BandPOConfig`` / ``BandPOTrainer``, subclasses of TRL's ``GRPOConfig`` / ``GRPOTrainer``.
+
+    from bandpo.integrations.trl import BandPOConfig, BandPOTrainer
+    args = BandPOConfig(output_dir="out", bandpo_method="band_kl", bandpo_delta=0.05, num_iterations=2, ...)
+    BandPOTrainer(model=..., reward_funcs=..., args=args, train_dataset=...).train()
+
+How it plugs in (written against TRL 1.16, docs/integrations.md). TRL's ``GRPOTrainer._compute_loss`` clips the
+token ratio r = π_θ/π_old to ``[1 - trainer.epsilon_low, 1 + trainer.epsilon_high]``, reading both attributes
+inside elementwise expressions only. For the duration of each ``_compute_loss`` call this trainer sets them to
+proxies whose ``1 - ·`` and ``1 + ·`` are the per-token tensors ``lower`` and ``upper`` of
+``bandpo.bounds(old_logp, method, ...)`` (cap ``max_ratio`` included), exactly, with no ``1 - (1 - lower)``
+rounding. The paper's dual clip (c = 10 for A < 0, arXiv 2603.04918) goes through TRL's own ``delta`` (an upper
+clamp of the unclipped ratio): with ``upper <= c`` that gives per token
+
+    ℓ = max(-A·r, -A·clip(r, lower, upper)),  and ℓ = min(ℓ, -A·c) where A < 0,
+
+which is ``bandpo.policy_loss(..., dual_clip=c)``. TRL then applies its own masks, importance correction, KL term
+and aggregation (``loss_type``: ``grpo`` = seq-mean-token-mean as in the paper, ``bnpo`` = token-mean, ...).
+The rest of TRL's code runs unchanged, so the plug-in follows TRL releases that keep these two attribute names.
+
+Old log-probs: with ``num_iterations == 1`` and ``steps_per_generation <= gradient_accumulation_steps`` TRL does
+not keep π_old (the ratio is exactly 1 and no bound can bite); the bounds are then computed from the current
+log-probs (detached), which is what π_old is there, so the metrics stay meaningful.
+
+Metrics: TRL's own ``clip_ratio/*`` now count tokens outside BandPO's interval; bandpo's diagnostics
+(``bandpo.losses.METRIC_KEYS``, docs/metrics.md: band width, per-probability-bucket clip fractions, dual-clip
+fraction, ...) are logged beside them under ``bandpo/<key>``; across processes counts are summed, means weighted
+by token counts, min/max reduced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+try:
+    from trl import GRPOConfig, GRPOTrainer
+except ImportError as exc:  # pragma: no cover - exercised only without TRL
+    raise ImportError("bandpo.integrations.trl needs TRL: pip install 'bandpo[trl]'") from exc
+
+from . import _common
+
+__all__ = ["BandPOConfig", "BandPOTrainer", "SUPPORTED_LOSS_TYPES"]
+
+SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+"""TRL loss types whose surrogate clips the ratio to [1 - epsilon_low, 1 + epsilon_high] (the ones BandPO can drive)."""
+
+
+@dataclass
+class BandPOConfig(GRPOConfig):
+    """TRL's ``GRPOConfig`` plus BandPO's bounds (every ``GRPOConfig`` option keeps its meaning).
+
+    Defaults follow the paper's BandPO-KL run (arXiv 2603.04918, docs/paper-notes.md "Training recipe"): band of
+    the KL divergence, δ = 0.05, upper bound capped at 10, dual clip 10, ``loss_type="grpo"``
+    (seq-mean-token-mean). TRL's ``epsilon``, ``epsilon_high`` and ``delta`` are replaced by the ``bandpo_*``
+    fields and must stay at their defaults; options BandPO cannot honour are refused on construction.
+    """
+
+    bandpo_method: str = field(
+        default="band_kl",
+        metadata={"help": "BandPO bounds method id (bandpo.list_methods()): clip, clip_higher, dcpo, band_kl, band_tv, ..."},
+    )
+    """Bounds method id (``bandpo.list_methods()``): ``clip``, ``clip_higher``, ``dcpo``, ``band_kl``, ``band_tv``, ..."""
+    bandpo_divergence: Optional[str] = field(
+        default=None,
+        metadata={"help": "f-divergence of a band method; None: the one its id names (band_kl -> kl)."},
+    )
+    """f-divergence of a band method; ``None`` takes the one its id names (``band_kl`` -> ``kl``)."""
+    bandpo_delta: Optional[float] = field(
+        default=None,
+        metadata={"help": "BandPO's trust-region radius delta > 0 (band methods; None: bandpo's default 0.05). "
+                  "Not TRL's `delta`, which is an upper clamp of the ratio."},
+    )
+    """Band radius δ > 0 (band methods; ``None``: bandpo's default, 0.05). Not TRL's ``delta`` (a ratio clamp)."""
+    bandpo_eps_low: Optional[float] = field(
+        default=None, metadata={"help": "eps_low of clip/clip_higher/dcpo (None: the method's default)."}
+    )
+    """ε_low of ``clip``/``clip_higher``/``dcpo``; ``None`` takes the method's default."""
+    bandpo_eps_high: Optional[float] = field(
+        default=None, metadata={"help": "eps_high of clip/clip_higher/dcpo (None: the method's default)."}
+    )
+    """ε_high of ``clip``/``clip_higher``/``dcpo``; ``None`` takes the method's default."""
+    bandpo_r_max: Optional[float] = field(
+        default=None, metadata={"help": "DCPO's own cap on its upper bound (dcpo only; None: 10)."}
+    )
+    """DCPO's own cap on its upper bound (``dcpo`` only; ``None``: 10)."""
+    bandpo_max_ratio: Optional[float] = field(
+        default=10.0, metadata={"help": "Cap >= 1 on every method's upper bound (the paper: 10); None: no cap."}
+    )
+    """Cap >= 1 on the upper bound of every method (the paper: 10); ``None``: no cap."""
+    bandpo_dual_clip: Optional[float] = field(
+        default=10.0,
+        metadata={"help": "Dual-clip constant c > 1 for A < 0 (the paper: 10); None: off. Needs "
+                  "bandpo_max_ratio <= bandpo_dual_clip."},
+    )
+    """Dual-clip constant c > 1 for tokens with A < 0 (the paper: 10); ``None`` turns it off. Applied through TRL's
+    ratio clamp, which acts on every token, hence the requirement ``bandpo_max_ratio <= bandpo_dual_clip``."""
+    bandpo_log_metrics: bool = field(
+        default=True, metadata={"help": "Log bandpo's band and per-bucket metrics as bandpo/<key>."}
+    )
+    """Log bandpo's diagnostics (``bandpo/<key>``, keys ``bandpo.losses.METRIC_KEYS``) beside TRL's."""
+    loss_type: str = field(
+        default="grpo",
+        metadata={"help": "TRL loss type; BandPO supports grpo (seq-mean-token-mean, the paper's), bnpo, dr_grpo, "
+                  "dapo, luspo."},
+    )
+    """TRL's aggregation (``grpo`` = seq-mean-token-mean, the paper's; also ``bnpo``, ``dr_grpo``, ``dapo``,
+    ``luspo``). Here it defaults to ``grpo``, not TRL's ``dapo``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.bandpo_validate()
+
+    def bandpo_settings(self) -> dict[str, Any]:
+        """The method's settings as ``bandpo.bounds`` takes them (``None`` fields left out)."""
+        return _common.method_settings(
+            self.bandpo_method,
+            divergence=self.bandpo_divergence,
+            delta=self.bandpo_delta,
+            eps_low=self.bandpo_eps_low,
+            eps_high=self.bandpo_eps_high,
+            r_max=self.bandpo_r_max,
+            max_ratio=self.bandpo_max_ratio,
+        )
+
+    def bandpo_validate(self) -> None:
+        """One-line ValueErrors for BandPO settings out of range and TRL options BandPO cannot honour."""
+        if self.loss_type not in SUPPORTED_LOSS_TYPES:
+            raise ValueError(
+                f"BandPO cannot drive loss_type={self.loss_type!r} (its surrogate has no ratio clip); "
+                f"use one of {', '.join(SUPPORTED_LOSS_TYPES)}"
+            )
+        if self.importance_sampling_level != "token":
+            raise ValueError(
+                f"BandPO bounds are per token: importance_sampling_level={self.importance_sampling_level!r} is not "
+                "supported; use 'token'"
+            )
+        if self.delta is not None:
+            raise ValueError(
+                f"TRL's delta (={self.delta!r}, an upper clamp of the ratio) is set by BandPO from bandpo_dual_clip; "
+                "leave delta=None and set bandpo_dual_clip (BandPO's own radius is bandpo_delta)"
+            )
+        if self.epsilon != 0.2 or self.epsilon_high is not None:
+            raise ValueError(
+                f"epsilon={self.epsilon!r}/epsilon_high={self.epsilon_high!r} would be ignored: BandPO's bounds "
+                "replace them; set bandpo_method='clip' with bandpo_eps_low/bandpo_eps_high instead"
+            )
+        _common.check_cap_and_dual_clip(self.bandpo_max_ratio, self.bandpo_dual_clip, prefix="bandpo_")
+        if self.bandpo_dual_clip is not None and (
+            self.bandpo_max_ratio is None or self.bandpo_max_ratio > self.bandpo_dual_clip
+        ):
+            raise ValueError(
+                f"bandpo_dual_clip={self.bandpo_dual_clip} needs bandpo_max_ratio <= bandpo_dual_clip (got "
+                f"{self.bandpo_max_ratio}): TRL's ratio clamp acts on every token, so the cap must keep upper <= c"
+            )
+        if not isinstance(self.bandpo_log_metrics, bool):
+            raise ValueError(f"bandpo_log_metrics must be True or False, got {self.bandpo_log_metrics!r}")
+        # Range checks of delta / eps / r_max happen in bandpo itself: run the bounds once on a dummy token.
+        _common.bounds(torch.full((1,), math.log(0.5)), self.bandpo_method, **self.bandpo_settings())
+
+
+class _OneMinus:
+    """Stands for ε_low inside TRL's loss: ``1 - self`` is the per-token ``lower`` tensor, exactly."""
+
+    def __init__(self, get_bounds) -> None:
+        self._get = get_bounds
+
+    def __rsub__(self, other: Any) -> Tensor:
+        if other != 1:
+            raise TypeError(f"BandPO's epsilon_low proxy only supports `1 - epsilon_low`, got `{other!r} - ...`")
+        return self._get()[0]
+
+
+class _OnePlus:
+    """Stands for ε_high inside TRL's loss: ``1 + self`` is the per-token ``upper`` tensor, exactly."""
+
+    def __init__(self, get_bounds) -> None:
+        self._get = get_bounds
+
+    def __radd__(self, other: Any) -> Tensor:
+        if other != 1:
+            raise TypeError(f"BandPO's epsilon_high proxy only supports `1 + epsilon_high`, got `{other!r} + ...`")
+        return self._get()[1]
+
+
+class BandPOTrainer(GRPOTrainer):
+    """TRL's ``GRPOTrainer`` clipping with BandPO's per-token bounds (see the module docstring for how).
+
+    Takes a :class:`BandPOConfig` as ``args`` (a plain ``GRPOConfig`` is refused: its epsilon would silently win).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if not isinstance(cfg, BandPOConfig):
+            raise ValueError(f"BandPOTrainer needs args=BandPOConfig(...), got {type(cfg).__name__}")
+        super().__init__(*args, **kwargs)
+        self._bandpo_settings = cfg.bandpo_settings()
+
+    def _compute_loss(self, model, inputs):
+        cfg: BandPOConfig = self.args
+        settings = self._bandpo_settings
+        step = int(self.state.global_step)
+        captured: dict[str, Tensor] = {}
+        forward = self._get_per_token_logps_and_entropies  # may be an instance attribute (tests, other plug-ins)
+
+        def capture(*a, **kw):
+            out = forward(*a, **kw)
+            captured.setdefault("logps", out[0])
+            return out
+
+        cache: list[tuple[Tensor, Tensor]] = []
+
+        def old_logps() -> Tensor:
+            old = inputs.get("old_per_token_logps")
+            return captured["logps"].detach() if old is None else old
+
+        def get_bounds() -> tuple[Tensor, Tensor]:
+            if not cache:
+                old = old_logps()
+                lower, upper = _common.bounds(old, cfg.bandpo_method, step=step, **settings)
+                cache.append((lower.to(old.dtype), upper.to(old.dtype)))
+            return cache[0]
+
+        saved = (self.epsilon_low, self.epsilon_high, cfg.delta)
+        had_instance_forward = "_get_per_token_logps_and_entropies" in self.__dict__
+        self._get_per_token_logps_and_entropies = capture
+        self.epsilon_low, self.epsilon_high = _OneMinus(get_bounds), _OnePlus(get_bounds)
+        cfg.delta = cfg.bandpo_dual_clip
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self.epsilon_low, self.epsilon_high, cfg.delta = saved
+            if had_instance_forward:
+                self._get_per_token_logps_and_entropies = forward
+            else:
+                del self._get_per_token_logps_and_entropies
+
+        if cfg.bandpo_log_metrics and "logps" in captured:
+            self._bandpo_log(inputs, captured["logps"], old_logps(), step)
+        return loss
+
+    def _bandpo_log(self, inputs: dict, logps: Tensor, old: Tensor, step: int) -> None:
+        cfg: BandPOConfig = self.args
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        adv = inputs["advantages"]
+        adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
+        adv = adv.expand_as(logps)
+        metrics = _common.band_metrics(
+            logps, old, adv, mask, method=cfg.bandpo_method, dual_clip=cfg.bandpo_dual_clip, step=step,
+            **self._bandpo_settings,
+        )
+        keys = list(metrics)
+        local = torch.stack([metrics[k].to(torch.float64) for k in keys])
+        rows = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(keys))  # (processes, keys)
+        reduced = _reduce_across_processes(keys, rows)
+        mode = "train" if self.model.training else "eval"
+        for k, v in reduced.items():
+            self._metrics[mode][f"bandpo/{k}"].append(v)
+
+
+def _reduce_across_processes(keys: list[str], rows: Tensor) -> dict[str, float]:
+    """Counts summed, ``ratio/min``/``ratio/max`` reduced, other means weighted by their token counts."""
+    col = {k: rows[:, i] for i, k in enumerate(keys)}
+    out: dict[str, float] = {}
+    for k in keys:
+        x = col[k]
+        if k == "num_tokens" or k.endswith("/tokens"):
+            out[k] = float(x.sum())
+        elif k == "ratio/min":
+            out[k] = float(x.min())
+        elif k == "ratio/max":
+            out[k] = float(x.max())
+        else:
+            weight_key = k.rsplit("/", 1)[0] + "/tokens" if k.startswith("bucket/") else "num_tokens"
+            w = col.get(weight_key, torch.ones_like(x))
+            out[k] = float((x * w).sum() / w.sum()) if float(w.sum()) > 0 else 0.0
+    return out

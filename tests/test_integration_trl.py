@@ -1,0 +1,208 @@
+"""BandPO inside TRL's GRPOTrainer: a real CPU training run, loss/gradient/metric parity through TRL's own loss code,
+and the refusals (docs/integrations.md). Skipped when TRL is not installed (`make test` installs it)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytest.importorskip("datasets")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from datasets import Dataset  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from bandpo.integrations import _common  # noqa: E402
+from bandpo.integrations.trl import BandPOConfig, BandPOTrainer  # noqa: E402
+from bandpo.training.tokenizer import build_char_tokenizer  # noqa: E402
+
+
+def _tiny_model(tok):
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model
+
+
+def _reward_digits(prompts, completions, **kwargs):
+    return [float(sum(ch.isdigit() for ch in c)) for c in completions]
+
+
+def _config(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+        max_steps=3, num_iterations=2, learning_rate=5e-3, use_vllm=False, report_to="none", use_cpu=True,
+        save_strategy="no", logging_steps=1, seed=0, bf16=False,
+    )
+    base.update(kw)
+    return BandPOConfig(**base)
+
+
+def _trainer(tmp_path, **kw):
+    tok = build_char_tokenizer()
+    ds = Dataset.from_list([{"prompt": p} for p in ("1+2=", "3+4=", "5+6=", "7+8=")])
+    return BandPOTrainer(
+        model=_tiny_model(tok), reward_funcs=_reward_digits, args=_config(tmp_path, **kw), train_dataset=ds,
+        processing_class=tok,
+    )
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    tr = _trainer(tmp_path_factory.mktemp("trl"))
+    tr.current_gradient_accumulation_steps = 1  # set by Trainer.train(); the parity tests call _compute_loss directly
+    return tr
+
+
+def test_grpo_trainer_trains_with_band_kl_and_logs_band_metrics(tmp_path):
+    tr = _trainer(tmp_path, bandpo_method="band_kl", bandpo_delta=0.05)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    out = tr.train()
+    assert out.global_step == 3 and math.isfinite(out.training_loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    logged = [h for h in tr.state.log_history if "bandpo/band_width/mean" in h]
+    assert len(logged) == 3
+    for h in logged:
+        # TRL's own clip metrics and ours, side by side; TRL's now counts tokens outside BandPO's band.
+        assert "clip_ratio/region_mean" in h and "bandpo/clip_ratio/region_mean" in h
+        assert h["bandpo/num_tokens"] > 0
+        assert 0 <= h["bandpo/bounds/lower_mean"] <= 1 <= h["bandpo/bounds/upper_mean"] <= 10.0
+        assert sum(h[f"bandpo/bucket/{b}/tokens"] for b in ("p0-0.01", "p0.01-0.1", "p0.1-0.5", "p0.5-1")) == pytest.approx(
+            h["bandpo/num_tokens"]
+        )
+    # Outside each call the trainer's own attributes are plain again.
+    assert tr.epsilon_low == 0.2 and tr.epsilon_high == 0.2 and tr.args.delta is None
+
+
+def _fixed_inputs(trainer, B=4, T=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    old = torch.log(torch.rand(B, T, generator=g, dtype=torch.float32) * 0.98 + 0.01)
+    # ratios spread over [e^-1.5, e^2.5]: many tokens outside every band, some beyond the cap / dual clip
+    logp_now = (old + torch.empty(B, T).uniform_(-1.5, 2.5, generator=g)).clamp(max=0.0)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[2, 1:] = 0
+    adv = torch.randn(B, generator=g)
+    inputs = {
+        "prompt_ids": torch.ones(B, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(B, 2, dtype=torch.long),
+        "completion_ids": torch.ones(B, T, dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": adv,
+        "old_per_token_logps": old,
+        "num_items_in_batch": mask.sum().float(),
+    }
+    return inputs, logp_now
+
+
+@pytest.mark.parametrize(
+    "method,settings,loss_type,agg",
+    [
+        ("band_kl", {"delta": 0.05}, "grpo", "seq-mean-token-mean"),
+        ("band_tv", {"delta": 0.1}, "bnpo", "token-mean"),
+        ("clip_higher", {}, "grpo", "seq-mean-token-mean"),
+        ("dcpo", {}, "bnpo", "token-mean"),
+        ("band_chi2", {"delta": 0.2}, "dapo", "token-mean"),
+    ],
+)
+def test_loss_gradient_and_clip_metrics_match_bandpo_policy_loss(trainer, monkeypatch, method, settings, loss_type, agg):
+    inputs, logp_now = _fixed_inputs(trainer)
+    leaf = logp_now.clone().requires_grad_(True)
+    entropies = torch.zeros_like(leaf)
+
+    def fake_forward(*args, **kwargs):
+        return leaf, entropies, None
+
+    args = trainer.args
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", fake_forward)
+    monkeypatch.setattr(args, "bandpo_method", method)
+    monkeypatch.setattr(args, "loss_type", loss_type)
+    monkeypatch.setattr(trainer, "loss_type", loss_type)
+    for key in ("delta", "eps_low", "eps_high"):
+        monkeypatch.setattr(args, f"bandpo_{key}", settings.get(key))
+    monkeypatch.setattr(trainer, "_bandpo_settings", args.bandpo_settings())
+    trainer._metrics["train"].clear()
+    trainer.model.train()
+
+    loss = trainer._compute_loss(trainer.model, inputs)
+    (g_trl,) = torch.autograd.grad(loss, leaf)
+
+    ref_leaf = logp_now.clone().requires_grad_(True)
+    adv = inputs["advantages"].unsqueeze(1).expand_as(ref_leaf)
+    ref, metrics = _common.policy_loss(
+        ref_leaf, inputs["old_per_token_logps"], adv, inputs["completion_mask"], method=method, dual_clip=10.0,
+        agg=agg, max_ratio=10.0, **settings,
+    )
+    (g_ref,) = torch.autograd.grad(ref, ref_leaf)
+    # dapo divides by num_items_in_batch (all valid tokens here): token-mean.
+    torch.testing.assert_close(loss, ref.to(loss.dtype), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_trl, g_ref.to(g_trl.dtype), rtol=1e-6, atol=1e-8)
+    assert float(metrics["clip_ratio/region_mean"]) > 0  # the bounds did bite on these tensors
+    logged = trainer._metrics["train"]
+    for key in ("low_mean", "high_mean", "region_mean"):
+        assert logged[f"clip_ratio/{key}"][-1] == pytest.approx(float(metrics[f"clip_ratio/{key}"]), abs=1e-7)
+        assert logged[f"bandpo/clip_ratio/{key}"][-1] == pytest.approx(float(metrics[f"clip_ratio/{key}"]), abs=1e-7)
+    assert logged["bandpo/dual_clip_fraction"][-1] == pytest.approx(float(metrics["dual_clip_fraction"]), abs=1e-7)
+
+
+def test_bounds_reach_trl_exactly(trainer, monkeypatch):
+    """TRL's clamp sees BandPO's lower/upper tensors themselves (no 1 - (1 - lower) rounding)."""
+    inputs, logp_now = _fixed_inputs(trainer, seed=3)
+    seen = {}
+    real_clamp = torch.clamp
+
+    def spy_clamp(x, *a, **kw):
+        if len(a) == 2 and isinstance(a[0], torch.Tensor):
+            seen["lower"], seen["upper"] = a
+        return real_clamp(x, *a, **kw)
+
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
+    monkeypatch.setattr(torch, "clamp", spy_clamp)
+    trainer._compute_loss(trainer.model, inputs)
+    monkeypatch.setattr(torch, "clamp", real_clamp)
+    lower, upper = _common.bounds(inputs["old_per_token_logps"], trainer.args.bandpo_method, **trainer._bandpo_settings)
+    valid = inputs["completion_mask"].bool()  # masked tokens hold garbage; only valid ones matter
+    assert torch.equal(seen["lower"][valid], lower[valid]) and torch.equal(seen["upper"][valid], upper[valid])
+    assert (lower[valid] < 1).all() and (upper[valid] > 1).all()
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"loss_type": "cispo"}, "no ratio clip"),
+        ({"loss_type": "sapo"}, "no ratio clip"),
+        ({"loss_type": "vespo"}, "no ratio clip"),
+        ({"importance_sampling_level": "sequence"}, "per token"),
+        ({"delta": 3.0}, "bandpo_dual_clip"),
+        ({"epsilon": 0.3}, "would be ignored"),
+        ({"epsilon_high": 0.28}, "would be ignored"),
+        ({"bandpo_max_ratio": 20.0}, "bandpo_max_ratio <= bandpo_dual_clip"),
+        ({"bandpo_max_ratio": None}, "bandpo_max_ratio <= bandpo_dual_clip"),
+        ({"bandpo_method": "band"}, "known methods"),
+        ({"bandpo_method": "band_kl", "bandpo_eps_low": 0.1}, "does not use eps_low"),
+        ({"bandpo_method": "clip", "bandpo_delta": 0.1}, "does not use delta"),
+        ({"bandpo_delta": -1.0}, "delta"),
+        ({"bandpo_dual_clip": 1.0}, "dual_clip"),
+    ],
+)
+def test_refuses_what_it_cannot_honour(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match) as info:
+        _config(tmp_path, **kw)
+    assert "\n" not in str(info.value)
+
+
+def test_plain_grpo_config_is_refused(tmp_path):
+    from trl import GRPOConfig
+
+    with pytest.raises(ValueError, match="BandPOConfig"):
+        BandPOTrainer(model=None, reward_funcs=_reward_digits, args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
