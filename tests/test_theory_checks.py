@@ -18,7 +18,7 @@ import torch
 import bandpo
 from bandpo_theory import asymptotics as A
 from bandpo_theory import checks as C
-from bandpo_theory.generators import delta, list_symbolic, p, q, r, register_symbolic, u, unregister_symbolic
+from bandpo_theory.generators import delta, list_symbolic, p, r, register_symbolic, u, unregister_symbolic
 
 ALL = tuple(list_symbolic())
 CLOSED = ("chi2", "hellinger", "neyman_chi2", "tv")

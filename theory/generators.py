@@ -47,7 +47,7 @@ class SymbolicGenerator:
     """Registry key; the same name as in :func:`bandpo.list_divergences`."""
     f: sp.Expr
     """f(u), convex on (0, ∞) with f(1) = 0."""
-    region_maps: Optional[dict] = None
+    region_maps: Optional["dict[str, RegionMap]"] = None
     """Optional {"lower"/"upper": map} of rational parametrisations (y, z > 0) -> (p, delta) onto the region where
     that bound is not saturated. Only needed where the closed form has nested radicals (Hellinger); a change of
     variables used by a proof, not a result."""
@@ -61,7 +61,12 @@ _SYMBOLIC: Registry[SymbolicGenerator] = Registry(
 
 
 def register_symbolic(
-    name: str, f: sp.Expr, *, region_maps: Optional[dict] = None, note: str = "", overwrite: bool = False
+    name: str,
+    f: sp.Expr,
+    *,
+    region_maps: Optional["dict[str, RegionMap]"] = None,
+    note: str = "",
+    overwrite: bool = False,
 ) -> SymbolicGenerator:
     """Add a sympy generator under ``name`` (the bandpo divergence it mirrors).
 

@@ -18,7 +18,7 @@ import sympy as sp
 from . import asymptotics as A
 from . import checks as C
 from .derive import derive_bounds, f_at_zero
-from .generators import delta, get_symbolic, list_symbolic, p, q, r, u
+from .generators import delta, get_symbolic, list_symbolic, p
 
 REPORT_PATH = Path(__file__).with_name("REPORT.md")
 DELTA_SHOWN = sp.Rational(1, 20)
