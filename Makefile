@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # torch is pinned: 2.13.0 is a CPU wheel that installs in seconds; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= theory,train,figures,notebooks,dev
+EXTRAS ?= theory,train,figures,notebooks,dev,trl,verl
+# verl's own metadata pulls ray[default], wandb, tensorboard and more: install it alone, its import-time needs come
+# with the verl extra above (bandpo/integrations, docs/integrations.md).
+VERL   ?= verl==0.9.1
 
 .PHONY: venv test test-slow bench clean reproduce
 
@@ -12,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps "$(VERL)"
 	touch $@
 
 venv: $(VENV)/.installed

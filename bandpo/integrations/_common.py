@@ -59,16 +59,18 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
     """The settings that apply to ``method``, ``None`` values dropped (the method's defaults then apply).
 
     ``divergence`` and ``delta`` belong to the band methods (a ``band_<f>`` id names its default divergence);
-    ``eps_low``/``eps_high`` to clip, clip_higher and dcpo; ``r_max`` to dcpo;
-    ``max_ratio`` to every method. A setting given to a method that does not use it is refused, so a typo or a
-    mismatched recipe fails loudly.
+    ``eps_low``/``eps_high`` to clip, clip_higher and dcpo; ``r_max`` to dcpo; ``max_ratio`` to every method
+    (``bandpo.losses.method_settings`` lists them where it exists). A setting given to a method that does not use
+    it is refused, so a typo or a mismatched recipe fails loudly.
     """
     check_method(method)
     unknown = set(settings) - set(_SETTING_NAMES)
     if unknown:
         raise ValueError(f"unknown BandPO setting(s) {sorted(unknown)}; allowed: {', '.join(_SETTING_NAMES)}")
     given = {k: v for k, v in settings.items() if v is not None}
-    if method.startswith("band_"):
+    if _new_api():
+        allowed = set(_losses.method_settings(method))
+    elif method.startswith("band_"):
         allowed = {"divergence", "delta", "max_ratio"}
     elif method == "dcpo":
         allowed = {"eps_low", "eps_high", "r_max", "max_ratio"}
@@ -167,3 +169,18 @@ def band_metrics(
             agg="token-mean", validate=False, step=step, **settings,
         )
     return metrics
+
+
+def surrogate(ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, dual_clip: Optional[float] = None) -> Tensor:
+    """Per-token clipped surrogate, (B, T): ``max(-A·r, -A·clip(r, lower, upper))``, then ``min(·, -A·c)`` where A < 0.
+
+    ``bandpo.losses.surrogate`` where the installed bandpo has it; otherwise the same formula (that of
+    ``bandpo.losses.policy_loss`` before aggregation, arXiv 2603.04918) in torch operations here.
+    """
+    impl = getattr(_losses, "surrogate", None)
+    if impl is not None:
+        return impl(ratio, adv, lower, upper, dual_clip=dual_clip)
+    per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, lower, upper))
+    if dual_clip is not None:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * dual_clip), per_token)
+    return per_token
