@@ -8,6 +8,9 @@ EXTRAS ?= theory,train,figures,notebooks,dev,trl,verl
 # verl's own metadata pulls ray[default], wandb, tensorboard and more: install it alone, its import-time needs come
 # with the verl extra above (bandpo/integrations, docs/integrations.md).
 VERL   ?= verl==0.9.1
+# OpenRLHF's own dependencies (flash-attn, a CUDA build; another transformers pin) cannot share this venv: the
+# package alone lets tests/test_integration_openrlhf.py run its loss code (the test skips if this line failed).
+OPENRLHF ?= openrlhf==0.11.2
 
 .PHONY: venv test test-slow bench clean reproduce
 
@@ -16,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --quiet --no-deps "$(VERL)"
+	-$(PY) -m pip install --quiet --no-deps "$(OPENRLHF)"
 	touch $@
 
 venv: $(VENV)/.installed

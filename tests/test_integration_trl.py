@@ -93,6 +93,9 @@ def _fixed_inputs(trainer, B=4, T=6, seed=1):
     mask[0, 4:] = 0
     mask[2, 1:] = 0
     adv = torch.randn(B, generator=g)
+    # one token far beyond the cap and the dual clip (r = 30) in a sequence with A < 0
+    adv[1] = -adv[1].abs() - 0.5
+    old[1, 0], logp_now[1, 0] = torch.log(torch.tensor(0.02)), torch.log(torch.tensor(0.6))
     inputs = {
         "prompt_ids": torch.ones(B, 2, dtype=torch.long),
         "prompt_mask": torch.ones(B, 2, dtype=torch.long),
@@ -147,7 +150,8 @@ def test_loss_gradient_and_clip_metrics_match_bandpo_policy_loss(trainer, monkey
     # dapo divides by num_items_in_batch (all valid tokens here): token-mean.
     torch.testing.assert_close(loss, ref.to(loss.dtype), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(g_trl, g_ref.to(g_trl.dtype), rtol=1e-6, atol=1e-8)
-    assert float(metrics["clip_ratio/region_mean"]) > 0  # the bounds did bite on these tensors
+    # the bounds and the dual clip did bite on these tensors
+    assert float(metrics["clip_ratio/region_mean"]) > 0 and float(metrics["dual_clip_fraction"]) > 0
     logged = trainer._metrics["train"]
     for key in ("low_mean", "high_mean", "region_mean"):
         assert logged[f"clip_ratio/{key}"][-1] == pytest.approx(float(metrics[f"clip_ratio/{key}"]), abs=1e-7)

@@ -49,7 +49,11 @@ def _tensors(B=5, T=7, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     old = torch.log(torch.rand(B, T, generator=g, dtype=torch.float64) * 0.98 + 0.01).to(dtype)
     logp = (old + torch.empty(B, T, dtype=dtype).uniform_(-1.5, 2.5, generator=g)).clamp(max=0.0)
-    adv = torch.randn(B, 1, generator=g, dtype=dtype).expand(B, T).contiguous()
+    adv = torch.randn(B, 1, generator=g, dtype=dtype)
+    # one token far beyond the cap and the dual clip (r = 30) in a sequence with A < 0
+    adv[1] = -adv[1].abs() - 0.5
+    old[1, 0], logp[1, 0] = torch.log(torch.tensor(0.02, dtype=dtype)), torch.log(torch.tensor(0.6, dtype=dtype))
+    adv = adv.expand(B, T).contiguous()
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[0, T - 2:] = False
     mask[B - 2, 2:] = False
@@ -100,7 +104,8 @@ def test_loss_gradient_and_metrics_match_bandpo_policy_loss(mode, overrides, met
     (g_ref,) = torch.autograd.grad(ref, ref_leaf)
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-8)
-    assert float(ref_metrics["clip_ratio/region_mean"]) > 0  # the bounds bite on these tensors
+    # the bounds and the dual clip bite on these tensors
+    assert float(ref_metrics["clip_ratio/region_mean"]) > 0 and float(ref_metrics["dual_clip_fraction"]) > 0
     assert metrics["actor/pg_clipfrac"] == pytest.approx(float(ref_metrics["clip_ratio/region_mean"]))
     assert metrics["actor/ppo_kl"] == pytest.approx(float(ref_metrics["ppo_kl"]))
     assert metrics["actor/pg_clipfrac_lower"] == pytest.approx(float(ref_metrics["dual_clip_fraction"]))

@@ -184,3 +184,30 @@ def surrogate(ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, dual_cli
     if dual_clip is not None:
         per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * dual_clip), per_token)
     return per_token
+
+
+class OneMinus:
+    """Stands for ε_low inside a framework's loss: ``1 - self`` is the per-token ``lower`` tensor, exactly.
+
+    ``get_bounds()`` returns ``(lower, upper)``; it is called when the framework evaluates ``1 - eps_low``.
+    """
+
+    def __init__(self, get_bounds) -> None:
+        self._get = get_bounds
+
+    def __rsub__(self, other: Any) -> Tensor:
+        if other != 1:
+            raise TypeError(f"BandPO's eps_low proxy only supports `1 - eps_low`, got `{other!r} - ...`")
+        return self._get()[0]
+
+
+class OnePlus:
+    """Stands for ε_high inside a framework's loss: ``1 + self`` is the per-token ``upper`` tensor, exactly."""
+
+    def __init__(self, get_bounds) -> None:
+        self._get = get_bounds
+
+    def __radd__(self, other: Any) -> Tensor:
+        if other != 1:
+            raise TypeError(f"BandPO's eps_high proxy only supports `1 + eps_high`, got `{other!r} + ...`")
+        return self._get()[1]

@@ -163,30 +163,6 @@ class BandPOConfig(GRPOConfig):
         _common.bounds(torch.full((1,), math.log(0.5)), self.bandpo_method, **self.bandpo_settings())
 
 
-class _OneMinus:
-    """Stands for ε_low inside TRL's loss: ``1 - self`` is the per-token ``lower`` tensor, exactly."""
-
-    def __init__(self, get_bounds) -> None:
-        self._get = get_bounds
-
-    def __rsub__(self, other: Any) -> Tensor:
-        if other != 1:
-            raise TypeError(f"BandPO's epsilon_low proxy only supports `1 - epsilon_low`, got `{other!r} - ...`")
-        return self._get()[0]
-
-
-class _OnePlus:
-    """Stands for ε_high inside TRL's loss: ``1 + self`` is the per-token ``upper`` tensor, exactly."""
-
-    def __init__(self, get_bounds) -> None:
-        self._get = get_bounds
-
-    def __radd__(self, other: Any) -> Tensor:
-        if other != 1:
-            raise TypeError(f"BandPO's epsilon_high proxy only supports `1 + epsilon_high`, got `{other!r} + ...`")
-        return self._get()[1]
-
-
 class BandPOTrainer(GRPOTrainer):
     """TRL's ``GRPOTrainer`` clipping with BandPO's per-token bounds (see the module docstring for how).
 
@@ -228,7 +204,7 @@ class BandPOTrainer(GRPOTrainer):
         saved = (self.epsilon_low, self.epsilon_high, cfg.delta)
         had_instance_forward = "_get_per_token_logps_and_entropies" in self.__dict__
         self._get_per_token_logps_and_entropies = capture
-        self.epsilon_low, self.epsilon_high = _OneMinus(get_bounds), _OnePlus(get_bounds)
+        self.epsilon_low, self.epsilon_high = _common.OneMinus(get_bounds), _common.OnePlus(get_bounds)
         cfg.delta = cfg.bandpo_dual_clip
         try:
             loss = super()._compute_loss(model, inputs)
