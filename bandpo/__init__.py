@@ -16,26 +16,30 @@ __version__ = "0.1.0"
 
 from .losses import (
     LossConfig,
+    Method,
     aggregate,
     aggregation_denominator,
-    get_bounds_method,
+    bounds,
+    get_method,
     list_aggregations,
-    list_bounds_methods,
+    list_methods,
     policy_loss,
-    register_bounds_method,
-    unregister_bounds_method,
+    register_method,
+    unregister_method,
 )
 
 __all__ += [
     "LossConfig",
+    "Method",
     "aggregate",
     "aggregation_denominator",
-    "get_bounds_method",
+    "bounds",
+    "get_method",
     "list_aggregations",
-    "list_bounds_methods",
+    "list_methods",
     "policy_loss",
-    "register_bounds_method",
-    "unregister_bounds_method",
+    "register_method",
+    "unregister_method",
 ]
 
 # Training (bandpo.training.config is light; the Lightning module loads Lightning and transformers on first access).

@@ -21,7 +21,6 @@ import torch
 from style import THEORY, apply_style, divergence_style, method_style, out_parser, panel_label, resolve_out, save
 
 import bandpo
-from bandpo.losses import LossConfig, get_bounds_method
 
 NAME = "fig1_bounds.png"
 DELTA = 0.1
@@ -43,12 +42,13 @@ def band_bounds(p: np.ndarray, delta: float, divergence: str) -> tuple[np.ndarra
 
 
 def method_bounds(p: np.ndarray, method: str, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) of a loss method's clip range from the bandpo.losses registry, as float64 arrays.
+    """(lower, upper) of a loss method's clip range (``bandpo.bounds``, the interval the loss clips to), as
+    float64 arrays.
 
-    ``kwargs`` are :class:`bandpo.losses.LossConfig` fields (e.g. ``eps_low``, ``eps_high``).
+    ``kwargs`` are the method's settings (e.g. ``eps_low``, ``eps_high``).
     """
     old_logp = torch.log(torch.as_tensor(p, dtype=torch.float64))
-    lower, upper = get_bounds_method(method).bounds(old_logp, LossConfig(method=method, **kwargs))
+    lower, upper = bandpo.bounds(old_logp, method, **kwargs)
     return lower.numpy(), upper.numpy()
 
 

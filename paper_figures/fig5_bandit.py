@@ -33,12 +33,6 @@ SERIES = ("p_rare", "entropy", "reward")
 SIG = 6  # significant digits kept in the JSON
 
 
-def style_key(method: str) -> str:
-    """Bandit method label -> style.METHOD key (``clip-0.2`` -> ``clip``, ``band-kl`` -> ``band_kl``)."""
-    key = method.replace("-", "_")
-    return "clip" if key == "clip_0.2" else key
-
-
 def _round(x) -> list:
     return [float(f"{v:.{SIG}g}") if math.isfinite(v) else None for v in np.asarray(x, dtype=float).ravel()]
 
@@ -131,8 +125,8 @@ def make_figure(out, data_path: Path = DEFAULT_DATA):
     ax_p, ax_h, ax_c, ax_d = axes
     steps_max = cfg["steps"]
     for i, (name, m) in enumerate(methods.items()):
-        st = method_style(style_key(name))
-        label = name
+        st = method_style(name)
+        label = st["label"]
         x = np.arange(len(m["p_rare"]["mean"]))
         for ax, key in ((ax_p, "p_rare"), (ax_h, "entropy")):
             ax.plot(x, _arr(m[key]["mean"]), color=st["color"], ls=st["ls"], lw=1.4, label=label)

@@ -49,15 +49,20 @@ DIVERGENCE = {
 """Colour and legend label per registered divergence (unknown names fall back to grey)."""
 
 METHOD = {
-    "clip": dict(color=GREY, ls="-", label="GRPO clip (0.2/0.2)"),
-    "clip_higher": dict(color=BLACK, ls="--", label="Clip-Higher / DAPO (0.2/0.28)"),
-    "dcpo": dict(color=PURPLE, ls=":", label="DCPO"),
-    "band_kl": dict(color=BLUE, ls="-", label="BandPO KL"),
-    "band_tv": dict(color=VERMILLION, ls="-", label="BandPO TV"),
-    "band_chi2": dict(color=ORANGE, ls="-", label=r"BandPO $\chi^2$"),
-    "no_clip": dict(color="#BBBBBB", ls=(0, (1, 1)), label="no clip (reference)"),
+    "clip": dict(color=GREY, ls="-"),
+    "clip_higher": dict(color=BLACK, ls="--"),
+    "dcpo": dict(color=PURPLE, ls=":"),
+    "band_kl": dict(color=BLUE, ls="-"),
+    "band_tv": dict(color=VERMILLION, ls="-"),
+    "band_chi2": dict(color=ORANGE, ls="-"),
+    "band_hellinger": dict(color=GREEN, ls="-"),
+    "band_js": dict(color=PURPLE, ls="-"),
+    "band_reverse_kl": dict(color=BROWN, ls="-"),
+    "band_neyman_chi2": dict(color=SKY, ls="-"),
+    "no_clip": dict(color="#BBBBBB", ls=(0, (1, 1))),
 }
-"""Line style per training method; keys are the canonical method ids used in run folder names."""
+"""Colour and line style per method id of ``bandpo.losses.METHODS`` (the ids in run folder names and data
+files); the legend label is the method's own ``Method.label``."""
 
 THEORY = dict(color=BLACK, ls=(0, (1, 1.5)), lw=1.2)
 """The simplex limits 0 and 1/p (ratio) or -p and 1-p (probability change)."""
@@ -69,8 +74,12 @@ def divergence_style(name: str) -> dict:
 
 
 def method_style(name: str) -> dict:
-    """Colour, line style and label of a training method id; grey and its own name when unknown."""
-    return dict(METHOD.get(name, dict(color=GREY, ls="-", label=name)))
+    """Colour, line style and label of a method id (label: ``bandpo.get_method(name).label``); grey and its own
+    name when unknown."""
+    from bandpo.losses import METHODS
+
+    method = METHODS.find(name)
+    return dict(METHOD.get(name, dict(color=GREY, ls="-")), label=method.label if method is not None else name)
 
 
 def apply_style() -> None:

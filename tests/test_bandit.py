@@ -19,18 +19,18 @@ SMALL = BanditConfig(steps=6, seeds=(0, 1, 2), n_groups=2, group_size=8, minibat
 
 
 def test_deterministic_and_each_seed_independent_of_the_others():
-    a = run_bandit("band-kl", SMALL)
-    b = run_bandit("band-kl", SMALL)
+    a = run_bandit("band_kl", SMALL)
+    b = run_bandit("band_kl", SMALL)
     assert torch.equal(a.p_rare, b.p_rare) and torch.equal(a.entropy, b.entropy) and torch.equal(a.reward, b.reward)
     assert all(torch.equal(a.metrics[k], b.metrics[k]) for k in a.metrics)
-    alone = run_bandit("band-kl", replace(SMALL, seeds=(1,)))
+    alone = run_bandit("band_kl", replace(SMALL, seeds=(1,)))
     torch.testing.assert_close(alone.p_rare[:, 0], a.p_rare[:, 1], rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(alone.entropy[:, 0], a.entropy[:, 1], rtol=1e-12, atol=1e-15)
 
 
 def test_records_are_consistent():
     cfg = SMALL
-    h = run_bandit("clip-0.2", cfg)
+    h = run_bandit("clip", cfg)
     S, N, K = len(cfg.seeds), cfg.steps, cfg.n_arms
     assert h.p_rare.shape == (N + 1, S) and h.entropy.shape == (N + 1, S) and h.reward.shape == (N, S)
     # initial policy: π(rare) = rare_prob, the rest uniform, so H = -p log p - (1-p) log((1-p)/(K-1))
@@ -56,7 +56,7 @@ def test_records_are_consistent():
 def test_on_policy_training_makes_every_method_the_same():
     """One mini-batch, one epoch: every ratio is 1, nothing clips, so the bounds cannot matter."""
     cfg = replace(SMALL, minibatches=1, epochs=1)
-    ref = run_bandit("no-clip", cfg)
+    ref = run_bandit("no_clip", cfg)
     for method in METHODS:
         h = run_bandit(method, cfg)
         torch.testing.assert_close(h.p_rare, ref.p_rare, rtol=1e-12, atol=1e-15)
@@ -66,7 +66,7 @@ def test_on_policy_training_makes_every_method_the_same():
 def test_off_policy_epochs_make_the_clip_bind():
     """The default regime's point: later epochs move the ratio past 1 ± 0.2 for some tokens."""
     cfg = replace(BanditConfig(), steps=5, seeds=(0, 1, 2, 3))
-    h = run_bandit("clip-0.2", cfg)
+    h = run_bandit("clip", cfg)
     assert h.metrics["clip_ratio/region_mean"].max() > 0.01
     assert h.metrics["ratio/max"].max() > 1.2 and h.metrics["ratio/min"].min() < 0.8
 
@@ -81,20 +81,20 @@ def test_grpo_advantages_by_hand():
 
 
 def test_loss_kwargs_override():
-    """loss_kwargs replaces the METHODS entry: clip with eps 1/1e6 is the no-clip reference exactly."""
+    """loss_kwargs replaces method=<id>: clip with eps 1/1e6 is the no_clip reference exactly."""
     a = run_bandit("custom", SMALL, loss_kwargs=dict(method="clip", eps_low=1.0, eps_high=1e6))
-    b = run_bandit("no-clip", SMALL)
+    b = run_bandit("no_clip", SMALL)
     assert torch.equal(a.p_rare, b.p_rare)
 
 
 def test_summary_and_cli():
-    h = run_bandit("band-kl", SMALL)
+    h = run_bandit("band_kl", SMALL)
     row = summarize(h, SMALL)
     assert 0 <= row["found"] <= 1 and row["entropy_0"] == pytest.approx(float(h.entropy[0].mean()))
-    table = format_table({"band-kl": row}, SMALL)
-    assert table.count("\n") == 2 and "| band-kl |" in table
-    text = main(["--steps", "3", "--seeds", "2", "--methods", "clip-0.2,band-kl"])
-    assert "| clip-0.2 |" in text and "| band-kl |" in text
+    table = format_table({"band_kl": row}, SMALL)
+    assert table.count("\n") == 2 and "| band_kl |" in table
+    text = main(["--steps", "3", "--seeds", "2", "--methods", "clip,band_kl"])
+    assert "| clip |" in text and "| band_kl |" in text
     with pytest.raises(SystemExit):
         main(["--methods", "ppo"])
 
@@ -111,5 +111,5 @@ def test_bad_config_raises(kwargs):
 
 def test_run_restores_thread_count():
     before = torch.get_num_threads()
-    run_bandit("clip-0.2", replace(SMALL, steps=1))
+    run_bandit("clip", replace(SMALL, steps=1))
     assert torch.get_num_threads() == before

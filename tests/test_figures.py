@@ -185,11 +185,11 @@ def test_fig5_generates_its_data_and_draws(tmp_path):
     f5 = fig("fig5_bandit")
     data = tmp_path / "bandit.json"
     (path,) = f5.main(["--out", str(tmp_path), "--data", str(data), "--regenerate", "--steps", "8", "--seeds", "2",
-                       "--methods", "clip-higher", "band-kl"])
+                       "--methods", "clip_higher", "band_kl"])
     assert_png(path, min_h=250)
     saved = json.loads(data.read_text())
-    assert list(saved["methods"]) == ["clip-higher", "band-kl"]
-    m = saved["methods"]["band-kl"]
+    assert list(saved["methods"]) == ["clip_higher", "band_kl"]
+    m = saved["methods"]["band_kl"]
     assert len(m["p_rare"]["mean"]) == 9 and len(m["discover_steps"]) == 2  # steps + 1 (initial) and one per seed
     assert all(q25 <= q75 for q25, q75 in zip(m["p_rare"]["q25"], m["p_rare"]["q75"]))
     assert abs(m["p_rare"]["mean"][0] - saved["config"]["rare_prob"]) < 1e-9  # starts at the configured pi(rare)

@@ -3,7 +3,7 @@
 Where the expected values come from:
 
 * ``ref_bounds``: the bounds written out per element in Python floats: clip 1 ∓ eps, DCPO's formula
-  (arXiv 2509.02333 as given in the brief), and the band by 200-step bisection on the textbook
+  (arXiv 2509.02333, eq. of its dynamic adaptive clipping), and the band by 200-step bisection on the textbook
   g_f(p, r) = p f(r) + (1-p) f((1-pr)/(1-p)) (independent of bandpo's solvers).
 * ``ref_loss``: the per-token loss max(-A r, -A clip(r, l, u)), dual-clip min(., -A c) for A < 0, and each
   aggregation written as lists and Python sums; its gradient by hand (d/dlogp of the active branch: -A r,
@@ -34,29 +34,47 @@ from bandpo.losses import (
     BUCKET_NAMES,
     LOG_RATIO_CLAMP,
     METRIC_KEYS,
+    Clip,
     LossConfig,
+    Method,
     aggregate,
     aggregation_denominator,
-    get_bounds_method,
+    get_method,
     list_aggregations,
-    list_bounds_methods,
+    list_methods,
     policy_loss,
-    register_bounds_method,
-    unregister_bounds_method,
+    register_method,
+    resolve_method,
+    unregister_method,
 )
 
 AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
-# (label, policy_loss keyword arguments)
+# (label, policy_loss keyword arguments); a method's own settings (eps, delta, cap) apply where not given
 METHODS = [
-    ("grpo-clip", dict(method="clip", eps_low=0.2, eps_high=0.2)),
-    ("clip-higher", dict(method="clip")),  # defaults 0.2/0.28
-    ("dcpo", dict(method="dcpo")),  # defaults 0.16/0.2
-    ("band-kl", dict(method="band", divergence="kl", delta=0.05)),
-    ("band-tv", dict(method="band", divergence="tv", delta=0.05)),
-    ("band-chi2", dict(method="band", divergence="chi2", delta=0.05)),
-    ("band-hellinger", dict(method="band", divergence="hellinger", delta=0.1)),
+    ("clip", dict(method="clip")),  # GRPO 0.2/0.2
+    ("clip_higher", dict(method="clip_higher")),  # 0.2/0.28
+    ("dcpo", dict(method="dcpo")),  # 0.16/0.2, r_max 10
+    ("band_kl", dict(method="band_kl")),  # delta 0.05, cap 10
+    ("band_tv", dict(method="band_tv")),
+    ("band_chi2", dict(method="band_chi2")),
+    ("band_hellinger", dict(method="band_hellinger", delta=0.1)),
 ]
+
+# What the reference knows of each method id, written out independently of bandpo's table.
+REF_METHODS = {
+    "clip": dict(kind="clip", eps_low=0.2, eps_high=0.2, max_ratio=None),
+    "clip_higher": dict(kind="clip", eps_low=0.2, eps_high=0.28, max_ratio=None),
+    "dcpo": dict(kind="dcpo", eps_low=0.16, eps_high=0.2, max_ratio=None),
+    **{f"band_{d}": dict(kind="band", divergence=d, delta=0.05, max_ratio=10.0) for d in ("kl", "tv", "chi2", "hellinger")},
+}
+
+
+def ref_settings(kw: dict) -> dict:
+    """The method's reference settings with the keyword overrides of ``kw`` (None keeps the method's own)."""
+    out = dict(REF_METHODS[kw.get("method", "band_kl")])
+    out.update({k: v for k, v in kw.items() if k in ("eps_low", "eps_high", "divergence", "delta", "max_ratio") and v is not None})
+    return out
 
 # ------------------------------------------------------------------------------------------------------
 # The naive reference
@@ -97,15 +115,16 @@ def scalar_band(name: str, p: float, delta: float) -> tuple[float, float]:
 
 
 def ref_bounds(kw: dict, p: float) -> tuple[float, float]:
-    method = kw.get("method", "band")
-    if method == "clip":
-        return 1 - kw.get("eps_low", 0.2), 1 + kw.get("eps_high", 0.28)
-    if method == "dcpo":
-        el, eh = kw.get("eps_low", 0.16), kw.get("eps_high", 0.2)
+    """Uncapped (lower, upper) of the method in ``kw``."""
+    s = ref_settings(kw)
+    if s["kind"] == "clip":
+        return 1 - s["eps_low"], 1 + s["eps_high"]
+    if s["kind"] == "dcpo":
+        el, eh = s["eps_low"], s["eps_high"]
         upper = min(0.5 + 0.5 * math.sqrt(1 + 4 * eh / p), 10.0)
         lower = 0.5 + 0.5 * math.sqrt(max(1 - 4 * el / p, 0.0))
         return lower, upper
-    return scalar_band(kw.get("divergence", "kl"), p, kw.get("delta", 0.05))
+    return scalar_band(s["divergence"], p, s["delta"])
 
 
 def ref_token(kw: dict, logp: float, old_logp: float, a: float) -> tuple[float, float]:
@@ -114,8 +133,8 @@ def ref_token(kw: dict, logp: float, old_logp: float, a: float) -> tuple[float, 
     inside_clamp = -LOG_RATIO_CLAMP < lr < LOG_RATIO_CLAMP
     r = math.exp(min(max(lr, -LOG_RATIO_CLAMP), LOG_RATIO_CLAMP))
     lo, up = ref_bounds(kw, math.exp(old_logp))
-    if kw.get("max_ratio") is not None:
-        up = min(up, kw["max_ratio"])
+    if ref_settings(kw)["max_ratio"] is not None:
+        up = min(up, ref_settings(kw)["max_ratio"])
     rc = min(max(r, lo), up)
     unclipped, clipped = -a * r, -a * rc
     if unclipped >= clipped:
@@ -172,7 +191,7 @@ def make_inputs(kw: dict, seed: int, B: int = 4, T: int = 4):
 
     old = [[math.log(P_GRID[int(u() * len(P_GRID))]) for _ in range(T)] for _ in range(B)]
     adv = [[(u() * 4 - 2) for _ in range(T)] for _ in range(B)]
-    kinks_all = [kw.get("dual_clip"), kw.get("max_ratio")]
+    kinks_all = [kw.get("dual_clip"), ref_settings(kw)["max_ratio"]]
     logp = [[0.0] * T for _ in range(B)]
     for b, t in itertools.product(range(B), range(T)):
         lo, up = ref_bounds(kw, math.exp(old[b][t]))
@@ -227,9 +246,11 @@ def test_grid_actually_exercises_every_branch():
         seen["low"] += m["clip_ratio/low_mean"].item() > 0
         seen["high"] += m["clip_ratio/high_mean"].item() > 0
         seen["dual"] += m["dual_clip_fraction"].item() > 0
-        if max_ratio is not None:
-            lo, up = get_bounds_method(base["method"]).bounds(old, LossConfig(**base))
-            seen["cap"] += bool(((up > max_ratio) & mask & (adv > 0) & (logp - old > math.log(max_ratio))).any())
+        cap = ref_settings(kw)["max_ratio"]
+        if cap is not None:
+            spec = resolve_method(base["method"], **{k: v for k, v in base.items() if k != "method"})
+            lo, up = spec.bounds(old)  # the rule itself, before the cap
+            seen["cap"] += bool(((up > cap) & mask & (adv > 0) & (logp - old > math.log(cap))).any())
     assert all(v >= 5 for v in seen.values()), seen
 
 
@@ -241,58 +262,66 @@ def test_grid_actually_exercises_every_branch():
 def test_dcpo_bounds_match_the_worked_examples():
     """p = 0.08 -> [0.5, (1+√11)/2 = 2.1583], p = 1 -> [(1+√0.36)/2 = 0.8, (1+√1.8)/2 = 1.1708] (0.16/0.2)."""
     old = torch.log(torch.tensor([0.08, 1.0], dtype=torch.float64))
-    lower, upper = get_bounds_method("dcpo").bounds(old, LossConfig(method="dcpo"))
+    lower, upper = bandpo.bounds(old, "dcpo")
     torch.testing.assert_close(lower, torch.tensor([0.5, 0.8], dtype=torch.float64), rtol=1e-15, atol=0)
     expected_upper = torch.tensor([(1 + math.sqrt(11)) / 2, (1 + math.sqrt(1.8)) / 2], dtype=torch.float64)
     torch.testing.assert_close(upper, expected_upper, rtol=1e-15, atol=0)
     assert abs(upper[0].item() - 2.158) < 5e-4 and abs(upper[1].item() - 1.1708) < 5e-5
     # r_max = 10 binds for p < 4 eps_high / ((2·10 - 1)² - 1) = 0.8/360
     tiny = torch.tensor([math.log(1e-3), -700.0], dtype=torch.float64)
-    lower, upper = get_bounds_method("dcpo").bounds(tiny, LossConfig(method="dcpo"))
+    lower, upper = bandpo.bounds(tiny, "dcpo")
     assert upper.tolist() == [10.0, 10.0] and lower.tolist() == [0.5, 0.5]
+    assert bandpo.bounds(tiny, "dcpo", r_max=5)[1].tolist() == [5.0, 5.0]
 
 
 def test_clip_and_band_bounds():
     old = torch.log(torch.tensor([0.01, 0.08, 0.5, 0.99], dtype=torch.float64))
-    lower, upper = get_bounds_method("clip").bounds(old, LossConfig(method="clip"))
+    lower, upper = bandpo.bounds(old, "clip_higher")
     assert lower.tolist() == [0.8] * 4 and upper.tolist() == [1.28] * 4
-    lower, upper = get_bounds_method("clip").bounds(old, LossConfig(method="clip", eps_low=0.2, eps_high=0.2))
+    lower, upper = bandpo.bounds(old, "clip")
     assert upper.tolist() == [1.2] * 4
+    assert bandpo.bounds(old, "clip", eps_high=0.28)[1].tolist() == [1.28] * 4
     for div in ("kl", "tv", "chi2"):
-        got = get_bounds_method("band").bounds(old, LossConfig(method="band", divergence=div, delta=0.05))
+        got = bandpo.bounds(old, f"band_{div}", max_ratio=1e6)  # a cap that does not bind here
         want = bandpo.band(old, 0.05, div)
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert torch.equal(bandpo.bounds(old, "band_kl", divergence=div, max_ratio=1e6)[1], want[1])
 
 
-def test_method_defaults_and_registry():
-    assert list_bounds_methods() == ["band", "clip", "dcpo"]
-    assert LossConfig(method="clip").eps == (0.2, 0.28)
-    assert LossConfig(method="dcpo").eps == (0.16, 0.2)
-    assert LossConfig(method="band").eps == (None, None)
-    assert LossConfig(method="dcpo", eps_high=0.3).eps == (0.16, 0.3)
+def test_method_table_and_registry():
+    assert list_methods() == sorted([
+        "clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "band_hellinger", "band_js",
+        "band_reverse_kl", "band_neyman_chi2", "no_clip",
+    ])
+    assert get_method("clip").bounds == Clip(0.2, 0.2) and get_method("clip").max_ratio is None
+    assert get_method("clip_higher").bounds == Clip(0.2, 0.28)
+    assert get_method("dcpo").settings() == dict(eps_low=0.16, eps_high=0.2, r_max=10.0, max_ratio=None)
+    assert get_method("band_kl").settings() == dict(divergence="kl", delta=0.05, max_ratio=10.0)
+    assert get_method("no_clip").bounds == Clip(1.0, 1e6)
+    assert LossConfig(method="clip_higher").method_spec() == get_method("clip_higher")
+    assert LossConfig(method="dcpo", eps_high=0.3).method_spec().settings()["eps_high"] == 0.3
     cfg = LossConfig(method="dcpo", dual_clip=10.0, agg="seq-mean-token-mean")
     assert LossConfig(**dataclasses.asdict(cfg)) == cfg  # a config round-trips through a dict (YAML, CLI)
     assert list_aggregations() == sorted(AGGS)
 
     class Half:
-        name = "half"
-        eps_defaults = (None, None)
-        description = "test only: [0.5, 2]"
+        """test only: [0.5, 2]"""
 
-        def bounds(self, old_logp, cfg):
+        def __call__(self, old_logp, *, step=None):
             return torch.full_like(old_logp, 0.5), torch.full_like(old_logp, 2.0)
 
-    register_bounds_method(Half())
+    register_method(Method("half", Half()))
     try:
         with pytest.raises(ValueError, match="already registered"):
-            register_bounds_method(Half())
+            register_method(Method("half", Half()))
         logp, old, adv, mask = make_inputs(dict(method="clip", eps_low=0.5, eps_high=1.0), 3)
         a = policy_loss(logp, old, adv, mask, method="half")[0]
         b = policy_loss(logp, old, adv, mask, method="clip", eps_low=0.5, eps_high=1.0)[0]
         assert torch.equal(a, b)
+        assert torch.equal(policy_loss(logp, old, adv, mask, method=Half())[0], a)  # a bare rule works too
     finally:
-        unregister_bounds_method("half")
-    assert "half" not in list_bounds_methods()
+        unregister_method("half")
+    assert "half" not in list_methods()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -301,7 +330,7 @@ def test_method_defaults_and_registry():
 
 
 @pytest.mark.parametrize("agg", AGGS)
-@pytest.mark.parametrize("method", ["clip", "dcpo", "band"])
+@pytest.mark.parametrize("method", ["clip_higher", "dcpo", "band_kl"])
 def test_masked_tokens_have_no_effect(method, agg):
     g = torch.Generator().manual_seed(1)
     B, T = 5, 7
@@ -347,7 +376,7 @@ def _batch(seed: int, B: int = 8, T: int = 6, empty_rows: bool = True):
 def test_micro_batches_sum_to_the_whole_with_the_global_denominator(agg):
     """Every mode: each micro-batch divided by the whole batch's denominator; the parts sum to the whole."""
     logp, old, adv, mask = _batch(2)
-    kw = dict(method="band", agg=agg, dual_clip=10.0, max_ratio=10.0)
+    kw = dict(method="band_kl", agg=agg, dual_clip=10.0, max_ratio=10.0)
     x = logp.clone().requires_grad_(True)
     whole, _ = policy_loss(x, old, adv, mask, **kw)
     (g_whole,) = torch.autograd.grad(whole, x)
@@ -374,7 +403,7 @@ def _rank_worker(rank: int, world: int, init_file: str, agg: str, out: str) -> N
     try:
         logp, old, adv, mask = _batch(2)
         rows = slice(0, 3) if rank == 0 else slice(3, 8)  # unequal shares of rows and valid tokens
-        kw = dict(method="band", agg=agg, dual_clip=10.0, max_ratio=10.0)
+        kw = dict(method="band_kl", agg=agg, dual_clip=10.0, max_ratio=10.0)
         results = []
         for mean_den in (True, False):
             den = aggregation_denominator(mask[rows], agg)
@@ -404,7 +433,7 @@ def test_ranks_average_to_the_whole_with_the_mean_denominator(tmp_path, agg):
     g_mean_den, g_own_den = torch.load(out)
     logp, old, adv, mask = _batch(2)
     x = logp.clone().requires_grad_(True)
-    whole, _ = policy_loss(x, old, adv, mask, method="band", agg=agg, dual_clip=10.0, max_ratio=10.0)
+    whole, _ = policy_loss(x, old, adv, mask, method="band_kl", agg=agg, dual_clip=10.0, max_ratio=10.0)
     (g_whole,) = torch.autograd.grad(whole, x)
     torch.testing.assert_close(g_mean_den, g_whole, rtol=1e-13, atol=1e-15)
     assert not torch.allclose(g_own_den, g_whole, rtol=1e-6, atol=0)
@@ -413,7 +442,7 @@ def test_ranks_average_to_the_whole_with_the_mean_denominator(tmp_path, agg):
 @pytest.mark.parametrize("agg", AGGS)
 def test_plain_mean_of_equal_micro_batches(agg):
     """Which modes recombine as the plain mean of equal-size micro-batch losses (the documented list)."""
-    kw = dict(method="clip", agg=agg, dual_clip=3.0)
+    kw = dict(method="clip_higher", agg=agg, dual_clip=3.0)
     for empty_rows in (False, True):
         logp, old, adv, mask = _batch(5, empty_rows=empty_rows)
         whole = policy_loss(logp, old, adv, mask, **kw)[0]
@@ -451,7 +480,7 @@ def test_metrics_definitions():
     adv = torch.tensor([[-1.0, 1.0, -1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.bool)
     old = torch.log(p)
-    _, m = policy_loss(old + torch.log(r), old, adv, mask, method="clip", dual_clip=3.0)
+    _, m = policy_loss(old + torch.log(r), old, adv, mask, method="clip_higher", dual_clip=3.0)
     assert set(m) == set(METRIC_KEYS)
     assert all(v.dim() == 0 and not v.requires_grad for v in m.values())
     f = {k: v.item() for k, v in m.items()}
@@ -479,7 +508,7 @@ def test_bucket_edges_and_band_width_with_cap():
     """A token exactly at an edge goes to the upper bucket; band width uses the capped upper bound."""
     p = torch.tensor([[0.01, 0.1, 0.5, 0.001]], dtype=torch.float64)
     old = torch.log(p)
-    _, m = policy_loss(old, old, torch.ones_like(p), torch.ones_like(p, dtype=torch.bool), method="band", max_ratio=10.0)
+    _, m = policy_loss(old, old, torch.ones_like(p), torch.ones_like(p, dtype=torch.bool), method="band_kl", max_ratio=10.0)
     assert [m[f"bucket/{b}/tokens"].item() for b in BUCKET_NAMES] == [1, 1, 1, 1]
     lower, upper = bandpo.band(old, 0.05, "kl")
     assert upper[0, 3] > 10  # the cap binds for the p = 0.001 token
@@ -525,7 +554,7 @@ def test_property_pessimistic_and_dual_clip_bounds(batch):
     """Without dual-clip the loss is >= the unclipped surrogate (PPO's pessimism); dual-clip only lowers it,
     and caps each A<0 token's loss at |A|·c."""
     logp, old, adv, mask, kw = batch
-    loss, m = policy_loss(logp, old, adv, mask, **kw)
+    loss, m = policy_loss(logp, old, adv, mask, dual_clip=None, **kw)
     unclipped = aggregate(-adv * torch.exp(logp - old), mask, kw["agg"])
     assert loss >= unclipped - 1e-12 * (1 + unclipped.abs())
     loss_dual, _ = policy_loss(logp, old, adv, mask, dual_clip=3.0, **kw)
@@ -618,17 +647,18 @@ def _good():
 
 
 BAD_ARGS = [
-    (dict(method="ppo"), "unknown method 'ppo'; known methods: band, clip, dcpo"),
+    (dict(method="ppo"), "unknown method 'ppo'; known methods: band_chi2, band_hellinger, band_js, band_kl, "
+     "band_neyman_chi2, band_reverse_kl, band_tv, clip, clip_higher, dcpo, no_clip"),
     (dict(agg="mean"), "unknown aggregation 'mean'; known aggregations: seq-mean-token-mean"),
     (dict(divergence="kl2"), "unknown divergence 'kl2'"),
     (dict(delta=0.0), "delta must be a finite number > 0"),
     (dict(delta=-0.1), "delta must be a finite number > 0"),
     (dict(delta=math.nan), "delta must be a finite number > 0"),
     (dict(delta=math.inf), "delta must be a finite number > 0"),
-    (dict(eps_low=-0.1), r"eps_low must be a number in \[0, 1\]"),
-    (dict(eps_low=1.5), r"eps_low must be a number in \[0, 1\]"),
-    (dict(eps_high=-0.01), "eps_high must be a finite number >= 0"),
-    (dict(eps_high=math.inf), "eps_high must be a finite number >= 0"),
+    (dict(method="clip", eps_low=-0.1), r"eps_low must be a number in \[0, 1\]"),
+    (dict(method="clip", eps_low=1.5), r"eps_low must be a number in \[0, 1\]"),
+    (dict(method="clip", eps_high=-0.01), "eps_high must be a finite number >= 0"),
+    (dict(method="clip", eps_high=math.inf), "eps_high must be a finite number >= 0"),
     (dict(method="clip", eps_high=math.nan), "eps_high must be a finite number >= 0"),
     (dict(dual_clip=1.0), "dual_clip must be None or a finite number > 1"),
     (dict(dual_clip=0.5), "dual_clip must be None or a finite number > 1"),

@@ -39,24 +39,52 @@ def test_every_config_parses_and_round_trips(name, tmp_path):
 
 
 def test_paper_recipe_values():
-    """The paper's setting, as listed in the digest (paper.md §5.4/§5.5)."""
+    """The paper's setting (arXiv 2603.04918; docs/paper-notes.md, "Training recipe" and "Baselines"): the
+    settings a run trains with are those of the resolved method (``loss.method_spec()``)."""
     kl = load_config(CONFIG_DIR / "paper-bandpo-kl.yaml")
     assert (kl.rollout.prompts_per_step, kl.rollout.group_size, kl.optim.prompts_per_minibatch) == (256, 16, 64)
-    assert (kl.optim.lr, kl.rollout.max_new_tokens, kl.loss.delta, kl.loss.max_ratio, kl.loss.dual_clip) == (
+    band = kl.loss.method_spec()
+    assert (kl.optim.lr, kl.rollout.max_new_tokens, band.bounds.delta, band.max_ratio, kl.loss.dual_clip) == (
         1e-6, 4096, 0.05, 10.0, 10.0)
-    assert (kl.loss.method, kl.loss.divergence, kl.loss.agg, kl.loss.kl_coef) == (
-        "band", "kl", "seq-mean-token-mean", 0.001)
+    assert (kl.loss.method, band.bounds.divergence, kl.loss.agg, kl.objective.kl_coef) == (
+        "band_kl", "kl", "seq-mean-token-mean", 0.001)
     assert kl.trainer.precision == "bf16-mixed" and kl.trainer.strategy == "ddp"
     assert kl.task.template == "dapo" and kl.task.reward_funcs == ["answer_line"]
     clip = load_config(CONFIG_DIR / "paper-grpo-clip.yaml")
-    assert (clip.loss.method, clip.loss.eps_low, clip.loss.eps_high, clip.loss.max_ratio) == ("clip", 0.2, 0.2, None)
+    spec = clip.loss.method_spec()
+    assert (clip.loss.method, spec.bounds.eps_low, spec.bounds.eps_high, spec.max_ratio) == ("clip", 0.2, 0.2, None)
     assert clip.rollout == kl.rollout and clip.optim == kl.optim  # `base:` inheritance
-    higher = load_config(CONFIG_DIR / "paper-clip-higher.yaml")
-    assert (higher.loss.method, higher.loss.eps_low, higher.loss.eps_high) == ("clip", 0.2, 0.28)
-    dcpo = load_config(CONFIG_DIR / "paper-dcpo.yaml")
-    assert (dcpo.loss.method, dcpo.loss.eps_low, dcpo.loss.eps_high, dcpo.loss.max_ratio) == ("dcpo", 0.16, 0.2, 10.0)
-    assert load_config(CONFIG_DIR / "paper-bandpo-tv.yaml").loss.divergence == "tv"
-    assert load_config(CONFIG_DIR / "paper-bandpo-chi2.yaml").loss.divergence == "chi2"
+    higher = load_config(CONFIG_DIR / "paper-clip-higher.yaml").loss
+    spec = higher.method_spec()
+    assert (higher.method, spec.bounds.eps_low, spec.bounds.eps_high, spec.max_ratio) == ("clip_higher", 0.2, 0.28, None)
+    dcpo = load_config(CONFIG_DIR / "paper-dcpo.yaml").loss
+    spec = dcpo.method_spec()
+    assert (dcpo.method, spec.bounds.eps_low, spec.bounds.eps_high, spec.bounds.r_max) == ("dcpo", 0.16, 0.2, 10.0)
+    assert load_config(CONFIG_DIR / "paper-bandpo-tv.yaml").loss.method_spec().bounds.divergence == "tv"
+    assert load_config(CONFIG_DIR / "paper-bandpo-chi2.yaml").loss.method_spec().bounds.divergence == "chi2"
+
+
+def test_loss_section_is_the_loss_config_and_kl_moved_to_objective(tmp_path):
+    from bandpo import LossConfig
+    from bandpo.training.config import ObjectiveConfig
+
+    assert SECTIONS["loss"] is LossConfig and SECTIONS["objective"] is ObjectiveConfig
+    assert TrainConfig().loss == LossConfig()  # one set of defaults: the paper's recipe
+    for key in ("kl_coef", "scale_adv_by_std"):
+        with pytest.raises(ValueError, match=rf"^config key loss\.{key} moved to objective\.{key} "):
+            load_config(overrides={f"loss.{key}": 0.1 if key == "kl_coef" else True})
+    (tmp_path / "old.yaml").write_text("loss:\n  method: band_kl\n  kl_coef: 0.001\n")
+    with pytest.raises(ValueError, match=r"loss\.kl_coef moved to objective\.kl_coef"):
+        load_config(tmp_path / "old.yaml")
+    cfg = load_config(overrides={"objective.kl_coef": 0.0, "objective.scale_adv_by_std": "false"})
+    assert cfg.objective == ObjectiveConfig(kl_coef=0.0, scale_adv_by_std=False)
+    # a LossConfig round-trips through YAML, a delta schedule included
+    cfg = load_config(CONFIG_DIR / "tiny-cpu.yaml", {"loss.delta_schedule": "linear", "loss.delta": 0.05,
+                                                     "loss.delta_end": 0.1, "loss.delta_steps": 10})
+    cfg.to_yaml(tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again.loss == cfg.loss and again.loss.method_spec() == cfg.loss.method_spec()
+    assert again.loss.method_spec().bounds.delta(5) == pytest.approx(0.075)
 
 
 def test_every_field_has_a_docstring():
@@ -70,6 +98,11 @@ def test_every_field_has_a_docstring():
     "overrides, message",
     [
         ({"loss.method": "ppo2"}, "loss.method"),
+        ({"loss.method": "band"}, "unknown method 'band'; known methods: band_chi2"),
+        ({"loss.eps_low": 0.2}, "method 'band_kl' has no setting 'eps_low'; its settings: divergence, delta, max_ratio"),
+        ({"loss.method": "clip", "loss.delta": 0.1}, "loss.delta"),
+        ({"loss.delta_schedule": "exp"}, "loss.delta_schedule"),
+        ({"loss.delta_schedule": "linear"}, "needs an end value and a number of steps"),
         ({"loss.delta": -0.05}, "loss.delta"),
         ({"loss.delta": 0.0}, "loss.delta"),
         ({"loss.divergence": "kullback"}, "loss.divergence"),
@@ -125,10 +158,12 @@ def test_yaml_number_forms_are_coerced(tmp_path):
 def test_cli_flags_map_onto_fields():
     cfg, args = parse_args([
         "--preset", "tiny-cpu", "--method", "clip", "--eps-low", "0.2", "--eps-high", "0.2", "--max-ratio", "none",
+        "--kl-coef", "0",
         "--max-steps", "7", "--seed", "3", "--out", "x", "--rollout.group_size", "4", "--agg", "token-mean",
     ])
     assert (cfg.loss.method, cfg.loss.eps_low, cfg.loss.eps_high, cfg.loss.max_ratio) == ("clip", 0.2, 0.2, None)
     assert (cfg.trainer.max_steps, cfg.trainer.seed, cfg.rollout.group_size, cfg.loss.agg) == (7, 3, 4, "token-mean")
+    assert cfg.objective.kl_coef == 0.0
     assert args.out == "x"
     # Every config field has a flag --<section>.<field>.
     flags = set(build_parser()._option_string_actions)
@@ -140,7 +175,7 @@ def test_cli_flags_map_onto_fields():
 def test_print_config(capsys):
     assert main(["--preset", "tiny-cpu", "--delta", "0.1", "--out", "unused", "--print-config"]) == 0
     printed = capsys.readouterr().out
-    assert "delta: 0.1" in printed and "method: band" in printed
+    assert "delta: 0.1" in printed and "method: band_kl" in printed and "objective:" in printed
 
 
 def test_import_bandpo_stays_light():

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from bandpo.experiments.reproduce import METHODS, SUMMARY_COLUMNS, format_table, main, reproduce
+from bandpo.experiments.reproduce import METHODS, SUMMARY_COLUMNS, format_table, main, method_overrides, reproduce
+from bandpo.losses import get_method
 
 SMALL = {
     "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.intermediate_size": 64,
@@ -21,16 +22,20 @@ SMALL = {
 
 def test_methods_are_the_papers_comparison():
     assert list(METHODS) == ["clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2"]
-    assert METHODS["clip"]["loss.eps_high"] == 0.2 and METHODS["clip_higher"]["loss.eps_high"] == 0.28
-    assert (METHODS["dcpo"]["loss.eps_low"], METHODS["dcpo"]["loss.eps_high"]) == (0.16, 0.2)
-    assert [METHODS[m]["loss.divergence"] for m in ("band_kl", "band_tv", "band_chi2")] == ["kl", "tv", "chi2"]
+    s = {m: get_method(m).settings() for m in METHODS}  # the runner uses the method table's own settings
+    assert s["clip"]["eps_high"] == 0.2 and s["clip_higher"]["eps_high"] == 0.28
+    assert (s["dcpo"]["eps_low"], s["dcpo"]["eps_high"]) == (0.16, 0.2)
+    assert [s[m]["divergence"] for m in ("band_kl", "band_tv", "band_chi2")] == ["kl", "tv", "chi2"]
+    assert method_overrides("band_tv") == {"loss.method": "band_tv"}
 
 
 def test_runner_layout_and_skipping(tmp_path):
     calls = []
 
     def fake_run(cfg, path):
-        calls.append((cfg.loss.method, cfg.loss.divergence, cfg.loss.eps_high, cfg.trainer.seed, path.name))
+        settings = cfg.loss.method_spec().settings()
+        calls.append((cfg.loss.method, settings.get("divergence"), settings.get("eps_high"), cfg.trainer.seed,
+                      path.name))
         path.mkdir(parents=True)
         (path / "checkpoints").mkdir()
         with open(path / "metrics.csv", "w", newline="") as f:
@@ -45,7 +50,7 @@ def test_runner_layout_and_skipping(tmp_path):
 
     table = reproduce(tmp_path, ["clip", "band_tv"], [0, 1], overrides={"trainer.max_steps": 4}, runner=fake_run)
     assert [c[-1] for c in calls] == ["clip-seed0", "band_tv-seed0", "clip-seed1", "band_tv-seed1"]
-    assert calls[0][:4] == ("clip", "kl", 0.2, 0) and calls[1][:2] == ("band", "tv")
+    assert calls[0][:4] == ("clip", None, 0.2, 0) and calls[1][:2] == ("band_tv", "tv")
     assert not (tmp_path / "clip-seed0" / "checkpoints").exists()  # removed once finished
     assert len(table) == 4
     with open(tmp_path / "summary.csv", newline="") as f:

@@ -10,7 +10,8 @@ Setting (one state, K arms, pure torch, CPU seconds):
   group-normalised advantage A = (R - mean_group R) / (std_group R + 1e-6) (unbiased std), and makes
   ``minibatches`` Adam steps on disjoint mini-batches of that rollout (the paper's 4 optimiser steps per
   rollout batch): from the second mini-batch on, π ≠ π_old, so the ratio clip binds;
-* each method's loss is :func:`bandpo.policy_loss` with its bounds (``METHODS``), all with dual-clip c = 10.
+* each method's loss is :func:`bandpo.policy_loss` with ``method=<id>`` (ids of the method table
+  ``bandpo.losses.METHODS``, with their own settings), all with dual-clip c = 10.
 
 "Discovery" is the first step after which π(rare) >= ``discover_at``. Seeds run side by side (the seed
 axis is the loss's B axis, with ``seq-mean-token-mean`` times S, so each seed's gradient is its own). Every
@@ -32,22 +33,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..losses.core import BUCKET_NAMES, policy_loss
+from ..losses import BUCKET_NAMES, get_method, list_methods, policy_loss, reduce_metrics
 
 __all__ = ["BanditConfig", "BanditHistory", "METHODS", "grpo_advantages", "run_bandit", "run_all", "summarize", "format_table", "main"]
 
-METHODS: dict[str, dict] = {
-    "clip-0.2": dict(method="clip", eps_low=0.2, eps_high=0.2),
-    "clip-higher": dict(method="clip", eps_low=0.2, eps_high=0.28),
-    "dcpo": dict(method="dcpo"),
-    "band-kl": dict(method="band", divergence="kl", delta=0.05, max_ratio=10.0),
-    "band-tv": dict(method="band", divergence="tv", delta=0.05, max_ratio=10.0),
-    "band-chi2": dict(method="band", divergence="chi2", delta=0.05, max_ratio=10.0),
-    "no-clip": dict(method="clip", eps_low=1.0, eps_high=1e6),
-}
-"""policy_loss keyword arguments per method (the paper's settings: GRPO 0.2/0.2, Clip-Higher 0.2/0.28, DCPO
-0.16/0.2 with r_max 10, BandPO δ = 0.05 with cap 10). ``no-clip`` (bounds [0, 1e6]) is a reference, not a
-method: the off-policy importance-weighted policy gradient with dual-clip only."""
+METHODS: tuple = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "no_clip")
+"""The methods compared by default: ids of the method table ``bandpo.losses.METHODS``, each with its own
+settings (the paper's: GRPO 0.2/0.2, Clip-Higher 0.2/0.28, DCPO 0.16/0.2 with r_max 10, BandPO δ = 0.05 with
+cap 10). ``no_clip`` (bounds [0, 1e6]) is a reference, not a method: the off-policy importance-weighted policy
+gradient with dual-clip only."""
 
 
 @dataclass(frozen=True)
@@ -175,11 +169,13 @@ def run_bandit(method: str, cfg: BanditConfig = BanditConfig(), loss_kwargs: Opt
     """Train one method on every seed of ``cfg``; returns the per-step history.
 
     Args:
-        method: a key of :data:`METHODS`, or any label when ``loss_kwargs`` is given.
+        method: a method id (``bandpo.list_methods()``), or any label when ``loss_kwargs`` is given.
         cfg: the bandit and training settings.
-        loss_kwargs: :func:`bandpo.policy_loss` keyword arguments overriding ``METHODS[method]``.
+        loss_kwargs: :func:`bandpo.policy_loss` keyword arguments replacing ``method=<method>``.
     """
-    kwargs = dict(METHODS[method] if loss_kwargs is None else loss_kwargs)
+    if loss_kwargs is None:
+        get_method(method)  # ValueError listing the known ids
+    kwargs = dict(dict(method=method) if loss_kwargs is None else loss_kwargs)
     kwargs.setdefault("dual_clip", cfg.dual_clip)
     # The tensors are tiny (S x K): intra-op threads only add overhead (milliseconds per op on a busy
     # machine), so the run uses one thread and restores the caller's setting afterwards.
@@ -204,7 +200,7 @@ def _run(method: str, cfg: BanditConfig, kwargs: dict) -> BanditHistory:
     p_rare = torch.empty(cfg.steps + 1, S, dtype=torch.float64)
     entropy = torch.empty(cfg.steps + 1, S, dtype=torch.float64)
     reward_hist = torch.empty(cfg.steps, S, dtype=torch.float64)
-    sums: dict[str, Tensor] = {}
+    history: dict[str, Tensor] = {}
     with torch.no_grad():
         p_rare[0] = torch.softmax(theta, -1)[:, 0]
         entropy[0] = _entropy(theta)
@@ -217,7 +213,7 @@ def _run(method: str, cfg: BanditConfig, kwargs: dict) -> BanditHistory:
             adv = grpo_advantages(reward, G)
             old_logp = torch.gather(old_logp_all, 1, arms)
             reward_hist[step] = reward.mean(-1)
-        step_sums: dict[str, Tensor] = {}
+        parts: list = []
         for mb in [m for _ in range(cfg.epochs) for m in range(cfg.minibatches)]:
             sl = slice(mb * per_mb, (mb + 1) * per_mb)
             logp = torch.gather(torch.log_softmax(theta, -1), 1, arms[:, sl])
@@ -228,42 +224,13 @@ def _run(method: str, cfg: BanditConfig, kwargs: dict) -> BanditHistory:
             opt.zero_grad(set_to_none=True)
             (loss * S).backward()  # Σ over seeds of each seed's own token mean
             opt.step()
-            _accumulate(step_sums, metrics)
-        for key, value in _finish(step_sums).items():
-            sums.setdefault(key, torch.empty(cfg.steps, dtype=torch.float64))[step] = value
+            parts.append(metrics)
+        for key, value in reduce_metrics(parts, distributed=False).items():
+            history.setdefault(key, torch.empty(cfg.steps, dtype=torch.float64))[step] = value
         with torch.no_grad():
             p_rare[step + 1] = torch.softmax(theta, -1)[:, 0]
             entropy[step + 1] = _entropy(theta)
-    return BanditHistory(method, p_rare, entropy, reward_hist, sums, time.perf_counter() - start)
-
-
-def _weight_key(key: str) -> Optional[str]:
-    """Which count a metric is a mean over (None: the metric is itself a count or an extreme)."""
-    if key in ("num_tokens", "ratio/min", "ratio/max") or key.endswith("/tokens"):
-        return None
-    if key.startswith("bucket/"):
-        return key.rsplit("/", 1)[0] + "/tokens"
-    return "num_tokens"
-
-
-def _accumulate(sums: dict, metrics: dict) -> None:
-    for key, value in metrics.items():
-        w = _weight_key(key)
-        v = value.double() * (metrics[w].double() if w else 1.0)
-        if key == "ratio/min":
-            sums[key] = torch.minimum(sums[key], v) if key in sums else v
-        elif key == "ratio/max":
-            sums[key] = torch.maximum(sums[key], v) if key in sums else v
-        else:
-            sums[key] = sums[key] + v if key in sums else v
-
-
-def _finish(sums: dict) -> dict:
-    out = {}
-    for key, value in sums.items():
-        w = _weight_key(key)
-        out[key] = value / sums[w].clamp(min=1) if w else value
-    return out
+    return BanditHistory(method, p_rare, entropy, reward_hist, history, time.perf_counter() - start)
 
 
 def run_all(cfg: BanditConfig = BanditConfig(), methods: "Optional[list[str]]" = None) -> "dict[str, BanditHistory]":
@@ -331,16 +298,16 @@ def main(argv: "Optional[list[str]]" = None) -> str:
     parser.add_argument("--minibatches", type=int, default=d.minibatches, help="mini-batches per rollout")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="passes over the mini-batches per rollout")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="optimiser on the logits")
-    parser.add_argument("--methods", type=str, default=",".join(METHODS), help="comma-separated METHODS keys")
+    parser.add_argument("--methods", type=str, default=",".join(METHODS), help="comma-separated method ids")
     args = parser.parse_args(argv)
     cfg = replace(
         d, steps=args.steps, seeds=tuple(range(args.seeds)), lr=args.lr, rare_prob=args.rare_prob,
         minibatches=args.minibatches, epochs=args.epochs, optimizer=args.optimizer,
     )
     methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in list_methods()]
     if unknown:
-        parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+        parser.error(f"unknown methods {unknown}; known: {', '.join(list_methods())}")
     rows = {m: summarize(run_bandit(m, cfg), cfg) for m in methods}
     lo, hi = cfg.common_success
     text = (

@@ -5,11 +5,12 @@ ablations), 3 seeds each, on the tiny CPU task.
     python -m bandpo.experiments.reproduce --methods band_kl clip --seeds 0 --max-steps 50
     python -m bandpo.experiments.reproduce --shard 0/2 &  python -m bandpo.experiments.reproduce --shard 1/2   # two processes
 
-Every run is the ``tiny-cpu`` preset (or ``--preset``) with the method's loss settings (``METHODS``) and
-``trainer.seed = k``; everything else is identical across methods, including the warm-started starting point of a
-given seed (the warm-start depends only on the seed). Run from the repository root. Finished runs
-(``summary.json`` present with ``completed_steps >= max_steps``) are skipped; an interrupted run resumes from its
-checkpoint. Checkpoints are deleted when a run finishes unless ``--keep-checkpoints``.
+Every run is the ``tiny-cpu`` preset (or ``--preset``) with ``loss.method`` set to the method id (``METHODS``:
+ids of the method table ``bandpo.losses.METHODS``, with their own settings) and ``trainer.seed = k``;
+everything else is identical across methods, including the warm-started starting point of a given seed (the
+warm-start depends only on the seed). Run from the repository root. Finished runs (``summary.json`` present with
+``completed_steps >= max_steps``) are skipped; an interrupted run resumes from its checkpoint.
+Checkpoints are deleted when a run finishes unless ``--keep-checkpoints``.
 
 Data layout (read by the figure scripts; documented in ``bandpo/training/presets/README.md``)::
 
@@ -31,21 +32,21 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ..losses import get_method
 from ..training.config import load_config, preset_path
 
-__all__ = ["METHODS", "SEEDS", "SUMMARY_COLUMNS", "is_finished", "reproduce", "summarize"]
+__all__ = ["METHODS", "SEEDS", "method_overrides", "SUMMARY_COLUMNS", "is_finished", "reproduce", "summarize"]
 
-METHODS: dict = {
-    "clip": {"loss.method": "clip", "loss.eps_low": 0.2, "loss.eps_high": 0.2, "loss.max_ratio": None},
-    "clip_higher": {"loss.method": "clip", "loss.eps_low": 0.2, "loss.eps_high": 0.28, "loss.max_ratio": None},
-    "dcpo": {"loss.method": "dcpo", "loss.eps_low": 0.16, "loss.eps_high": 0.2, "loss.max_ratio": 10.0},
-    "band_kl": {"loss.method": "band", "loss.divergence": "kl", "loss.delta": 0.05, "loss.max_ratio": 10.0},
-    "band_tv": {"loss.method": "band", "loss.divergence": "tv", "loss.delta": 0.05, "loss.max_ratio": 10.0},
-    "band_chi2": {"loss.method": "band", "loss.divergence": "chi2", "loss.delta": 0.05, "loss.max_ratio": 10.0},
-}
-"""Method id -> loss overrides (the paper's settings: digest §5.5). The ids are the canonical method ids of
-``paper_figures/style.py`` (``clip`` is GRPO's 0.2/0.2 clip). Dual-clip 10, the KL term, the aggregation and
-everything else come from the preset and are the same for all."""
+METHODS: tuple = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2")
+"""The paper's comparison, as ids of the method table ``bandpo.losses.METHODS`` (``clip`` is GRPO's 0.2/0.2
+clip; each method's own settings are the paper's: docs/paper-notes.md, "Baselines"). Dual-clip 10, the KL term,
+the aggregation and everything else come from the preset and are the same for all."""
+
+
+def method_overrides(method: str) -> dict:
+    """The config overrides of one method id: ``{"loss.method": method}`` (its settings are the method's own)."""
+    get_method(method)  # ValueError listing the known ids
+    return {"loss.method": method}
 
 SEEDS = (0, 1, 2)
 DEFAULT_OUT = Path("paper_figures/data/runs")
@@ -147,15 +148,14 @@ def reproduce(
     from ..training.cli import run
 
     runner = runner or run
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    for m in methods:
+        get_method(m)  # ValueError listing the known ids
     out = Path(out)
     jobs = [(seed, method) for seed in seeds for method in methods]
     for n, (seed, method) in enumerate(jobs):
         if n % shard[1] != shard[0]:
             continue
-        cfg = load_config(preset_path(preset), {**(overrides or {}), **METHODS[method], "trainer.seed": seed,
+        cfg = load_config(preset_path(preset), {**(overrides or {}), **method_overrides(method), "trainer.seed": seed,
                                                 "trainer.progress_bar": False})
         path = run_dir(out, method, seed)
         if is_finished(path, cfg.trainer.max_steps):
@@ -181,7 +181,7 @@ def _parse_set(items: Sequence[str]) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bandpo.experiments.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"subset of {list(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"method ids (default: {list(METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--preset", default="tiny-cpu")
     p.add_argument("--max-steps", type=int, help="RL steps per run (default: the preset's)")

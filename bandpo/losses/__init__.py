@@ -1,7 +1,72 @@
-"""Policy losses: the clipped surrogate with per-token bounds, the bounds methods, aggregation and metrics.
+"""Policy losses: the clipped surrogate with per-token bounds, the method table, bounds rules, schedules,
+aggregation and metrics.
 
-Builds on :mod:`bandpo.operator`; imports nothing from training or experiments.
+* :mod:`~bandpo.losses.bounds`: bounds rules carrying their settings (:class:`Clip`, :class:`DCPO`, :class:`Band`);
+* :mod:`~bandpo.losses.methods`: the method table :data:`METHODS` (ids ``clip``, ``clip_higher``, ``dcpo``,
+  ``band_<divergence>``, ``no_clip``);
+* :mod:`~bandpo.losses.schedules`: :class:`Constant`, :class:`Linear`, :class:`Cosine` (e.g. for δ);
+* :mod:`~bandpo.losses.aggregation`: :func:`aggregate`, :func:`aggregation_denominator`;
+* :mod:`~bandpo.losses.metrics`: :data:`METRIC_KEYS`, :func:`loss_metrics`, :func:`reduce_metrics`;
+* :mod:`~bandpo.losses.surrogate`: :func:`policy_loss`, :func:`bounds`, :func:`surrogate`;
+* :mod:`~bandpo.losses.config`: :class:`LossConfig`.
+
+Builds on :mod:`bandpo.operator`; imports nothing from training or experiments. (The function :func:`bounds`
+is exported under the same name as the module ``bandpo.losses.bounds``; import rules from that module with
+``from bandpo.losses import Band`` or ``from bandpo.losses.bounds import Band``.)
 """
 
-from .core import *  # noqa: F401,F403
-from .core import __all__  # noqa: F401
+from .aggregation import AGGREGATIONS, Aggregation, aggregate, aggregation_denominator, get_aggregation, list_aggregations
+from .bounds import DCPO, Band, BoundsRule, Clip
+from .config import LossConfig
+from .methods import (
+    METHODS,
+    Method,
+    get_method,
+    list_methods,
+    method_settings,
+    register_method,
+    resolve_method,
+    unregister_method,
+)
+from .metrics import BUCKET_EDGES, BUCKET_NAMES, METRIC_KEYS, Reduction, loss_metrics, metric_reduction, reduce_metrics
+from .schedules import SCHEDULES, Constant, Cosine, Linear, Schedule, make_schedule
+from .surrogate import LOG_RATIO_CLAMP, bounds, policy_loss, surrogate
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "BUCKET_EDGES",
+    "BUCKET_NAMES",
+    "Band",
+    "BoundsRule",
+    "Clip",
+    "Constant",
+    "Cosine",
+    "DCPO",
+    "LOG_RATIO_CLAMP",
+    "Linear",
+    "LossConfig",
+    "METHODS",
+    "METRIC_KEYS",
+    "Method",
+    "Reduction",
+    "SCHEDULES",
+    "Schedule",
+    "aggregate",
+    "aggregation_denominator",
+    "bounds",
+    "get_aggregation",
+    "get_method",
+    "list_aggregations",
+    "list_methods",
+    "loss_metrics",
+    "make_schedule",
+    "method_settings",
+    "metric_reduction",
+    "policy_loss",
+    "reduce_metrics",
+    "register_method",
+    "resolve_method",
+    "surrogate",
+    "unregister_method",
+]

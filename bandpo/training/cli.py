@@ -1,14 +1,16 @@
 """Train a language model with BandPO (or a baseline) from the command line or from Python.
 
-    python -m bandpo.training --preset tiny-cpu --method band --divergence kl --delta 0.05 --max-steps 300 \\
+    python -m bandpo.training --preset tiny-cpu --method band_kl --delta 0.05 --max-steps 300 \\
         --seed 0 --out runs/tiny-band
     python -m bandpo.training --config bandpo/training/presets/paper-bandpo-kl.yaml --out runs/qwen3b-bandkl
     python -m bandpo.training --config bandpo/training/presets/paper-bandpo-kl.yaml --dry-run --out /tmp/dry   # CPU check
 
 Every config field is also a flag (``--loss.delta 0.1``, ``--rollout.group_size 16``; ``python -m bandpo.training
 --help`` lists them with their docstrings); the loss options and a few others have short aliases
-(``--method --divergence --delta --eps-low --eps-high --dual-clip --max-ratio --agg --kl-coef --lr --max-steps
---seed --devices --strategy --accelerator --precision``). ``none`` sets an optional value to None.
+(``--method --divergence --delta --delta-schedule --delta-end --delta-steps --eps-low --eps-high --r-max
+--dual-clip --max-ratio --agg --kl-coef --lr --max-steps --seed --devices --strategy --accelerator --precision``;
+``--method`` takes an id of ``bandpo.list_methods()``, e.g. band_kl, clip, clip_higher, dcpo). ``none`` sets an
+optional value to None.
 
 What a run writes in ``--out`` (DIR):
 
@@ -47,9 +49,10 @@ RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress_bar", "trainer.num_t
 """Config keys that may differ between a run and its resumption."""
 
 ALIASES = {
-    "method": "loss.method", "divergence": "loss.divergence", "delta": "loss.delta", "eps-low": "loss.eps_low",
-    "eps-high": "loss.eps_high", "dual-clip": "loss.dual_clip", "max-ratio": "loss.max_ratio", "agg": "loss.agg",
-    "kl-coef": "loss.kl_coef", "lr": "optim.lr", "max-steps": "trainer.max_steps", "seed": "trainer.seed",
+    "method": "loss.method", "divergence": "loss.divergence", "delta": "loss.delta",
+    "delta-schedule": "loss.delta_schedule", "delta-end": "loss.delta_end", "delta-steps": "loss.delta_steps",
+    "eps-low": "loss.eps_low", "eps-high": "loss.eps_high", "r-max": "loss.r_max", "dual-clip": "loss.dual_clip",
+    "max-ratio": "loss.max_ratio", "agg": "loss.agg", "kl-coef": "objective.kl_coef", "lr": "optim.lr", "max-steps": "trainer.max_steps", "seed": "trainer.seed",
     "devices": "trainer.devices", "strategy": "trainer.strategy", "accelerator": "trainer.accelerator",
     "precision": "trainer.precision",
 }
@@ -330,7 +333,7 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         stats["wall_s"] = time.time() - t0
         if _is_main_process():
             (out / "warmstart.json").write_text(json.dumps(stats, indent=1) + "\n")
-    ref = copy.deepcopy(policy) if cfg.loss.kl_coef > 0 else None
+    ref = copy.deepcopy(policy) if cfg.objective.kl_coef > 0 else None
     module = BandPOModule(policy, tokenizer, cfg, task, ref_policy=ref, store_ref=cfg.warmstart.steps > 0)
     trainer = build_trainer(cfg, out, extra_callbacks)
     if ckpt is not None:

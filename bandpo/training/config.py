@@ -1,7 +1,7 @@
 """Typed training configuration: dataclasses with a docstring under every field, validated once, YAML in/out.
 
-A run is described by one :class:`TrainConfig` with seven sections (``model``, ``task``, ``rollout``, ``loss``,
-``optim``, ``warmstart``, ``trainer``). YAML files in ``bandpo/training/presets/`` hold the same nesting; a file may name a
+A run is described by one :class:`TrainConfig` with eight sections (``model``, ``task``, ``rollout``, ``loss``,
+``objective``, ``optim``, ``warmstart``, ``trainer``). The ``loss`` section is :class:`bandpo.LossConfig` itself. YAML files in ``bandpo/training/presets/`` hold the same nesting; a file may name a
 ``base:`` file (relative to itself) whose values it overrides, key by key.
 
 Validation happens in two places, both before any work:
@@ -11,7 +11,7 @@ Validation happens in two places, both before any work:
 * :meth:`TrainConfig.check_paths` checks what depends on the machine (the model folder or Hugging Face cache entry,
   the data file) and is called by ``bandpo.training.cli`` at start-up. Parsing a GPU recipe on a laptop therefore works.
 
-Nothing here imports torch, Lightning or transformers.
+Nothing here imports Lightning or transformers (``bandpo.losses`` brings torch).
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..losses.config import LossConfig
+
 __all__ = [
     "CONFIG_DIR",
     "LossConfig",
     "ModelConfig",
+    "ObjectiveConfig",
     "OptimConfig",
     "RolloutConfig",
     "TaskConfig",
@@ -66,7 +69,7 @@ def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """The policy (and, with ``loss.kl_coef > 0``, the frozen reference: a copy of the initial policy)."""
+    """The policy (and, with ``objective.kl_coef > 0``, the frozen reference: a copy of the initial policy)."""
 
     name_or_path: Optional[str] = None
     """A Hugging Face causal LM: a local folder, or a hub id already in the local HF cache (nothing is downloaded).
@@ -184,47 +187,42 @@ class RolloutConfig:
 
 
 @dataclass
-class LossConfig:
-    """Arguments of ``bandpo.policy_loss`` plus the advantage and reference-KL settings."""
+class ObjectiveConfig:
+    """The GRPO objective around the policy loss: advantage normalisation and the k3 reference-KL penalty."""
 
-    method: str = "band"
-    """Ratio bound: 'clip' (PPO/GRPO [1-eps_low, 1+eps_high]; Clip-Higher with eps_high 0.28), 'dcpo'
-    (DCPO dynamic-adaptive clipping) or 'band' (BandPO: the f-divergence band of radius delta)."""
-    divergence: str = "kl"
-    """f-divergence of the band (``bandpo.list_divergences()``); the paper trains with 'kl'."""
-    delta: float = 0.05
-    """Trust-region radius δ of the band (method 'band'). The paper: 0.05."""
-    eps_low: Optional[float] = None
-    """Lower clip ε₋ (methods 'clip' and 'dcpo'); None: the method's default (clip 0.2, dcpo 0.16)."""
-    eps_high: Optional[float] = None
-    """Upper clip ε₊ (methods 'clip' and 'dcpo'); None: the method's default (clip 0.28, dcpo 0.2)."""
-    dual_clip: Optional[float] = 10.0
-    """Dual-clip constant c (> 1) bounding the loss of negative-advantage tokens at -A·c; None: off."""
-    max_ratio: Optional[float] = 10.0
-    """Cap on the upper ratio bound (BandPO and DCPO use 10); None: no cap."""
-    agg: str = "seq-mean-token-mean"
-    """Loss aggregation: 'token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum', 'seq-mean-token-sum-norm'."""
     kl_coef: float = 0.001
     """β of the k3 KL(π‖π_ref) penalty added to the loss (the paper: 0.001); 0 disables the reference model."""
     scale_adv_by_std: bool = True
-    """GRPO advantages (R - mean_G R)/(std_G R + 1e-6); False: R - mean_G R (Dr. GRPO)."""
+    """GRPO advantages (R - mean_G R)/(std_G R + 1e-6); False: R - mean_G R (Dr. GRPO, arXiv 2503.20783)."""
 
     def __post_init__(self) -> None:
-        # The policy-loss fields are validated by bandpo.losses.LossConfig itself (one set of rules), one field
-        # at a time so that the message names the offending key.
-        from ..losses.core import LossConfig as PolicyLossConfig
+        _check(math.isfinite(self.kl_coef) and self.kl_coef >= 0, "objective.kl_coef", self.kl_coef, "must be >= 0")
 
-        for name, value in self.policy_loss_kwargs().items():
+
+_MOVED_TO_OBJECTIVE = tuple(f.name for f in dataclasses.fields(ObjectiveConfig))
+"""Keys that used to live in the ``loss`` section."""
+
+
+def _build_loss(values: dict) -> LossConfig:
+    """The ``loss`` section (:class:`bandpo.LossConfig`), with errors that name the offending key."""
+    for key in _MOVED_TO_OBJECTIVE:
+        if key in values:
+            raise ValueError(f"config key loss.{key} moved to objective.{key} (section 'objective': advantage "
+                             "normalisation and the k3 reference-KL penalty)")
+    try:
+        return _build_section(LossConfig, "loss", values)
+    except ValueError as exc:
+        if str(exc).startswith(("config ", "unknown key")):
+            raise
+        hints = typing.get_type_hints(LossConfig)
+        coerced = {k: _coerce(v, hints[k], f"loss.{k}") for k, v in values.items()}
+        method = coerced.get("method", LossConfig.method)
+        for key, value in coerced.items():
             try:
-                PolicyLossConfig(**{name: value})
-            except (ValueError, TypeError) as exc:
-                _fail(f"loss.{name}", value, str(exc))
-        _check(math.isfinite(self.kl_coef) and self.kl_coef >= 0, "loss.kl_coef", self.kl_coef, "must be >= 0")
-
-    def policy_loss_kwargs(self) -> dict:
-        """Keyword arguments for ``bandpo.policy_loss``."""
-        return dict(method=self.method, divergence=self.divergence, delta=self.delta, eps_low=self.eps_low,
-                    eps_high=self.eps_high, dual_clip=self.dual_clip, max_ratio=self.max_ratio, agg=self.agg)
+                LossConfig(**{"method": method, key: value})
+            except ValueError as one:
+                _fail(f"loss.{key}", value, str(one))
+        raise ValueError(f"config section 'loss' is invalid: {exc}") from None
 
 
 @dataclass
@@ -339,6 +337,7 @@ SECTIONS = {
     "task": TaskConfig,
     "rollout": RolloutConfig,
     "loss": LossConfig,
+    "objective": ObjectiveConfig,
     "optim": OptimConfig,
     "warmstart": WarmStartConfig,
     "trainer": TrainerConfig,
@@ -357,7 +356,9 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Sampling."""
     loss: LossConfig = field(default_factory=LossConfig)
-    """Policy loss, advantages, reference KL."""
+    """Policy loss: the method and its settings, dual-clip, aggregation (:class:`bandpo.LossConfig`)."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """Advantage normalisation and the reference-KL penalty."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser and mini-batching."""
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
@@ -405,7 +406,7 @@ class TrainConfig:
             values = data.get(name) or {}
             if not isinstance(values, dict):
                 raise ValueError(f"config section {name!r} must be a mapping, got {values!r}")
-            sections[name] = _build_section(sec_cls, name, values)
+            sections[name] = _build_loss(values) if name == "loss" else _build_section(sec_cls, name, values)
         return cls(**sections)
 
     def to_dict(self) -> dict:
@@ -484,6 +485,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ValueError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message
+            raise ValueError(errors[0])
         raise ValueError(f"config {key} = {value!r}: expected {tp}")
     if origin in (list, tuple):
         if isinstance(value, str):

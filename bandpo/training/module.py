@@ -3,13 +3,15 @@
 One ``training_step`` is one RL step:
 
 1. **rollout** (``bandpo.training.rollout.rollout``): this process's share of the step's prompts, G completions each, rewards,
-   group advantages, old log-probs and entropy from a forward pass, reference log-probs if ``kl_coef > 0``;
+   group advantages, old log-probs and entropy from a forward pass, reference log-probs if ``objective.kl_coef > 0``;
 2. **update**: ``ppo_epochs`` passes over the rollout in mini-batches of ``prompts_per_minibatch`` prompt groups,
    one optimiser step each (so the later steps are off-policy and the ratio bounds matter), with gradient
-   accumulation over micro-batches; loss = ``bandpo.policy_loss`` + β·k3 KL, both aggregated with the exact
+   accumulation over micro-batches; loss = ``bandpo.policy_loss(config=cfg.loss, step=RL step)`` (so a δ schedule
+   follows the RL step) + β·k3 KL, both aggregated with the exact
    whole-mini-batch denominator (``bandpo.losses.aggregation_denominator``), with several processes the
    mean of the ranks' denominators, so that the gradient average is the aggregate over all ranks' tokens;
-3. **log** one row of metrics (reduced over processes) to the run's CSV logger.
+3. **log** one row of metrics to the run's CSV logger, reduced over micro-batches, optimiser steps and processes
+   by ``bandpo.losses.reduce_metrics`` (the same function the bandit uses).
 
 The module only wires pure functions (``bandpo.training.rollout``, ``bandpo.policy_loss``); its own state is the RL step
 counter and, when the reference policy cannot be rebuilt from the model path, the reference weights (both in
@@ -34,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from .config import TrainConfig
-from ..losses.core import aggregate, aggregation_denominator, policy_loss
+from ..losses import aggregate, aggregation_denominator, policy_loss, reduce_metrics
 from .rollout import Rollout, completion_logp, k3_kl, rollout
 from .tasks import Task
 
@@ -65,7 +67,7 @@ class BandPOModule(L.LightningModule):
         tokenizer: its tokenizer (pad and eos tokens set).
         config: the run's :class:`bandpo.training.config.TrainConfig`.
         task: prompts and scoring (:func:`bandpo.training.tasks.build_task`).
-        ref_policy: frozen reference for the k3 KL term (required iff ``config.loss.kl_coef > 0``). It is not a
+        ref_policy: frozen reference for the k3 KL term (required iff ``config.objective.kl_coef > 0``). It is not a
             registered submodule: not trained, not wrapped by DDP, and saved in checkpoints only when
             ``store_ref`` is set (it cannot be rebuilt from the model path, e.g. after a warm-start).
         store_ref: save the reference weights in checkpoints.
@@ -81,8 +83,8 @@ class BandPOModule(L.LightningModule):
         store_ref: bool = False,
     ) -> None:
         super().__init__()
-        if (config.loss.kl_coef > 0) != (ref_policy is not None):
-            raise ValueError("a reference policy is needed exactly when loss.kl_coef > 0")
+        if (config.objective.kl_coef > 0) != (ref_policy is not None):
+            raise ValueError("a reference policy is needed exactly when objective.kl_coef > 0")
         self.automatic_optimization = False
         self.policy = policy
         self.tokenizer = tokenizer
@@ -158,7 +160,7 @@ class BandPOModule(L.LightningModule):
         stats = self._update(ro, step)
         t2 = time.perf_counter()
 
-        row = self._reduce_metrics(self._rollout_metrics(ro), stats, world)
+        row = self._reduce_metrics(ro, stats)
         n_tokens = row.pop("_completion_tokens")
         row.update({
             "optim_steps": float(self.trainer.global_step),
@@ -187,7 +189,7 @@ class BandPOModule(L.LightningModule):
             self.policy, self.tokenizer, rows, group_size=r.group_size, max_new_tokens=r.max_new_tokens,
             reward_funcs=cfg.task.reward_funcs or self.task.reward_funcs, reward_weights=cfg.task.reward_weights,
             correct_fn=self.task.correct, generator=self.generator, temperature=r.temperature, top_p=r.top_p,
-            sampler=r.sampler, ref_model=self.ref_policy, scale_adv_by_std=cfg.loss.scale_adv_by_std,
+            sampler=r.sampler, ref_model=self.ref_policy, scale_adv_by_std=cfg.objective.scale_adv_by_std,
             micro_batch_size=r.micro_batch_size, chat_template=cfg.task.chat_template,
         )
 
@@ -229,12 +231,12 @@ class BandPOModule(L.LightningModule):
                                       ro.mask[j], temperature=cfg.rollout.temperature)
             mask = ro.mask[j]
             adv = ro.adv[j].reshape(-1, 1).expand_as(logp)
-            loss, m = policy_loss(logp, ro.old_logp[j], adv, mask, **cfg.loss.policy_loss_kwargs(),
-                                  denominator=den, validate=False)
+            loss, m = policy_loss(logp, ro.old_logp[j], adv, mask, config=cfg.loss, step=step, denominator=den,
+                                  validate=False)
             m["loss/policy"] = loss.detach()
             if ro.ref_logp is not None:
                 kl = aggregate(k3_kl(logp, ro.ref_logp[j]), mask, cfg.loss.agg, denominator=den)
-                loss = loss + cfg.loss.kl_coef * kl
+                loss = loss + cfg.objective.kl_coef * kl
                 m["kl_ref"] = kl.detach()
             self.manual_backward(loss)
             total = total + loss.detach()
@@ -248,7 +250,11 @@ class BandPOModule(L.LightningModule):
         else:
             opt.step()
             sched.step()
-        return {"parts": parts, "loss/total": total, "grad_norm": grad_norm, "skipped": float(bad)}
+        # Micro-batch parts of the policy loss and KL add up to the mini-batch value (whole-batch denominator).
+        metrics = reduce_metrics([m for m, _, _ in parts], {"loss/policy": "sum", "kl_ref": "sum"}, distributed=False)
+        metrics["loss/total"] = total
+        metrics["grad_norm"] = grad_norm.detach()
+        return {"parts": parts, "metrics": metrics, "skipped": float(bad)}
 
     def _grad_norm(self) -> Tensor:
         clip = self.cfg.optim.grad_clip or math.inf
@@ -287,8 +293,8 @@ class BandPOModule(L.LightningModule):
     # Metrics
     # ------------------------------------------------------------------------------------------------------
 
-    def _rollout_metrics(self, ro: Rollout) -> dict:
-        """(sum, weight) pairs, so that a sum over processes gives the global mean."""
+    def _rollout_metrics(self, ro: Rollout, skipped: float) -> "tuple[dict, dict]":
+        """This process's rollout statistics as one metrics part, and how each key reduces over processes."""
         G = self.cfg.rollout.group_size
         n = float(ro.rewards.numel())
         length = ro.mask.sum(1).float()
@@ -296,76 +302,44 @@ class BandPOModule(L.LightningModule):
         hit_max = hit_max & (ro.mask.shape[1] == self.cfg.rollout.max_new_tokens)
         zero_std = (ro.rewards.view(-1, G).std(1) == 0).float()
         tokens = ro.mask.sum().float()
-        out = {
-            "reward/mean": (ro.rewards.sum(), n),
-            "_reward_sq": ((ro.rewards ** 2).sum(), n),
-            "accuracy": (ro.correct.sum(), n),
-            "completion_length/mean": (length.sum(), n),
-            "completion_length/truncated_frac": (hit_max.float().sum(), n),
-            "entropy": ((ro.entropy * ro.mask).sum(), tokens),
-            "frac_reward_zero_std": (zero_std.sum(), float(zero_std.numel())),
-            "_completion_tokens": (tokens, 1.0),
+        part = {
+            "reward/mean": ro.rewards.float().mean(),
+            "_reward_sq": (ro.rewards.float() ** 2).mean(),
+            "accuracy": ro.correct.float().mean(),
+            "completion_length/mean": length.mean(),
+            "completion_length/truncated_frac": hit_max.float().mean(),
+            "entropy": (ro.entropy * ro.mask).sum() / tokens.clamp(min=1),
+            "frac_reward_zero_std": zero_std.mean(),
+            "nonfinite/skipped": skipped,
+            "_completion_tokens": tokens,
+            "_n": n,
+            "_tokens": tokens,
+            "_groups": float(zero_std.numel()),
         }
         for name, scores in ro.reward_parts.items():
-            out[f"reward/{name}"] = (scores.sum(), n)
-        return out
+            part[f"reward/{name}"] = scores.float().mean()
+        per_sample = [k for k in part if k.startswith("reward/")] + [
+            "_reward_sq", "accuracy", "completion_length/mean", "completion_length/truncated_frac"]
+        reductions = {k: ("mean", "_n") for k in per_sample}
+        reductions.update({"entropy": ("mean", "_tokens"), "frac_reward_zero_std": ("mean", "_groups"),
+                           "_completion_tokens": "sum", "_n": "sum", "_tokens": "sum", "_groups": "sum"})
+        return part, reductions
 
-    def _reduce_metrics(self, rollout_sums: dict, stats: list, world: int) -> dict:
-        """Combine rollout sums and per-optimiser-step loss metrics, reduced over processes, into floats.
+    def _reduce_metrics(self, ro: Rollout, stats: list) -> dict:
+        """One row of floats: rollout statistics and the optimiser steps' loss metrics, reduced over processes.
 
-        Means are kept as (Σ value·weight, Σ weight) and summed over processes in one all-reduce: loss metrics
-        are token-weighted over micro-batches, optimiser steps and processes (bucket metrics by the bucket's
-        token count); ``loss/*``, ``kl_ref`` and ``grad_norm`` are means over optimiser steps; ``num_tokens`` and
-        the bucket token counts are totals over the RL step; ``ratio/min``/``ratio/max`` are the extremes.
+        ``bandpo.losses.reduce_metrics`` does the weighting (one all-reduce): loss metrics are token-weighted
+        over micro-batches, optimiser steps and processes (bucket metrics by the bucket's token count);
+        ``loss/*``, ``kl_ref`` and ``grad_norm`` are means over optimiser steps; ``num_tokens`` and the bucket
+        token counts are totals over the RL step; ``ratio/min``/``ratio/max`` are the extremes.
         """
-        dev, f64 = self.device, torch.float64
-
-        def t(x: Any) -> Tensor:
-            return torch.as_tensor(x, dtype=f64, device=dev).reshape(())
-
-        means: dict = {k: [t(v), t(w)] for k, (v, w) in rollout_sums.items()}
-        sums: dict = {}
-        lo, hi = t(math.inf), t(-math.inf)
-
-        def add(key: str, value: Tensor, weight: Any) -> None:
-            w = t(weight)
-            s, ws = means.get(key, (t(0.0), t(0.0)))
-            means[key] = [s + value.to(f64) * w, ws + w]
-
-        for s in stats:
-            per_step: dict = {}
-            for m, _, _ in s["parts"]:
-                for key, value in m.items():
-                    if key == "ratio/min":
-                        lo = torch.minimum(lo, value.to(f64))
-                    elif key == "ratio/max":
-                        hi = torch.maximum(hi, value.to(f64))
-                    elif key == "num_tokens" or key.endswith("/tokens"):
-                        sums[key] = sums.get(key, t(0.0)) + value.to(f64)
-                    elif key in ("loss/policy", "kl_ref"):  # micro-batch parts add up to the mini-batch value
-                        per_step[key] = per_step.get(key, t(0.0)) + value.to(f64)
-                    elif key.startswith("bucket/"):
-                        add(key, value, m[key.rsplit("/", 1)[0] + "/tokens"])
-                    else:
-                        add(key, value, m["num_tokens"])
-            for key, value in per_step.items():
-                add(key, value, 1.0)
-            add("loss/total", s["loss/total"], 1.0)
-            add("grad_norm", s["grad_norm"].detach(), 1.0)
-        means["nonfinite/skipped"] = [t(sum(s["skipped"] for s in stats)), t(1.0)]
-
-        mkeys, skeys = sorted(means), sorted(sums)
-        flat = torch.stack([means[k][0] for k in mkeys] + [means[k][1] for k in mkeys] + [sums[k] for k in skeys])
-        ext = torch.stack([lo, -hi])
-        if world > 1:
-            flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
-            ext = self.all_gather(ext).reshape(world, 2).amin(dim=0)
-        values, ext_v = flat.tolist(), ext.tolist()
-        n = len(mkeys)
-        row = {k: (values[i] / values[n + i] if values[n + i] > 0 else 0.0) for i, k in enumerate(mkeys)}
-        row.update({k: values[2 * n + i] for i, k in enumerate(skeys)})
-        row["ratio/min"], row["ratio/max"] = ext_v[0], -ext_v[1]
+        rollout_part, reductions = self._rollout_metrics(ro, float(sum(s["skipped"] for s in stats)))
+        reduced = reduce_metrics([rollout_part] + [s["metrics"] for s in stats], reductions)
+        keys = list(reduced)
+        values = torch.stack([reduced[k] for k in keys]).tolist()  # the one host sync of the row
+        row = dict(zip(keys, values))
         mean_sq = row.pop("_reward_sq")
+        for k in ("_n", "_tokens", "_groups"):
+            row.pop(k)
         row["reward/std"] = math.sqrt(max(mean_sq - row["reward/mean"] ** 2, 0.0))
-        row["_completion_tokens"] *= world  # the mean per process times the processes: the global count
         return row

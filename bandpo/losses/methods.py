@@ -1,0 +1,169 @@
+"""The method table: one id per training method, used everywhere (loss API, CLI, YAML, bandit, reproduction
+runner, figures, tests).
+
+A :class:`Method` is a bounds rule with its settings (:mod:`bandpo.losses.bounds`), an optional cap
+``max_ratio`` on the upper bound, a plot label and a one-line description:
+
+=====================  ===========================================================  ================================
+id                     bounds                                                       reference
+=====================  ===========================================================  ================================
+``clip``               Clip(0.2, 0.2), no cap                                       PPO/GRPO, arXiv 1707.06347
+``clip_higher``        Clip(0.2, 0.28), no cap                                      Clip-Higher/DAPO, arXiv 2503.14476
+``dcpo``               DCPO(0.16, 0.2, r_max=10)                                    DCPO, arXiv 2509.02333
+``band_<divergence>``  Band(<divergence>, δ = 0.05), cap 10 (kl, tv, chi2,          BandPO, arXiv 2603.04918
+                       hellinger, js, reverse_kl, neyman_chi2)
+``no_clip``            Clip(1, 1e6): bounds [0, 1e6] (a reference, not a method)    importance-weighted PG
+=====================  ===========================================================  ================================
+
+Settings of a method are the fields of its bounds rule plus ``max_ratio``; :func:`resolve_method` applies
+overrides (``delta=0.1``, ``eps_high=0.28``, ...) and names the allowed settings when one is unknown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from ..registry import Registry
+from .bounds import DCPO, Band, BoundsRule, Clip
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "get_method",
+    "list_methods",
+    "method_settings",
+    "register_method",
+    "resolve_method",
+    "unregister_method",
+]
+
+
+def _check_max_ratio(x) -> None:
+    if x is not None and not (
+        isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) and x >= 1
+    ):
+        raise ValueError(f"max_ratio must be None or a finite number >= 1 (e.g. 10), got {x!r}")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named training method: its bounds rule (with settings) and the cap on the upper bound."""
+
+    name: str
+    """The method id (``band_kl``, ``clip``, ...)."""
+    bounds: BoundsRule
+    """The bounds rule, e.g. ``Band("kl", 0.05)``; called as ``bounds(old_logp, step=...)``."""
+    max_ratio: Optional[float] = None
+    """Cap >= 1 applied to the upper bound (the paper trains BandPO with 10); None: no cap."""
+    label: str = ""
+    """Human-readable name for plots and tables."""
+    description: str = ""
+    """One line: what the bounds are and where they come from."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a method name must be a non-empty string, got {self.name!r}")
+        if not callable(self.bounds):
+            raise ValueError(f"method {self.name!r}: bounds must be a bounds rule (old_logp, step=None) -> (lower, upper), got {self.bounds!r}")
+        _check_max_ratio(self.max_ratio)
+
+    def settings(self) -> "dict[str, Any]":
+        """The method's settings and their values: the bounds rule's fields, then ``max_ratio``."""
+        out = {}
+        if dataclasses.is_dataclass(self.bounds):
+            out = {f.name: getattr(self.bounds, f.name) for f in dataclasses.fields(self.bounds)}
+        out["max_ratio"] = self.max_ratio
+        return out
+
+    def with_settings(self, **settings: Any) -> "Method":
+        """A copy with some settings replaced (validated); ValueError naming the accepted ones if unknown.
+
+        A setting given as None keeps the method's own value (as in :class:`bandpo.LossConfig`)."""
+        if not settings:
+            return self
+        allowed = self.settings()
+        unknown = [k for k in settings if k not in allowed]
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} has no setting {', '.join(map(repr, unknown))}; "
+                f"its settings: {', '.join(allowed)}"
+            )
+        settings = {k: v for k, v in settings.items() if v is not None}
+        rule_kw = {k: v for k, v in settings.items() if k != "max_ratio"}
+        bounds = dataclasses.replace(self.bounds, **rule_kw) if rule_kw else self.bounds
+        return dataclasses.replace(self, bounds=bounds, max_ratio=settings.get("max_ratio", self.max_ratio))
+
+
+METHODS: Registry[Method] = Registry("method", hint="register your own with bandpo.register_method")
+"""The canonical method table, by id."""
+
+
+def register_method(method: Method, *, overwrite: bool = False) -> Method:
+    """Add ``method`` to :data:`METHODS` under ``method.name`` (ValueError if taken, unless ``overwrite``)."""
+    if not isinstance(method, Method):
+        raise ValueError(f"register_method expects a bandpo.losses.Method, got {type(method).__name__}")
+    return METHODS.register(method.name, method, overwrite=overwrite)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method from :data:`METHODS` (ValueError listing the known ids if there is none)."""
+    METHODS.unregister(name)
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``; ValueError listing the known ids otherwise."""
+    return METHODS.get(name)
+
+
+def list_methods() -> list[str]:
+    """Method ids, sorted."""
+    return METHODS.names()
+
+
+def method_settings(method: "str | Method") -> list[str]:
+    """Names of the settings a method accepts (its bounds rule's fields and ``max_ratio``)."""
+    m = get_method(method) if isinstance(method, str) else method
+    return list(m.settings())
+
+
+def resolve_method(method: "Union[str, Method, BoundsRule]", **settings: Any) -> Method:
+    """A :class:`Method` from an id, a Method or a bounds-rule instance, with ``settings`` applied.
+
+    A bare bounds rule becomes a method named after its class, without a cap (unless ``max_ratio`` is given).
+    """
+    if isinstance(method, str):
+        m = get_method(method)
+    elif isinstance(method, Method):
+        m = method
+    elif callable(method):
+        m = Method(type(method).__name__.lower(), method, None)
+    else:
+        raise ValueError(f"method must be a method id ({', '.join(list_methods())}), a Method or a bounds rule, got {method!r}")
+    return m.with_settings(**settings)
+
+
+_DIVERGENCE_LABELS = {
+    "kl": "KL", "tv": "TV", "chi2": "χ²", "hellinger": "Hellinger²", "js": "JS", "reverse_kl": "reverse KL",
+    "neyman_chi2": "Neyman χ²",
+}
+
+for _m in (
+    Method("clip", Clip(0.2, 0.2), None, "GRPO clip (0.2/0.2)",
+           "PPO/GRPO clip [1 - 0.2, 1 + 0.2], no cap (arXiv 1707.06347, 2402.03300)"),
+    Method("clip_higher", Clip(0.2, 0.28), None, "Clip-Higher / DAPO (0.2/0.28)",
+           "Clip-Higher [1 - 0.2, 1 + 0.28], no cap (DAPO, arXiv 2503.14476)"),
+    Method("dcpo", DCPO(0.16, 0.2, 10.0), None, "DCPO",
+           "DCPO dynamic adaptive clipping, eps 0.16/0.2, upper capped at r_max = 10 (arXiv 2509.02333)"),
+    *(
+        Method(f"band_{d}", Band(d, 0.05), 10.0, f"BandPO {label}",
+               f"BandPO {label} band, delta 0.05, upper capped at 10 (arXiv 2603.04918)")
+        for d, label in _DIVERGENCE_LABELS.items()
+    ),
+    Method("no_clip", Clip(1.0, 1e6), None, "no clip (reference)",
+           "bounds [0, 1e6]: the importance-weighted policy gradient (a reference, not a method)"),
+):
+    register_method(_m)

@@ -1,0 +1,300 @@
+"""Diagnostics of the policy loss: the metric keys, their per-batch values, and their reduction over
+micro-batches, optimiser steps and processes (one function, :func:`reduce_metrics`).
+
+Definitions of every key: ``docs/metrics.md``. Per batch, every value is a detached 0-d tensor computed from a
+few fused reductions under ``torch.no_grad`` (no host sync): one (stats x buckets) product of per-token columns
+with the bucket indicators.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BUCKET_EDGES",
+    "BUCKET_NAMES",
+    "METRIC_KEYS",
+    "Reduction",
+    "loss_metrics",
+    "metric_reduction",
+    "reduce_metrics",
+]
+
+BUCKET_EDGES = (0.01, 0.1, 0.5)
+"""Old-probability bucket edges of the per-bucket diagnostics: [0, 0.01), [0.01, 0.1), [0.1, 0.5), [0.5, 1]."""
+
+BUCKET_NAMES = ("p0-0.01", "p0.01-0.1", "p0.1-0.5", "p0.5-1")
+"""Bucket labels used in metric keys, in the order of :data:`BUCKET_EDGES`."""
+
+_METRIC_SCALARS = (
+    "num_tokens",
+    "ratio/mean",
+    "ratio/min",
+    "ratio/max",
+    "ppo_kl",
+    "clip_ratio/low_mean",
+    "clip_ratio/high_mean",
+    "clip_ratio/region_mean",
+    "dual_clip_fraction",
+    "bounds/lower_mean",
+    "bounds/upper_mean",
+    "band_width/mean",
+)
+_BUCKET_STATS = ("tokens", "clip_low_mean", "clip_high_mean", "clip_region_mean", "band_width_mean")
+
+METRIC_KEYS = _METRIC_SCALARS + tuple(f"bucket/{b}/{s}" for b in BUCKET_NAMES for s in _BUCKET_STATS)
+"""Every key of the metrics dict :func:`bandpo.policy_loss` returns, always all of them (docs/metrics.md)."""
+
+# Columns of the per-token statistics matrix (summed per bucket in one product).
+_COLS = ("count", "low", "high", "dual", "ratio", "neg_log_ratio", "lower", "upper")
+
+
+@torch.no_grad()
+def _metrics_from_parts(
+    valid: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    log_ratio: Tensor,
+    ratio: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    dual: Optional[Tensor],
+) -> "dict[str, Tensor]":
+    """The metrics, assuming ``adv`` is 0 at masked tokens (so sign events imply validity)."""
+    dtype = ratio.dtype
+    v = valid.to(dtype)
+    low = (adv < 0) & (ratio < lower)
+    high = (adv > 0) & (ratio > upper)
+    zeros = torch.zeros_like(v)
+    cols = torch.stack([
+        v,
+        low.to(dtype),
+        high.to(dtype),
+        dual.to(dtype) if dual is not None else zeros,
+        ratio * v,
+        log_ratio * -v,
+        lower * v,
+        upper * v,
+    ]).reshape(len(_COLS), -1)
+    # Bucket indicators from log p against log edges (no underflow of p); an edge goes to the upper bucket.
+    cum = [v] + [(old_logp >= math.log(e)).to(dtype) * v for e in BUCKET_EDGES]
+    ind = torch.stack([cum[k] - cum[k + 1] for k in range(len(BUCKET_EDGES))] + [cum[-1]]).reshape(len(BUCKET_NAMES), -1)
+    sums = cols @ ind.T  # (stats, buckets)
+    total = sums.sum(1)
+    n = total[0]
+    n1 = n.clamp(min=1)
+    one = torch.ones((), dtype=dtype, device=ratio.device)
+    lo_r = torch.where(valid, ratio, math.inf).amin()
+    hi_r = torch.where(valid, ratio, -math.inf).amax()
+    means = total / n1
+    out = {
+        "num_tokens": n,
+        "ratio/mean": means[4],
+        "ratio/min": torch.where(n > 0, lo_r, one),
+        "ratio/max": torch.where(n > 0, hi_r, one),
+        "ppo_kl": means[5],
+        "clip_ratio/low_mean": means[1],
+        "clip_ratio/high_mean": means[2],
+        "clip_ratio/region_mean": means[1] + means[2],
+        "dual_clip_fraction": means[3],
+        "bounds/lower_mean": means[6],
+        "bounds/upper_mean": means[7],
+        "band_width/mean": (total[7] - total[6]) / n1,
+    }
+    counts = sums[0]
+    per = sums / counts.clamp(min=1)
+    for k, name in enumerate(BUCKET_NAMES):
+        out[f"bucket/{name}/tokens"] = counts[k]
+        out[f"bucket/{name}/clip_low_mean"] = per[1, k]
+        out[f"bucket/{name}/clip_high_mean"] = per[2, k]
+        out[f"bucket/{name}/clip_region_mean"] = per[1, k] + per[2, k]
+        out[f"bucket/{name}/band_width_mean"] = (sums[7, k] - sums[6, k]) / counts[k].clamp(min=1)
+    return out
+
+
+@torch.no_grad()
+def loss_metrics(
+    ratio: Tensor,
+    adv: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    mask: Tensor,
+    old_logp: Tensor,
+    *,
+    dual_clip: Optional[float] = None,
+) -> "dict[str, Tensor]":
+    """Every key of :data:`METRIC_KEYS` for one batch, as detached 0-d tensors (docs/metrics.md).
+
+    Args:
+        ratio: (B, T) importance ratio r actually used by the loss.
+        adv: (B, T) advantages.
+        lower, upper: (B, T) the bounds the loss clipped r to (upper already capped).
+        mask: (B, T) bool or 0/1; masked tokens are ignored whatever they hold.
+        old_logp: (B, T) old log-probabilities (the bucket of each token).
+        dual_clip: the dual-clip constant c, or None.
+
+    Means are over valid tokens (0 when there are none); ``ratio/min``/``ratio/max`` are 1 without tokens.
+    """
+    valid = mask if mask.dtype == torch.bool else mask != 0
+    dtype = torch.promote_types(ratio.dtype, torch.float32)
+    zero = torch.zeros((), dtype=dtype, device=ratio.device)
+    r = torch.where(valid, ratio.detach().to(dtype), torch.ones((), dtype=dtype, device=ratio.device))
+    a = torch.where(valid, adv.detach().to(dtype), zero)
+    lo = torch.where(valid, lower.detach().to(dtype), zero)
+    up = torch.where(valid, upper.detach().to(dtype), zero)
+    old = torch.where(valid, old_logp.detach().to(dtype), zero)
+    dual = None
+    if dual_clip is not None:
+        per_token = torch.maximum(-a * r, -a * torch.clamp(r, lo, up))
+        dual = (a < 0) & (per_token > -a * dual_clip)
+    return _metrics_from_parts(valid, old, a, torch.log(r), r, lo, up, dual)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reduction
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How one metric combines over parts (micro-batches, optimiser steps, processes).
+
+    ``kind``: ``"mean"`` (Σ value·weight / Σ weight, 0 when the weights sum to 0), ``"sum"``, ``"min"``, ``"max"``.
+    ``weight``: for ``mean``, the key of the part's weight (e.g. ``num_tokens``; None: weight 1 per part); for
+    ``min``/``max``, a key whose value 0 means "this part has no data" (the part is then skipped).
+    ``empty``: the result of ``min``/``max`` when no part has data.
+    """
+
+    kind: str = "mean"
+    weight: Optional[str] = None
+    empty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mean", "sum", "min", "max"):
+            raise ValueError(f"a reduction kind must be 'mean', 'sum', 'min' or 'max', got {self.kind!r}")
+
+
+def metric_reduction(key: str) -> Reduction:
+    """The reduction of a :data:`METRIC_KEYS` key: token counts add up, extremes take the min/max over parts
+    with tokens (1 if none), bucket means are weighted by the bucket's token count, the other means by
+    ``num_tokens``. Any other key: a plain mean over parts."""
+    if key == "num_tokens" or (key.startswith("bucket/") and key.endswith("/tokens")):
+        return Reduction("sum")
+    if key == "ratio/min":
+        return Reduction("min", "num_tokens", 1.0)
+    if key == "ratio/max":
+        return Reduction("max", "num_tokens", 1.0)
+    if key.startswith("bucket/"):
+        return Reduction("mean", key.rsplit("/", 1)[0] + "/tokens")
+    if key in METRIC_KEYS:
+        return Reduction("mean", "num_tokens")
+    return Reduction("mean")
+
+
+def _as_spec(spec) -> Reduction:
+    if isinstance(spec, Reduction):
+        return spec
+    if isinstance(spec, str):
+        return Reduction(spec)
+    if isinstance(spec, tuple):
+        return Reduction(*spec)
+    raise ValueError(f"a reduction must be a Reduction, a kind ('mean', 'sum', 'min', 'max') or a tuple, got {spec!r}")
+
+
+@torch.no_grad()
+def reduce_metrics(
+    parts: "Iterable[Mapping[str, object]]",
+    reductions: "Optional[Mapping[str, object]]" = None,
+    *,
+    distributed: bool = True,
+    group=None,
+) -> "dict[str, Tensor]":
+    """Combine per-part metric dicts (micro-batches, optimiser steps) and, when ``torch.distributed`` is
+    initialised, the parts of every process, into one dict of 0-d float64 tensors.
+
+    Each key reduces by :func:`metric_reduction` (token-weighted means, per-bucket token-weighted means, sums of
+    counts, min/max of extremes) unless ``reductions`` maps it to another :class:`Reduction` (or ``"sum"``,
+    ``"mean"``, ``("mean", "weight_key")``, ...). A key missing from a part contributes nothing from that part.
+    Reducing already-reduced dicts again (e.g. per optimiser step, then over steps) gives the same as reducing
+    all parts at once, since counts are summed and means carry their weights.
+
+    Distributed: one ``all_reduce(SUM)`` of the weighted sums and weights and one ``all_reduce(MIN)`` of the
+    extremes, on the parts' device, over ``group``; every rank gets the same result. No host sync besides
+    these collectives.
+
+    Args:
+        parts: metric dicts (0-d tensors or numbers).
+        reductions: per-key overrides.
+        distributed: set False to reduce only this process's parts.
+        group: the process group (default: the world).
+
+    Returns:
+        {key: 0-d float64 tensor} in first-seen key order.
+    """
+    parts = [dict(p) for p in parts]
+    keys: list = []
+    for p in parts:
+        keys.extend(k for k in p if k not in keys)
+    specs = {k: _as_spec((reductions or {}).get(k)) if k in (reductions or {}) else metric_reduction(k) for k in keys}
+    device = next((v.device for p in parts for v in p.values() if isinstance(v, Tensor)), torch.device("cpu"))
+    f64 = torch.float64
+
+    def t(x) -> Tensor:
+        return torch.as_tensor(x, dtype=f64, device=device).reshape(())
+
+    add_keys = [k for k in keys if specs[k].kind in ("mean", "sum")]
+    ext_keys = [k for k in keys if specs[k].kind in ("min", "max")]
+    zero = t(0.0)
+    num, den, ext = [], [], []
+    for k in add_keys:
+        s = specs[k]
+        vals, ws = [], []
+        for p in parts:
+            if k not in p:
+                continue
+            v = t(p[k])
+            if s.kind == "sum":
+                vals.append(v)
+            else:
+                w = t(p[s.weight]) if s.weight is not None else t(1.0)
+                vals.append(v * w)
+                ws.append(w)
+        num.append(torch.stack(vals).sum() if vals else zero)
+        den.append(torch.stack(ws).sum() if ws else zero)
+    for k in ext_keys:
+        s = specs[k]
+        sign = 1.0 if s.kind == "min" else -1.0
+        vals = []
+        for p in parts:
+            if k not in p:
+                continue
+            v = t(p[k]) * sign
+            if s.weight is not None:
+                v = torch.where(t(p[s.weight]) > 0, v, t(math.inf))
+            vals.append(v)
+        ext.append(torch.stack(vals).amin() if vals else t(math.inf))
+    flat = torch.stack(num + den) if num else torch.zeros(0, dtype=f64, device=device)
+    ext_t = torch.stack(ext) if ext else torch.zeros(0, dtype=f64, device=device)
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        dist = torch.distributed
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        if ext_t.numel():
+            dist.all_reduce(ext_t, op=dist.ReduceOp.MIN, group=group)
+    n = len(add_keys)
+    out: dict = {}
+    for i, k in enumerate(add_keys):
+        if specs[k].kind == "sum":
+            out[k] = flat[i]
+        else:
+            w = flat[n + i]
+            out[k] = torch.where(w > 0, flat[i] / w.clamp(min=torch.finfo(f64).tiny), zero)
+    for i, k in enumerate(ext_keys):
+        s = specs[k]
+        sign = 1.0 if s.kind == "min" else -1.0
+        out[k] = torch.where(torch.isinf(ext_t[i]), t(s.empty), ext_t[i] * sign)
+    return {k: out[k] for k in keys}

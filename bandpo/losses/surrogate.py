@@ -1,0 +1,270 @@
+"""The clipped policy-gradient surrogate and :func:`policy_loss`: BandPO and its baselines as pure functions
+of (B, T) tensors.
+
+For token t of sequence b, with old probability p = exp(old_logp), ratio r = exp(clamp(logp - old_logp, ±20))
+and advantage A, every method is the PPO surrogate (arXiv 1707.06347) with a per-token interval [lower, upper]:
+
+    ℓ = max(-A·r, -A·clip(r, lower, upper))
+    ℓ = min(ℓ, -A·c)   where A < 0, when dual-clip c > 1 is on    (arXiv 1912.09729)
+
+The methods differ only in where the interval comes from (:mod:`bandpo.losses.methods`), with the upper bound
+capped at the method's ``max_ratio`` and at e^20 (r never exceeds it). :func:`bounds` returns exactly that
+interval; :func:`surrogate` is the per-token loss for frameworks that aggregate themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .aggregation import Number, aggregate, get_aggregation
+from .config import LossConfig, _check_dual_clip
+from .methods import Method, resolve_method
+from .metrics import _metrics_from_parts
+
+__all__ = ["LOG_RATIO_CLAMP", "bounds", "policy_loss", "surrogate"]
+
+LOG_RATIO_CLAMP = 20.0
+"""log r is clamped to [-20, 20] before exp (as verl does): r ∈ [2.1e-9, 4.9e8], finite in every float dtype
+we compute in. Beyond the clamp the gradient is 0 (the token is that far off-policy)."""
+
+_RATIO_MAX = math.exp(LOG_RATIO_CLAMP)
+
+_DEFAULTS = LossConfig()
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    out = torch.float32
+    for d in dtypes:
+        out = torch.promote_types(out, d)
+    return out
+
+
+def _interval(spec: Method, old_c: Tensor, step: Optional[int]) -> "tuple[Tensor, Tensor]":
+    """(lower, upper) in ``old_c``'s dtype, upper capped at max_ratio and e^20; ``old_c`` already clamped <= 0."""
+    with torch.no_grad():
+        lower, upper = spec.bounds(old_c, step=step)
+        lower, upper = lower.to(old_c.dtype), upper.to(old_c.dtype)
+        # r <= e^20 after the clamp, so an upper bound above e^20 acts exactly like e^20: capping there changes
+        # no loss value or gradient and keeps the band-width metrics finite (the band's 1/p can overflow).
+        cap = _RATIO_MAX if spec.max_ratio is None else min(float(spec.max_ratio), _RATIO_MAX)
+        upper = upper.clamp(max=cap)
+    return lower, upper
+
+
+def bounds(
+    old_logp: Tensor,
+    method: "Union[str, Method, Any]" = _DEFAULTS.method,
+    *,
+    step: Optional[int] = None,
+    **settings: Any,
+) -> "tuple[Tensor, Tensor]":
+    """The ratio interval [lower, upper] that :func:`policy_loss` clips each token's ratio to.
+
+    Exactly what the loss uses: the method's bounds rule on old_logp (clamped to <= 0), computed in float32
+    for bfloat16/float16/float32 inputs and in float64 for float64 inputs, the upper bound capped at the
+    method's ``max_ratio`` and at e^20. No gradient.
+
+    Args:
+        old_logp: (B, T) (any shape) log-probabilities of the sampled tokens under the old policy.
+        method: a method id (:func:`bandpo.list_methods`), a :class:`~bandpo.losses.Method` or a bounds rule
+            (e.g. ``bandpo.losses.Band("tv", 0.1)``).
+        step: the training step (needed when a setting is a schedule).
+        settings: fields of the method's bounds rule (``delta``, ``divergence``, ``eps_low``, ``eps_high``,
+            ``r_max``) and ``max_ratio``; an unknown one is a ValueError naming the accepted settings.
+
+    Returns:
+        ``(lower, upper)``, each shaped like ``old_logp``, in the compute dtype.
+
+    Example (BandPO-KL as in arXiv 2603.04918, δ = 0.05, cap 10)::
+
+        lower, upper = bandpo.bounds(old_logp)                       # method="band_kl"
+        lower, upper = bandpo.bounds(old_logp, "band_tv", delta=0.1)
+    """
+    if not isinstance(old_logp, Tensor) or not old_logp.is_floating_point():
+        raise ValueError(f"old_logp must be a floating torch.Tensor, got {getattr(old_logp, 'dtype', type(old_logp).__name__)}")
+    spec = resolve_method(method, **settings)
+    cdtype = _compute_dtype(old_logp.dtype)
+    old_c = old_logp.detach().to(cdtype).clamp(max=0)
+    return _interval(spec, old_c, step)
+
+
+def surrogate(
+    ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, dual_clip: Optional[float] = None
+) -> Tensor:
+    """The per-token clipped surrogate loss (B, T), with optional dual-clip; no masking or aggregation.
+
+        ℓ = max(-A·r, -A·clip(r, lower, upper));   ℓ = min(ℓ, -A·c) where A < 0 if dual_clip = c.
+
+    PPO's pessimistic clip (arXiv 1707.06347) with dual-clip (arXiv 1912.09729). Gradient flows through
+    ``ratio`` only where the unclipped term is active. For frameworks with their own aggregation (verl's
+    ``agg_loss``): ``surrogate(ratio, adv, *bandpo.bounds(old_logp))``.
+
+    Args:
+        ratio: (B, T) importance ratio π_θ/π_old (differentiable).
+        adv: (B, T) advantages.
+        lower, upper: (B, T) (or broadcastable) ratio bounds, e.g. from :func:`bounds`.
+        dual_clip: c > 1, or None.
+
+    Returns:
+        (B, T) per-token loss.
+    """
+    _check_dual_clip(dual_clip)
+    per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, lower, upper))
+    if dual_clip is not None:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * dual_clip), per_token)
+    return per_token
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_shapes(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor) -> None:
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("adv", adv), ("mask", mask)):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be a (B, T) tensor of sampled-token log-probabilities, got shape {tuple(logp.shape)}")
+    shape = tuple(logp.shape)
+    for name, x in (("old_logp", old_logp), ("mask", mask)):
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} must have logp's shape (B, T) = {shape}, got {tuple(x.shape)}")
+    if tuple(adv.shape) != shape:
+        hint = ""
+        if adv.dim() == 1 or (adv.dim() == 2 and adv.shape[-1] == 1):
+            hint = "; expand a per-sequence advantage explicitly, e.g. adv.reshape(-1, 1).expand_as(logp)"
+        raise ValueError(f"adv must have logp's shape (B, T) = {shape}, got {tuple(adv.shape)}{hint}")
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("adv", adv)):
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    if mask.is_complex():
+        raise ValueError(f"mask must be bool or hold 0/1 values, got dtype {mask.dtype}")
+    devices = {x.device for x in (logp, old_logp, adv, mask)}
+    if len(devices) > 1:
+        raise ValueError(f"logp, old_logp, adv and mask must be on one device, got {sorted(map(str, devices))}")
+
+
+def _check_values(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, valid: Tensor) -> None:
+    """One host sync: are the valid tokens' values usable? The error path then counts what is wrong."""
+    slack = 4 * torch.finfo(torch.float32).eps  # log-probabilities may exceed 0 by rounding, not more
+    lp, olp, a = logp.detach(), old_logp.detach(), adv.detach()
+    problems = {
+        "logp is NaN or infinite": ~torch.isfinite(lp) & valid,
+        f"logp > 0 (a log-probability is <= 0; slack {slack:.1e})": (lp > slack) & valid,
+        "old_logp is NaN or infinite": ~torch.isfinite(olp) & valid,
+        f"old_logp > 0 (a log-probability is <= 0; slack {slack:.1e})": (olp > slack) & valid,
+        "adv is NaN or infinite": ~torch.isfinite(a) & valid,
+    }
+    if mask.dtype != torch.bool:
+        problems["mask holds a value other than 0 and 1"] = (mask != 0) & (mask != 1)
+    flags = torch.stack([p.any() for p in problems.values()])
+    if bool(flags.any()):  # the one host-device synchronisation of a validated call
+        found = [f"{int(p.sum())} tokens where {what}" for what, p in problems.items() if bool(p.any())]
+        raise ValueError(
+            "policy_loss got unusable values at valid (mask = 1) tokens: " + "; ".join(found)
+            + ". Masked tokens may hold anything."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loss
+# ----------------------------------------------------------------------------------------------------------
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    *,
+    method: "Union[str, Method, Any]" = _DEFAULTS.method,
+    dual_clip: Optional[float] = _DEFAULTS.dual_clip,
+    agg: str = _DEFAULTS.agg,
+    denominator: "Number | Tensor | None" = None,
+    validate: bool = True,
+    step: Optional[int] = None,
+    config: Optional[LossConfig] = None,
+    **settings: Any,
+) -> "tuple[Tensor, dict[str, Tensor]]":
+    """Clipped policy-gradient loss with per-token bounds from ``method``, and its diagnostics.
+
+    Per token (r = exp(clamp(logp - old_logp, -20, 20)), [lower, upper] = :func:`bounds`):
+
+        ℓ = max(-A·r, -A·clip(r, lower, upper));   if dual_clip = c and A < 0:  ℓ = min(ℓ, -A·c),
+
+    then ``aggregate(ℓ, mask, agg)``. The defaults are BandPO as trained in the paper (arXiv 2603.04918):
+    ``method="band_kl"`` (KL band, δ = 0.05, cap 10), ``dual_clip=10``, ``agg="seq-mean-token-mean"``; they are
+    :class:`LossConfig`'s defaults. Baselines: ``method="clip"`` (GRPO 0.2/0.2), ``"clip_higher"`` (0.2/0.28),
+    ``"dcpo"`` (0.16/0.2, r_max 10).
+
+    Args:
+        logp: (B, T) log π_θ of the sampled tokens, differentiable.
+        old_logp: (B, T) log π_old of the same tokens (the bounds depend on it; no gradient flows to it).
+        adv: (B, T) advantages. A per-sequence advantage must be expanded explicitly (no broadcasting).
+        mask: (B, T) bool or 0/1; masked tokens have no effect on the loss, its gradient or the metrics,
+            whatever they hold (NaN included).
+        method: a method id (:func:`bandpo.list_methods`), a Method or a bounds rule.
+        dual_clip: c > 1 or ``None``.
+        agg: aggregation mode (:func:`bandpo.list_aggregations`).
+        denominator: passed to :func:`aggregate` (exact gradient accumulation over micro-batches).
+        validate: check the valid tokens' values (finite; log-probabilities <= 0; mask 0/1) at the cost of
+            one host-device sync. ``False`` skips it for hot loops (bad values then propagate silently).
+            Shapes, dtypes and hyperparameters are always checked (no sync).
+        step: the training step (needed when a setting such as ``delta`` is a schedule).
+        config: a :class:`LossConfig` replacing ``method``, ``dual_clip``, ``agg`` and ``settings``.
+        settings: the method's settings (``delta=0.1``, ``divergence="tv"``, ``eps_high=0.28``, ``r_max=5``,
+            ``max_ratio=...``); an unknown one is a ValueError naming the accepted settings.
+
+    Returns:
+        ``(loss, metrics)``: ``loss`` a 0-d tensor in the compute dtype (float32 for bfloat16/float16/float32
+        inputs, float64 if any input is float64); ``metrics`` a dict of detached 0-d tensors, keys
+        :data:`~bandpo.losses.METRIC_KEYS` (docs/metrics.md). Reading a metric is what syncs, not computing it.
+
+    Raises:
+        ValueError: shapes or dtypes mismatch, unknown method/setting/divergence/aggregation, a setting out of
+            range, or (``validate=True``) unusable values at valid tokens.
+    """
+    if config is not None:
+        if not isinstance(config, LossConfig):
+            raise ValueError(f"config must be a bandpo.LossConfig, got {type(config).__name__}")
+        if settings:
+            raise ValueError(f"pass the settings in config= or as keywords, not both (got {sorted(settings)})")
+        spec, dual_clip, agg = config.method_spec(), config.dual_clip, config.agg
+    else:
+        spec = resolve_method(method, **settings)
+        _check_dual_clip(dual_clip)
+    get_aggregation(agg)
+    _check_shapes(logp, old_logp, adv, mask)
+    valid = mask if mask.dtype == torch.bool else mask != 0
+    if validate:
+        _check_values(logp, old_logp, adv, mask, valid)
+
+    cdtype = _compute_dtype(logp.dtype, old_logp.dtype, adv.dtype)
+    zero = torch.zeros((), dtype=cdtype, device=logp.device)
+    # Select masked tokens away *before* any arithmetic (the "double where"): their garbage never reaches a
+    # gradient, and old_logp = 0 there keeps every bounds rule well defined.
+    logp_c = torch.where(valid, logp.to(cdtype), zero)
+    old_c = torch.where(valid, old_logp.detach().to(cdtype), zero).clamp(max=0)
+    adv_c = torch.where(valid, adv.detach().to(cdtype), zero)
+
+    log_ratio = torch.clamp(logp_c - old_c, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    lower, upper = _interval(spec, old_c, step)
+
+    per_token = torch.maximum(-adv_c * ratio, -adv_c * torch.clamp(ratio, lower, upper))
+    dual = None
+    if dual_clip is not None:
+        floor = -adv_c * dual_clip
+        neg = adv_c < 0
+        with torch.no_grad():
+            dual = neg & (per_token > floor)
+        per_token = torch.where(dual, floor, per_token)
+    loss = aggregate(per_token, valid, agg, denominator=denominator)
+
+    metrics = _metrics_from_parts(valid, old_c, adv_c, log_ratio.detach(), ratio.detach(), lower, upper, dual)
+    return loss, metrics
