@@ -17,22 +17,22 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-import bandpo
 import bandpo.losses as _losses
+from bandpo.operator import list_divergences
 
 _CLIP_EPS = {"clip": (0.2, 0.2), "clip_higher": (0.2, 0.28)}
 _SETTING_NAMES = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio")
 
 
 def _new_api() -> bool:
-    return hasattr(bandpo, "bounds") and hasattr(bandpo, "list_methods")
+    return hasattr(_losses, "bounds") and hasattr(_losses, "list_methods")
 
 
 def list_methods() -> list[str]:
     """The method ids a plug-in accepts (``bandpo.list_methods()`` when bandpo has it)."""
     if _new_api():
-        return list(bandpo.list_methods())
-    return ["clip", "clip_higher", "dcpo"] + [f"band_{d}" for d in bandpo.list_divergences()]
+        return list(_losses.list_methods())
+    return ["clip", "clip_higher", "dcpo"] + [f"band_{d}" for d in list_divergences()]
 
 
 def check_method(method: str) -> str:
@@ -113,7 +113,7 @@ def bounds(old_logp: Tensor, method: str, *, step: Optional[int] = None, **setti
     """
     given = method_settings(method, **settings)
     if _new_api():
-        return bandpo.bounds(old_logp, method, step=step, **given)
+        return _losses.bounds(old_logp, method, step=step, **given)
     kw = _old_kwargs(method, given)
     cfg = _losses.LossConfig(**kw)
     with torch.no_grad():
@@ -141,7 +141,7 @@ def policy_loss(
     """``bandpo.policy_loss`` with a method id (the reference every plug-in is tested against)."""
     given = method_settings(method, **settings)
     if _new_api():
-        return bandpo.policy_loss(
+        return _losses.policy_loss(
             logp, old_logp, adv, mask, method=method, dual_clip=dual_clip, agg=agg, denominator=denominator,
             validate=validate, step=step, **given,
         )
