@@ -1,38 +1,42 @@
-"""What the three plug-ins share: method ids, settings validation, bounds and the reference loss.
+"""What the three plug-ins share: method ids, settings checks, the bound proxies and the metrics.
 
 The plug-ins name a bounds method by its id (``bandpo.list_methods()``: ``clip``, ``clip_higher``, ``dcpo``,
-``band_kl``, ``band_tv``, ...) and pass the method's settings (``divergence``, ``delta``, ``eps_low``, ``eps_high``,
-``r_max``) plus ``max_ratio``. :func:`bounds` and :func:`policy_loss` here call ``bandpo.bounds`` /
-``bandpo.policy_loss`` with those names when the installed bandpo has them, and otherwise translate the id to the
-older ``method="band"|"clip"|"dcpo"`` spelling of ``bandpo.losses.policy_loss``; either way the numbers come from
-bandpo's own code, never from a copy here.
+``band_kl``, ``band_tv``, ...) and pass the method's settings (``bandpo.losses.method_settings(method)``:
+``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max``, ``max_ratio``). The numbers come from bandpo's
+own ``bounds``, ``surrogate`` and ``loss_metrics``, never from a copy here.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 import bandpo.losses as _losses
-from bandpo.operator import list_divergences
 
-_CLIP_EPS = {"clip": (0.2, 0.2), "clip_higher": (0.2, 0.28)}
+__all__ = [
+    "OneMinus",
+    "OnePlus",
+    "band_metrics",
+    "bounds",
+    "check_cap_and_dual_clip",
+    "check_method",
+    "check_settings",
+    "list_methods",
+    "method_settings",
+    "policy_loss",
+    "surrogate",
+]
+
 _SETTING_NAMES = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio")
 
 
-def _new_api() -> bool:
-    return hasattr(_losses, "bounds") and hasattr(_losses, "list_methods")
-
-
 def list_methods() -> list[str]:
-    """The method ids a plug-in accepts (``bandpo.list_methods()`` when bandpo has it)."""
-    if _new_api():
-        return list(_losses.list_methods())
-    return ["clip", "clip_higher", "dcpo"] + [f"band_{d}" for d in list_divergences()]
+    """The method ids a plug-in accepts (``bandpo.list_methods()``)."""
+    return list(_losses.list_methods())
 
 
 def check_method(method: str) -> str:
@@ -56,26 +60,17 @@ def check_cap_and_dual_clip(max_ratio: Optional[float], dual_clip: Optional[floa
 
 
 def method_settings(method: str, **settings: Any) -> dict[str, Any]:
-    """The settings that apply to ``method``, ``None`` values dropped (the method's defaults then apply).
+    """The settings given for ``method``, ``None`` values dropped (the method's defaults then apply).
 
-    ``divergence`` and ``delta`` belong to the band methods (a ``band_<f>`` id names its default divergence);
-    ``eps_low``/``eps_high`` to clip, clip_higher and dcpo; ``r_max`` to dcpo; ``max_ratio`` to every method
-    (``bandpo.losses.method_settings`` lists them where it exists). A setting given to a method that does not use
-    it is refused, so a typo or a mismatched recipe fails loudly.
+    A setting the method does not use (``bandpo.losses.method_settings(method)`` lists the ones it does) is
+    refused, so a typo or a mismatched recipe fails loudly.
     """
     check_method(method)
     unknown = set(settings) - set(_SETTING_NAMES)
     if unknown:
         raise ValueError(f"unknown BandPO setting(s) {sorted(unknown)}; allowed: {', '.join(_SETTING_NAMES)}")
     given = {k: v for k, v in settings.items() if v is not None}
-    if _new_api():
-        allowed = set(_losses.method_settings(method))
-    elif method.startswith("band_"):
-        allowed = {"divergence", "delta", "max_ratio"}
-    elif method == "dcpo":
-        allowed = {"eps_low", "eps_high", "r_max", "max_ratio"}
-    else:
-        allowed = {"eps_low", "eps_high", "max_ratio"}
+    allowed = set(_losses.method_settings(method))
     extra = set(given) - allowed
     if extra:
         raise ValueError(
@@ -84,44 +79,14 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
     return given
 
 
-def _old_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Translate an id and its settings to the older ``bandpo.losses.policy_loss`` keywords."""
-    out: dict[str, Any] = {}
-    if method.startswith("band_"):
-        out["method"] = "band"
-        out["divergence"] = given.get("divergence", method[len("band_"):])
-        if "delta" in given:
-            out["delta"] = given["delta"]
-    elif method in _CLIP_EPS:
-        out["method"] = "clip"
-        out["eps_low"], out["eps_high"] = _CLIP_EPS[method]
-    else:
-        out["method"] = "dcpo"
-        if "r_max" in given and given["r_max"] != 10.0:
-            raise ValueError("this bandpo version's dcpo has r_max fixed at 10; upgrade bandpo to set r_max")
-    for key in ("eps_low", "eps_high", "max_ratio"):
-        if key in given:
-            out[key] = given[key]
-    return out
+def check_settings(method: str, settings: dict[str, Any]) -> None:
+    """Let bandpo range-check the settings once (on a dummy token), so a bad value fails at configuration time."""
+    bounds(torch.full((1,), math.log(0.5)), method, **settings)
 
 
 def bounds(old_logp: Tensor, method: str, *, step: Optional[int] = None, **settings: Any) -> tuple[Tensor, Tensor]:
-    """Per-token ratio interval ``(lower, upper)`` that the loss clips to, cap included, shaped like ``old_logp``.
-
-    ``bandpo.bounds(old_logp, method, step=step, **settings)`` where it exists; otherwise the registered bounds
-    method of the older API with the upper bound capped at ``max_ratio`` (computed without gradient).
-    """
-    given = method_settings(method, **settings)
-    if _new_api():
-        return _losses.bounds(old_logp, method, step=step, **given)
-    kw = _old_kwargs(method, given)
-    cfg = _losses.LossConfig(**kw)
-    with torch.no_grad():
-        old = old_logp.detach().clamp(max=0)
-        lower, upper = _losses.get_bounds_method(cfg.method).bounds(old, cfg)
-        if cfg.max_ratio is not None:
-            upper = upper.clamp(max=float(cfg.max_ratio))
-    return lower, upper
+    """``bandpo.bounds(old_logp, method, step=step, **settings)``: the per-token interval, cap included."""
+    return _losses.bounds(old_logp, method, step=step, **method_settings(method, **settings))
 
 
 def policy_loss(
@@ -138,17 +103,16 @@ def policy_loss(
     step: Optional[int] = None,
     **settings: Any,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``bandpo.policy_loss`` with a method id (the reference every plug-in is tested against)."""
-    given = method_settings(method, **settings)
-    if _new_api():
-        return _losses.policy_loss(
-            logp, old_logp, adv, mask, method=method, dual_clip=dual_clip, agg=agg, denominator=denominator,
-            validate=validate, step=step, **given,
-        )
+    """``bandpo.policy_loss`` with a method id and its settings (the reference the plug-ins are tested against)."""
     return _losses.policy_loss(
-        logp, old_logp, adv, mask, dual_clip=dual_clip, agg=agg, denominator=denominator, validate=validate,
-        **_old_kwargs(method, given),
+        logp, old_logp, adv, mask, method=method, dual_clip=dual_clip, agg=agg, denominator=denominator,
+        validate=validate, step=step, **method_settings(method, **settings),
     )
+
+
+def surrogate(ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, dual_clip: Optional[float] = None) -> Tensor:
+    """``bandpo.losses.surrogate``: per-token ``max(-A·r, -A·clip(r, lower, upper))``, ``min(·, -A·c)`` where A < 0."""
+    return _losses.surrogate(ratio, adv, lower, upper, dual_clip=dual_clip)
 
 
 def band_metrics(
@@ -156,34 +120,22 @@ def band_metrics(
     old_logp: Tensor,
     adv: Tensor,
     mask: Tensor,
+    lower: Tensor,
+    upper: Tensor,
     *,
-    method: str,
     dual_clip: Optional[float] = None,
-    step: Optional[int] = None,
-    **settings: Any,
 ) -> dict[str, Tensor]:
-    """bandpo's loss diagnostics (keys ``bandpo.losses.METRIC_KEYS``, docs/metrics.md) for these tokens, no gradient."""
-    with torch.no_grad():
-        _, metrics = policy_loss(
-            logp.detach(), old_logp.detach(), adv.detach(), mask, method=method, dual_clip=dual_clip,
-            agg="token-mean", validate=False, step=step, **settings,
-        )
-    return metrics
+    """bandpo's loss diagnostics (``bandpo.losses.loss_metrics``, keys ``METRIC_KEYS``, docs/metrics.md).
 
-
-def surrogate(ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, dual_clip: Optional[float] = None) -> Tensor:
-    """Per-token clipped surrogate, (B, T): ``max(-A·r, -A·clip(r, lower, upper))``, then ``min(·, -A·c)`` where A < 0.
-
-    ``bandpo.losses.surrogate`` where the installed bandpo has it; otherwise the same formula (that of
-    ``bandpo.losses.policy_loss`` before aggregation, arXiv 2603.04918) in torch operations here.
+    The ratio is the one ``bandpo.policy_loss`` uses, r = exp(clamp(logp - old_logp, -20, 20)); ``lower``/``upper``
+    are the bounds the framework's loss clipped to. All (B, T); masked tokens are ignored whatever they hold.
     """
-    impl = getattr(_losses, "surrogate", None)
-    if impl is not None:
-        return impl(ratio, adv, lower, upper, dual_clip=dual_clip)
-    per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, lower, upper))
-    if dual_clip is not None:
-        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * dual_clip), per_token)
-    return per_token
+    with torch.no_grad():
+        log_ratio = torch.clamp(logp.detach() - old_logp.detach(), -_losses.LOG_RATIO_CLAMP, _losses.LOG_RATIO_CLAMP)
+        return _losses.loss_metrics(torch.exp(log_ratio), adv, lower, upper, mask, old_logp, dual_clip=dual_clip)
+
+
+BoundsGetter = Callable[[], "tuple[Tensor, Tensor]"]
 
 
 class OneMinus:
@@ -192,7 +144,7 @@ class OneMinus:
     ``get_bounds()`` returns ``(lower, upper)``; it is called when the framework evaluates ``1 - eps_low``.
     """
 
-    def __init__(self, get_bounds) -> None:
+    def __init__(self, get_bounds: BoundsGetter) -> None:
         self._get = get_bounds
 
     def __rsub__(self, other: Any) -> Tensor:
@@ -204,7 +156,7 @@ class OneMinus:
 class OnePlus:
     """Stands for ε_high inside a framework's loss: ``1 + self`` is the per-token ``upper`` tensor, exactly."""
 
-    def __init__(self, get_bounds) -> None:
+    def __init__(self, get_bounds: BoundsGetter) -> None:
         self._get = get_bounds
 
     def __radd__(self, other: Any) -> Tensor:

@@ -25,7 +25,6 @@ Ray's ``runtime_env={"worker_process_setup_hook": "bandpo.integrations.openrlhf.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Optional
 
@@ -83,7 +82,7 @@ class BandPOPolicyLoss(PolicyLoss):
             method, divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, r_max=r_max,
             max_ratio=max_ratio,
         )
-        _common.bounds(torch.full((1,), math.log(0.5)), method, **settings)  # range checks happen in bandpo
+        _common.check_settings(method, settings)  # delta / eps / r_max ranges: bandpo's
         kwargs.pop("clip_eps_low", None)
         kwargs.pop("clip_eps_high", None)
         super().__init__(
@@ -121,9 +120,7 @@ class BandPOPolicyLoss(PolicyLoss):
         finally:
             self.clip_eps_low, self.clip_eps_high = saved
         adv = advantages.expand_as(log_probs) if advantages.shape != log_probs.shape else advantages
-        self.last_metrics = _common.band_metrics(
-            log_probs, old, adv, mask, method=self.method, dual_clip=self.dual_clip, **self.settings
-        )
+        self.last_metrics = _common.band_metrics(log_probs, old, adv, mask, lower, upper, dual_clip=self.dual_clip)
         return out
 
 

@@ -18,9 +18,10 @@ which is ``bandpo.policy_loss(..., dual_clip=c)``. TRL then applies its own mask
 and aggregation (``loss_type``: ``grpo`` = seq-mean-token-mean as in the paper, ``bnpo`` = token-mean, ...).
 The rest of TRL's code runs unchanged, so the plug-in follows TRL releases that keep these two attribute names.
 
-Old log-probs: with ``num_iterations == 1`` and ``steps_per_generation <= gradient_accumulation_steps`` TRL does
-not keep π_old (the ratio is exactly 1 and no bound can bite); the bounds are then computed from the current
-log-probs (detached), which is what π_old is there, so the metrics stay meaningful.
+Old log-probs: when generation is aligned with optimiser steps (``num_iterations == 1``, ``gradient_accumulation_steps``
+a multiple of ``steps_per_generation``, no vLLM importance correction) TRL keeps no π_old: the ratio is exactly 1 and
+no bound can bite. The bounds are then computed from the current log-probs (detached), which is what π_old is
+there, so the metrics stay meaningful.
 
 Metrics: TRL's own ``clip_ratio/*`` now count tokens outside BandPO's interval; bandpo's diagnostics
 (``bandpo.losses.METRIC_KEYS``, docs/metrics.md: band width, per-probability-bucket clip fractions, dual-clip
@@ -30,7 +31,6 @@ by token counts, min/max reduced.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -41,6 +41,8 @@ try:
     from trl import GRPOConfig, GRPOTrainer
 except ImportError as exc:  # pragma: no cover - exercised only without TRL
     raise ImportError("bandpo.integrations.trl needs TRL: pip install 'bandpo[trl]'") from exc
+
+import bandpo.losses as _losses
 
 from . import _common
 
@@ -159,8 +161,7 @@ class BandPOConfig(GRPOConfig):
             )
         if not isinstance(self.bandpo_log_metrics, bool):
             raise ValueError(f"bandpo_log_metrics must be True or False, got {self.bandpo_log_metrics!r}")
-        # Range checks of delta / eps / r_max happen in bandpo itself: run the bounds once on a dummy token.
-        _common.bounds(torch.full((1,), math.log(0.5)), self.bandpo_method, **self.bandpo_settings())
+        _common.check_settings(self.bandpo_method, self.bandpo_settings())  # delta / eps / r_max ranges: bandpo's
 
 
 class BandPOTrainer(GRPOTrainer):
@@ -216,44 +217,20 @@ class BandPOTrainer(GRPOTrainer):
                 del self._get_per_token_logps_and_entropies
 
         if cfg.bandpo_log_metrics and "logps" in captured:
-            self._bandpo_log(inputs, captured["logps"], old_logps(), step)
+            lower, upper = get_bounds()
+            self._bandpo_log(inputs, captured["logps"], old_logps(), lower, upper)
         return loss
 
-    def _bandpo_log(self, inputs: dict, logps: Tensor, old: Tensor, step: int) -> None:
-        cfg: BandPOConfig = self.args
+    def _bandpo_log(self, inputs: dict, logps: Tensor, old: Tensor, lower: Tensor, upper: Tensor) -> None:
+        """bandpo's metrics of this micro-batch, reduced over processes (``bandpo.losses.reduce_metrics``)."""
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         adv = inputs["advantages"]
-        adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
-        adv = adv.expand_as(logps)
-        metrics = _common.band_metrics(
-            logps, old, adv, mask, method=cfg.bandpo_method, dual_clip=cfg.bandpo_dual_clip, step=step,
-            **self._bandpo_settings,
-        )
-        keys = list(metrics)
-        local = torch.stack([metrics[k].to(torch.float64) for k in keys])
-        rows = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(keys))  # (processes, keys)
-        reduced = _reduce_across_processes(keys, rows)
+        adv = (adv.unsqueeze(1) if adv.dim() == 1 else adv).expand_as(logps)
+        metrics = _common.band_metrics(logps, old, adv, mask, lower, upper, dual_clip=self.args.bandpo_dual_clip)
+        reduced = _losses.reduce_metrics([metrics])  # every process calls this loss, so the collective is safe
         mode = "train" if self.model.training else "eval"
         for k, v in reduced.items():
-            self._metrics[mode][f"bandpo/{k}"].append(v)
+            self._metrics[mode][f"bandpo/{k}"].append(float(v))
 
-
-def _reduce_across_processes(keys: list[str], rows: Tensor) -> dict[str, float]:
-    """Counts summed, ``ratio/min``/``ratio/max`` reduced, other means weighted by their token counts."""
-    col = {k: rows[:, i] for i, k in enumerate(keys)}
-    out: dict[str, float] = {}
-    for k in keys:
-        x = col[k]
-        if k == "num_tokens" or k.endswith("/tokens"):
-            out[k] = float(x.sum())
-        elif k == "ratio/min":
-            out[k] = float(x.min())
-        elif k == "ratio/max":
-            out[k] = float(x.max())
-        else:
-            weight_key = k.rsplit("/", 1)[0] + "/tokens" if k.startswith("bucket/") else "num_tokens"
-            w = col.get(weight_key, torch.ones_like(x))
-            out[k] = float((x * w).sum() / w.sum()) if float(w.sum()) > 0 else 0.0
-    return out

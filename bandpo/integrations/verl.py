@@ -30,7 +30,6 @@ arXiv 2603.04918); :class:`BandPOPolicyLossConfig` (select it with ``policy_loss
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -88,7 +87,7 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
             parent()
         method = _method_for_mode(self.loss_mode, self.method)
         settings = self.bandpo_settings(method)
-        _common.bounds(torch.full((1,), math.log(0.5)), method, **settings)  # range checks happen in bandpo
+        _common.check_settings(method, settings)  # delta / eps / r_max ranges: bandpo's
 
     def bandpo_settings(self, method: str) -> dict[str, Any]:
         """The settings that apply to ``method`` (``None`` fields left out)."""
@@ -175,7 +174,7 @@ def bandpo_policy_loss(
     global_batch_info = dict(config.get("global_batch_info", None) or {}) if hasattr(config, "get") else {}
     loss = agg_loss(loss_mat=per_token, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_batch_info)
 
-    ours = _common.band_metrics(logp, old, adv, valid, method=method, dual_clip=c, **settings)
+    ours = _common.band_metrics(logp, old, adv, valid, lower, upper, dual_clip=c)
     metrics: dict[str, Any] = {
         "actor/pg_clipfrac": float(ours["clip_ratio/region_mean"]),
         "actor/ppo_kl": float(ours["ppo_kl"]),
