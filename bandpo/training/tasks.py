@@ -14,25 +14,25 @@ Two tasks are registered (``TASKS``; add one with :func:`register_task`):
 * ``addition``: procedurally generated ``"a+b="`` prompts with ``min_digits``..``max_digits``-digit operands
   and the exact decimal sum as the answer; reward ``exact_match`` (1.0 if the completion equals the answer,
   else 0.0). Batch ``step`` of a run with seed ``seed`` is a pure function of ``(seed, step)``, so a resumed run
-  sees the same prompts as an uninterrupted one. It also yields supervised targets for the warm-start.
-* ``math_file``: prompts and answers read from a local file (``.jsonl``, ``.json``, ``.parquet`` with pyarrow) or a
-  ``datasets.save_to_disk`` folder; the DAPO-Math prompt template ("... The last line of your response should be
+  sees the same prompts as an uninterrupted one. It also yields supervised targets for the warm-start. With
+  ``task.heldout_size > 0`` a fixed set of that many problems (the same for every run seed) is held out: never
+  drawn for RL or the warm-start, it is the ``heldout`` eval set (verifier ``exact``).
+* ``math_file``: prompts and answers read from a local file (``.jsonl``, ``.json``, ``.parquet``) or a
+  ``datasets.save_to_disk`` folder through Hugging Face ``datasets`` (``bandpo.training.data``); the DAPO-Math prompt template ("... The last line of your response should be
   of the form Answer: $Answer ...") and the ``answer_line`` reward (+1 when the value after the last
   ``Answer:`` in the last 300 characters equals the ground truth after normalisation, else -1; the paper's
   DAPO-Math scoring). Rows are visited in a seeded random order, reshuffled each epoch. Nothing is downloaded.
 
-Reward functions are registered in ``REWARD_FUNCS``; a config names them (``task.reward_funcs``).
+Reward functions (``exact_match``, ``answer_line``, ``answer_format``, ``math_verify``) are registered in ``REWARD_FUNCS``; a config names them (``task.reward_funcs``).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..registry import Registry
@@ -50,6 +50,7 @@ __all__ = [
     "exact_match",
     "extract_answer",
     "load_rows",
+    "math_verify_reward",
     "normalize_answer",
     "register_reward",
     "register_task",
@@ -141,6 +142,15 @@ def answer_line(prompts: Sequence[str], completions: Sequence[str], answer: Sequ
     return out
 
 
+@register_reward("math_verify")
+def math_verify_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
+    """1.0 if Hugging Face's ``math-verify`` finds the completion's final answer equal to ``answer``, else 0.0
+    (:func:`bandpo.training.verifiers.verify_math`; needs ``pip install math-verify``)."""
+    from .verifiers import verify_math
+
+    return [1.0 if verify_math(c, str(a)).correct else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
 @register_reward("answer_format")
 def answer_format(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
     """1.0 if the completion has an ``Answer:`` line in its last 300 characters, else 0.0 (format only)."""
@@ -163,6 +173,9 @@ class Task:
         reward_funcs: default reward function names (a config may override them).
         correct: ``correct(completions, answers) -> list[bool]``, the logged ``accuracy``.
         sft_rows: optional ``sft_rows(step, n) -> list[(prompt, target)]`` for the supervised warm-start.
+        heldout_rows: optional ``heldout_rows() -> list[dict]``, the task's fixed held-out problems (``"prompt"``,
+            ``"answer"``, ``"id"``, ``"source"``), never among ``rows`` or ``sft_rows`` (the ``heldout`` eval set).
+        verifier: the verifier of ``bandpo.training.verifiers.VERIFIERS`` that scores its held-out evaluation.
     """
 
     name: str
@@ -170,6 +183,8 @@ class Task:
     reward_funcs: tuple = ()
     correct: Callable[[Sequence[str], Sequence[str]], list] = field(default=lambda c, a: [False] * len(c))
     sft_rows: Optional[Callable[[int, int], list]] = None
+    heldout_rows: Optional[Callable[[], list]] = None
+    verifier: str = "dapo"
 
 
 TaskFactory = Callable[..., Task]
@@ -218,13 +233,39 @@ def _operand(rng: random.Random, lo_digits: int, hi_digits: int) -> int:
     return rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1)
 
 
+HELDOUT_SEED = 20_260_304
+"""Seed of the addition task's held-out problems: fixed, so every run (any ``trainer.seed``) holds out the same."""
+
+
+def _addition_heldout(lo: int, hi: int, size: int) -> list:
+    """``size`` distinct (a, b) pairs drawn from the task's operand distribution with :data:`HELDOUT_SEED`."""
+    n_operands = sum(10**d - (10 ** (d - 1) if d > 1 else 0) for d in range(lo, hi + 1))
+    if size > n_operands**2 // 2:
+        raise ValueError(f"config task.heldout_size = {size} is invalid: at most half of the {n_operands ** 2} "
+                         f"possible problems ({n_operands ** 2 // 2}) may be held out")
+    rng, seen, out = _rng(HELDOUT_SEED, 3, 0), set(), []
+    while len(out) < size:
+        pair = (_operand(rng, lo, hi), _operand(rng, lo, hi))
+        if pair not in seen:
+            seen.add(pair)
+            out.append(pair)
+    return out
+
+
 @register_task("addition", sft=True)
 def _addition(cfg: Any, seed: int) -> Task:
     lo, hi = cfg.min_digits, cfg.max_digits
+    held = _addition_heldout(lo, hi, getattr(cfg, "heldout_size", 0))
+    held_set = frozenset(held)
 
     def pairs(stream: int, step: int, n: int) -> list:
         rng = _rng(seed, stream, step)
-        return [(_operand(rng, lo, hi), _operand(rng, lo, hi)) for _ in range(n)]
+        out: list = []
+        while len(out) < n:  # held-out problems are redrawn (with none held out, the stream is unchanged)
+            pair = (_operand(rng, lo, hi), _operand(rng, lo, hi))
+            if pair not in held_set:
+                out.append(pair)
+        return out
 
     def rows(step: int, n: int) -> list:
         return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs(0, step, n)]
@@ -235,7 +276,11 @@ def _addition(cfg: Any, seed: int) -> Task:
     def correct(completions: Sequence[str], answers: Sequence[str]) -> list:
         return [c.strip() == str(a) for c, a in zip(completions, answers, strict=True)]
 
-    return Task("addition", rows, ("exact_match",), correct, sft_rows)
+    def heldout_rows() -> list:
+        return [{"prompt": f"{a}+{b}=", "answer": str(a + b), "id": str(i), "source": "addition"}
+                for i, (a, b) in enumerate(held)]
+
+    return Task("addition", rows, ("exact_match",), correct, sft_rows, heldout_rows if held else None, "exact")
 
 
 DAPO_TEMPLATE = (
@@ -263,32 +308,11 @@ def _get(row: dict, column: str) -> Any:
 
 
 def load_rows(path: str, split: str = "train") -> list:
-    """Read all rows of a local ``.jsonl``/``.json``/``.parquet`` file or ``datasets.save_to_disk`` folder."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ValueError(f"data path {str(p)!r} does not exist (data are read from local paths only)")
-    if p.is_dir():
-        try:
-            import datasets  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise ValueError(f"{p} is a folder: reading a saved Hugging Face dataset needs `pip install datasets`") from e
-        ds = datasets.load_from_disk(str(p))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-        return [dict(r) for r in ds]
-    if p.suffix == ".jsonl":
-        with p.open() as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if p.suffix == ".json":
-        data = json.loads(p.read_text())
-        return list(data[split] if isinstance(data, dict) else data)
-    if p.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise ValueError(f"reading {p} needs `pip install pyarrow`") from e
-        return pq.read_table(str(p)).to_pylist()
-    raise ValueError(f"unsupported data file {p.name!r}: use .jsonl, .json, .parquet or a datasets folder")
+    """Read all rows of a local ``.jsonl``/``.json``/``.parquet`` file or ``datasets.save_to_disk`` folder
+    (through Hugging Face ``datasets``: :func:`bandpo.training.data.read_table`)."""
+    from .data import read_table
+
+    return read_table(path, split=split, what="task.path")
 
 
 @register_task("math_file")
@@ -297,7 +321,7 @@ def _math_file(cfg: Any, seed: int) -> Task:
         raise ValueError("task 'math_file' needs task.path (a local .jsonl/.json/.parquet file or datasets folder)")
     raw = load_rows(cfg.path, cfg.split)
     if not raw:
-        raise ValueError(f"no rows in {cfg.path}")
+        raise ValueError(f"task.path {cfg.path!r} has no rows")
     template = TEMPLATES.find(cfg.template) or cfg.template
     data = []
     for r in raw:

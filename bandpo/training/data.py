@@ -1,0 +1,191 @@
+"""Problems from local files, through Hugging Face ``datasets``: column mapping, prompt templates, chat templates.
+
+Files are read locally, never downloaded: ``.jsonl`` / ``.json`` / ``.parquet`` files through
+``datasets.load_dataset("json" | "parquet", data_files=...)`` (the loader of the Hugging Face ecosystem, with its
+Arrow cache), or a ``datasets.save_to_disk`` folder through ``datasets.load_from_disk``. A ``.json`` file may hold a
+list of rows or a dict of splits (``{"train": [...], "test": [...]}``).
+
+A **column mapping** (:class:`Columns`) names the columns holding the prompt (a string, or a list of chat messages
+``[{"role", "content"}, ...]``), the ground-truth answer, and optionally an id and a source; a dotted name reads a
+nested field (``reward_model.ground_truth``, as in verl's parquet files). Rows come out as plain dicts
+``{"prompt", "answer", "id", "source"}``.
+
+The prompt a model sees is ``render_prompt``: the task's template (``"none"``, ``"dapo"`` or a format string with
+``{prompt}``, ``bandpo.training.tasks.TEMPLATES``), then, with ``chat_template``, the tokenizer's own chat template
+(``tokenizer.apply_chat_template(..., add_generation_prompt=True)``).
+
+Every failure is a one-line ``ValueError`` naming the file or column and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = ["Columns", "load_problems", "missing_file_message", "read_table", "render_prompt", "render_prompts"]
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which column of a data file holds what (dotted names read nested fields)."""
+
+    prompt: str = "prompt"
+    """The problem text, or a list of chat messages."""
+    answer: str = "answer"
+    """The ground-truth final answer (compared by a verifier or reward function)."""
+    id: Optional[str] = None
+    """A problem id (None: the row number)."""
+    source: Optional[str] = None
+    """Where the problem comes from (e.g. 'aime2024'); None: no source column."""
+
+
+def missing_file_message(path: Any, what: str) -> str:
+    """The one-line message for a data file that is not there."""
+    return (f"{what} {str(path)!r} does not exist; nothing is downloaded at run time: export the data to a local "
+            f".jsonl/.parquet file with a prompt and an answer column (see bandpo/training/presets/README.md) and "
+            f"give its path")
+
+
+def _datasets() -> Any:
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise ValueError("reading data files needs Hugging Face datasets: pip install datasets "
+                         "(it is in bandpo's 'train' extra)") from None
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # failures are re-raised as one line below
+    return datasets
+
+
+def read_table(path: Any, *, split: str = "train", what: str = "data file") -> list:
+    """All rows of a local ``.jsonl``/``.json``/``.parquet`` file or ``save_to_disk`` folder, as dicts.
+
+    Raises:
+        ValueError: the path does not exist, has another suffix, cannot be parsed, or lacks ``split``.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(missing_file_message(path, what))
+    if p.is_dir():
+        ds_mod = _datasets()
+        try:
+            ds = ds_mod.load_from_disk(str(p))
+        except Exception as e:  # noqa: BLE001 - any reader failure becomes one line naming the folder
+            raise ValueError(f"{what} {str(p)!r} is a folder but not a saved Hugging Face dataset "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        if isinstance(ds, ds_mod.DatasetDict):
+            if split not in ds:
+                raise ValueError(f"{what} {str(p)!r} has no split {split!r}; splits: {sorted(ds)}")
+            ds = ds[split]
+        return [dict(r) for r in ds]
+    if p.suffix not in SUFFIXES:
+        raise ValueError(f"{what} {str(p)!r}: unsupported file type {p.suffix!r}; use .jsonl, .json, .parquet or a "
+                         "datasets.save_to_disk folder")
+    if p.suffix == ".json":
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{what} {str(p)!r} is not valid JSON ({e})") from None
+        if isinstance(data, dict):
+            if split not in data:
+                raise ValueError(f"{what} {str(p)!r} holds a dict without the split {split!r}; keys: {sorted(data)}")
+            data = data[split]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ValueError(f"{what} {str(p)!r} must hold a list of row objects (or a dict of such lists)")
+        return data
+    ds_mod = _datasets()
+    builder = "json" if p.suffix == ".jsonl" else "parquet"
+    try:
+        ds = ds_mod.load_dataset(builder, data_files=str(p), split="train")
+    except Exception as e:  # noqa: BLE001 - a corrupt file becomes one line naming it
+        while e.__cause__ is not None or e.__context__ is not None:  # the reader's own error, not the wrapper's
+            e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        msg = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{what} {str(p)!r} could not be read as {builder} ({type(e).__name__}: {msg})") from None
+    return [dict(r) for r in ds]
+
+
+def _get(row: dict, column: str, what: str) -> Any:
+    value: Any = row
+    for part in column.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"{what}: column {column!r} not found; the rows have the columns {sorted(row)} "
+                             "(set the column mapping)")
+        value = value[part]
+    return value
+
+
+def load_problems(
+    path: Any,
+    *,
+    columns: Columns = Columns(),
+    split: str = "train",
+    template: str = "none",
+    limit: Optional[int] = None,
+    what: str = "data file",
+) -> list:
+    """Rows ``{"prompt", "answer", "id", "source"}`` of a local data file, with the prompt template applied.
+
+    Args:
+        columns: the column mapping. template: a ``TEMPLATES`` name or a format string with ``{prompt}`` (applied
+            to string prompts; chat-message prompts are kept as they are). limit: keep the first ``limit`` rows.
+    Raises:
+        ValueError: a missing file or column, an empty file, a prompt that is neither text nor chat messages.
+    """
+    from .tasks import TEMPLATES
+
+    raw = read_table(path, split=split, what=what)
+    if limit is not None:
+        raw = raw[:limit]
+    if not raw:
+        raise ValueError(f"{what} {str(path)!r} has no rows")
+    fmt = TEMPLATES.find(template) or template
+    if "{prompt}" not in fmt:
+        raise ValueError(f"{what}: template {template!r} is neither one of {TEMPLATES.names()} nor a format string "
+                         "with '{prompt}'")
+    out = []
+    for i, r in enumerate(raw):
+        prompt = _get(r, columns.prompt, what)
+        if isinstance(prompt, str):
+            prompt = fmt.format(prompt=prompt)
+        elif not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
+            raise ValueError(f"{what}: column {columns.prompt!r} must hold text or a list of chat messages "
+                             f"(row {i} holds {type(prompt).__name__})")
+        answer = _get(r, columns.answer, what)
+        if isinstance(answer, list) and len(answer) == 1:  # some exports wrap the answer in a list
+            answer = answer[0]
+        out.append({
+            "prompt": prompt,
+            "answer": str(answer),
+            "id": str(_get(r, columns.id, what)) if columns.id else str(i),
+            "source": str(_get(r, columns.source, what)) if columns.source else None,
+        })
+    return out
+
+
+def render_prompt(tokenizer: Any, prompt: Any, *, chat_template: bool) -> str:
+    """The text the model is conditioned on: ``prompt`` itself, or (``chat_template`` or a message list) the
+    tokenizer's chat template with a generation prompt.
+
+    Raises:
+        ValueError: a chat template is needed but the tokenizer has none.
+    """
+    if not chat_template and isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"the tokenizer {name!r} has no chat template, but the prompts need one "
+                         "(task.chat_template = true or chat-message prompts); set task.chat_template false or use "
+                         "a tokenizer with a chat template")
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_prompts(tokenizer: Any, prompts: Sequence[Any], *, chat_template: bool) -> list:
+    """:func:`render_prompt` for each prompt."""
+    return [render_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
+

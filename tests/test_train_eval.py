@@ -1,0 +1,296 @@
+"""Held-out evaluation (bandpo.training.evaluation): the pass@k / maj@k estimators, eval-set entries, the tiny
+task's held-out split, determinism, and the split over two gloo processes.
+
+Run: .venv/bin/python -m pytest -q tests/test_train_eval.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from bandpo.training.config import CONFIG_DIR, load_config
+from bandpo.training.evaluation import (
+    EvalSet,
+    EvalSetSpec,
+    build_eval_sets,
+    evaluate,
+    maj_at_k,
+    metric_names,
+    parse_eval_set,
+    pass_at_k,
+    problem_scores,
+    problem_seed,
+    sample_completions,
+)
+from bandpo.training.tasks import build_task
+from bandpo.training.verifiers import VERIFIERS, Verdict
+
+REPO = Path(__file__).resolve().parents[1]
+
+def _even_first_char(completion, answer):
+    """"Correct" when the first character has an even code: random completions of an untrained model are correct
+    about half of the time, so every metric is non-trivial. The key (the vote) is the first character."""
+    head = completion.strip()[:1]
+    return Verdict(bool(head) and ord(head) % 2 == 0, head or None)
+
+
+if "test_even_first_char" not in VERIFIERS:
+    VERIFIERS.register("test_even_first_char", _even_first_char)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Estimators
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pass_by_enumeration(n, c, k):
+    """The fraction of the k-subsets of n samples (c correct) that contain a correct one, exactly."""
+    flags = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return Fraction(sum(any(flags[i] for i in s) for s in subsets), len(subsets))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_is_the_fraction_of_k_subsets_with_a_correct_sample(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            exact = _pass_by_enumeration(n, c, k)
+            assert pass_at_k(n, c, k) == float(exact), (n, c, k)  # correctly rounded
+            assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-15)
+
+
+def test_pass_at_k_special_values_and_large_n():
+    assert pass_at_k(32, 0, 32) == 0.0 and pass_at_k(32, 1, 32) == 1.0 and pass_at_k(32, 32, 1) == 1.0
+    assert pass_at_k(32, 5, 1) == 5 / 32 and pass_at_k(30, 7, 1) == 7 / 30  # pass@1 is the mean
+    # n = 2000: C(2000, 1000) overflows a float; the product form stays exact to rounding.
+    exact = 1 - Fraction(math.comb(1990, 1000), math.comb(2000, 1000))
+    assert pass_at_k(2000, 10, 1000) == float(exact) and math.comb(2000, 1000) > 1e308
+    values = [pass_at_k(32, c, 8) for c in range(33)]
+    assert values == sorted(values)  # more correct samples never lower pass@k
+    for bad in [(4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)]:
+        with pytest.raises(ValueError, match="pass@k needs"):
+            pass_at_k(*bad)
+
+
+def test_maj_at_k_by_hand():
+    keys = ["7", "7", "3", None, "3", "3", None, None]
+    ok = [k == "3" for k in keys]
+    assert maj_at_k(keys, ok, 8) == 1.0        # "3" x3 beats "7" x2
+    assert maj_at_k(keys, ok, 4) == 0.5        # block 1 "7" (wrong), block 2 "3" (right)
+    assert maj_at_k(keys, ok, 2) == 0.5        # [7,7] wrong, [3,None] right, [3,3] right, [None,None] no answer
+    assert maj_at_k(["a", "b", "b", "a"], [True, False, False, True], 4) == 1.0  # a tie goes to the first seen
+    assert maj_at_k(["b", "a", "a", "b"], [False, True, True, False], 4) == 0.0
+    assert maj_at_k([None, None], [False, False], 2) == 0.0
+    assert maj_at_k(["x", "y", "z"], [True, False, False], 1) == pytest.approx(1 / 3)  # maj@1 = mean
+    with pytest.raises(ValueError, match="maj@k needs"):
+        maj_at_k(["x"], [True], 2)
+
+
+def test_problem_scores_and_metric_names():
+    s = problem_scores([True, False, False, False], ["1", "2", "2", None], [1, 2])
+    assert list(s) == ["mean@4", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4"]
+    assert s["mean@4"] == s["pass@1"] == s["maj@1"] == 0.25
+    assert s["pass@2"] == pytest.approx(0.5) and s["pass@4"] == 1.0
+    assert s["maj@2"] == 0.5 and s["maj@4"] == 0.0  # "2" wins the 4-block
+    assert metric_names(4, [2, 1]) == [*s, "length"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Eval-set entries and the held-out split
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_eval_set_entries():
+    assert parse_eval_set("heldout") == EvalSetSpec("heldout")
+    assert parse_eval_set("aime24=data/aime_2024.jsonl") == EvalSetSpec("aime24", "data/aime_2024.jsonl")
+    assert parse_eval_set("data/amc_2023.parquet").name == "amc_2023"
+    spec = parse_eval_set({"name": "amc", "path": "x.jsonl", "prompt_column": "problem", "limit": 5,
+                           "verifier": "math_verify"})
+    assert (spec.prompt_column, spec.limit, spec.verifier) == ("problem", 5, "math_verify")
+    for bad, msg in [({"path": "x"}, "needs a 'name'"), ({"name": "a", "colour": 1}, r"unknown key\(s\) \['colour'\]"),
+                     ("bad name=x.jsonl", "must be letters"), ({"name": "a", "verifier": "nope"}, "verifier"),
+                     ({"name": "a", "limit": 0}, "limit"), (3, "must be 'heldout'")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_eval_set(bad)
+
+
+def _tiny_cfg(**kw):
+    base = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.intermediate_size": 64}
+    base.update(kw)
+    return load_config(CONFIG_DIR / "tiny-cpu.yaml", base)
+
+
+def test_addition_heldout_split_is_fixed_and_never_trained_on():
+    cfg = _tiny_cfg()
+    cfg.task.heldout_size = 200
+    a, b = build_task(cfg.task, 0), build_task(cfg.task, 1)
+    held = a.heldout_rows()
+    assert held == b.heldout_rows() and len(held) == 200  # the same for every run seed
+    prompts = {r["prompt"] for r in held}
+    assert len(prompts) == 200
+    assert all(r["answer"] == str(eval(r["prompt"][:-1])) for r in held)
+    for step in range(40):
+        assert not prompts & {r["prompt"] for r in a.rows(step, 64)}
+        assert not prompts & {p for p, _ in a.sft_rows(step, 64)}
+    # Without a held-out split the training stream is the one of earlier versions (no redraws).
+    cfg.task.heldout_size = 0
+    plain = build_task(cfg.task, 0)
+    assert plain.heldout_rows is None
+    from bandpo.training.tasks import _operand, _rng
+
+    rng = _rng(0, 0, 5)
+    assert [r["prompt"] for r in plain.rows(5, 8)] == [f"{_operand(rng, 1, 2)}+{_operand(rng, 1, 2)}="
+                                                       for _ in range(8)]
+    cfg.task.heldout_size = 6000
+    with pytest.raises(ValueError, match="at most half"):
+        build_task(cfg.task, 0)
+
+
+def test_build_eval_sets_from_files_and_heldout(tmp_path):
+    path = tmp_path / "amc.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"{i}+{i}=", "sol": {"gt": str(2 * i)}, "year": 2023}) + "\n"
+                            for i in range(5)))
+    cfg = _tiny_cfg()
+    cfg.task.heldout_size = 10
+    task = build_task(cfg.task, 0)
+    sets = build_eval_sets(["heldout", {"name": "amc", "path": str(path), "prompt_column": "problem",
+                                        "answer_column": "sol.gt", "source_column": "year", "limit": 3}], task, cfg.task)
+    assert [s.name for s in sets] == ["heldout", "amc"] and [s.verifier for s in sets] == ["exact", "exact"]
+    assert len(sets[0].problems) == 10
+    assert sets[1].problems[2] == {"prompt": "2+2=", "answer": "4", "id": "2", "source": "2023"}
+    with pytest.raises(ValueError, match=r"eval set 'gone': file '.*missing.jsonl' does not exist"):
+        build_eval_sets([f"gone={tmp_path / 'missing.jsonl'}"], task, cfg.task)
+    with pytest.raises(ValueError, match="used twice"):
+        build_eval_sets(["heldout", "heldout"], task, cfg.task)
+    cfg.task.heldout_size = 0
+    with pytest.raises(ValueError, match="no built-in held-out split"):
+        build_eval_sets(["heldout"], build_task(cfg.task, 0), cfg.task)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling and scoring with the tiny model
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from bandpo.training.cli import build_policy, build_tokenizer
+
+    cfg = _tiny_cfg()
+    cfg.task.heldout_size = 12
+    tok = build_tokenizer(cfg)
+    return build_policy(cfg, tok), tok, build_task(cfg.task, 0)
+
+
+def test_evaluate_matches_a_recount_and_is_deterministic(tiny):
+    policy, tok, task = tiny
+    es = EvalSet("heldout", task.heldout_rows(), "test_even_first_char")
+    kw = dict(n=8, ks=[1, 4], max_new_tokens=4, seed=3)
+    out = evaluate(policy, tok, [es], **kw)
+    assert out == evaluate(policy, tok, [es], **kw)  # same checkpoint and seed: the same numbers
+    assert out != evaluate(policy, tok, [es], **{**kw, "seed": 4})
+    assert policy.training  # the model's mode is restored
+    # Recount from the samples themselves.
+    rows = []
+    for i, prob in enumerate(es.problems):
+        comps, lengths = sample_completions(policy, tok, prob["prompt"], 8, max_new_tokens=4,
+                                            seed=problem_seed(3, "heldout", i))
+        v = [VERIFIERS.get("test_even_first_char")(c, prob["answer"]) for c in comps]
+        rows.append({**problem_scores([x.correct for x in v], [x.key for x in v], [1, 4]),
+                     "length": sum(lengths) / 8})
+    for name in metric_names(8, [1, 4]):
+        assert out[f"eval/heldout/{name}"] == pytest.approx(sum(r[name] for r in rows) / len(rows), abs=1e-15)
+    assert out["eval/heldout/problems"] == 12.0
+    assert 0 < out["eval/heldout/mean@8"] < out["eval/heldout/pass@4"] <= out["eval/heldout/pass@8"] <= 1
+    # A problem's samples do not depend on the other problems: evaluating the set in two halves (ranks 0 and 1
+    # of 2, their tables summed here) gives the same numbers.
+    tables = []
+    for rank in range(2):
+        def keep(t, tables=tables):
+            tables.append(t.clone())
+            return t
+        evaluate(policy, tok, [es], **kw, rank=rank, world=2, all_reduce_sum=keep)
+    total = tables[0] + tables[1]
+    names = metric_names(8, [1, 4])
+    for j, name in enumerate(names):
+        assert math.fsum(total[:, j].tolist()) / 12 == out[f"eval/heldout/{name}"]
+
+
+def test_eval_sampling_settings_are_its_own(tiny):
+    policy, tok, task = tiny
+    prompt = task.heldout_rows()[0]["prompt"]
+    a, la = sample_completions(policy, tok, prompt, 6, max_new_tokens=3, seed=1)
+    b, lb = sample_completions(policy, tok, prompt, 6, max_new_tokens=3, seed=1, micro_batch_size=6)
+    assert (a, la) == (b, lb) and max(la) <= 3
+    greedy, _ = sample_completions(policy, tok, prompt, 4, max_new_tokens=3, seed=1, temperature=1e-4)
+    assert len(set(greedy)) == 1  # near-zero temperature: the same completion every time
+
+
+def test_ks_larger_than_n_are_refused(tiny):
+    policy, tok, task = tiny
+    with pytest.raises(ValueError, match=r"eval k values \[1, 16\] must lie in \[1, n = 8\]"):
+        evaluate(policy, tok, [EvalSet("h", task.heldout_rows(), "exact")], n=8, ks=[1, 16], max_new_tokens=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two gloo processes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _gloo_main(rank: int, world: int, port: str, out: str) -> None:
+    """Run as a script: rank ``rank`` of ``world`` evaluates its share; rank 0 writes the reduced numbers."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    from bandpo.training.cli import build_policy, build_tokenizer
+
+    cfg = _tiny_cfg()
+    cfg.task.heldout_size = 12
+    tok = build_tokenizer(cfg)
+    policy = build_policy(cfg, tok)
+    es = EvalSet("heldout", build_task(cfg.task, 0).heldout_rows(), "test_even_first_char")
+
+    def reduce(t):
+        dist.all_reduce(t)
+        return t
+
+    res = evaluate(policy, tok, [es], n=8, ks=[1, 4], max_new_tokens=4, seed=3, rank=rank, world=world,
+                   all_reduce_sum=reduce if world > 1 else None)
+    Path(out, f"rank{rank}.json").write_text(json.dumps({k: v.hex() for k, v in res.items()}))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_give_the_single_process_numbers_bit_for_bit(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    port = str(29500 + os.getpid() % 1000)
+    procs = [subprocess.Popen([sys.executable, __file__, "--gloo", str(r), "2", port, str(tmp_path)], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    single = subprocess.run([sys.executable, __file__, "--gloo", "0", "1", port, str(tmp_path / "one")], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert single.returncode == 0, single.stdout + single.stderr
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert r0 == r1 == one  # float.hex: bit-identical on both ranks and to one process
+    assert float.fromhex(one["eval/heldout/mean@8"]) > 0
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--gloo":
+    Path(sys.argv[5]).mkdir(parents=True, exist_ok=True)
+    _gloo_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
