@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import bandpo
+from bandpo.operator.bands import _reference_log_band
 
 TABLE = Path(__file__).parent / "reference" / "band_table.csv"
 EPS = torch.finfo(torch.float64).eps
@@ -56,15 +57,20 @@ def test_table_covers_the_issue_domain():
     assert any(r["log_lower"] == "-inf" for r in ROWS)  # saturated lower bounds are covered
 
 
-@pytest.mark.parametrize("name,delta,method", [
-    (name, delta, method) for name, delta in GROUPS for method in ("auto", "solver", "table")
-    if method != "table" or not bandpo.get_divergence(name).closed_form  # closed forms have no table
+@pytest.mark.parametrize("name,delta,path", [
+    (name, delta, path) for name, delta in GROUPS for path in ("public", "tensor-delta", "solver")
 ])
-def test_log_band_matches_reference(name, delta, method):
-    """Every path: "solver"; "table" (the fixed-delta tables: kl, neyman_chi2 in logit p with Newton,
-    reverse_kl, js in the distance to their kinks with Newton); "auto" (whichever a first call takes)."""
+def test_log_band_matches_reference(name, delta, path):
+    """Every path: "public" (``log_band`` with a Python delta: the start table + Newton, or the closed
+    form), "tensor-delta" (the same with a per-token delta tensor), "solver" (the table-free reference
+    solvers, ``bandpo.operator.bands._reference_log_band``)."""
     logp, ref = _group(name, delta)
-    got = bandpo.log_band(logp, delta, name, method=method)
+    if path == "public":
+        got = bandpo.log_band(logp, delta, name)
+    elif path == "tensor-delta":
+        got = bandpo.log_band(logp, torch.full_like(logp, delta), name)
+    else:
+        got = _reference_log_band(logp, delta, name)
     for side, value in zip(("lower", "upper"), got):
         expected, kappa = ref[side], ref["kappa_" + side]
         sat = torch.isinf(expected)

@@ -4,7 +4,8 @@
   written, 200 bisection steps on each side). It is accurate to ~1e-12 only where p is moderate, so it is
   compared there, at tolerance 1e-9 (its own rounding in g, not bandpo's, sets that).
 * closed forms (tv, chi2, hellinger) against the generic solver fed only the generator f;
-* the fixed-delta table path against the bracketed-Newton path (kl, neyman_chi2).
+* the tabulated path (start table + Newton, what ``band`` runs) against the table-free solvers
+  (``bandpo.operator.bands._reference_log_band``: KL's bracketed Newton, the robust bisection + Newton).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import torch
 
 import bandpo
 from bandpo.operator.numerics import log1mexp
-from bandpo.operator.bands import generic_log_band
+from bandpo.operator.bands import _reference_log_band, generic_log_band
+
+
+def reference_band(logp, delta, name):
+    """float64 ratio bounds by the table-free solvers."""
+    return tuple(torch.exp(t) for t in _reference_log_band(logp.double(), delta, name))
 
 SCALAR_F = {
     "kl": lambda u: math.inf if u == 0 else -math.log(u),
@@ -88,7 +94,8 @@ def test_closed_forms_match_generic_solver(name, delta):
 @pytest.mark.parametrize("name", ["kl", "neyman_chi2", "reverse_kl"])
 @pytest.mark.parametrize("delta", [1e-4, 0.05, 0.7])
 def test_table_path_matches_solver_path(name, delta):
-    """float64: table start + Newton equals the solver to 4e-15, with the same saturation. For reverse_kl the
+    """float64: table start + Newton (the public path) equals the table-free solver to 4e-15, with the same
+    saturation. For reverse_kl the
     points within 1% of its kinks (x = -log p = -log(1 - e^-delta) and delta, derived by hand) are left to
     test_band_reference.py, which allows for the condition number there (both paths differ by up to 2.5e-14
     next to a kink); js likewise (at delta = 1e-4 both paths sit ~1e-12 from the reference near its kink)."""
@@ -96,8 +103,8 @@ def test_table_path_matches_solver_path(name, delta):
         -torch.logspace(-14, math.log10(700), 2000, dtype=torch.float64),
         torch.tensor([0.0], dtype=torch.float64),
     ])
-    a = bandpo.log_band(logp, delta, name, method="table")
-    b = bandpo.log_band(logp, delta, name, method="solver")
+    a = bandpo.log_band(logp, delta, name)
+    b = _reference_log_band(logp, delta, name)
     for x, y in zip(a, b):
         assert torch.equal(x == -math.inf, y == -math.inf) and torch.equal(x == -logp, y == -logp)  # saturation
         fin = torch.isfinite(y)
@@ -150,14 +157,13 @@ def test_p_equal_one_is_the_documented_limit():
     ["kl", "tv", "reverse_kl"] + [pytest.param(n, marks=pytest.mark.slow) for n in ("chi2", "hellinger", "js", "neyman_chi2")],
 )
 def test_torch_compile_matches_eager(name):
-    """First call: the solver (for reverse_kl the generic solver runs eagerly inside the compiled function,
-    a deliberate graph break; tv is a closed form). Second call with the same delta: kl and reverse_kl take
-    their tables (built outside the graph) compiled. Both calls match eager."""
+    """The start table is built outside the graph (a deliberate graph break on the first call), the lookup
+    and Newton steps run compiled; tv is a closed form. Both calls match eager."""
     pytest.importorskip("torch._dynamo")
     logp = torch.log(torch.rand(257, dtype=torch.float32).clamp(min=1e-7))
     delta = 0.0517  # a delta no other test has used: the first call really is the first
     fn = torch.compile(lambda x: bandpo.band(x, delta, name, validate=False), dynamic=False, fullgraph=False)
-    lo0, up0 = bandpo.band(logp, delta, name, method="solver")
+    lo0, up0 = bandpo.band(logp, delta, name)
     for _ in range(2):
         lo, up = fn(logp)
         assert torch.allclose(lo, lo0, rtol=1e-6, atol=0) and torch.allclose(up, up0, rtol=1e-6, atol=0)
@@ -167,19 +173,19 @@ def test_torch_compile_matches_eager(name):
 @pytest.mark.parametrize("delta", [1e-4, 0.05, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_low_precision_table_path_is_the_float64_answer_rounded(name, delta, dtype):
-    """float32/16 inputs with a fixed delta take a table (no Newton): <= 1 ulp from the float64 solver's
-    answer (measured max 0.99 ulp for float32), within one subnormal spacing where it underflows, the same
-    inf where it overflows, and exactly 1 = upper at p = 1. kl and neyman_chi2 never saturate (one table
-    in x = -log p); reverse_kl and js saturate (tables in the distance to each kink, exact 0 and 1/p beyond;
-    js at delta = 1 exceeds its maximum log 2 on the lower side, which is then always saturated)."""
+    """float32/16 inputs take the table start and NEWTON_STEPS_LOWP Newton steps: <= 1 ulp from the
+    table-free float64 solver's answer, within one subnormal spacing where it underflows, the same inf where
+    it overflows, and exactly 1 = upper at p = 1. kl and neyman_chi2 never saturate; reverse_kl and js
+    saturate (exact 0 and 1/p beyond their kinks; js at delta = 1 exceeds its maximum log 2 on the lower
+    side, which is then always saturated)."""
     g = torch.Generator().manual_seed(7)
     logp = torch.cat([
         -torch.logspace(-9, 2.5, 4000, dtype=torch.float64),
         -100 * torch.rand(4000, generator=g, dtype=torch.float64),
         torch.tensor([0.0, -1e-40, -1e30], dtype=torch.float64),
     ]).to(dtype)
-    lo, up = bandpo.band(logp, delta, name, method="table")
-    lo64, up64 = bandpo.band(logp.double(), delta, name, method="solver")
+    lo, up = bandpo.band(logp, delta, name)
+    lo64, up64 = reference_band(logp, delta, name)
     assert lo.dtype == up.dtype == dtype
     eps = torch.finfo(dtype).eps
     for a, b in ((lo, lo64), (up, up64)):
@@ -205,10 +211,10 @@ def test_large_inputs_are_processed_in_chunks_with_identical_results(name, dtype
     x = torch.log(torch.rand(64, chunk // 16, generator=g, dtype=dtype).clamp(min=1e-6)).t()  # (T, B) view
     assert x.numel() > chunk and not x.is_contiguous()
     for fn in (bandpo.band, bandpo.log_band):
-        lo, up = fn(x, 0.05, name, method="solver")
+        lo, up = fn(x, 0.05, name)
         assert lo.shape == x.shape
         for j in (0, 17, 63):
-            lo_j, up_j = fn(x[:, j].contiguous(), 0.05, name, method="solver")
+            lo_j, up_j = fn(x[:, j].contiguous(), 0.05, name)
             assert torch.equal(lo[:, j], lo_j) and torch.equal(up[:, j], up_j)
 
 
@@ -216,8 +222,9 @@ def test_large_inputs_are_processed_in_chunks_with_identical_results(name, dtype
 def test_saturating_table_near_the_kinks(delta):
     """reverse_kl (f = u log u) saturates where the whole shrinking mass can go: the lower bound is 0 iff
     -log(1-p) <= delta and the upper bound is 1/p iff -log p <= delta (φ(∞) = -log b, derived by hand and
-    independent of the table's own threshold search). At relative distances 1e-6..1e-1 from each kink the
-    float32 table agrees with the float64 solver to 2 ulps, and beyond the kinks it is exactly 0 and 1/p.
+    independent of the code's own saturation test). At relative distances 1e-6..1e-1 from each kink the
+    float32 result agrees with the table-free float64 solver to 2 ulps, and beyond the kinks it is exactly 0
+    and 1/p.
     (Closer than ~1e-7 the float64 solver itself loses digits: the problem's condition number grows like
     1/distance, see test_band_reference.py.)"""
     kinks = {"lower": -math.log(-math.expm1(-delta)), "upper": delta}  # in x = -log p
@@ -225,8 +232,8 @@ def test_saturating_table_near_the_kinks(delta):
     for side, X in kinks.items():
         x = torch.cat([X * (1 - rel), X * (1 + rel)])
         logp = (-x).to(torch.float32)
-        lo, up = bandpo.band(logp, delta, "reverse_kl", method="table")
-        lo64, up64 = bandpo.band(logp.double(), delta, "reverse_kl", method="solver")
+        lo, up = bandpo.band(logp, delta, "reverse_kl")
+        lo64, up64 = reference_band(logp, delta, "reverse_kl")
         a, b = (lo, lo64) if side == "lower" else (up, up64)
         xs = -logp.double()
         saturated = xs >= X if side == "lower" else xs <= X
@@ -239,15 +246,15 @@ def test_saturating_table_near_the_kinks(delta):
 
 def test_user_generator_with_finite_f0_gets_the_saturating_table():
     """A generator registered from f alone (triangular discrimination f = (u-1)^2/(u+1): f(0) = 1, slope 1,
-    so both bounds saturate) takes the float32 table path on the second call with a fixed delta and matches
-    the float64 generic solver to 1 ulp, over p from 1e-30 to 1."""
+    so both bounds saturate) gets its own start table on the first call and matches the float64 robust
+    generic solver to 1 ulp in float32, over p from 1e-30 to 1."""
     bandpo.register_divergence("triangular", lambda u: (u - 1) ** 2 / (u + 1))
     try:
         logp = -torch.logspace(-8, math.log10(69.0), 3000, dtype=torch.float32)
         logp = torch.cat([logp, torch.zeros(1)])
         for delta in (0.01, 0.2):
-            lo, up = bandpo.band(logp, delta, "triangular", method="table")
-            lo64, up64 = bandpo.band(logp.double(), delta, "triangular", method="solver")
+            lo, up = bandpo.band(logp, delta, "triangular")
+            lo64, up64 = reference_band(logp, delta, "triangular")
             assert (lo == 0).any() and (up == torch.exp(-logp)).any()  # both kinks are inside the range
             for a, b in ((lo, lo64), (up, up64)):
                 b32 = b.float()

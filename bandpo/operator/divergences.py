@@ -9,12 +9,14 @@ probability ``p`` the Band operator works with the two-point reduction
 
     g_f(p, r) = p · f(r) + (1 - p) · f((1 - p r) / (1 - p)),     r ∈ [0, 1/p]
 
-(DEVELOPERS.md; the paper's "scalarised divergence constraint").
+(the paper's "scalarised divergence constraint", arXiv 2603.04918; derived in ``theory/REPORT.md``).
 
-Each :class:`Divergence` carries its generator, optionally its derivative ``df`` (used by the generic
-Newton solver; autograd supplies it otherwise), ``f''(1)`` (the curvature that sets the small-delta
-band, issue #4's "unified view"), and optionally a ``log_band`` routine: a closed form or a dedicated
-solver. Divergences without one go through :func:`bandpo.operator.bands.generic_log_band`.
+Each :class:`Divergence` carries its generator, optionally its derivative ``df`` (used by the Newton
+steps; autograd supplies it otherwise), ``f''(1)`` (the curvature that sets the small-delta band: for
+every smooth f, g_f(p, r) ≈ f''(1) p (r - 1)² / (2 (1 - p)), so the band is 1 ± sqrt(2 δ (1-p) / (f''(1) p))
+to first order), optionally a log-space evaluator ``phi`` of the one-sided root problem, and optionally
+a ``log_band`` routine (a closed form). Divergences without ``log_band`` are solved from a
+delta-independent start table plus Newton steps (:mod:`bandpo.operator.tables`).
 
 Register your own with :func:`register_divergence`; the generator alone is enough.
 """
@@ -58,7 +60,8 @@ class Divergence:
     """Optional log-space evaluator φ(s, log_a, log_b, a, b) -> (φ, φ', log v) of the one-sided problem
     (:mod:`bandpo.operator.solvers`); the generic one built from ``f`` and ``df`` otherwise."""
     log_band: Optional[LogBandFn] = None
-    """Closed form or dedicated solver (logp, log1mp, delta) -> (log_lower, log_upper); ``None``: generic solver."""
+    """Closed form or dedicated solver (logp, log1mp, delta) -> (log_lower, log_upper); ``None``: the start
+    table plus Newton steps (:mod:`bandpo.operator.tables`)."""
     formula: str = ""
     """Human-readable generator, e.g. ``"-log u"``."""
     description: str = ""
@@ -67,7 +70,7 @@ class Divergence:
     """True when ``log_band`` is an exact closed form (not an iterative solver)."""
 
     def __repr__(self) -> str:
-        kind = "closed form" if self.closed_form else ("dedicated solver" if self.log_band else "generic solver")
+        kind = "closed form" if self.closed_form else ("dedicated solver" if self.log_band else "tabulated start + Newton")
         return f"Divergence({self.name!r}, f(u) = {self.formula or '<callable>'}, {kind})"
 
     def g(self, p: Tensor, r: Tensor) -> Tensor:
@@ -170,7 +173,7 @@ def register_divergence(
         df: optional f'(u); autograd differentiates ``f`` otherwise.
         f2_at_1: optional f''(1); estimated by finite differences otherwise.
         slope_at_inf: optional lim f(u)/u as u -> inf (only used at p = 1 exactly); estimated otherwise.
-        log_band: optional closed form / dedicated solver; the generic solver is used otherwise.
+        log_band: optional closed form / dedicated solver; the start table plus Newton steps otherwise.
         phi: optional log-space evaluator of the one-sided problem (see :mod:`bandpo.operator.solvers`).
         closed_form: mark ``log_band`` as exact closed form (documentation and benchmarks only).
         formula, description: for ``repr`` and reports.
@@ -222,7 +225,7 @@ def unregister_divergence(name: str) -> None:
 
 
 def _register_builtins() -> None:
-    from .solvers import chi2_log_band, hellinger_log_band, kl_log_band, kl_phi, neyman_chi2_phi, reverse_kl_phi, tv_log_band
+    from .solvers import chi2_log_band, hellinger_log_band, kl_phi, neyman_chi2_phi, reverse_kl_phi, tv_log_band
 
     register_divergence(
         "kl",
@@ -230,8 +233,7 @@ def _register_builtins() -> None:
         df=lambda u: -1 / u,
         f2_at_1=1.0,
         slope_at_inf=0.0,
-        phi=kl_phi,
-        log_band=kl_log_band,
+        phi=kl_phi,  # no log_band: the start table + Newton (kl_log_band in solvers is the table-free reference)
         formula="-log u",
         description="KL(π_old ‖ π_new), the forward/TRPO direction used by the paper (no closed form)",
     )

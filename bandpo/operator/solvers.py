@@ -114,14 +114,15 @@ def neyman_chi2_phi(
 ) -> "tuple[Tensor, Tensor, Tensor]":
     """φ for Neyman χ², f(u) = (u-1)^2/u, without overflow of f' near u = 0.
 
-    w - 1 = -x and v - 1 = (a/b) x, so φ = a x^2 (e^s + c) with c = a/(b v), and
-    φ' = a (2 x (1 + w c) + x^2 (e^s - c^2 w)) (using dv/ds = (a/b) w).
+    w - 1 = -x and v - 1 = (a/b) x, so φ = a x^2 (e^s + c) with c = a/(b v) = 1/(b/a + x), and
+    φ' = a (2 x (1 + w c) + x^2 (e^s - c^2 w)) (using dv/ds = (a/b) w). c is taken as
+    exp(-logaddexp(log x, log b - log a)): log a - log b - log v would cancel where b << a (p -> 1).
     """
     log_x, log_v = _log_v(s, log_a, log_b)
     x = torch.exp(log_x)
     w = torch.exp(-s)
     es = torch.exp(s)
-    c = torch.exp(log_a - log_b - log_v)
+    c = torch.exp(-torch.logaddexp(log_x, log_b - log_a))
     phi = a * x * x * (es + c)
     dphi = a * (2 * x * (1 + w * c) + x * x * (es - c * c * w))
     return phi, dphi, log_v
@@ -204,7 +205,7 @@ def solve_side(
         inside = (newton > lo) & (newton < hi)
         converged = (newton == s) & torch.isfinite(dphi)  # step below the resolution of s
         s = torch.where(torch.isfinite(newton) & (inside | converged), newton, fallback)
-    return _finish(phi_fn, s, log_a, log_b, a, b, saturated)
+    return _log_v_with_saturation(phi_fn, s, log_a, log_b, a, b, saturated)
 
 
 def _bisect(lo: Tensor, hi: Tensor) -> Tensor:
@@ -213,7 +214,8 @@ def _bisect(lo: Tensor, hi: Tensor) -> Tensor:
     return torch.where(hi > 4 * lo_pos, torch.sqrt(lo_pos) * torch.sqrt(hi), 0.5 * (lo + hi))
 
 
-def _finish(phi_fn, s, log_a, log_b, a, b, saturated):
+def _log_v_with_saturation(phi_fn, s, log_a, log_b, a, b, saturated):
+    """(s, log v(s)), with s = ∞ and log v = -log b (the saturated bound) where ``saturated``."""
     _, _, log_v = phi_fn(s, log_a, log_b, a, b)
     if saturated is not None:
         s = torch.where(saturated, torch.full_like(s, math.inf), s)
@@ -263,7 +265,7 @@ def solve_side_robust(
         phi, dphi, _ = phi_fn(s, log_a, log_b, a, b)
         newton = s - (phi - delta) / dphi
         s = torch.where(torch.isfinite(newton), torch.clamp(newton, lo, hi), s)
-    return _finish(phi_fn, s, log_a, log_b, a, b, saturated)
+    return _log_v_with_saturation(phi_fn, s, log_a, log_b, a, b, saturated)
 
 
 def newton_polish(

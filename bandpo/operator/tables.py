@@ -1,0 +1,270 @@
+"""Delta-independent start tables for the Band root solve, and the tabulated solve itself.
+
+Every divergence without a closed form reduces, on each side, to the one-sided problem of
+:mod:`bandpo.operator.solvers`: the root s* of φ_a(s) = delta, where a is the mass that shrinks (the
+lower side has a = p, the upper side a = 1 - p) and b = 1 - a. The root depends on two numbers only:
+
+* ζ = C·asinh(z / C) with z = logit(a) = log a - log b (C = 16: spacing ~H in z near a = 1/2, ~45·H at
+  |z| = 700, where the root varies slowly);
+* τ, a coordinate for delta: τ = log delta for divergences that never saturate (f(0) = +inf); for the
+  others the side saturates (s* = ∞) iff delta >= φ(∞) = a f(0) + b f(1/b), and
+  τ = log(-log(1 - delta/φ(∞))), which maps the saturation kink to τ = +∞ where log s* ≈ τ is smooth
+  (away from it, delta -> 0 gives log s* ≈ τ/2 + const, the small-delta band).
+
+One table per divergence, built once on first use (on the CPU, then copied to a device once), holds
+log s* on a uniform (ζ, τ) grid, solved at every node by the robust bisection + Newton solver, as the
+monomial coefficients of the bicubic Lagrange interpolant of each cell. Both sides of every element,
+whatever its delta (a Python number, a schedule, a per-token tensor), read the same table: one gather of
+16 coefficients, then a fixed number of Newton steps in float64 (the interpolated start is within ~1e-5
+relative of s*, so the iteration converges quadratically from the first step). Beyond the τ range the
+start is extrapolated linearly (slope 1/2 below, 1 above) and the Newton steps are safeguarded (each
+iterate stays within a factor 16 of the previous one).
+
+The table depends only on the divergence; building it is deterministic (elementwise float64 arithmetic
+only), so a result never depends on what ran before: the cache is a pure speed-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .divergences import Divergence
+from .numerics import LOG_TINY
+from .solvers import PhiFn, autograd_derivative, generic_phi, solve_side_robust, softplus
+
+__all__ = ["StartTable", "get_start_table", "phi_at_inf", "phi_fn", "saturates", "tabulated_side"]
+
+# Grid (see the module docstring). The nodes span exactly the logits the solvers see: masses are clamped
+# at the smallest normal float64, so |log a - log b| <= -LOG_TINY = 708.4 (a node beyond it would repeat the
+# clamped value and put a kink into the cubics of the last cells).
+WARP_C = 16.0
+Z_MAX = -LOG_TINY
+ZETA_MAX = WARP_C * math.asinh(Z_MAX / WARP_C)
+N_ZETA = int(math.ceil(2 * ZETA_MAX / 0.25)) + 1
+H_ZETA = 2 * ZETA_MAX / (N_ZETA - 1)  # ~0.25
+H_TAU = 0.25
+# τ = log delta for never-saturating divergences: delta in [e^-28, e^8] = [6.9e-13, 2981].
+TAU_RANGE_PLAIN = (-28.0, 8.0)
+# τ = log t, t = -log(1 - delta/φ(∞)), for saturating ones: delta/φ(∞) from 6.9e-13 to 1 - 2e-9 (closer to
+# the kink the node values are limited by the rounding of φ near φ(∞); the start is extrapolated there).
+TAU_RANGE_SAT = (-28.0, 3.0)
+# Slopes d log s* / d τ used to extrapolate beyond the τ range (small-delta and near-kink asymptotes).
+SLOPE_BELOW, SLOPE_ABOVE = 0.5, 1.0
+
+_CACHE: "OrderedDict[tuple, Optional[StartTable]]" = OrderedDict()
+_CACHE_SIZE = 32
+_LOCK = threading.Lock()
+
+# Lagrange cubic through u = -1, 0, 1, 2 in monomial form: c_k = Σ_m _M[k][m] y(u = m - 1).
+_M = (
+    (0.0, 1.0, 0.0, 0.0),
+    (-1.0 / 3.0, -0.5, 1.0, -1.0 / 6.0),
+    (0.5, -1.0, 0.5, 0.0),
+    (-1.0 / 6.0, 0.5, -0.5, 1.0 / 6.0),
+)
+
+
+@dataclass(frozen=True)
+class StartTable:
+    """Bicubic cells of log s*(ζ, τ) for one divergence, float64.
+
+    ``coef``: (N_ZETA · n_tau, 16); row i·n_tau + j holds c[k][l] (index 4k + l) of
+    log s* ≈ Σ c[k][l] u^k v^l on the cell whose nodes are (i - 1 .. i + 2, j - 1 .. j + 2), with
+    u = (ζ - ζ_i)/H_ZETA and v = (τ - τ_j)/H_TAU. Only rows with 1 <= i <= N_ZETA - 3 and
+    1 <= j <= n_tau - 3 are filled (lookups clamp the cell index there).
+    """
+
+    coef: Tensor
+    tau0: float
+    n_tau: int
+    saturating: bool
+
+    def to(self, device: torch.device) -> "StartTable":
+        return StartTable(self.coef.to(device), self.tau0, self.n_tau, self.saturating)
+
+
+def saturates(div: Divergence) -> bool:
+    """Whether a bound can saturate (at 0 or 1/p) for 0 < p < 1: f(0) finite, so φ(∞) is finite."""
+    return not (math.isinf(div.f_at_0) and div.f_at_0 > 0)
+
+
+def phi_fn(div: Divergence) -> PhiFn:
+    """The divergence's own log-space φ evaluator, or the generic one built from f and f'."""
+    return div.phi or _generic_phi(div)
+
+
+@functools.lru_cache(maxsize=64)
+def _generic_phi(div: Divergence) -> PhiFn:
+    return generic_phi(div.f, div.df or autograd_derivative(div.f))
+
+
+def phi_at_inf(div: Divergence, log_a: Tensor, log_b: Tensor) -> Tensor:
+    """φ(∞) = a f(0) + b f(1/b): the divergence of the saturated bound (shrinking mass a moved entirely).
+
+    a f(0) is 0 where a underflows even if f(0) = inf."""
+    a = torch.exp(log_a)
+    if math.isinf(div.f_at_0):
+        f0 = torch.where(a > 0, a * div.f_at_0, torch.zeros_like(a))
+    else:
+        f0 = a * div.f_at_0
+    b_c = torch.exp(torch.clamp(log_b, min=-690.0))  # b f(1/b) -> lim f(u)/u as b -> 0
+    return f0 + b_c * div.f(1 / b_c)
+
+
+def _side_masses(z: Tensor) -> "tuple[Tensor, Tensor]":
+    """(log a, log b) for logit(a) = z, masses clamped at the smallest normal float64 (as the solvers do)."""
+    return torch.clamp(-softplus(-z), min=LOG_TINY), torch.clamp(-softplus(z), min=LOG_TINY)
+
+
+def _delta_from_tau(div: Divergence, sat: bool, log_a: Tensor, log_b: Tensor, tau: Tensor) -> Tensor:
+    if not sat:
+        return torch.exp(tau)
+    return phi_at_inf(div, log_a, log_b) * -torch.expm1(-torch.exp(tau))
+
+
+def _solve_nodes(div: Divergence, sat: bool, zeta: Tensor, tau: Tensor) -> Tensor:
+    """log s* at the points (zeta, tau) (same shape), by the robust solver; non-finite values -> 0."""
+    z = WARP_C * torch.sinh(zeta / WARP_C)
+    log_a, log_b = _side_masses(z)
+    delta = _delta_from_tau(div, sat, log_a, log_b, tau)
+    s, _ = solve_side_robust(phi_fn(div), log_a, log_b, delta, bisect_iters=64, polish_steps=3)
+    y = torch.log(s)
+    return torch.where(torch.isfinite(y), y, torch.zeros_like(y))
+
+
+def _cubic_rows(y: Tensor, dim: int) -> "list[Tensor]":
+    """Monomial coefficients c_0..c_3 along ``dim`` of the cubic through 4 consecutive nodes (u = -1..2)."""
+    n = y.shape[dim]
+    parts = [y.narrow(dim, m, n - 3) for m in range(4)]
+    out = []
+    for k in range(4):
+        acc = None
+        for m in range(4):
+            w = _M[k][m]
+            if w == 0.0:
+                continue
+            term = parts[m] * w
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+def build_start_table(div: Divergence) -> StartTable:
+    """Solve log s* at every (ζ, τ) node and store each cell's bicubic coefficients (CPU, float64)."""
+    sat = saturates(div)
+    t0, t1 = TAU_RANGE_SAT if sat else TAU_RANGE_PLAIN
+    n_tau = int(round((t1 - t0) / H_TAU)) + 1
+    zeta = torch.linspace(-ZETA_MAX, ZETA_MAX, N_ZETA, dtype=torch.float64)
+    tau = t0 + H_TAU * torch.arange(n_tau, dtype=torch.float64)
+    zz, tt = torch.meshgrid(zeta, tau, indexing="ij")
+    with torch.no_grad():
+        y = _solve_nodes(div, sat, zz.reshape(-1), tt.reshape(-1)).reshape(N_ZETA, n_tau)
+        along_tau = _cubic_rows(y, 1)  # 4 x (N_ZETA, n_tau - 3)
+        coef = torch.zeros(N_ZETA, n_tau, 4, 4, dtype=torch.float64)
+        for l_, c_l in enumerate(along_tau):
+            for k, c_kl in enumerate(_cubic_rows(c_l, 0)):  # (N_ZETA - 3, n_tau - 3)
+                coef[1 : N_ZETA - 2, 1 : n_tau - 2, k, l_] = c_kl
+    return StartTable(coef.reshape(N_ZETA * n_tau, 16), t0, n_tau, sat)
+
+
+def _eager_only(fn):
+    """Run ``fn`` outside any compiled graph (``torch.compiler.disable``), without importing torch._dynamo
+    for eager callers: that import costs ~1 s (and pulls sympy) for every user of ``import bandpo``."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal disabled
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return wrapper
+
+
+@_eager_only
+def get_start_table(div: Divergence, device: torch.device) -> StartTable:
+    """The divergence's start table on ``device``: built once on the CPU, copied to the device once, cached.
+
+    Keyed on the divergence object (held by the key, so its id cannot be reused) and the device; a rebuilt
+    table (after an eviction) is bitwise the same, so caching never changes a result."""
+    key = (div, str(device))
+    with _LOCK:
+        table = _CACHE.get(key)
+        if table is not None:
+            _CACHE.move_to_end(key)
+            return table
+        cpu_key = (div, "cpu")
+        cpu = _CACHE.get(cpu_key)
+        if cpu is None:
+            cpu = build_start_table(div)
+            _CACHE[cpu_key] = cpu
+        table = cpu if str(device) == "cpu" else cpu.to(device)
+        _CACHE[key] = table
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return table
+
+
+def _lookup(table: StartTable, zeta: Tensor, tau: Tensor) -> Tensor:
+    """Interpolated log s* at (zeta, tau) (same shape), extrapolated linearly in τ beyond the table."""
+    tz = torch.clamp((zeta + ZETA_MAX) * (1.0 / H_ZETA), 0.0, N_ZETA - 1.0)
+    tv_raw = (tau - table.tau0) * (1.0 / H_TAU)
+    tv = torch.clamp(tv_raw, 0.0, table.n_tau - 1.0)
+    i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
+    j = torch.clamp(torch.floor(tv), 1.0, table.n_tau - 3.0)
+    u = (tz - i).unsqueeze(-1)
+    v = (tv - j).unsqueeze(-1)
+    idx = (i * table.n_tau + j).long().reshape(-1)
+    rows = table.coef.index_select(0, idx).reshape(*zeta.shape, 4, 4)
+    c0, c1, c2, c3 = rows.unbind(-1)  # each (..., 4): coefficient of v^l for k = 0..3
+    q = torch.addcmul(c0, v, torch.addcmul(c1, v, torch.addcmul(c2, v, c3)))  # (..., 4) over k
+    q0, q1, q2, q3 = q.unbind(-1)
+    u = u.squeeze(-1)
+    y = torch.addcmul(q0, u, torch.addcmul(q1, u, torch.addcmul(q2, u, q3)))
+    below = torch.clamp(tv_raw, max=0.0) * (H_TAU * SLOPE_BELOW)
+    above = torch.clamp(tv_raw - (table.n_tau - 1.0), min=0.0) * (H_TAU * SLOPE_ABOVE)
+    return y + below + above
+
+
+def tabulated_side(
+    div: Divergence, table: StartTable, log_a: Tensor, log_b: Tensor, delta: Tensor, n_newton: int
+) -> "tuple[Tensor, Optional[Tensor]]":
+    """(s*, saturated) for one side: table start, then ``n_newton`` safeguarded Newton steps, in float64.
+
+    ``log_a``, ``log_b``: logs of the shrinking and growing masses (clamped, finite); ``delta`` float64,
+    broadcastable. ``saturated`` is None for divergences that never saturate; where it is True, s* is
+    meaningless (the caller substitutes the saturated bound)."""
+    z = log_a - log_b
+    zeta = torch.asinh(z * (1.0 / WARP_C)) * WARP_C
+    if table.saturating:
+        phinf = phi_at_inf(div, log_a, log_b)
+        ratio = delta / phinf
+        saturated = ~(ratio < 1)  # also where φ(∞) is 0 or NaN: no interior root
+        ratio = torch.clamp(torch.nan_to_num(ratio, nan=0.5), 0.0, 1.0 - 2.0**-52)
+        tau = torch.log(-torch.log1p(-ratio))
+    else:
+        saturated = None
+        tau = torch.log(delta).expand_as(z)
+    tau = torch.nan_to_num(tau, nan=0.0, posinf=1e3, neginf=-1e3)
+    s = torch.exp(_lookup(table, zeta, tau))
+    fn = phi_fn(div)
+    a = torch.exp(log_a)
+    b = torch.exp(log_b)
+    for _ in range(n_newton):
+        phi, dphi, _ = fn(s, log_a, log_b, a, b)
+        new = s - (phi - delta) / dphi
+        new = torch.clamp(new, min=s * (1.0 / 16), max=s * 16.0)
+        s = torch.where(torch.isfinite(new), new, s)
+    return s, saturated
+
