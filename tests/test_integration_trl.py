@@ -84,6 +84,16 @@ def test_grpo_trainer_trains_with_band_kl_and_logs_band_metrics(tmp_path):
     assert tr.epsilon_low == 0.2 and tr.epsilon_high == 0.2 and tr.args.delta is None
 
 
+def test_on_policy_run_without_old_logps_logs_ratio_one(tmp_path):
+    """num_iterations=1, aligned generation: TRL keeps no π_old, the ratio is exactly 1 and nothing is clipped."""
+    tr = _trainer(tmp_path, num_iterations=1, max_steps=1, bandpo_method="band_tv")
+    tr.train()
+    (h,) = [h for h in tr.state.log_history if "bandpo/ratio/max" in h]
+    assert h["bandpo/ratio/min"] == h["bandpo/ratio/max"] == 1.0
+    assert h["bandpo/clip_ratio/region_mean"] == 0.0 and h["clip_ratio/region_mean"] == 0.0
+    assert h["bandpo/band_width/mean"] > 0
+
+
 def _fixed_inputs(trainer, B=4, T=6, seed=1):
     g = torch.Generator().manual_seed(seed)
     old = torch.log(torch.rand(B, T, generator=g, dtype=torch.float32) * 0.98 + 0.01)

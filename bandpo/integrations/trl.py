@@ -198,7 +198,10 @@ class BandPOTrainer(GRPOTrainer):
         def get_bounds() -> tuple[Tensor, Tensor]:
             if not cache:
                 old = old_logps()
-                lower, upper = _common.bounds(old, cfg.bandpo_method, step=step, **settings)
+                # Padding may hold anything: bounds there are taken at p = 1 (TRL masks those tokens out anyway).
+                valid = _loss_mask(inputs).bool()
+                old_valid = torch.where(valid, old.detach(), torch.zeros((), dtype=old.dtype, device=old.device))
+                lower, upper = _common.bounds(old_valid.clamp(max=0), cfg.bandpo_method, step=step, **settings)
                 cache.append((lower.to(old.dtype), upper.to(old.dtype)))
             return cache[0]
 
@@ -223,9 +226,7 @@ class BandPOTrainer(GRPOTrainer):
 
     def _bandpo_log(self, inputs: dict, logps: Tensor, old: Tensor, lower: Tensor, upper: Tensor) -> None:
         """bandpo's metrics of this micro-batch, reduced over processes (``bandpo.losses.reduce_metrics``)."""
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
+        mask = _loss_mask(inputs)
         adv = inputs["advantages"]
         adv = (adv.unsqueeze(1) if adv.dim() == 1 else adv).expand_as(logps)
         metrics = _common.band_metrics(logps, old, adv, mask, lower, upper, dual_clip=self.args.bandpo_dual_clip)
@@ -234,3 +235,8 @@ class BandPOTrainer(GRPOTrainer):
         for k, v in reduced.items():
             self._metrics[mode][f"bandpo/{k}"].append(float(v))
 
+
+def _loss_mask(inputs: dict) -> Tensor:
+    """The tokens TRL's loss counts: the completion mask, times the tool mask when there is one."""
+    mask = inputs["completion_mask"]
+    return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
