@@ -126,6 +126,7 @@ def _fixed_inputs(trainer, B=4, T=6, seed=1):
         ("clip_higher", {}, "grpo", "seq-mean-token-mean"),
         ("dcpo", {}, "bnpo", "token-mean"),
         ("band_chi2", {"delta": 0.2}, "dapo", "token-mean"),
+        ("band_js", {}, "dr_grpo", "token-mean"),  # sum / (B * max_completion_length): a token-mean denominator
     ],
 )
 def test_loss_gradient_and_clip_metrics_match_bandpo_policy_loss(trainer, monkeypatch, method, settings, loss_type, agg):
@@ -152,9 +153,10 @@ def test_loss_gradient_and_clip_metrics_match_bandpo_policy_loss(trainer, monkey
 
     ref_leaf = logp_now.clone().requires_grad_(True)
     adv = inputs["advantages"].unsqueeze(1).expand_as(ref_leaf)
+    denominator = ref_leaf.shape[0] * trainer.max_completion_length if loss_type == "dr_grpo" else None
     ref, metrics = _common.policy_loss(
         ref_leaf, inputs["old_per_token_logps"], adv, inputs["completion_mask"], method=method, dual_clip=10.0,
-        agg=agg, max_ratio=10.0, **settings,
+        agg=agg, denominator=denominator, max_ratio=10.0, **settings,
     )
     (g_ref,) = torch.autograd.grad(ref, ref_leaf)
     # dapo divides by num_items_in_batch (all valid tokens here): token-mean.
