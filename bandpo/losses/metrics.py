@@ -224,8 +224,8 @@ def reduce_metrics(
     all parts at once, since counts are summed and means carry their weights.
 
     Distributed: one ``all_reduce(SUM)`` of the weighted sums and weights and one ``all_reduce(MIN)`` of the
-    extremes, on the parts' device, over ``group``; every rank gets the same result. No host sync besides
-    these collectives.
+    extremes, on the parts' device, over ``group``; every rank gets the same result. Every rank must call it
+    with the same keys (in any order of parts). No host sync besides these collectives.
 
     Args:
         parts: metric dicts (0-d tensors or numbers).
@@ -243,58 +243,65 @@ def reduce_metrics(
     specs = {k: _as_spec((reductions or {}).get(k)) if k in (reductions or {}) else metric_reduction(k) for k in keys}
     device = next((v.device for p in parts for v in p.values() if isinstance(v, Tensor)), torch.device("cpu"))
     f64 = torch.float64
+    col = {k: j for j, k in enumerate(keys)}
+    P, K = len(parts), len(keys)
 
-    def t(x) -> Tensor:
-        return torch.as_tensor(x, dtype=f64, device=device).reshape(())
+    # (parts, keys) matrices of the values and of which part has which key: one stack per part.
+    rows, present = [], torch.zeros(P, K, dtype=torch.bool)
+    for i, p in enumerate(parts):
+        values = list(p.values())
+        if values and all(isinstance(v, Tensor) and v.dim() == 0 and v.dtype == values[0].dtype for v in values):
+            stacked = torch.stack(values).detach().to(device=device, dtype=f64)  # the common case: one cast
+        else:
+            stacked = torch.stack([v.detach().to(device=device, dtype=f64).reshape(()) if isinstance(v, Tensor)
+                                   else torch.tensor(float(v), dtype=f64, device=device) for v in values]) \
+                if values else None
+        idx = [col[k] for k in p]
+        if idx == list(range(K)):
+            row = stacked
+        else:
+            row = torch.zeros(K, dtype=f64, device=device)
+            if idx:
+                row[idx] = stacked
+        present[i, idx] = True
+        rows.append(row)
+    V = torch.stack(rows) if P else torch.zeros(0, K, dtype=f64, device=device)
+    present = present.to(device)
+
+    def weights(j_of: "list[Optional[str]]") -> Tensor:
+        """(P, len(j_of)) weight of each part for each key: the weight key's value, 1 without one."""
+        cols = [V[:, col[w]] if w is not None else torch.ones(P, dtype=f64, device=device) for w in j_of]
+        return torch.stack(cols, 1) if cols else torch.zeros(P, 0, dtype=f64, device=device)
 
     add_keys = [k for k in keys if specs[k].kind in ("mean", "sum")]
     ext_keys = [k for k in keys if specs[k].kind in ("min", "max")]
-    zero = t(0.0)
-    num, den, ext = [], [], []
-    for k in add_keys:
-        s = specs[k]
-        vals, ws = [], []
-        for p in parts:
-            if k not in p:
-                continue
-            v = t(p[k])
-            if s.kind == "sum":
-                vals.append(v)
-            else:
-                w = t(p[s.weight]) if s.weight is not None else t(1.0)
-                vals.append(v * w)
-                ws.append(w)
-        num.append(torch.stack(vals).sum() if vals else zero)
-        den.append(torch.stack(ws).sum() if ws else zero)
-    for k in ext_keys:
-        s = specs[k]
-        sign = 1.0 if s.kind == "min" else -1.0
-        vals = []
-        for p in parts:
-            if k not in p:
-                continue
-            v = t(p[k]) * sign
-            if s.weight is not None:
-                v = torch.where(t(p[s.weight]) > 0, v, t(math.inf))
-            vals.append(v)
-        ext.append(torch.stack(vals).amin() if vals else t(math.inf))
-    flat = torch.stack(num + den) if num else torch.zeros(0, dtype=f64, device=device)
-    ext_t = torch.stack(ext) if ext else torch.zeros(0, dtype=f64, device=device)
+    a_idx = [col[k] for k in add_keys]
+    a_present = present[:, a_idx].to(f64)
+    w = weights([specs[k].weight if specs[k].kind == "mean" else None for k in add_keys]) * a_present
+    is_mean = torch.tensor([specs[k].kind == "mean" for k in add_keys], dtype=torch.bool, device=device)
+    num = (V[:, a_idx] * torch.where(is_mean, w, a_present)).sum(0)
+    den = w.sum(0)
+    e_idx = [col[k] for k in ext_keys]
+    sign = torch.tensor([1.0 if specs[k].kind == "min" else -1.0 for k in ext_keys], dtype=f64, device=device)
+    has_data = present[:, e_idx] & (weights([specs[k].weight for k in ext_keys]) > 0)
+    ext = torch.where(has_data, V[:, e_idx] * sign, torch.tensor(math.inf, dtype=f64, device=device))
+    ext = ext.amin(0) if P else torch.full((len(ext_keys),), math.inf, dtype=f64, device=device)
+    flat = torch.cat([num, den])
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         dist = torch.distributed
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        if ext_t.numel():
-            dist.all_reduce(ext_t, op=dist.ReduceOp.MIN, group=group)
+        if ext.numel():
+            dist.all_reduce(ext, op=dist.ReduceOp.MIN, group=group)
     n = len(add_keys)
+    zero = torch.zeros((), dtype=f64, device=device)
     out: dict = {}
     for i, k in enumerate(add_keys):
         if specs[k].kind == "sum":
             out[k] = flat[i]
         else:
-            w = flat[n + i]
-            out[k] = torch.where(w > 0, flat[i] / w.clamp(min=torch.finfo(f64).tiny), zero)
+            wsum = flat[n + i]
+            out[k] = torch.where(wsum > 0, flat[i] / wsum.clamp(min=torch.finfo(f64).tiny), zero)
     for i, k in enumerate(ext_keys):
-        s = specs[k]
-        sign = 1.0 if s.kind == "min" else -1.0
-        out[k] = torch.where(torch.isinf(ext_t[i]), t(s.empty), ext_t[i] * sign)
+        empty = torch.tensor(specs[k].empty, dtype=f64, device=device)
+        out[k] = torch.where(torch.isinf(ext[i]), empty, ext[i] * sign[i])
     return {k: out[k] for k in keys}
