@@ -118,7 +118,7 @@ def test_rule_instance_as_method():
     (lambda old: bandpo.bounds(old, "ppo"), "unknown method 'ppo'; known methods: band_chi2"),
     (lambda old: bandpo.bounds(old, "dcpo", r_max=0.5), r"r_max must be a finite number >= 1"),
     (lambda old: bandpo.bounds(old, "band_kl", delta=-1.0), "delta must be a finite number > 0"),
-    (lambda old: bandpo.bounds(old, "band_kl", max_ratio=0.5), "max_ratio must be None or a finite number >= 1"),
+    (lambda old: bandpo.bounds(old, "band_kl", max_ratio=0.5), "max_ratio must be None, a number >= 1"),
     (lambda old: bandpo.bounds(old, "band_kl", divergence="kl2"), "unknown divergence 'kl2'"),
     (lambda old: Clip(eps_low=1.5), r"eps_low must be a number in \[0, 1\]"),
     (lambda old: Band(delta="big"), "delta must be a finite number > 0, a Schedule or a callable"),
@@ -314,3 +314,16 @@ def test_trainer_passes_the_rl_step_to_a_delta_schedule(tmp_path, monkeypatch):
     # same seed: step 0 is identical (δ = 0.05 in both), step 1 trains with the wider band
     assert const[0]["band_width/mean"] == lin[0]["band_width/mean"]
     assert float(lin[1]["bounds/upper_mean"]) > float(const[1]["bounds/upper_mean"])
+
+
+def test_max_ratio_inf_removes_the_cap():
+    """``max_ratio=inf`` is the way to train a band method without its cap of 10 (None keeps the method's own)."""
+    old_logp = torch.log(torch.tensor([1e-4, 0.08, 0.9], dtype=torch.float64))
+    _, capped = bandpo.bounds(old_logp, "band_kl")
+    _, uncapped = bandpo.bounds(old_logp, "band_kl", max_ratio=math.inf)
+    _, raw = bandpo.band(old_logp, 0.05, "kl")
+    assert float(capped[0]) == 10.0 and float(uncapped[0]) == float(raw[0]) > 10.0
+    assert torch.equal(uncapped[1:], raw[1:])
+    assert bandpo.LossConfig(max_ratio=math.inf).max_ratio == math.inf
+    with pytest.raises(ValueError, match="max_ratio must be None, a number >= 1"):
+        bandpo.bounds(old_logp, "band_kl", max_ratio=0.5)

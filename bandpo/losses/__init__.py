@@ -1,22 +1,21 @@
 """Policy losses: the clipped surrogate with per-token bounds, the method table, bounds rules, schedules,
 aggregation and metrics.
 
-* :mod:`~bandpo.losses.bounds`: bounds rules carrying their settings (:class:`Clip`, :class:`DCPO`, :class:`Band`);
+* :mod:`~bandpo.losses.rules`: bounds rules carrying their settings (:class:`Clip`, :class:`DCPO`, :class:`Band`);
 * :mod:`~bandpo.losses.methods`: the method table :data:`METHODS` (ids ``clip``, ``clip_higher``, ``dcpo``,
   ``band_<divergence>``, ``no_clip``);
 * :mod:`~bandpo.losses.schedules`: :class:`Constant`, :class:`Linear`, :class:`Cosine` (e.g. for δ);
 * :mod:`~bandpo.losses.aggregation`: :func:`aggregate`, :func:`aggregation_denominator`;
 * :mod:`~bandpo.losses.metrics`: :data:`METRIC_KEYS`, :func:`loss_metrics`, :func:`reduce_metrics`;
-* :mod:`~bandpo.losses.surrogate`: :func:`policy_loss`, :func:`bounds`, :func:`surrogate`;
+* :mod:`~bandpo.losses.policy`: :func:`policy_loss`, :func:`bounds`, :func:`surrogate`;
 * :mod:`~bandpo.losses.config`: :class:`LossConfig`.
 
-Builds on :mod:`bandpo.operator`; imports nothing from training or experiments. (The function :func:`bounds`
-is exported under the same name as the module ``bandpo.losses.bounds``; import rules from that module with
-``from bandpo.losses import Band`` or ``from bandpo.losses.bounds import Band``.)
+Builds on :mod:`bandpo.operator`; imports nothing from training or experiments. No function shares its name
+with a module of this package, so ``import bandpo.losses.rules as rules`` is always the module.
 """
 
 from .aggregation import AGGREGATIONS, Aggregation, aggregate, aggregation_denominator, get_aggregation, list_aggregations
-from .bounds import DCPO, Band, BoundsRule, Clip
+from .rules import DCPO, Band, BoundsRule, Clip
 from .config import LossConfig
 from .methods import (
     METHODS,
@@ -30,7 +29,7 @@ from .methods import (
 )
 from .metrics import BUCKET_EDGES, BUCKET_NAMES, METRIC_KEYS, Reduction, loss_metrics, metric_reduction, reduce_metrics
 from .schedules import SCHEDULES, Constant, Cosine, Linear, Schedule, make_schedule
-from .surrogate import LOG_RATIO_CLAMP, bounds, policy_loss, surrogate
+from .policy import LOG_RATIO_CLAMP, bounds, policy_loss, surrogate
 
 __all__ = [
     "AGGREGATIONS",

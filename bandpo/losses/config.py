@@ -55,7 +55,8 @@ class LossConfig:
     r_max: Optional[float] = None
     """DCPO's own cap on the upper bound; None: the method's own (10)."""
     max_ratio: Optional[float] = None
-    """Cap >= 1 on the upper ratio bound; None: the method's own (band_*: 10, dcpo/clip: none)."""
+    """Cap >= 1 on the upper ratio bound; None: the method's own (band_*: 10, dcpo/clip: none); inf (YAML ``.inf``):
+    no cap, e.g. to train a band method uncapped."""
     dual_clip: Optional[float] = 10.0
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens at -A·c (the paper: 10); None: off."""
     agg: str = "seq-mean-token-mean"

@@ -1,7 +1,7 @@
 """The method table: one id per training method, used everywhere (loss API, CLI, YAML, bandit, reproduction
 runner, figures, tests).
 
-A :class:`Method` is a bounds rule with its settings (:mod:`bandpo.losses.bounds`), an optional cap
+A :class:`Method` is a bounds rule with its settings (:mod:`bandpo.losses.rules`), an optional cap
 ``max_ratio`` on the upper bound, a plot label and a one-line description:
 
 =====================  ===========================================================  ================================
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from ..registry import Registry
-from .bounds import DCPO, Band, BoundsRule, Clip
+from .rules import DCPO, Band, BoundsRule, Clip
 
 __all__ = [
     "METHODS",
@@ -43,10 +43,8 @@ __all__ = [
 
 
 def _check_max_ratio(x) -> None:
-    if x is not None and not (
-        isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) and x >= 1
-    ):
-        raise ValueError(f"max_ratio must be None or a finite number >= 1 (e.g. 10), got {x!r}")
+    if x is not None and not (isinstance(x, numbers.Real) and not isinstance(x, bool) and x >= 1):
+        raise ValueError(f"max_ratio must be None, a number >= 1 (e.g. 10) or inf (no cap), got {x!r}")
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class Method:
     bounds: BoundsRule
     """The bounds rule, e.g. ``Band("kl", 0.05)``; called as ``bounds(old_logp, step=...)``."""
     max_ratio: Optional[float] = None
-    """Cap >= 1 applied to the upper bound (the paper trains BandPO with 10); None: no cap."""
+    """Cap >= 1 applied to the upper bound (the paper trains BandPO with 10); None or inf: no cap."""
     label: str = ""
     """Human-readable name for plots and tables."""
     description: str = ""

@@ -1,7 +1,7 @@
 """Bounds rules: old_logp -> per-token ratio interval (lower, upper), each rule carrying its own settings.
 
 For a token with old probability p = exp(old_logp), every policy loss here clips the ratio
-r = π_θ/π_old to [lower, upper] (see :mod:`bandpo.losses.surrogate`). The rules:
+r = π_θ/π_old to [lower, upper] (see :mod:`bandpo.losses.policy`). The rules:
 
 * :class:`Clip` ``(eps_low, eps_high)``: [1 - ε_low, 1 + ε_high]; PPO/GRPO 0.2/0.2 (arXiv 1707.06347),
   Clip-Higher/DAPO 0.2/0.28 (arXiv 2503.14476).
