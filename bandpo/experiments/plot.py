@@ -8,7 +8,8 @@ are read as they are (any names; each curve is labelled with the folder's name, 
 names clash). Panels:
 
 * reward (``reward/mean``, moving average over ``--smooth`` steps, raw values faint);
-* eval mean@n and pass@k (the largest k) of every eval set, one line per (run, set);
+* eval mean@n and maj@n, and pass@k for every logged k, of every eval set (colour: run, marker: set, line
+  style: metric or k);
 * token entropy (``entropy``, smoothed);
 * the fraction of clipped tokens (``bucket/<b>/clip_region_mean``) in each old-probability bucket ``b`` (the
   buckets of ``docs/metrics.md``), smoothed.
@@ -79,7 +80,7 @@ def moving_average(values: Sequence[float], window: int) -> list:
 
 
 _BUCKET = re.compile(r"^bucket/(?P<b>[^/]+)/clip_region_mean$")
-_EVAL = re.compile(r"^eval/(?P<set>[^/]+)/(?P<metric>mean|pass)@(?P<k>\d+)$")
+_EVAL = re.compile(r"^eval/(?P<set>[^/]+)/(?P<metric>mean|pass|maj)@(?P<k>\d+)$")
 
 
 def _bucket_key(b: str) -> float:
@@ -119,21 +120,29 @@ def plot_runs(paths: Sequence["str | Path"], out: "str | Path", *, smooth: int =
             ax.text(0.5, 0.5, f"no column {key!r}", ha="center", va="center", transform=ax.transAxes, fontsize=8)
 
     styles = ["-", "--", ":", "-."]
-    for col, metric, name in ((1, "mean", "eval mean@n"), (2, "pass", "eval pass@k")):
+    markers = ["o", "s", "^", "D", "v"]
+    for col, metrics, name in ((1, ("mean", "maj"), "eval mean@n (solid), maj@n (dashed)"),
+                               (2, ("pass",), "eval pass@k (k = 1 solid, ...)")):
         ax = axes[0][col]
         drawn = False
         for i, r in enumerate(runs):
             ev = r["eval"]
             found: dict = {}
-            for k in ev:
-                m = _EVAL.match(k)
-                if m and m.group("metric") == metric:
-                    found.setdefault(m.group("set"), []).append((int(m.group("k")), k))
-            for j, (set_name, ks) in enumerate(sorted(found.items())):
-                k, key = max(ks)  # mean@n has one k; pass@k: the largest k
-                ax.plot(ev["step"], ev[key], styles[j % len(styles)], color=colors[i % len(colors)], marker="o",
-                        ms=3, lw=1.3, label=f"{labels[i]} {set_name} {metric}@{k}")
-                drawn = True
+            for key in ev:
+                m = _EVAL.match(key)
+                if m and m.group("metric") in metrics:
+                    found.setdefault(m.group("set"), []).append((m.group("metric"), int(m.group("k")), key))
+            for j, (set_name, entries) in enumerate(sorted(found.items())):
+                if col == 1:  # mean@n and the largest maj@k (maj@n)
+                    n_max = max(k for _, k, _ in entries)
+                    chosen = [(0 if metric == "mean" else 1, metric, k, key) for metric, k, key in entries
+                              if k == n_max]
+                else:
+                    chosen = [(idx, metric, k, key) for idx, (metric, k, key) in enumerate(sorted(entries, key=lambda e: e[1]))]
+                for style_idx, metric, k, key in sorted(chosen):
+                    ax.plot(ev["step"], ev[key], styles[style_idx % len(styles)], color=colors[i % len(colors)],
+                            marker=markers[j % len(markers)], ms=3, lw=1.3, label=f"{labels[i]} {set_name} {metric}@{k}")
+                    drawn = True
         ax.set_title(name, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
         if drawn:
