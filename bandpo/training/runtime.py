@@ -1,0 +1,370 @@
+"""What a run needs around the training loop: start-up checks with one-line errors, SIGTERM/SIGINT handling, the
+eval log, the progress bar, quiet logs, and the ``--dry-run`` report. ``bandpo.training.cli`` wires them.
+
+* **Start-up checks** (:func:`check_out_dir`, :func:`check_checkpoint`, :func:`check_accelerator`) raise
+  :class:`UserError`, a ``ValueError`` whose message is one line naming the path or setting and what to do; the
+  command line prints it as ``bandpo.training: error: ...`` and exits with status 2, without a traceback.
+* **Signals.** :class:`StopRequest` turns the first SIGTERM (what cluster schedulers send before they kill a job)
+  or SIGINT (Ctrl-C) into a request: the current RL step finishes (its rollout and all its optimiser steps), then
+  every process agrees to stop (one all-reduce per step), ``checkpoints/last.ckpt`` is written and the logs are
+  flushed; the command prints where to resume from and exits with 128 + the signal number (143 for SIGTERM, 130
+  for SIGINT), never 0. A second signal stops at once (the default action). Running the same command again
+  resumes from that checkpoint, bit for bit on the same machine.
+* **Eval log** (:class:`EvalLog`): ``eval.csv`` in the run folder, one row per evaluation, ``step`` = the number of
+  RL steps done before it (0 = before training); rows written after the checkpoint being resumed are dropped.
+* **Progress bar** (:func:`progress_bar_class`): RL steps out of ``max_steps`` with percentage and ETA, also after
+  a resume (the rate counts only this process's steps), and reward, accuracy, entropy, clipped fraction, KL and the
+  latest eval numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import signal
+import threading
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = [
+    "EvalLog",
+    "StopRequest",
+    "UserError",
+    "check_accelerator",
+    "check_checkpoint",
+    "check_out_dir",
+    "dry_run_report",
+    "progress_bar_class",
+    "progress_postfix",
+    "quiet_logs",
+    "stop_callback_class",
+]
+
+
+class UserError(ValueError):
+    """A problem with the command, the config or the files, found before training: printed as one line."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Start-up checks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_out_dir(out: Any) -> Path:
+    """``out`` as a Path, after making sure it is a folder this process can write in (created if needed).
+
+    Raises:
+        UserError: ``out`` is a file, lies under a file, or cannot be created or written.
+    """
+    p = Path(out).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run (it is created if "
+                        "needed)")
+    parent = p
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"--out {str(out)!r} lies under {str(parent)!r}, which is a file; choose a folder path")
+    probe = p / ".bandpo-write-check"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {str(out)!r} cannot be written ({e.strerror or e}); choose a folder you can write "
+                        "to") from None
+    return p
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raise if ``path`` is not a complete checkpoint (torch's zip format: a truncated file has no central
+    directory). Reads only the zip directory, not the weights.
+
+    Raises:
+        UserError: naming the file and saying to delete it to restart the run from scratch.
+    """
+    why = None
+    try:
+        if path.stat().st_size == 0:
+            why = "it is empty"
+        else:
+            with zipfile.ZipFile(path) as z:
+                if not any(n.endswith("data.pkl") for n in z.namelist()):
+                    why = "it holds no pickled state (not a torch checkpoint)"
+    except zipfile.BadZipFile:
+        why = "it is truncated or corrupt (not a complete torch zip archive)"
+    except OSError as e:
+        why = f"it cannot be read ({e.strerror or e})"
+    if why:
+        raise UserError(f"cannot resume from {str(path)!r}: {why}; delete it to restart the run from scratch (or "
+                        "restore a good copy)")
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Raise if ``trainer.accelerator`` asks for a device this machine does not have.
+
+    Raises:
+        UserError: 'gpu'/'cuda' without a visible CUDA device, 'mps' without MPS.
+    """
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise UserError(f"trainer.accelerator = {accelerator!r} but no GPU is visible (torch {torch.__version__} is "
+                        f"{build}); use --accelerator cpu, or --dry-run to check a GPU config on this machine")
+    if accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("trainer.accelerator = 'mps' but MPS is not available here; use --accelerator cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Signals
+# ----------------------------------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """Records the first SIGTERM/SIGINT instead of dying; the training loop polls :attr:`signum`.
+
+    Use as a context manager around training (handlers are installed only in the main thread, and the previous
+    handlers are restored on exit). A second signal restores the default action and re-delivers it.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: dict = {}
+
+    @property
+    def name(self) -> Optional[str]:
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: give up now
+            signal.signal(signum, signal.SIG_DFL)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"[bandpo] received {signal.Signals(signum).name}: finishing the current RL step, then writing a "
+                  "checkpoint (send it again to stop at once)", flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+def stop_callback_class() -> type:
+    """A Lightning callback (class defined on first use) that turns a :class:`StopRequest` into a clean stop.
+
+    At the end of every RL step the processes agree (any process signalled = stop), then ``trainer.should_stop``
+    is set so that the checkpoint callback placed after it writes ``last.ckpt``.
+    """
+    import lightning as L
+
+    class GracefulStop(L.Callback):
+        def __init__(self, request: StopRequest) -> None:
+            self.request = request
+            self.stopped_by: Optional[str] = None
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            local = self.request.signum is not None or bool(getattr(trainer, "received_sigterm", False))
+            if trainer.strategy.reduce_boolean_decision(local, all=False):
+                self.stopped_by = self.request.name or "SIGTERM"
+                trainer.should_stop = True
+
+    return GracefulStop
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The eval log
+# ----------------------------------------------------------------------------------------------------------
+
+
+class EvalLog:
+    """``eval.csv``: one row per evaluation (``step`` first, then the metric keys in a fixed order)."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = Path(path)
+
+    def append(self, step: int, metrics: dict) -> None:
+        """Append one row (a new header, with the union of the keys, if the keys changed)."""
+        rows = self.read()
+        keys = ["step"] + sorted({k for r in rows for k in r if k != "step"} | set(metrics))
+        new = {"step": step, **{k: repr(float(v)) for k, v in metrics.items()}}
+        if rows and list(rows[0]) == keys:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=keys).writerow(new)
+            return
+        self._write(keys, rows + [new])
+
+    def read(self) -> list:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def keep_until(self, step: Optional[int]) -> int:
+        """Drop rows with ``step > step`` (all rows for None: a fresh start). Returns how many were dropped."""
+        rows = self.read()
+        keep = [] if step is None else [r for r in rows if int(float(r["step"])) <= step]
+        if len(keep) != len(rows):
+            if keep:
+                self._write(list(rows[0]), keep)
+            else:
+                self.path.unlink()
+        return len(rows) - len(keep)
+
+    def _write(self, keys: Sequence[str], rows: list) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(keys), restval="")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Progress bar and logs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def progress_postfix(row: Optional[dict], evals: Optional[dict]) -> dict:
+    """The bar's numbers: reward, accuracy, entropy, clipped fraction (all tokens), KL to the reference (k3) and
+    the old policy (``ppo_kl``), and mean@n / the largest pass@k of each eval set."""
+    out: dict = {}
+    row = row or {}
+    for key, name, fmt in (("reward/mean", "reward", "{:.3f}"), ("accuracy", "acc", "{:.3f}"),
+                           ("entropy", "H", "{:.3f}"), ("clip_ratio/region_mean", "clip", "{:.2%}"),
+                           ("kl_ref", "kl_ref", "{:.2g}"), ("ppo_kl", "ppo_kl", "{:.2g}")):
+        if key in row:
+            out[name] = fmt.format(row[key])
+    best: dict = {}
+    for key, value in (evals or {}).items():
+        parts = key.split("/")
+        if len(parts) != 3 or "@" not in parts[2]:
+            continue
+        metric, k = parts[2].split("@")
+        if metric == "mean" or (metric == "pass" and int(k) >= best.get((parts[1], "pass"), (0, 0))[0]):
+            best[(parts[1], metric)] = (int(k), value)
+    for (set_name, metric), (k, value) in sorted(best.items()):
+        out[f"{set_name} {metric}@{k}"] = f"{value:.3f}"
+    return out
+
+
+def progress_bar_class() -> type:
+    """Lightning's TQDM bar counting RL steps out of ``max_steps`` (class defined on first use)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class RLProgressBar(TQDMProgressBar):
+        """Total = ``max_steps``; starts at the resumed step, so percentage and ETA are right after a resume
+        (tqdm's rate counts the steps since ``initial``, i.e. this process's)."""
+
+        @property
+        def total_train_batches(self) -> int:
+            return self.trainer.lightning_module.cfg.trainer.max_steps
+
+        def _restart(self, pl_module: Any) -> None:
+            bar = self.train_progress_bar
+            bar.reset(total=pl_module.cfg.trainer.max_steps)
+            bar.initial = bar.n = bar.last_print_n = pl_module.rl_step
+            bar.set_description("RL step")
+            bar.refresh()
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            super().on_train_start(trainer, pl_module)
+            self._restart(pl_module)
+
+        def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+            super().on_train_epoch_start(trainer, *args)
+            self._restart(trainer.lightning_module)
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            bar = self.train_progress_bar
+            bar.n = pl_module.rl_step
+            bar.set_postfix(progress_postfix(getattr(pl_module, "last_row", None),
+                                             getattr(pl_module, "last_eval", None)), refresh=False)
+            bar.refresh()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            self.train_progress_bar.refresh()
+
+    return RLProgressBar
+
+
+def quiet_logs() -> None:
+    """Silence messages a user cannot act on: Lightning's informational lines (accelerator summary, tips,
+    checkpoint restore notes, the ``weights_only`` notice) and a deprecation warning from its pytree helper.
+    Warnings and errors still show."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)`? is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --dry-run report
+# ----------------------------------------------------------------------------------------------------------
+
+
+def dry_run_report(cfg: Any) -> tuple:
+    """What a ``--dry-run`` of ``cfg`` checks on this machine and what it replaces.
+
+    Returns:
+        ``(lines, missing)``: human-readable lines, and the list of settings whose files or model are missing here
+        (the real run would stop at start-up on each of them).
+    """
+    from .config import _check_model_source
+    from .evaluation import parse_eval_set
+
+    lines, missing = [], []
+
+    def source(value: Optional[str], key: str, need: str = "config.json") -> str:
+        if value is None:
+            return ": the built-in tiny model" if key == "model.name_or_path" else ": the model's own"
+        try:
+            _check_model_source(value, key, need=need)
+            return f"{value!r}: found"
+        except ValueError as e:
+            missing.append(key)
+            return f"{value!r}: MISSING ({str(e).split(' is invalid: ', 1)[-1]})"
+
+    m = cfg.model
+    lines.append(f"model {source(m.name_or_path, 'model.name_or_path')} -> replaced by the tiny random model "
+                 "(1 layer, hidden 32)")
+    lines.append(f"tokenizer {source(m.tokenizer, 'model.tokenizer', 'tokenizer_config.json')} -> replaced by the "
+                 "character tokenizer" + (" (no chat template: task.chat_template is turned off)"
+                                          if cfg.task.chat_template else ""))
+    if cfg.task.path is not None:
+        ok = Path(cfg.task.path).expanduser().exists()
+        if not ok:
+            missing.append("task.path")
+        lines.append(f"task.path {cfg.task.path!r}: {'found' if ok else 'MISSING'} -> replaced by 16 generated "
+                     "problems in the same format")
+    else:
+        lines.append(f"task {cfg.task.name!r}: built in, used as is")
+    for entry in getattr(getattr(cfg, "eval", None), "sets", []) or []:
+        spec = parse_eval_set(entry)
+        if spec.path is None:
+            lines.append(f"eval set {spec.name!r}: the task's held-out split, used as is")
+            continue
+        ok = Path(spec.path).expanduser().exists()
+        if not ok:
+            missing.append(f"eval set {spec.name} ({spec.path})")
+        lines.append(f"eval set {spec.name!r} {spec.path!r}: {'found' if ok else 'MISSING'} -> replaced by 4 "
+                     "generated problems")
+    t = cfg.trainer
+    lines.append(f"hardware {t.accelerator} x {t.devices} x {t.num_nodes} node(s), strategy {t.strategy}, "
+                 f"{t.precision} -> 1 CPU process, float32; batch sizes shrunk (the loss settings are kept)")
+    return lines, missing
