@@ -9,7 +9,7 @@ problem with n samples of which c are correct:
 * **pass@k** = 1 − C(n − c, k) / C(n, k), the unbiased estimator of "at least one of k samples is correct" of
   Chen et al. 2021 (arXiv 2107.03374), computed exactly with integers and rounded once (no overflow where the
   binomials exceed a float, no cancellation). verl's ``best@k`` is a different quantity: a bootstrap estimate
-  (resampling k of the n answers with replacement), lower than this estimator for the same samples;
+  (resampling k of the n answers with replacement), whose expectation 1 − (1 − c/n)^k is at most this estimator;
 * **maj@k** = the fraction of the n // k disjoint blocks of k consecutive samples whose most frequent extracted
   answer (the verifier's ``key``; ties go to the answer seen first; samples without an answer do not vote) is
   correct.
