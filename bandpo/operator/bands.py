@@ -15,10 +15,10 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
   own ``log_band``);
 * every other divergence (``kl``, ``reverse_kl``, ``neyman_chi2``, ``js``, user generators): a start for
   each side's root read from a delta-independent table of the divergence (:mod:`bandpo.operator.tables`,
-  built once per divergence on first use or by :func:`prepare`), then a fixed number of Newton steps in
-  float64: ``NEWTON_STEPS_F64`` for float64 outputs (``log_band``, and ``band`` of a float64 input),
-  ``NEWTON_STEPS_LOWP`` for ``band`` of a float32/bfloat16/float16 input (its result is the float64 answer
-  rounded: within 1 ulp).
+  built once per divergence on first use or by :func:`prepare`), then a fixed number of float64 Halley
+  steps (built-in generators: 2 for float64 outputs, i.e. ``log_band`` and ``band`` of a float64 input,
+  1 for ``band`` of a float32/bfloat16/float16 input, whose result is the float64 answer rounded: within
+  1 ulp) or Newton steps (user generators: 3 and 2).
 
 The result is a pure function of the input (values, dtype, device, delta, divergence): the same on every
 call, the first included, whatever ran before; a Python-number delta, a delta that changes every call and
@@ -39,16 +39,11 @@ from torch import Tensor
 
 from .divergences import Divergence, get_divergence
 from .solvers import kl_log_band, kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
-from .tables import _eager_only, get_start_table, phi_at_inf, phi_fn, tabulated_side
+from .tables import _eager_only, get_start_table, phi_at_inf, phi_fn, tabulated_side, warp
 
 __all__ = ["band", "log_band", "prepare"]
 
 Delta = Union[float, Tensor]
-
-# Newton steps after the table start (start within ~1e-5 relative of s*: one step reaches ~1e-10, two
-# reach the float64 rounding of φ; the third is margin where the start is extrapolated or near a kink).
-NEWTON_STEPS_F64 = 3
-NEWTON_STEPS_LOWP = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,13 +165,16 @@ def _solver_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergenc
 
 
 def _tabulated_log_band(
-    logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergence, n_newton: int
+    logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergence, lowp: bool
 ) -> "tuple[Tensor, Tensor]":
-    """Both sides from the divergence's start table plus ``n_newton`` Newton steps (float64)."""
+    """Both sides from the divergence's start table plus a fixed number of Halley/Newton steps (float64);
+    ``lowp``: the result will be rounded to float32/16 (one step fewer)."""
     table = get_start_table(div, logp.device)
-    (la_lo, lb_lo), (la_up, lb_up) = sides(logp, log1mp)
-    s_lo, sat_lo = tabulated_side(div, table, la_lo, lb_lo, delta, n_newton)
-    s_up, sat_up = tabulated_side(div, table, la_up, lb_up, delta, n_newton)
+    (lp, l1), _ = sides(logp, log1mp)  # lower side: (a, b) = (p, 1 - p); upper side: (1 - p, p)
+    p, q = torch.exp(lp), torch.exp(l1)
+    zeta = warp(lp - l1)  # odd in its argument: the upper side's is -zeta
+    s_lo, sat_lo = tabulated_side(div, table, lp, l1, p, q, zeta, delta, lowp)
+    s_up, sat_up = tabulated_side(div, table, l1, lp, q, p, -zeta, delta, lowp)
     log_lower = -s_lo
     log_upper = upper_from_s(s_up, logp, log1mp)
     if sat_lo is not None:
@@ -190,7 +188,7 @@ def _tabulated_log_band(
 
 
 def _log_band_f64(
-    old_logp: Tensor, delta: Delta, div: Divergence, n_newton: int, reference: bool = False
+    old_logp: Tensor, delta: Delta, div: Divergence, lowp: bool, reference: bool = False
 ) -> "tuple[Tensor, Tensor]":
     """float64 (log_lower, log_upper) of one pass; NaN in both where old_logp or a tensor delta is invalid."""
     x = old_logp.detach().to(torch.float64)
@@ -210,7 +208,7 @@ def _log_band_f64(
     elif div.log_band is not None:
         log_lower, log_upper = div.log_band(logp, log1mp, d)
     else:
-        log_lower, log_upper = _tabulated_log_band(logp, log1mp, d, div, n_newton)
+        log_lower, log_upper = _tabulated_log_band(logp, log1mp, d, div, lowp)
     # Exact invariants 0 <= lower <= 1 <= upper <= 1/p (the formulas can overshoot 1/p by an ulp near p = 1).
     log_lower = torch.clamp(log_lower, max=0.0)
     log_upper = torch.minimum(torch.clamp(log_upper, min=0.0), -logp)
@@ -279,7 +277,7 @@ def log_band(
     delta = _check_delta(delta, old_logp, validate)
     _check_method(method, div)
     with torch.no_grad():
-        return _chunked(lambda x, d: _log_band_f64(x, d, div, NEWTON_STEPS_F64), old_logp, delta)
+        return _chunked(lambda x, d: _log_band_f64(x, d, div, False), old_logp, delta)
 
 
 def band(
@@ -300,8 +298,8 @@ def band(
 
     Returns:
         ``(lower, upper)`` with the shape, dtype and device of ``old_logp``, detached. Values are exp of the
-        float64 log bounds, rounded to the dtype (float32/16 inputs take ``NEWTON_STEPS_LOWP`` Newton steps,
-        enough for the rounded result: within 1 ulp of the float64 answer). ``lower`` underflows to 0 and
+        float64 log bounds, rounded to the dtype (float32/16 inputs take one iteration step fewer than
+        float64, enough for the rounded result: within 1 ulp of the float64 answer). ``lower`` underflows to 0 and
         ``upper`` may overflow to inf where the true bound is outside the dtype's range (use
         :func:`log_band` there). Raw bounds: caps and relaxations belong to the loss.
 
@@ -313,10 +311,10 @@ def band(
     _check_logp(old_logp, validate)
     delta = _check_delta(delta, old_logp, validate)
     _check_method(method, div)
-    n_newton = NEWTON_STEPS_F64 if old_logp.dtype == torch.float64 else NEWTON_STEPS_LOWP
+    lowp = old_logp.dtype != torch.float64
 
     def one_pass(x: Tensor, d: Delta) -> "tuple[Tensor, Tensor]":
-        log_lower, log_upper = _log_band_f64(x, d, div, n_newton)
+        log_lower, log_upper = _log_band_f64(x, d, div, lowp)
         return torch.exp(log_lower).to(x.dtype), torch.exp(log_upper).to(x.dtype)
 
     with torch.no_grad():
@@ -359,4 +357,4 @@ def _reference_log_band(old_logp: Tensor, delta: Delta, divergence: "str | Diver
     _check_logp(old_logp, True)
     delta = _check_delta(delta, old_logp, True)
     with torch.no_grad():
-        return _chunked(lambda x, d: _log_band_f64(x, d, div, 0, reference=True), old_logp, delta)
+        return _chunked(lambda x, d: _log_band_f64(x, d, div, False, reference=True), old_logp, delta)

@@ -225,7 +225,7 @@ def unregister_divergence(name: str) -> None:
 
 
 def _register_builtins() -> None:
-    from .solvers import chi2_log_band, hellinger_log_band, kl_phi, neyman_chi2_phi, reverse_kl_phi, tv_log_band
+    from .solvers import chi2_log_band, hellinger_log_band, js_phi, kl_phi, neyman_chi2_phi, reverse_kl_phi, tv_log_band
 
     register_divergence(
         "kl",
@@ -298,6 +298,7 @@ def _register_builtins() -> None:
         df=lambda u: 0.5 * (torch.log(u) - torch.log(0.5 * (u + 1))),
         f2_at_1=0.25,
         slope_at_inf=0.5 * math.log(2.0),
+        phi=js_phi,
         formula="(u log u - (u+1) log((u+1)/2)) / 2",
         description="Jensen-Shannon ½KL(P‖M) + ½KL(Q‖M), M = (P+Q)/2, ∈ [0, log 2]",
     )

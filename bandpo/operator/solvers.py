@@ -101,11 +101,20 @@ def _log_v(s: Tensor, log_a: Tensor, log_b: Tensor) -> "tuple[Tensor, Tensor]":
     return log_x, softplus(log_a - log_b + log_x)
 
 
+def _x_rx(s: Tensor, log_a: Tensor, log_b: Tensor) -> "tuple[Tensor, Tensor]":
+    """x = 1 - e^{-s} and (a/b)·x = v - 1. Finite for every clamped pair: a/b <= 1/(smallest normal), x <= 1."""
+    x = -torch.expm1(-s)
+    return x, torch.exp(log_a - log_b) * x
+
+
 def kl_phi(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
-    """φ for KL(old ‖ new), f(u) = -log u: φ(s) = a·s - b·log v, φ'(s) = a x / (b v), exactly in log space."""
-    log_x, log_v = _log_v(s, log_a, log_b)
+    """φ for KL(old ‖ new), f(u) = -log u: φ(s) = a·s - b·log v, φ'(s) = a x / (b v) = (v - 1)/v.
+
+    log v = log1p(v - 1) with v - 1 = (a/b) x formed directly (no cancellation near v = 1, no overflow)."""
+    x, rx = _x_rx(s, log_a, log_b)
+    log_v = torch.log1p(rx)
     phi = a * s - b * log_v
-    dphi = a * torch.exp(log_x - log_b - log_v)
+    dphi = rx / (1 + rx)
     return phi, dphi, log_v
 
 
@@ -115,32 +124,58 @@ def neyman_chi2_phi(
     """φ for Neyman χ², f(u) = (u-1)^2/u, without overflow of f' near u = 0.
 
     w - 1 = -x and v - 1 = (a/b) x, so φ = a x^2 (e^s + c) with c = a/(b v) = 1/(b/a + x), and
-    φ' = a (2 x (1 + w c) + x^2 (e^s - c^2 w)) (using dv/ds = (a/b) w). c is taken as
-    exp(-logaddexp(log x, log b - log a)): log a - log b - log v would cancel where b << a (p -> 1).
+    φ' = a (2 x (1 + w c) + x^2 (e^s - c^2 w)) (using dv/ds = (a/b) w). c is formed from b/a directly:
+    log a - log b - log v would cancel where b << a (p -> 1).
     """
-    log_x, log_v = _log_v(s, log_a, log_b)
-    x = torch.exp(log_x)
-    w = torch.exp(-s)
+    x = -torch.expm1(-s)
     es = torch.exp(s)
-    c = torch.exp(-torch.logaddexp(log_x, log_b - log_a))
+    w = torch.exp(-s)
+    c = 1 / (torch.exp(log_b - log_a) + x)
     phi = a * x * x * (es + c)
     dphi = a * (2 * x * (1 + w * c) + x * x * (es - c * c * w))
+    log_v = torch.log1p(torch.exp(log_a - log_b) * x)
     return phi, dphi, log_v
 
 
 def reverse_kl_phi(
     s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor
 ) -> "tuple[Tensor, Tensor, Tensor]":
-    """φ for KL(new ‖ old), f(u) = u log u, from the logs: φ = -a s e^{-s} + b v log v, φ' = a w (log v + s).
+    """φ for KL(new ‖ old), f(u) = u log u: φ = b v log v - a s e^{-s}, φ' = a w (log v + s).
 
-    (The generic evaluator would take log of v = exp(log v) and lose ~1e-12 near v = 1.)
-    """
-    _, log_v = _log_v(s, log_a, log_b)
+    b v = b + a x exactly and log v = log1p((a/b) x) (the generic evaluator would take log of a rounded v
+    and lose ~1e-12 near v = 1)."""
+    x, rx = _x_rx(s, log_a, log_b)
+    log_v = torch.log1p(rx)
     w = torch.exp(-s)
-    v = torch.exp(log_v)
-    phi = b * v * log_v - a * s * w
+    phi = (b + a * x) * log_v - a * s * w
     dphi = a * w * (log_v + s)
     return phi, dphi, log_v
+
+
+JS_LOG2 = math.log(2.0)
+
+
+def _js_terms(s: Tensor, x: Tensor, rx: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor, Tensor]":
+    """(φ, w, 2 f'(w), 2 f'(v)) for Jensen-Shannon.
+
+    f(u) = (u log u - (u+1) log((u+1)/2))/2, f'(u) = (log u - log((u+1)/2))/2. With l(u) = log((u+1)/2),
+    f(u) = (u (log u - l(u)) - l(u))/2: at u = w = 1 - x, l = log1p(-x/2) and log w = -s; at u = v,
+    l = log1p(rx/2) and log v = log1p(rx). Every term is then accurate relative to itself (writing l as
+    log(1+u) - log 2 would lose ~1e-16/x to cancellation where the root is near 1)."""
+    w = torch.exp(-s)
+    l_w = torch.log1p(-0.5 * x)
+    l_v = torch.log1p(0.5 * rx)
+    g_w = -s - l_w
+    g_v = torch.log1p(rx) - l_v
+    phi = 0.5 * (a * (w * g_w - l_w) + (b + a * x) * g_v - b * l_v)
+    return phi, w, g_w, g_v
+
+
+def js_phi(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """φ for Jensen-Shannon (see :func:`_js_terms`): φ' = a w (f'(v) - f'(w))."""
+    x, rx = _x_rx(s, log_a, log_b)
+    phi, w, g_w, g_v = _js_terms(s, x, rx, a, b)
+    return phi, 0.5 * a * w * (g_v - g_w), torch.log1p(rx)
 
 
 def generic_phi(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor]) -> PhiFn:
@@ -323,3 +358,75 @@ def kl_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, T
     s_lo, _ = solve_side(kl_phi, la_lo, lb_lo, delta, kl_start(la_lo, lb_lo, delta), KL_ITERS)
     s_up, _ = solve_side(kl_phi, la_up, lb_up, delta, kl_start(la_up, lb_up, delta), KL_ITERS)
     return -s_lo, upper_from_s(s_up, logp, log1mp)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Second derivatives (Halley steps) and φ(∞) of the built-in generators
+# ----------------------------------------------------------------------------------------------------------
+#
+# With w = e^{-s} and v = 1 + (a/b)(1 - w), φ' = a w (f'(v) - f'(w)) and
+#     φ'' = -φ' + a w² ((a/b) f''(v) + f''(w)).
+# Each evaluator returns (φ, φ', φ''), all float64; the Halley step from a start within ~1e-5 relative is
+# cubically convergent, so one step replaces two Newton steps.
+
+
+def _halley_common(s: Tensor, log_a: Tensor, log_b: Tensor) -> "tuple[Tensor, Tensor, Tensor, Tensor, Tensor]":
+    """(a/b, x, (a/b) x, v, log v) at s."""
+    rab = torch.exp(log_a - log_b)
+    x = -torch.expm1(-s)
+    rx = rab * x
+    return rab, x, rx, 1 + rx, torch.log1p(rx)
+
+
+def kl_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """KL: φ = a s - b log v, φ' = (v - 1)/v, φ'' = (a/b) w / v²."""
+    rab, x, rx, v, log_v = _halley_common(s, log_a, log_b)
+    return a * s - b * log_v, rx / v, rab * (1 - x) / (v * v)
+
+
+def reverse_kl_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """KL(new ‖ old): φ = (b + a x) log v - a s w, φ' = a w (log v + s), φ'' = -φ' + a w ((a/b) w / v + 1)."""
+    rab, x, rx, v, log_v = _halley_common(s, log_a, log_b)
+    w = torch.exp(-s)
+    aw = a * w
+    d1 = aw * (log_v + s)
+    return (b + a * x) * log_v - aw * s, d1, aw * (rab * w / v + 1) - d1
+
+
+def neyman_chi2_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """Neyman χ² (see :func:`neyman_chi2_phi`): φ'' = -φ' + 2 a (c (w/v)² + e^s), c = (a/b)/v = 1/(b/a + x)."""
+    x = -torch.expm1(-s)
+    es = torch.exp(s)
+    w = torch.exp(-s)
+    c = 1 / (torch.exp(log_b - log_a) + x)
+    v = 1 + torch.exp(log_a - log_b) * x
+    d1 = a * (2 * x * (1 + w * c) + x * x * (es - c * c * w))
+    wv = w / v
+    return a * x * x * (es + c), d1, 2 * a * (c * wv * wv + es) - d1
+
+
+def js_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """Jensen-Shannon (see :func:`_js_terms`): f''(u) = 1/(2 u (u + 1)), so
+    φ'' = -φ' + (a w / 2) ((a/b) w / (v (v + 1)) + 1/(w + 1))."""
+    rab, x, rx, v, _ = _halley_common(s, log_a, log_b)
+    phi, w, g_w, g_v = _js_terms(s, x, rx, a, b)
+    haw = 0.5 * a * w
+    d1 = haw * (g_v - g_w)
+    return phi, d1, haw * ((rab / v) * w / (1 + v) + 1 / (1 + w)) - d1
+
+
+def reverse_kl_phi_inf(log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """φ(∞) = a f(0) + b f(1/b) = -log b for f(u) = u log u."""
+    return -log_b
+
+
+def js_phi_inf(log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """φ(∞) = a log(2)/2 + b f(1/b) = (a log 2 - l - b (l - log b))/2 with l = log(1 + b) - log 2 = log1p(-a/2)
+    (written so that it keeps its relative accuracy as a -> 0, where φ(∞) ≈ a log(2)/2)."""
+    ell = torch.log1p(-0.5 * a)
+    return 0.5 * (a * JS_LOG2 - ell - b * (ell - log_b))
+
+
+# φ evaluator -> its (φ, φ', φ'') evaluator and its φ(∞) (None: never saturates), for the tabulated path.
+HALLEY = {kl_phi: kl_phi2, reverse_kl_phi: reverse_kl_phi2, neyman_chi2_phi: neyman_chi2_phi2, js_phi: js_phi2}
+PHI_AT_INF = {reverse_kl_phi: reverse_kl_phi_inf, js_phi: js_phi_inf}

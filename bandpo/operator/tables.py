@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .divergences import Divergence
 from .numerics import LOG_TINY
-from .solvers import PhiFn, autograd_derivative, generic_phi, solve_side_robust, softplus
+from .solvers import HALLEY, PHI_AT_INF, PhiFn, autograd_derivative, generic_phi, solve_side_robust, softplus
 
 __all__ = ["StartTable", "get_start_table", "phi_at_inf", "phi_fn", "saturates", "tabulated_side"]
 
@@ -59,6 +59,13 @@ TAU_RANGE_SAT = (-28.0, 3.0)
 # Slopes d log s* / d τ used to extrapolate beyond the τ range (small-delta and near-kink asymptotes).
 SLOPE_BELOW, SLOPE_ABOVE = 0.5, 1.0
 
+# Steps after the table start (within ~1e-5 relative of s*; see tests/test_band_solvers.py), indexed by
+# ``lowp`` (the result is rounded to float32/16). Halley (cubic): 1e-5 -> 1e-15 in one step; the second
+# float64 step is margin where the start is extrapolated. Newton (quadratic, user generators):
+# 1e-5 -> 1e-10 -> 1e-16 -> margin.
+HALLEY_STEPS = {False: 2, True: 1}
+NEWTON_STEPS = {False: 3, True: 2}
+
 _CACHE: "OrderedDict[tuple, Optional[StartTable]]" = OrderedDict()
 _CACHE_SIZE = 32
 _LOCK = threading.Lock()
@@ -74,9 +81,10 @@ _M = (
 
 @dataclass(frozen=True)
 class StartTable:
-    """Bicubic cells of log s*(ζ, τ) for one divergence, float64.
+    """Bicubic cells of log s*(ζ, τ) for one divergence.
 
-    ``coef``: (N_ZETA · n_tau, 16); row i·n_tau + j holds c[k][l] (index 4k + l) of
+    ``coef``: (N_ZETA · n_tau, 16) float32 (solved and fitted in float64, then rounded: the start needs
+    ~1e-5, float32 halves the memory a lookup gathers and doubles its vector width); row i·n_tau + j holds c[k][l] (column 4k + l) of
     log s* ≈ Σ c[k][l] u^k v^l on the cell whose nodes are (i - 1 .. i + 2, j - 1 .. j + 2), with
     u = (ζ - ζ_i)/H_ZETA and v = (τ - τ_j)/H_TAU. Only rows with 1 <= i <= N_ZETA - 3 and
     1 <= j <= n_tau - 3 are filled (lookups clamp the cell index there).
@@ -107,7 +115,8 @@ def _generic_phi(div: Divergence) -> PhiFn:
 
 
 def phi_at_inf(div: Divergence, log_a: Tensor, log_b: Tensor) -> Tensor:
-    """φ(∞) = a f(0) + b f(1/b): the divergence of the saturated bound (shrinking mass a moved entirely).
+    """φ(∞) = a f(0) + b f(1/b): the divergence of the saturated bound (shrinking mass a moved entirely),
+    from the generator (the robust solver's saturation test).
 
     a f(0) is 0 where a underflows even if f(0) = inf."""
     a = torch.exp(log_a)
@@ -119,6 +128,13 @@ def phi_at_inf(div: Divergence, log_a: Tensor, log_b: Tensor) -> Tensor:
     return f0 + b_c * div.f(1 / b_c)
 
 
+def side_phi_at_inf(div: Divergence, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """φ(∞) for the tabulated path: the divergence's closed form where it has one (reverse_kl: -log b; js),
+    accurate to ~1e-15 relative also as a -> 0, else :func:`phi_at_inf`."""
+    fn = PHI_AT_INF.get(div.phi)
+    return fn(log_a, log_b, a, b) if fn is not None else phi_at_inf(div, log_a, log_b)
+
+
 def _side_masses(z: Tensor) -> "tuple[Tensor, Tensor]":
     """(log a, log b) for logit(a) = z, masses clamped at the smallest normal float64 (as the solvers do)."""
     return torch.clamp(-softplus(-z), min=LOG_TINY), torch.clamp(-softplus(z), min=LOG_TINY)
@@ -127,7 +143,8 @@ def _side_masses(z: Tensor) -> "tuple[Tensor, Tensor]":
 def _delta_from_tau(div: Divergence, sat: bool, log_a: Tensor, log_b: Tensor, tau: Tensor) -> Tensor:
     if not sat:
         return torch.exp(tau)
-    return phi_at_inf(div, log_a, log_b) * -torch.expm1(-torch.exp(tau))
+    phinf = side_phi_at_inf(div, log_a, log_b, torch.exp(log_a), torch.exp(log_b))
+    return phinf * -torch.expm1(-torch.exp(tau))
 
 
 def _solve_nodes(div: Divergence, sat: bool, zeta: Tensor, tau: Tensor) -> Tensor:
@@ -172,7 +189,7 @@ def build_start_table(div: Divergence) -> StartTable:
         for l_, c_l in enumerate(along_tau):
             for k, c_kl in enumerate(_cubic_rows(c_l, 0)):  # (N_ZETA - 3, n_tau - 3)
                 coef[1 : N_ZETA - 2, 1 : n_tau - 2, k, l_] = c_kl
-    return StartTable(coef.reshape(N_ZETA * n_tau, 16), t0, n_tau, sat)
+    return StartTable(coef.reshape(N_ZETA * n_tau, 16).to(torch.float32), t0, n_tau, sat)
 
 
 def _eager_only(fn):
@@ -216,55 +233,78 @@ def get_start_table(div: Divergence, device: torch.device) -> StartTable:
         return table
 
 
+def warp(z: Tensor) -> Tensor:
+    """ζ = C·asinh(z / C), written with log and sqrt (torch's asinh is not vectorised on the CPU)."""
+    y = z.abs() * (1.0 / WARP_C)
+    return torch.copysign(torch.log(y + torch.sqrt(torch.addcmul(torch.ones_like(y), y, y))) * WARP_C, z)
+
+
 def _lookup(table: StartTable, zeta: Tensor, tau: Tensor) -> Tensor:
-    """Interpolated log s* at (zeta, tau) (same shape), extrapolated linearly in τ beyond the table."""
+    """Interpolated log s* at (zeta, tau) (same shape, float64), extrapolated linearly in τ beyond the table.
+
+    The cell's polynomial is evaluated in float32 (see :class:`StartTable`); the result is float64."""
     tz = torch.clamp((zeta + ZETA_MAX) * (1.0 / H_ZETA), 0.0, N_ZETA - 1.0)
     tv_raw = (tau - table.tau0) * (1.0 / H_TAU)
     tv = torch.clamp(tv_raw, 0.0, table.n_tau - 1.0)
     i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
     j = torch.clamp(torch.floor(tv), 1.0, table.n_tau - 3.0)
-    u = (tz - i).unsqueeze(-1)
-    v = (tv - j).unsqueeze(-1)
+    u = (tz - i).to(torch.float32)
+    v = (tv - j).to(torch.float32)
     idx = (i * table.n_tau + j).long().reshape(-1)
-    rows = table.coef.index_select(0, idx).reshape(*zeta.shape, 4, 4)
-    c0, c1, c2, c3 = rows.unbind(-1)  # each (..., 4): coefficient of v^l for k = 0..3
-    q = torch.addcmul(c0, v, torch.addcmul(c1, v, torch.addcmul(c2, v, c3)))  # (..., 4) over k
-    q0, q1, q2, q3 = q.unbind(-1)
-    u = u.squeeze(-1)
-    y = torch.addcmul(q0, u, torch.addcmul(q1, u, torch.addcmul(q2, u, q3)))
+    rows = table.coef.index_select(0, idx).view(*zeta.shape, 4, 4)  # one gather: rows[..., k, l]
+    c0, c1, c2, c3 = rows.unbind(-1)  # (..., 4) over k: the coefficients of v^0 .. v^3
+    v = v.unsqueeze(-1)
+    q0, q1, q2, q3 = torch.addcmul(c0, v, torch.addcmul(c1, v, torch.addcmul(c2, v, c3))).unbind(-1)
+    y = torch.addcmul(q0, u, torch.addcmul(q1, u, torch.addcmul(q2, u, q3))).to(torch.float64)
     below = torch.clamp(tv_raw, max=0.0) * (H_TAU * SLOPE_BELOW)
     above = torch.clamp(tv_raw - (table.n_tau - 1.0), min=0.0) * (H_TAU * SLOPE_ABOVE)
     return y + below + above
 
 
 def tabulated_side(
-    div: Divergence, table: StartTable, log_a: Tensor, log_b: Tensor, delta: Tensor, n_newton: int
+    div: Divergence,
+    table: StartTable,
+    log_a: Tensor,
+    log_b: Tensor,
+    a: Tensor,
+    b: Tensor,
+    zeta: Tensor,
+    delta: Tensor,
+    lowp: bool,
 ) -> "tuple[Tensor, Optional[Tensor]]":
-    """(s*, saturated) for one side: table start, then ``n_newton`` safeguarded Newton steps, in float64.
+    """(s*, saturated) for one side: table start, then a fixed number of safeguarded steps in float64:
+    Halley steps for the built-in generators (HALLEY_STEPS), Newton steps otherwise (NEWTON_STEPS); the
+    fewer ``lowp`` counts where the result is rounded to float32/16.
 
-    ``log_a``, ``log_b``: logs of the shrinking and growing masses (clamped, finite); ``delta`` float64,
-    broadcastable. ``saturated`` is None for divergences that never saturate; where it is True, s* is
-    meaningless (the caller substitutes the saturated bound)."""
-    z = log_a - log_b
-    zeta = torch.asinh(z * (1.0 / WARP_C)) * WARP_C
+    ``log_a``, ``log_b``: logs of the shrinking and growing masses (clamped, finite), ``a``, ``b`` their
+    exps, ``zeta`` = warp(log_a - log_b); ``delta`` float64, broadcastable. ``saturated`` is None for
+    divergences that never saturate; where it is True, s* is meaningless (the caller substitutes the
+    saturated bound). Each Newton iterate is kept >= 1/16 of the previous one (and the previous one is
+    kept where the step is not finite)."""
     if table.saturating:
-        phinf = phi_at_inf(div, log_a, log_b)
+        phinf = side_phi_at_inf(div, log_a, log_b, a, b)
+        saturated = ~(delta < phinf)  # φ(∞) <= delta (also where φ(∞) is NaN): no interior root
         ratio = delta / phinf
-        saturated = ~(ratio < 1)  # also where φ(∞) is 0 or NaN: no interior root
         ratio = torch.clamp(torch.nan_to_num(ratio, nan=0.5), 0.0, 1.0 - 2.0**-52)
         tau = torch.log(-torch.log1p(-ratio))
     else:
         saturated = None
-        tau = torch.log(delta).expand_as(z)
+        tau = torch.log(delta).expand_as(zeta)
     tau = torch.nan_to_num(tau, nan=0.0, posinf=1e3, neginf=-1e3)
     s = torch.exp(_lookup(table, zeta, tau))
+    halley = HALLEY.get(div.phi)
+    if halley is not None:
+        for _ in range(HALLEY_STEPS[lowp]):
+            phi, d1, d2 = halley(s, log_a, log_b, a, b)
+            t = (phi - delta) / d1  # the Newton step; Halley divides it by 1 - t φ''/(2 φ') (kept in [1/2, 2])
+            corr = torch.clamp(1 - 0.5 * t * (d2 / d1), 0.5, 2.0)
+            new = torch.maximum(s - t / corr, s * (1.0 / 16))
+            s = torch.where(torch.isfinite(new), new, s)
+        return s, saturated
     fn = phi_fn(div)
-    a = torch.exp(log_a)
-    b = torch.exp(log_b)
-    for _ in range(n_newton):
+    for _ in range(NEWTON_STEPS[lowp]):
         phi, dphi, _ = fn(s, log_a, log_b, a, b)
-        new = s - (phi - delta) / dphi
-        new = torch.clamp(new, min=s * (1.0 / 16), max=s * 16.0)
+        new = torch.maximum(s - (phi - delta) / dphi, s * (1.0 / 16))
         s = torch.where(torch.isfinite(new), new, s)
     return s, saturated
 
