@@ -1,0 +1,207 @@
+"""band() and log_band() are pure functions of their input, handle invalid input without validation, and
+keep their accuracy for a delta that changes every call and for a per-token delta tensor.
+
+* Purity: in FRESH Python processes (so that the first call really is the first: the start table is
+  built by it), for every built-in divergence and for float64, float32 and bfloat16 inputs, the first call
+  equals the second call and a call made after other divergences, deltas and dtypes ran and after the
+  table cache was emptied, bitwise; a second fresh process running the calls in the opposite order gives
+  the same bits (compared by SHA-256 of the raw bytes).
+* validate=False: NaN, +inf, -inf old_logp and NaN, inf, 0, negative tensor delta give NaN in both bounds,
+  on every path (Python delta, tensor delta, chunked and unchunked, every divergence).
+* Schedules and tensor deltas: float64 results within 1e-12 (relative, on the log bound) of the table-free
+  reference solvers (``bandpo.operator.bands._reference_log_band``); float32 results within 1 ulp of the
+  float64 reference rounded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bandpo
+from bandpo.operator.bands import CHUNK, _reference_log_band
+
+BUILTINS = ["chi2", "hellinger", "js", "kl", "neyman_chi2", "reverse_kl", "tv"]
+
+_SCRIPT = r"""
+import hashlib, json, sys
+import torch
+import bandpo
+from bandpo.operator import tables
+from bandpo.operator.bands import CHUNK
+
+names, reverse = json.loads(sys.argv[1]), sys.argv[2] == "reverse"
+g = torch.Generator().manual_seed(0)
+x64 = torch.cat([
+    -torch.logspace(-9, 2.7, 2000, dtype=torch.float64),
+    -30 * torch.rand(CHUNK + 1000, generator=g, dtype=torch.float64),  # > CHUNK: the chunked path
+    torch.tensor([0.0, -1e-300, -700.0], dtype=torch.float64),
+])
+dtypes = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+def digest(ts):
+    h = hashlib.sha256()
+    for t in ts:
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def calls(name, dt):
+    x = x64.to(dtypes[dt])
+    return digest(bandpo.band(x, 0.05, name) + bandpo.log_band(x, 0.05, name))
+
+keys = [(n, d) for n in names for d in dtypes]
+if reverse:
+    keys = keys[::-1]
+first, second = {}, {}
+for n, d in keys:
+    first[f"{n}/{d}"] = calls(n, d)
+    second[f"{n}/{d}"] = calls(n, d)
+# other work in between: other deltas (Python, tensor), dtypes, divergences, then an emptied table cache
+for n in names:
+    bandpo.band(x64[:5000].float(), 0.3, n)
+    bandpo.band(x64[:5000], torch.full((5000,), 0.01, dtype=torch.float64), n)
+tables._CACHE.clear()
+third = {f"{n}/{d}": calls(n, d) for n, d in keys}
+print(json.dumps({"first": first, "second": second, "third": third}))
+"""
+
+
+def _run(names, order):
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps(names), order],
+        capture_output=True, text=True, timeout=900, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("names", [["kl", "reverse_kl", "tv"], ["js", "neyman_chi2", "chi2", "hellinger"]])
+def test_first_call_equals_later_calls_in_fresh_processes(names):
+    a = _run(names, "forward")
+    b = _run(names, "reverse")
+    assert set(a["first"]) == {f"{n}/{d}" for n in names for d in ("float64", "float32", "bfloat16")}
+    for key, h in a["first"].items():
+        assert a["second"][key] == h, f"{key}: second call differs from the first"
+        assert a["third"][key] == h, f"{key}: a call after other work and an emptied cache differs"
+        assert b["first"][key] == h, f"{key}: another process (other call order) differs"
+        assert b["third"][key] == h
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validate=False: invalid elements give NaN, valid ones are unaffected
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("n", [64, CHUNK + 100])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_invalid_inputs_give_nan_without_validation(name, n, dtype):
+    g = torch.Generator().manual_seed(5)
+    x = -10 * torch.rand(n, generator=g, dtype=torch.float64)
+    x[[0, 1, 2]] = torch.tensor([math.nan, math.inf, -math.inf], dtype=torch.float64)
+    x = x.to(dtype)
+    clean = x.clone()
+    clean[[0, 1, 2]] = -1.0
+    d = torch.full((n,), 0.05, dtype=torch.float64)
+    d[[3, 4, 5, 6]] = torch.tensor([math.nan, math.inf, 0.0, -0.5], dtype=torch.float64)
+    bad_x = torch.zeros(n, dtype=torch.bool)
+    bad_x[:3] = True
+    bad_d = bad_x.clone()
+    bad_d[3:7] = True
+    ref = bandpo.band(clean, 0.05, name, validate=False)
+    for fn in (bandpo.band, bandpo.log_band):
+        for delta, bad in ((0.05, bad_x), (d, bad_d), (d.to(torch.float32), bad_d)):
+            lo, up = fn(x, delta, name, validate=False)
+            assert torch.isnan(lo[bad]).all() and torch.isnan(up[bad]).all(), (fn.__name__, name)
+            assert not torch.isnan(lo[~bad]).any() and not torch.isnan(up[~bad]).any()
+            if fn is bandpo.band and not (isinstance(delta, torch.Tensor) and delta.dtype == torch.float32):
+                # the valid elements are what a clean call gives (the float32 delta is another delta)
+                assert torch.equal(lo[~bad], ref[0][~bad]) and torch.equal(up[~bad], ref[1][~bad])
+
+
+def test_validated_calls_still_raise():
+    with pytest.raises(ValueError, match="NaN"):
+        bandpo.band(torch.tensor([math.nan, -1.0]), 0.05, "js")
+    with pytest.raises(ValueError, match="delta"):
+        bandpo.band(torch.tensor([-2.0, -1.0]), torch.tensor([0.05, -1.0]), "kl")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Schedules and per-token deltas: accuracy
+# ----------------------------------------------------------------------------------------------------------
+
+LOGP = torch.cat([
+    -torch.logspace(-12, math.log10(690.0), 1500, dtype=torch.float64),
+    torch.tensor([0.0], dtype=torch.float64),
+])
+
+
+def _near_kink(name, logp, delta):
+    """Within 1% of a saturation kink in x = -log p, where the problem itself is ill-conditioned (see
+    tests/test_band_reference.py): reverse_kl's kinks are x = delta (upper) and x = -log(1 - e^-delta)
+    (lower), derived by hand; js's are located from the reference's own saturation pattern."""
+    x = -logp
+    if name == "reverse_kl":
+        kinks = torch.tensor([delta, -math.log(-math.expm1(-delta))], dtype=torch.float64)
+        return ((x[:, None] - kinks).abs() <= 0.01 * kinks).any(1)
+    if name == "js":
+        lo, up = _reference_log_band(logp, delta, name)
+        near = torch.zeros_like(x, dtype=torch.bool)
+        for sat in (torch.isinf(lo), up == -logp):
+            edge = (sat[1:] != sat[:-1]).nonzero().flatten()
+            for i in edge.tolist():
+                near |= (x - x[i]).abs() <= 0.01 * x[i]
+        return near
+    return torch.zeros_like(x, dtype=torch.bool)
+
+
+def _assert_close_f64(got, exp, ok):
+    for a, b in zip(got, exp):
+        assert torch.equal(torch.isinf(a)[ok], torch.isinf(b)[ok]), "saturation differs"
+        fin = ok & torch.isfinite(b)
+        err = (a[fin] - b[fin]).abs() / torch.clamp(b[fin].abs(), min=1.0)
+        assert (err <= 1e-12).all(), f"max {err.max():.3g}"
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "neyman_chi2", "js"])
+def test_changing_python_delta_matches_the_reference(name):
+    for k in (1, 7, 100, 555):
+        delta = 0.05 * (1 + k * 1e-3) ** 3
+        got = bandpo.log_band(LOGP, delta, name)
+        exp = _reference_log_band(LOGP, delta, name)
+        _assert_close_f64(got, exp, ~_near_kink(name, LOGP, delta))
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "neyman_chi2", "js"])
+def test_tensor_delta_matches_the_reference_and_the_python_delta(name):
+    g = torch.Generator().manual_seed(11)
+    deltas = torch.exp(torch.empty(6, dtype=torch.float64).uniform_(math.log(1e-3), math.log(0.7), generator=g))
+    x = LOGP.expand(6, -1)
+    got = bandpo.log_band(x, deltas[:, None], name)
+    for i, dv in enumerate(deltas.tolist()):
+        exp = _reference_log_band(LOGP, dv, name)
+        _assert_close_f64((got[0][i], got[1][i]), exp, ~_near_kink(name, LOGP, dv))
+        # one algorithm for both kinds of delta: a Python delta equals the same float64 delta as a tensor
+        py = bandpo.log_band(LOGP, dv, name)
+        assert torch.equal(py[0], got[0][i]) and torch.equal(py[1], got[1][i])
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "neyman_chi2", "js"])
+def test_float32_schedule_and_tensor_delta_within_one_ulp(name):
+    x32 = LOGP[LOGP > -80].to(torch.float32)  # beyond, the float32 upper bound overflows
+    g = torch.Generator().manual_seed(12)
+    per_token = torch.exp(torch.empty(x32.shape, dtype=torch.float32).uniform_(math.log(1e-3), math.log(0.5), generator=g))
+    cases = [(0.05 * (1 + k * 1e-3), 0.05 * (1 + k * 1e-3)) for k in (3, 400)] + [(per_token, per_token.double())]
+    eps = torch.finfo(torch.float32).eps
+    for delta32, delta64 in cases:
+        got = bandpo.band(x32, delta32, name)
+        exp = [torch.exp(t).float() for t in _reference_log_band(x32.double(), delta64, name)]
+        for a, b in zip(got, exp):
+            normal = (b >= torch.finfo(torch.float32).tiny) & torch.isfinite(b)
+            err = (a.double() - b.double()).abs()[normal] / (eps * b.double()[normal])
+            assert err.max() <= 1.0, f"{err.max():.3g} ulp"
+            assert torch.equal(a[~normal], b[~normal]) or ((a[~normal] - b[~normal]).abs() <= torch.finfo(torch.float32).tiny * eps).all()
