@@ -16,8 +16,15 @@ Accuracy is measured against the 60-digit mpmath reference of tests/reference/ma
 subsample that always includes the extremes; the error is the relative error of the ratio where the
 reference ratio is a normal float32 (elsewhere the float32 answer is 0 or inf for both).
 
-Speed-up is eager band vs eager bisection; "compiled" is torch.compile(band) vs the same eager bisection
-(the bisection cannot be compiled whole: it syncs every iteration).
+Per divergence, side by side in one run, each against the same 50-step bisection (fixed delta):
+* "fixed": band with one Python-number delta on every call;
+* "schedule": band with a new Python delta on every call (0.05·(1 + k·1e-3), k = call number);
+* "tensor": band with a per-token delta tensor (float32, 0.05 everywhere);
+* "first call": the wall time of the very first band call in the process for that divergence (it builds the
+  divergence's start table), next to the bisection's time;
+* "compiled": torch.compile(band) with a fixed delta (compile time excluded).
+The timings are the best of ``--repeats`` interleaved rounds (band, schedule, tensor, bisection in turn), so a
+load spike on a shared machine hits all of them alike.
 
 Writes a JSON summary (``--out``, default benchmarks/results/band_speed.json) that the solver-speed figure reads.
 """
@@ -95,13 +102,25 @@ def bisection_band(old_logp: torch.Tensor, delta: float, divergence: str, max_it
 
 
 def time_it(fn, repeats: int) -> float:
-    fn()  # warm-up; band builds its fixed-delta table on the second call with a delta (kl, neyman_chi2)
-    fn()
+    fn()  # warm-up
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def time_interleaved(fns: dict, repeats: int) -> dict:
+    """Best wall time of each function over ``repeats`` rounds that call every function in turn."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {k: math.inf for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -128,7 +147,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-tokens", type=int, default=2**20)
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--divergences", nargs="*", default=None, help="default: every registered divergence")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (best of)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds (best of)")
     ap.add_argument("--n-ref", type=int, default=160, help="tokens checked against the mpmath reference")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CI has 2 cores)")
     ap.add_argument("--compile", nargs="*", default=["kl", "tv", "chi2"],
@@ -144,23 +163,49 @@ def main(argv=None) -> dict:
 
     names = args.divergences or bandpo.list_divergences()
     rows = []
-    head = (f"{'divergence':<12} {'path':<12} {'band tok/s':>11} {'bisect tok/s':>13} {'speed-up':>9} "
-            f"{'compiled':>9} {'band err':>9} {'bisect err':>10}")
+    head = (f"{'divergence':<12} {'path':<12} {'bisect tok/s':>12} {'fixed':>7} {'schedule':>9} {'tensor':>7} "
+            f"{'compiled':>9} {'first call':>11} {'band err':>9} {'sched err':>9} {'tensor err':>10} {'bisect err':>10}")
     print(f"{args.n_tokens} float32 tokens, delta={args.delta}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(head)
     print("-" * len(head))
+    delta_t = torch.full_like(logp, args.delta)
     for name in names:
         div = bandpo.get_divergence(name)
-        t_band = time_it(lambda: bandpo.band(logp, args.delta, name, validate=False), args.repeats)
-        t_bis = time_it(lambda: bisection_band(logp, args.delta, name), args.repeats)
+        t0 = time.perf_counter()
+        bandpo.band(logp, args.delta, name, validate=False)  # the first call in this process: builds the table
+        t_first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bisection_band(logp, args.delta, name)
+        t_first_bis = time.perf_counter() - t0
+        step = [0]
+
+        def schedule():
+            step[0] += 1
+            return bandpo.band(logp, args.delta * (1 + step[0] * 1e-3), name, validate=False)
+
+        t = time_interleaved({
+            "fixed": lambda: bandpo.band(logp, args.delta, name, validate=False),
+            "schedule": schedule,
+            "tensor": lambda: bandpo.band(logp, delta_t, name, validate=False),
+            "bisection": lambda: bisection_band(logp, args.delta, name),
+        }, args.repeats)
+        t_band, t_bis = t["fixed"], t["bisection"]
         ref_lo, ref_up = reference(name, sub.double(), args.delta)
         b_lo, b_up = bandpo.band(sub, args.delta, name)
         s_lo, s_up = bisection_band(sub, args.delta, name)
         band_err = max(max_rel_err(b_lo, ref_lo), max_rel_err(b_up, ref_up))
         bis_err = max(max_rel_err(s_lo, ref_lo), max_rel_err(s_up, ref_up))
-        # a fixed Python-number delta and float32 tokens: every divergence without a closed form reads a table
-        # (kl, neyman_chi2 in x = -log p; reverse_kl, js in the distance to their saturation kinks)
-        path = "closed form" if div.closed_form else ("table" if math.isinf(div.f_at_0) else "kink table")
+        # the schedule's and the tensor delta's accuracy: a delta the reference has not seen, per call kind
+        d_s = args.delta * (1 + 7e-3)
+        r_lo, r_up = reference(name, sub.double(), d_s)
+        q_lo, q_up = bandpo.band(sub, d_s, name)
+        sched_err = max(max_rel_err(q_lo, r_lo), max_rel_err(q_up, r_up))
+        t_lo, t_up = bandpo.band(sub, torch.full_like(sub, args.delta), name)
+        exact32 = float(torch.tensor(args.delta, dtype=torch.float32))  # the float32 tensor's delta
+        e_lo, e_up = reference(name, sub.double(), exact32)
+        tensor_err = max(max_rel_err(t_lo, e_lo), max_rel_err(t_up, e_up))
+        # float32 tokens: closed forms, or the divergence's start table + Halley/Newton steps in float64
+        path = "closed form" if div.log_band is not None else "table+halley"
         t_comp = math.nan
         if name in (args.compile or []):
             compiled = torch.compile(lambda x: bandpo.band(x, args.delta, name, validate=False), dynamic=False)
@@ -172,16 +217,25 @@ def main(argv=None) -> dict:
             "band_tokens_per_s": args.n_tokens / t_band,
             "bisection_tokens_per_s": args.n_tokens / t_bis,
             "speedup": t_bis / t_band,
+            "schedule_tokens_per_s": args.n_tokens / t["schedule"],
+            "speedup_schedule": t_bis / t["schedule"],
+            "tensor_delta_tokens_per_s": args.n_tokens / t["tensor"],
+            "speedup_tensor_delta": t_bis / t["tensor"],
+            "first_call_s": t_first,
+            "bisection_first_call_s": t_first_bis,
             "band_compiled_tokens_per_s": args.n_tokens / t_comp,
             "speedup_compiled": t_bis / t_comp,
             "band_max_rel_err": band_err,
+            "schedule_max_rel_err": sched_err,
+            "tensor_delta_max_rel_err": tensor_err,
             "bisection_max_rel_err": bis_err,
         }
         rows.append(row)
         comp = f"{row['speedup_compiled']:>8.1f}x" if math.isfinite(t_comp) else f"{'-':>9}"
         print(
-            f"{name:<12} {path:<12} {row['band_tokens_per_s']:>11.3g} {row['bisection_tokens_per_s']:>13.3g} "
-            f"{row['speedup']:>8.1f}x {comp} {band_err:>9.1e} {bis_err:>10.1e}",
+            f"{name:<12} {path:<12} {row['bisection_tokens_per_s']:>12.3g} {row['speedup']:>6.1f}x "
+            f"{row['speedup_schedule']:>8.1f}x {row['speedup_tensor_delta']:>6.1f}x {comp} "
+            f"{t_first:>5.2f}/{t_first_bis:<5.2f} {band_err:>9.1e} {sched_err:>9.1e} {tensor_err:>10.1e} {bis_err:>10.1e}",
             flush=True,
         )
     result = {
@@ -189,6 +243,8 @@ def main(argv=None) -> dict:
         "dtype": "float32",
         "delta": args.delta,
         "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "timing": f"best of {args.repeats} interleaved rounds; first_call_s: band's first call in the process "
+                  "(builds the start table) vs the bisection's first call",
         "torch": torch.__version__,
         "rows": rows,
     }

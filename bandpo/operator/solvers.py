@@ -370,23 +370,24 @@ def kl_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, T
 # cubically convergent, so one step replaces two Newton steps.
 
 
-def _halley_common(s: Tensor, log_a: Tensor, log_b: Tensor) -> "tuple[Tensor, Tensor, Tensor, Tensor, Tensor]":
-    """(a/b, x, (a/b) x, v, log v) at s."""
+def _halley_common(s: Tensor, log_a: Tensor, log_b: Tensor) -> "tuple[Tensor, Tensor, Tensor, Tensor]":
+    """(a/b, x, (a/b) x, v) at s."""
     rab = torch.exp(log_a - log_b)
     x = -torch.expm1(-s)
     rx = rab * x
-    return rab, x, rx, 1 + rx, torch.log1p(rx)
+    return rab, x, rx, 1 + rx
 
 
 def kl_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
     """KL: φ = a s - b log v, φ' = (v - 1)/v, φ'' = (a/b) w / v²."""
-    rab, x, rx, v, log_v = _halley_common(s, log_a, log_b)
-    return a * s - b * log_v, rx / v, rab * (1 - x) / (v * v)
+    rab, x, rx, v = _halley_common(s, log_a, log_b)
+    return a * s - b * torch.log1p(rx), rx / v, rab * (1 - x) / (v * v)
 
 
 def reverse_kl_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
     """KL(new ‖ old): φ = (b + a x) log v - a s w, φ' = a w (log v + s), φ'' = -φ' + a w ((a/b) w / v + 1)."""
-    rab, x, rx, v, log_v = _halley_common(s, log_a, log_b)
+    rab, x, rx, v = _halley_common(s, log_a, log_b)
+    log_v = torch.log1p(rx)
     w = torch.exp(-s)
     aw = a * w
     d1 = aw * (log_v + s)
@@ -408,7 +409,7 @@ def neyman_chi2_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tens
 def js_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
     """Jensen-Shannon (see :func:`_js_terms`): f''(u) = 1/(2 u (u + 1)), so
     φ'' = -φ' + (a w / 2) ((a/b) w / (v (v + 1)) + 1/(w + 1))."""
-    rab, x, rx, v, _ = _halley_common(s, log_a, log_b)
+    rab, x, rx, v = _halley_common(s, log_a, log_b)
     phi, w, g_w, g_v = _js_terms(s, x, rx, a, b)
     haw = 0.5 * a * w
     d1 = haw * (g_v - g_w)

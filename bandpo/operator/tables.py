@@ -240,17 +240,19 @@ def warp(z: Tensor) -> Tensor:
 
 
 def _lookup(table: StartTable, zeta: Tensor, tau: Tensor) -> Tensor:
-    """Interpolated log s* at (zeta, tau) (same shape, float64), extrapolated linearly in τ beyond the table.
+    """Interpolated log s* at (zeta, tau) (tau broadcastable to zeta; float64), extrapolated linearly in τ
+    beyond the table.
 
-    The cell's polynomial is evaluated in float32 (see :class:`StartTable`); the result is float64."""
-    tz = torch.clamp((zeta + ZETA_MAX) * (1.0 / H_ZETA), 0.0, N_ZETA - 1.0)
+    The cell's polynomial is evaluated in float32 (see :class:`StartTable`); the result is float64. zeta
+    lies in [-ZETA_MAX, ZETA_MAX] (masses are clamped) and the cell index is clamped in any case."""
+    tz = (zeta + ZETA_MAX) * (1.0 / H_ZETA)
     tv_raw = (tau - table.tau0) * (1.0 / H_TAU)
     tv = torch.clamp(tv_raw, 0.0, table.n_tau - 1.0)
     i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
     j = torch.clamp(torch.floor(tv), 1.0, table.n_tau - 3.0)
     u = (tz - i).to(torch.float32)
     v = (tv - j).to(torch.float32)
-    idx = (i * table.n_tau + j).long().reshape(-1)
+    idx = (i * table.n_tau + j).long().reshape(-1)  # tau broadcasts: a Python delta costs no per-element τ work
     rows = table.coef.index_select(0, idx).view(*zeta.shape, 4, 4)  # one gather: rows[..., k, l]
     c0, c1, c2, c3 = rows.unbind(-1)  # (..., 4) over k: the coefficients of v^0 .. v^3
     v = v.unsqueeze(-1)
@@ -289,7 +291,7 @@ def tabulated_side(
         tau = torch.log(-torch.log1p(-ratio))
     else:
         saturated = None
-        tau = torch.log(delta).expand_as(zeta)
+        tau = torch.log(delta)  # delta's own shape (0-dim for a Python delta): broadcast in the lookup
     tau = torch.nan_to_num(tau, nan=0.0, posinf=1e3, neginf=-1e3)
     s = torch.exp(_lookup(table, zeta, tau))
     halley = HALLEY.get(div.phi)
