@@ -83,11 +83,14 @@ _M = (
 class StartTable:
     """Bicubic cells of log s*(ζ, τ) for one divergence.
 
-    ``coef``: (N_ZETA · n_tau, 16) float32 (solved and fitted in float64, then rounded: the start needs
-    ~1e-5, float32 halves the memory a lookup gathers and doubles its vector width); row i·n_tau + j holds c[k][l] (column 4k + l) of
-    log s* ≈ Σ c[k][l] u^k v^l on the cell whose nodes are (i - 1 .. i + 2, j - 1 .. j + 2), with
-    u = (ζ - ζ_i)/H_ZETA and v = (τ - τ_j)/H_TAU. Only rows with 1 <= i <= N_ZETA - 3 and
-    1 <= j <= n_tau - 3 are filled (lookups clamp the cell index there).
+    ``coef``: (16, N_ZETA · n_tau) float32 (solved and fitted in float64, then rounded: the start needs
+    ~1e-5, float32 halves the memory a lookup gathers and doubles its vector width); column i·n_tau + j
+    holds c[k][l] (row 4k + l) of log s* ≈ Σ c[k][l] u^k v^l on the cell whose nodes are
+    (i - 1 .. i + 2, j - 1 .. j + 2), with u = (ζ - ζ_i)/H_ZETA and v = (τ - τ_j)/H_TAU. Only columns with
+    1 <= i <= N_ZETA - 3 and 1 <= j <= n_tau - 3 are filled (lookups clamp the cell index there).
+    Coefficient-major: a lookup gathers each coefficient into its own contiguous vector and evaluates the
+    polynomial on contiguous vectors (measured ~1.5x faster than one gather of 16 floats per element
+    followed by arithmetic on (n, 4) rows).
     """
 
     coef: Tensor
@@ -189,7 +192,7 @@ def build_start_table(div: Divergence) -> StartTable:
         for l_, c_l in enumerate(along_tau):
             for k, c_kl in enumerate(_cubic_rows(c_l, 0)):  # (N_ZETA - 3, n_tau - 3)
                 coef[1 : N_ZETA - 2, 1 : n_tau - 2, k, l_] = c_kl
-    return StartTable(coef.reshape(N_ZETA * n_tau, 16).to(torch.float32), t0, n_tau, sat)
+    return StartTable(coef.reshape(N_ZETA * n_tau, 16).t().to(torch.float32).contiguous(), t0, n_tau, sat)
 
 
 def _eager_only(fn):
@@ -253,11 +256,10 @@ def _lookup(table: StartTable, zeta: Tensor, tau: Tensor) -> Tensor:
     u = (tz - i).to(torch.float32)
     v = (tv - j).to(torch.float32)
     idx = (i * table.n_tau + j).long().reshape(-1)  # tau broadcasts: a Python delta costs no per-element τ work
-    rows = table.coef.index_select(0, idx).view(*zeta.shape, 4, 4)  # one gather: rows[..., k, l]
-    c0, c1, c2, c3 = rows.unbind(-1)  # (..., 4) over k: the coefficients of v^0 .. v^3
-    v = v.unsqueeze(-1)
-    q0, q1, q2, q3 = torch.addcmul(c0, v, torch.addcmul(c1, v, torch.addcmul(c2, v, c3))).unbind(-1)
-    y = torch.addcmul(q0, u, torch.addcmul(q1, u, torch.addcmul(q2, u, q3))).to(torch.float64)
+    c = [table.coef[m].index_select(0, idx).view(zeta.shape) for m in range(16)]  # c[4k + l]
+    q = [torch.addcmul(c[4 * k], v, torch.addcmul(c[4 * k + 1], v, torch.addcmul(c[4 * k + 2], v, c[4 * k + 3])))
+         for k in range(4)]
+    y = torch.addcmul(q[0], u, torch.addcmul(q[1], u, torch.addcmul(q[2], u, q[3]))).to(torch.float64)
     below = torch.clamp(tv_raw, max=0.0) * (H_TAU * SLOPE_BELOW)
     above = torch.clamp(tv_raw - (table.n_tau - 1.0), min=0.0) * (H_TAU * SLOPE_ABOVE)
     return y + below + above
