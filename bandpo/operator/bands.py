@@ -18,12 +18,19 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
   built once per divergence on first use or by :func:`prepare`), then a fixed number of float64 Halley
   steps (built-in generators: 2 for float64 outputs, i.e. ``log_band`` and ``band`` of a float64 input,
   1 for ``band`` of a float32/bfloat16/float16 input, whose result is the float64 answer rounded: within
-  1 ulp) or Newton steps (user generators: 3 and 2).
+  1 ulp) or Newton steps (user generators: 3 and 2);
+* ``band`` of a float32/16 input with a Python-number delta and a divergence that never saturates (``kl``,
+  ``neyman_chi2``, user generators with f(0) = inf): one lookup in a per-delta table indexed by the float32
+  bits of -old_logp, whose nodes are solved by the float64 path above (:func:`bandpo.operator.tables.
+  build_bits_table`, ~5 ms, so a delta that changes every call builds one per call and stays fast).
 
 The result is a pure function of the input (values, dtype, device, delta, divergence): the same on every
-call, the first included, whatever ran before; a Python-number delta, a delta that changes every call and
-a per-token tensor delta all take the same path, so ``band(x, d)`` equals ``band(x, torch.full_like(x, d,
-dtype=torch.float64))`` bitwise. The ``method`` argument is accepted for backward compatibility and
+call, the first included, whatever ran before (tables are built deterministically, keyed on what they
+depend on; the cache only saves time). ``log_band`` and float64 ``band`` take the same path for a Python
+delta and a per-token tensor delta, so ``log_band(x, d)`` equals ``log_band(x, torch.full_like(x, d,
+dtype=torch.float64))`` bitwise; float32/16 ``band`` of ``kl``/``neyman_chi2`` with a Python delta reads
+the per-delta table instead, and both results are within 1 ulp of the float64 answer
+(tests/test_band_purity.py, tests/test_band_solvers.py). The ``method`` argument is accepted for backward compatibility and
 changes nothing. See :mod:`bandpo.operator.solvers` for the parametrisation that keeps every root finite
 in log space.
 """
@@ -39,7 +46,8 @@ from torch import Tensor
 
 from .divergences import Divergence, get_divergence
 from .solvers import kl_log_band, kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
-from .tables import _eager_only, get_start_table, phi_at_inf, phi_fn, tabulated_side, warp
+from .tables import _eager_only, bits_band, get_bits_table, get_start_table, phi_at_inf, phi_fn, saturates
+from .tables import tabulated_side, warp
 
 __all__ = ["band", "log_band", "prepare"]
 
@@ -172,7 +180,8 @@ def _tabulated_log_band(
     table = get_start_table(div, logp.device)
     (lp, l1), _ = sides(logp, log1mp)  # lower side: (a, b) = (p, 1 - p); upper side: (1 - p, p)
     p, q = torch.exp(lp), torch.exp(l1)
-    zeta = warp(lp - l1)  # odd in its argument: the upper side's is -zeta
+    zeta = warp((lp - l1).to(torch.float32))  # odd in its argument: the upper side's is -zeta (float32: a
+    # table coordinate only)
     s_lo, sat_lo = tabulated_side(div, table, lp, l1, p, q, zeta, delta, lowp)
     s_up, sat_up = tabulated_side(div, table, l1, lp, q, p, -zeta, delta, lowp)
     log_lower = -s_lo
@@ -312,6 +321,12 @@ def band(
     delta = _check_delta(delta, old_logp, validate)
     _check_method(method, div)
     lowp = old_logp.dtype != torch.float64
+
+    if lowp and isinstance(delta, float) and div.log_band is None and not saturates(div):
+        # float32/16 output, Python delta, never-saturating divergence: the per-delta float32 table
+        table = get_bits_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
+        with torch.no_grad():
+            return _chunked(lambda x, d: bits_band(table, x), old_logp, delta)
 
     def one_pass(x: Tensor, d: Delta) -> "tuple[Tensor, Tensor]":
         log_lower, log_upper = _log_band_f64(x, d, div, lowp)
