@@ -294,3 +294,59 @@ def test_two_gloo_processes_give_the_single_process_numbers_bit_for_bit(tmp_path
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--gloo":
     Path(sys.argv[5]).mkdir(parents=True, exist_ok=True)
     _gloo_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In the trainer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _run_cfg(**kw):
+    base = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.intermediate_size": 64,
+            "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 4,
+            "optim.prompts_per_minibatch": 2, "warmstart.steps": 2, "warmstart.batch_size": 8,
+            "trainer.max_steps": 4, "trainer.checkpoint_every": 2, "trainer.progress_bar": False,
+            "trainer.num_threads": 2, "task.heldout_size": 10, "eval.sets": ["heldout"], "eval.every": 2,
+            "eval.n": 4, "eval.k": [1, 2]}
+    base.update(kw)
+    return load_config(CONFIG_DIR / "tiny-cpu.yaml", base)
+
+
+def _csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training(tmp_path):
+    import lightning as L
+
+    from bandpo.training.cli import run
+
+    run(_run_cfg(), tmp_path / "a")
+    ev = _csv(tmp_path / "a" / "eval.csv")
+    assert [int(r["step"]) for r in ev] == [0, 2, 4]
+    assert {"eval/heldout/mean@4", "eval/heldout/pass@1", "eval/heldout/pass@2", "eval/heldout/pass@4",
+            "eval/heldout/maj@2", "eval/heldout/maj@4", "eval/heldout/length", "eval/time_s"} <= set(ev[0])
+    assert all(float(r["eval/heldout/problems"]) == 10 for r in ev)
+    # Evaluating does not change what training samples: the same run without evaluation logs the same rows.
+    run(_run_cfg(**{"eval.sets": []}), tmp_path / "plain")
+    assert not (tmp_path / "plain" / "eval.csv").exists()
+    timing = ("time/", "perf/")
+    for ra, rb in zip(_csv(tmp_path / "a" / "metrics.csv"), _csv(tmp_path / "plain" / "metrics.csv")):
+        assert {k: v for k, v in ra.items() if not k.startswith(timing)} == {
+            k: v for k, v in rb.items() if not k.startswith(timing)}
+
+    # A crash after step 3 (last checkpoint after step 2): the resumed run's eval rows equal the uninterrupted ones.
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if pl_module.rl_step == 3:
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(_run_cfg(), tmp_path / "b", extra_callbacks=[Crash()])
+    assert [int(r["step"]) for r in _csv(tmp_path / "b" / "eval.csv")] == [0, 2]
+    run(_run_cfg(), tmp_path / "b")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "eval/time_s"} for r in rows]  # noqa: E731
+    assert strip(_csv(tmp_path / "b" / "eval.csv")) == strip(ev)

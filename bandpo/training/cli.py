@@ -18,7 +18,12 @@ What a run writes in ``--out`` (DIR):
 * ``DIR/metrics.csv``: one row per RL step (Lightning ``CSVLogger``), column ``step`` = RL step index from 0;
 * ``DIR/checkpoints/last.ckpt``: written atomically every ``trainer.checkpoint_every`` steps and at the end;
 * ``DIR/warmstart.json``: the supervised warm-start's final loss/accuracy (when there is one);
+* ``DIR/eval.csv``: with ``eval.sets``, one row per held-out evaluation (mean@n, pass@k, maj@k per set);
 * ``DIR/summary.json``: written when the run reaches ``max_steps`` (the last row, wall time).
+
+SIGTERM or SIGINT (Ctrl-C): the current RL step finishes, ``last.ckpt`` is written, one line says how to resume,
+and the command exits with 128 + the signal number (143, 130). Bad paths, configs and checkpoints are reported as
+one line (``bandpo.training: error: ...``, exit status 2).
 
 Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` (only
 ``trainer.max_steps``, ``progress_bar``, ``num_threads`` and ``checkpoint_every`` may differ from the saved
@@ -45,7 +50,8 @@ from .config import SECTIONS, TrainConfig, field_docs, list_presets, load_config
 
 __all__ = ["build_policy", "build_tokenizer", "dry_run_config", "main", "run"]
 
-RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every"}
+RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every",
+                     "eval.every", "eval.at_end"}
 """Config keys that may differ between a run and its resumption."""
 
 ALIASES = {
@@ -116,8 +122,9 @@ def build_policy(cfg: TrainConfig, tokenizer: Any) -> Any:
             m.name_or_path, dtype=dtype, attn_implementation=m.attn_implementation,
             trust_remote_code=m.trust_remote_code, local_files_only=True,
         )
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if m.gradient_checkpointing:  # newer transformers renamed it; the old name warns
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     model.config.use_cache = False
     return model
 
@@ -131,7 +138,6 @@ def _lightning_pieces() -> tuple:
     """Classes that subclass Lightning's, defined on first use so that importing this module stays cheap."""
     import lightning as L
     from lightning.fabric.loggers.logger import rank_zero_experiment
-    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -203,24 +209,9 @@ def _lightning_pieces() -> tuple:
             trainer.strategy.barrier()
             self._saved_at = pl_module.rl_step
 
-    class StepsProgressBar(TQDMProgressBar):
-        """The progress bar counts RL steps up to ``max_steps`` (the data loader itself is endless)."""
+    from .runtime import progress_bar_class
 
-        @property
-        def total_train_batches(self) -> Union[int, float]:
-            return self.trainer.lightning_module.cfg.trainer.max_steps
-
-        def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
-            super().on_train_epoch_start(trainer, *args)
-            self.train_progress_bar.initial = trainer.lightning_module.rl_step
-            self.train_progress_bar.n = trainer.lightning_module.rl_step
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self.train_progress_bar.n = pl_module.rl_step
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
-            self.train_progress_bar.refresh()
-
-    return AppendingCSVLogger, RLCheckpoint, StepsProgressBar
+    return AppendingCSVLogger, RLCheckpoint, progress_bar_class()
 
 
 def _strategy(cfg: TrainConfig) -> Any:
@@ -249,22 +240,32 @@ def _strategy(cfg: TrainConfig) -> Any:
     return t.strategy
 
 
-def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any] = ()) -> Any:
-    """The Lightning ``Trainer`` of a run writing into ``out``."""
+def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any] = (), stop: Any = None) -> Any:
+    """The Lightning ``Trainer`` of a run writing into ``out``; ``stop`` (a ``runtime.StopRequest``) makes
+    SIGTERM/SIGINT end the run cleanly after the current RL step, with a checkpoint."""
     import lightning as L
 
+    from .runtime import quiet_logs, stop_callback_class
+
+    quiet_logs()
     AppendingCSVLogger, RLCheckpoint, StepsProgressBar = _lightning_pieces()
     t = cfg.trainer
-    callbacks = [RLCheckpoint(out / "checkpoints", t.checkpoint_every), *extra_callbacks]
+    callbacks = [stop_callback_class()(stop)] if stop is not None else []
+    callbacks += [RLCheckpoint(out / "checkpoints", t.checkpoint_every), *extra_callbacks]
     if t.progress_bar:
-        callbacks.append(StepsProgressBar())
-    return L.Trainer(
+        callbacks.append(StepsProgressBar(leave=True))
+    trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=_strategy(cfg),
         precision=t.precision, max_epochs=-1, max_steps=-1, logger=AppendingCSVLogger(str(out), name="", version=""),
         callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=t.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
         deterministic=t.deterministic, default_root_dir=str(out), log_every_n_steps=1,
     )
+    if stop is not None and hasattr(trainer, "_signal_connector"):
+        # The StopRequest handles SIGTERM. Lightning's own notifier would end the run on the signalled process only
+        # (after the step, with exit status 0) and broadcast from inside the signal handler; it is switched off.
+        trainer._signal_connector._sigterm_notifier_fn = lambda signum, frame: None
+    return trainer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -285,16 +286,30 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list:
 
 def _check_resume(cfg: TrainConfig, out: Path) -> Optional[Path]:
     """The checkpoint to resume from (None for a fresh run); raises if ``out`` holds a different run."""
+    from .runtime import UserError, check_checkpoint
+
     saved = out / "config.yaml"
     ckpt = out / "checkpoints" / "last.ckpt"
     if saved.is_file():
         import yaml
 
-        differ = [k for k in _diff(yaml.safe_load(saved.read_text()), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+        try:
+            old = yaml.safe_load(saved.read_text())
+        except yaml.YAMLError:
+            raise UserError(f"{saved} is not valid YAML; delete it (and {out / 'checkpoints'}) to restart the run "
+                            "or choose another --out") from None
+        try:  # a config saved by an earlier version: its missing keys take their defaults
+            old = TrainConfig.from_dict(old).to_dict()
+        except (ValueError, TypeError):
+            pass
+        differ = [k for k in _diff(old or {}, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
         if differ:
-            raise ValueError(f"{out} holds a run with a different config (keys {differ}); resume it with the same "
-                             f"settings or choose another --out")
-    return ckpt if ckpt.is_file() else None
+            raise UserError(f"{out} holds a run with a different config (keys {differ}); resume it with the same "
+                            f"settings or choose another --out")
+    if ckpt.is_file():
+        check_checkpoint(ckpt)
+        return ckpt
+    return None
 
 
 def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[Any] = ()) -> dict:
@@ -305,20 +320,33 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
     """
     import torch
 
-    out = Path(out)
-    cfg.check_paths()
-    ckpt = _check_resume(cfg, out)
+    from .runtime import StopRequest, UserError, check_accelerator, check_out_dir
+
+    try:
+        out = check_out_dir(out)
+        cfg.check_paths()
+        check_accelerator(cfg.trainer.accelerator)
+        ckpt = _check_resume(cfg, out)
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from None
     torch.set_num_threads(cfg.trainer.num_threads or min(4, os.cpu_count() or 1))
 
     import lightning as L
 
+    from .evaluation import build_eval_sets
     from .module import BandPOModule
     from .rollout import warm_start
     from .tasks import build_task
 
     t_start = time.time()
     L.seed_everything(cfg.trainer.seed, workers=False, verbose=False)
-    task = build_task(cfg.task, cfg.trainer.seed)
+    try:
+        task = build_task(cfg.task, cfg.trainer.seed)
+        eval_sets = build_eval_sets(cfg.eval.sets, task, cfg.task)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     tokenizer = build_tokenizer(cfg)
     policy = build_policy(cfg, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,18 +362,29 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         if _is_main_process():
             (out / "warmstart.json").write_text(json.dumps(stats, indent=1) + "\n")
     ref = copy.deepcopy(policy) if cfg.objective.kl_coef > 0 else None
-    module = BandPOModule(policy, tokenizer, cfg, task, ref_policy=ref, store_ref=cfg.warmstart.steps > 0)
-    trainer = build_trainer(cfg, out, extra_callbacks)
+    module = BandPOModule(policy, tokenizer, cfg, task, ref_policy=ref, store_ref=cfg.warmstart.steps > 0,
+                          eval_sets=eval_sets)
     if ckpt is not None:
-        _log(f"resuming from {ckpt}")
+        _log(f"resuming from {ckpt} (RL step {_ckpt_step_hint(out)})")
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
-        trainer.fit(module, ckpt_path=str(ckpt) if ckpt is not None else None)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    with StopRequest() as stop, warnings.catch_warnings():
+        trainer = build_trainer(cfg, out, extra_callbacks, stop=stop)
+        try:
+            trainer.fit(module, ckpt_path=str(ckpt) if ckpt is not None else None)
+        except SIGTERMException:  # Lightning's own SIGTERM exit, raised after our checkpoint was written
+            if stop.signum is None:
+                import signal
+
+                stop.signum = int(signal.SIGTERM)
     summary = {"completed_steps": module.rl_step, "max_steps": cfg.trainer.max_steps,
                "wall_s_this_process": time.time() - t_start}
+    if stop.signum is not None and module.rl_step < cfg.trainer.max_steps:
+        summary["stopped_by"] = stop.name
+        summary["signal"] = int(stop.signum)
+        summary["checkpoint"] = str(out / "checkpoints" / "last.ckpt")
     if trainer.is_global_zero and module.rl_step >= cfg.trainer.max_steps:
         with open(out / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -353,6 +392,16 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         summary["rows"] = len(rows)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _ckpt_step_hint(out: Path) -> str:
+    """The RL step of the run's last metrics row + 1, for log lines (the checkpoint itself is not opened)."""
+    try:
+        with open(out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return str(int(float(rows[-1]["step"])) + 1) if rows else "0"
+    except (OSError, KeyError, ValueError):
+        return "?"
 
 
 def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int = 2) -> TrainConfig:
@@ -373,6 +422,24 @@ def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int =
             for i in range(16):
                 f.write(json.dumps({"prompt": f"What is {i} + {2 * i}?", "answer": str(3 * i)}) + "\n")
         d["task"].update(path=str(path), prompt_column="prompt", answer_column="answer", chat_template=False)
+    d["task"]["chat_template"] = False  # the character tokenizer has no chat template
+    from .evaluation import parse_eval_set
+
+    sets = []
+    for entry in cfg.eval.sets:
+        spec = parse_eval_set(entry)
+        if spec.path is None:
+            sets.append(entry)
+            continue
+        path = Path(workdir) / f"dry_run_eval_{spec.name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for i in range(4):
+                f.write(json.dumps({"prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n")
+        sets.append({"name": spec.name, "path": str(path), "verifier": spec.verifier, "template": spec.template})
+    n_eval = min(cfg.eval.n, 4)
+    d["eval"].update(sets=sets, n=n_eval, k=[k for k in cfg.eval.k if k <= n_eval] or [1],
+                     max_new_tokens=min(cfg.eval.max_new_tokens or 8, 8), micro_batch_size=0)
     n_mb = cfg.rollout.prompts_per_step // cfg.optim.prompts_per_minibatch
     G = min(cfg.rollout.group_size, 4)
     d["rollout"].update(prompts_per_step=n_mb, group_size=G, max_new_tokens=min(cfg.rollout.max_new_tokens, 8),
@@ -390,15 +457,37 @@ def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int =
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """A readable value name for ``--help``: INT, FLOAT, STR, true|false, X,Y,... for lists, |none if optional."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return "|".join(names + (["none"] if type(None) in args else []))
+    if origin in (list, tuple):
+        inner = _type_name(args[0]) if args and args[0] is not Any else "V"
+        return f"{inner},..."
+    return {int: "INT", float: "FLOAT", str: "STR", bool: "true|false"}.get(tp, "V")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI: ``--preset``/``--config``, ``--out``, ``--dry-run``, aliases, and ``--<section>.<field>``."""
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(_show(v) for v in value) if all(not isinstance(v, dict) for v in value) else repr(value)
+    return str(value)
+
+
+def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default") -> argparse.ArgumentParser:
+    """The CLI: ``--preset``/``--config``, ``--out``, ``--dry-run``, aliases, and ``--<section>.<field>``.
+
+    ``--help`` shows each field's value in ``defaults`` (the config named by ``--preset``/``--config`` when it
+    is given before ``--help``), else the built-in default; prefixes of flags are not accepted."""
     p = argparse.ArgumentParser(
         prog="python -m bandpo.training", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"presets: {', '.join(list_presets())}",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        epilog=f"presets: {', '.join(list_presets())}. The values in [brackets] are those of {source}; "
+               "`--preset NAME --help` shows a preset's.",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", help="a config shipped in bandpo/training/presets (e.g. tiny-cpu)")
@@ -415,24 +504,50 @@ def build_parser() -> argparse.ArgumentParser:
         hints = typing.get_type_hints(cls)
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+            if defaults is not None:
+                default = getattr(getattr(defaults, section), f.name)
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
             grp.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", metavar=_type_name(hints[f.name]),
-                             help=f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"))
+                             help=f"{docs.get(f.name, '')} [{_show(default)}]".replace("%", "%%"))
     return p
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
     """(config, args): the preset/file with flag overrides applied and validated."""
-    args = build_parser().parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--preset")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    defaults, source = None, "the built-in defaults (no --preset or --config)"
+    try:
+        if known.preset:
+            defaults, source = load_config(preset_path(known.preset)), f"the preset {known.preset}"
+        elif known.config:
+            defaults, source = load_config(known.config), f"the config {known.config}"
+    except ValueError:
+        pass  # reported below, when the config is loaded for the run
+    args = build_parser(defaults, source).parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     path = preset_path(args.preset) if args.preset else args.config
     return load_config(path, overrides), args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .runtime import UserError, check_out_dir, dry_run_report
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    missing: list = []
     try:
         cfg, args = parse_args(argv)
         if args.dry_run:
+            lines, missing = dry_run_report(cfg)
+            if _is_main_process():
+                _log(f"dry run of {args.config or 'preset ' + str(args.preset or '(defaults)')}: what was checked "
+                     "on this machine and what is replaced:")
+                for line in lines:
+                    print(f"  {line}", flush=True)
+            check_out_dir(args.out)
             cfg = dry_run_config(cfg, Path(args.out) / "dry-run-data")
         if args.print_config:
             print(cfg.to_yaml(), end="")
@@ -441,7 +556,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"bandpo.training: error: {e}", file=sys.stderr)
         return 2
-    summary = run(cfg, args.out)
+    try:
+        summary = run(cfg, args.out)
+    except UserError as e:  # found before training started (errors during training keep their traceback)
+        print(f"bandpo.training: error: {e}", file=sys.stderr)
+        return 2
+    if summary.get("stopped_by"):
+        if _is_main_process():
+            import shlex
+
+            _log(f"stopped by {summary['stopped_by']} after RL step {summary['completed_steps']} of "
+                 f"{summary['max_steps']}; checkpoint {summary['checkpoint']}; resume with: python -m "
+                 f"bandpo.training {shlex.join(argv)}")
+        return 128 + summary["signal"]
     if summary["completed_steps"] < summary["max_steps"]:
         _log(f"stopped at step {summary['completed_steps']} of {summary['max_steps']}; run the same command again "
              "to resume from the last checkpoint")
@@ -451,6 +578,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _log(f"done: {summary['completed_steps']}/{summary['max_steps']} steps; last reward "
              f"{last.get('reward/mean', float('nan')):.4f}, accuracy {last.get('accuracy', float('nan')):.4f}, "
              f"entropy {last.get('entropy', float('nan')):.4f}; metrics in {Path(args.out) / 'metrics.csv'}")
+        if args.dry_run and missing:
+            _log(f"dry run passed with stand-ins, but the real run would FAIL at start-up on this machine: missing "
+                 f"{', '.join(missing)}")
+        elif args.dry_run:
+            _log("dry run passed; every model, tokenizer and data file of the config was found on this machine")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Typed training configuration: dataclasses with a docstring under every field, validated once, YAML in/out.
 
-A run is described by one :class:`TrainConfig` with eight sections (``model``, ``task``, ``rollout``, ``loss``,
-``objective``, ``optim``, ``warmstart``, ``trainer``). The ``loss`` section is :class:`bandpo.LossConfig` itself. YAML files in ``bandpo/training/presets/`` hold the same nesting; a file may name a
+A run is described by one :class:`TrainConfig` with nine sections (``model``, ``task``, ``rollout``, ``loss``,
+``objective``, ``optim``, ``warmstart``, ``trainer``, ``eval``). The ``loss`` section is :class:`bandpo.LossConfig` itself. YAML files in ``bandpo/training/presets/`` hold the same nesting; a file may name a
 ``base:`` file (relative to itself) whose values it overrides, key by key.
 
 Validation happens in two places, both before any work:
@@ -31,6 +31,7 @@ from ..losses.config import LossConfig
 
 __all__ = [
     "CONFIG_DIR",
+    "EvalConfig",
     "LossConfig",
     "ModelConfig",
     "ObjectiveConfig",
@@ -134,9 +135,14 @@ class TaskConfig:
     """Reward functions from ``bandpo.training.tasks.REWARD_FUNCS``, summed; empty: the task's default."""
     reward_weights: Optional[list[float]] = None
     """One weight per reward function; None: all 1."""
+    heldout_size: int = 0
+    """addition: problems held out of training (a fixed set, the same for every seed), evaluated as the eval set
+    'heldout'; 0: none (the training stream of earlier versions)."""
 
     def __post_init__(self) -> None:
         from .tasks import REWARD_FUNCS, TASKS, TEMPLATES
+
+        _check(self.heldout_size >= 0, "task.heldout_size", self.heldout_size, "must be >= 0")
 
         _check(self.name in TASKS, "task.name", self.name, f"one of {sorted(TASKS)}")
         _check(1 <= self.min_digits <= self.max_digits <= 18, "task.min_digits/max_digits",
@@ -332,6 +338,53 @@ class TrainerConfig:
         return None if self.devices == "auto" else int(self.devices) * self.num_nodes
 
 
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: n sampled completions per problem, mean@n / pass@k / maj@k per eval set
+    (``bandpo.training.evaluation``), before training, every ``every`` RL steps and at the end, into ``eval.csv``."""
+
+    sets: list[Any] = field(default_factory=list)
+    """Eval sets: 'heldout' (the task's held-out split), 'NAME=PATH' (a local .jsonl/.parquet file with 'prompt' and
+    'answer' columns), or mappings {name, path, prompt_column, answer_column, id_column, source_column, split,
+    template, verifier, limit}. Empty: no evaluation."""
+    every: int = 0
+    """Evaluate every this many RL steps; 0: only before training and at the end. The paper: 5."""
+    before_training: bool = True
+    """Evaluate the initial policy (row step 0 of eval.csv)."""
+    at_end: bool = True
+    """Evaluate after the last RL step."""
+    n: int = 8
+    """Samples per problem (the paper: 32, temperature 1.0)."""
+    k: list[int] = field(default_factory=lambda: [1])
+    """The k of pass@k and maj@k, each <= n (pass@n and maj@n are always reported)."""
+    temperature: float = 1.0
+    """Sampling temperature of the evaluation (its own, not rollout.temperature)."""
+    top_p: float = 1.0
+    """Nucleus mass of the evaluation."""
+    max_new_tokens: int = 0
+    """Longest evaluated completion; 0: rollout.max_new_tokens."""
+    micro_batch_size: int = 0
+    """Completions sampled at once per problem; 0: all n."""
+    seed: int = 0
+    """Seed of the evaluation samples: problem i of set s draws from a generator seeded by (seed, s, i), so a
+    checkpoint and a seed always give the same numbers, on any number of processes."""
+
+    def __post_init__(self) -> None:
+        from .evaluation import parse_eval_set
+
+        names = [parse_eval_set(s).name for s in self.sets]
+        dupes = sorted({x for x in names if names.count(x) > 1})
+        _check(not dupes, "eval.sets", dupes, "each eval set needs its own name")
+        _check(self.every >= 0, "eval.every", self.every, "must be >= 0")
+        _check(self.n >= 1, "eval.n", self.n, "must be >= 1")
+        _check(all(1 <= k <= self.n for k in self.k), "eval.k", self.k, f"each k must be in [1, eval.n = {self.n}]")
+        _check(math.isfinite(self.temperature) and self.temperature > 0, "eval.temperature", self.temperature,
+               "must be > 0")
+        _check(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
+        _check(self.max_new_tokens >= 0, "eval.max_new_tokens", self.max_new_tokens, "must be >= 0")
+        _check(self.micro_batch_size >= 0, "eval.micro_batch_size", self.micro_batch_size, "must be >= 0")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "task": TaskConfig,
@@ -341,6 +394,7 @@ SECTIONS = {
     "optim": OptimConfig,
     "warmstart": WarmStartConfig,
     "trainer": TrainerConfig,
+    "eval": EvalConfig,
 }
 
 
@@ -365,6 +419,8 @@ class TrainConfig:
     """Supervised warm-start."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Run length and hardware."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
 
     def __post_init__(self) -> None:
         r, o = self.rollout, self.optim
@@ -444,6 +500,13 @@ class TrainConfig:
             _check_model_source(self.model.tokenizer, "model.tokenizer", need="tokenizer_config.json")
         if self.task.path is not None and not Path(self.task.path).expanduser().exists():
             _fail("task.path", self.task.path, "the data file or folder does not exist (data are read locally)")
+        from .data import missing_file_message
+        from .evaluation import parse_eval_set
+
+        for entry in self.eval.sets:
+            spec = parse_eval_set(entry)
+            if spec.path is not None and not Path(spec.path).expanduser().exists():
+                raise ValueError(missing_file_message(spec.path, f"eval set {spec.name!r}: file"))
 
 
 def _check_model_source(name: str, key: str, need: str = "config.json") -> None:
@@ -546,7 +609,19 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ValueError(f"config {path} includes itself through 'base:'")
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        ctx = getattr(e, "context_mark", None)
+        if ctx is not None and mark is not None and ctx.line != mark.line:
+            problem += f" (in what starts at line {ctx.line + 1}, column {ctx.column + 1})"
+        raise ValueError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ValueError(f"config file {path} is empty; it needs a mapping of sections (model:, task:, rollout:, "
+                         "loss:, ...), or use --preset tiny-cpu")
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of sections")
     base = data.pop("base", None)

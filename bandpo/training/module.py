@@ -11,7 +11,11 @@ One ``training_step`` is one RL step:
    whole-mini-batch denominator (``bandpo.losses.aggregation_denominator``), with several processes the
    mean of the ranks' denominators, so that the gradient average is the aggregate over all ranks' tokens;
 3. **log** one row of metrics to the run's CSV logger, reduced over micro-batches, optimiser steps and processes
-   by ``bandpo.losses.reduce_metrics`` (the same function the bandit uses).
+   by ``bandpo.losses.reduce_metrics`` (the same function the bandit uses);
+4. **evaluate** (with ``eval.sets``): before the first step, every ``eval.every`` steps and after the last,
+   ``bandpo.training.evaluation.evaluate`` samples ``eval.n`` completions per held-out problem (each rank its
+   share, reduced exactly) and appends mean@n / pass@k / maj@k per set to ``eval.csv`` (``step`` = RL steps done).
+   Evaluation draws from its own generators, so it does not change what training samples.
 
 The module only wires pure functions (``bandpo.training.rollout``, ``bandpo.policy_loss``); its own state is the RL step
 counter and, when the reference policy cannot be rebuilt from the model path, the reference weights (both in
@@ -21,13 +25,15 @@ draws exactly what an uninterrupted one would. The data loader is only a clock: 
 
 Non-finite loss or gradient norm: reported with the RL step, the optimiser step and statistics of the inputs,
 then the optimiser step is skipped (``trainer.nonfinite = "skip"``, counted in ``nonfinite/skipped``) or the run
-stops with ``FloatingPointError`` (``"stop"``). The decision is reduced over processes so every rank agrees.
+stops with ``FloatingPointError`` (``"stop"``). The decision is reduced over processes so every rank agrees. The loss
+is called with ``validate=False``: a NaN in the inputs gives NaN bounds and a NaN loss, which this policy sees.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -71,6 +77,8 @@ class BandPOModule(L.LightningModule):
             registered submodule: not trained, not wrapped by DDP, and saved in checkpoints only when
             ``store_ref`` is set (it cannot be rebuilt from the model path, e.g. after a warm-start).
         store_ref: save the reference weights in checkpoints.
+        eval_sets: held-out sets (:func:`bandpo.training.evaluation.build_eval_sets`) evaluated as ``config.eval``
+            says; None or empty: no evaluation.
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class BandPOModule(L.LightningModule):
         task: Task,
         ref_policy: Any = None,
         store_ref: bool = False,
+        eval_sets: Optional[list] = None,
     ) -> None:
         super().__init__()
         if (config.objective.kl_coef > 0) != (ref_policy is not None):
@@ -96,6 +105,11 @@ class BandPOModule(L.LightningModule):
         self.store_ref = store_ref
         self.rl_step = 0
         self.generator: Optional[torch.Generator] = None
+        self.eval_sets = list(eval_sets or [])
+        self.last_row: Optional[dict] = None
+        """The last RL step's metrics row (the progress bar shows some)."""
+        self.last_eval: Optional[dict] = None
+        """The last evaluation's metrics."""
 
     @property
     def ref_policy(self) -> Any:
@@ -117,6 +131,11 @@ class BandPOModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self.rl_step >= self.cfg.trainer.max_steps:  # resumed a finished run: nothing to do
             self.trainer.should_stop = True
+        if self.trainer.is_global_zero:
+            from .runtime import EvalLog
+
+            # Evaluations after the checkpoint being resumed belong to lost work (a fresh run: all of them).
+            EvalLog(self._eval_path()).keep_until(self.rl_step if self.rl_step > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Clock(), batch_size=None)
@@ -150,6 +169,8 @@ class BandPOModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         cfg, step = self.cfg, self.rl_step
         world, rank = self.trainer.world_size, self.global_rank
+        if step == 0 and self.eval_sets and cfg.eval.before_training:
+            self.evaluate_now(0)
         seed = _step_seed(cfg.trainer.seed, rank, step)
         self.generator.manual_seed(seed)
         torch.manual_seed(seed)  # only dropout, if the model has any, draws from the global RNG
@@ -175,9 +196,39 @@ class BandPOModule(L.LightningModule):
             self.logger.save()
         self.log_dict({"reward": row["reward/mean"], "acc": row["accuracy"], "entropy": row["entropy"]},
                       prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        self.last_row = row
         self.rl_step += 1
+        e = cfg.eval
+        if self.eval_sets and ((e.every and self.rl_step % e.every == 0)
+                               or (e.at_end and self.rl_step == cfg.trainer.max_steps)):
+            self.evaluate_now(self.rl_step)
         if self.rl_step >= cfg.trainer.max_steps:
             self.trainer.should_stop = True
+
+    def _eval_path(self) -> Path:
+        return Path(self.trainer.default_root_dir) / "eval.csv"
+
+    def evaluate_now(self, step: int) -> dict:
+        """Evaluate the current policy on ``eval_sets`` (every rank its share; the numbers are reduced exactly),
+        append a row ``step`` to ``eval.csv`` (rank 0) and return the metrics (``eval/<set>/<metric>``)."""
+        from .evaluation import evaluate
+
+        e, world = self.cfg.eval, self.trainer.world_size
+        t0 = time.perf_counter()
+        out = evaluate(
+            self.policy, self.tokenizer, self.eval_sets, n=e.n, ks=e.k, seed=e.seed, temperature=e.temperature,
+            top_p=e.top_p, max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens,
+            sampler=self.cfg.rollout.sampler, micro_batch_size=e.micro_batch_size, rank=self.global_rank,
+            world=world,
+            all_reduce_sum=(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None,
+        )
+        out["eval/time_s"] = time.perf_counter() - t0
+        self.last_eval = out
+        if self.trainer.is_global_zero:
+            from .runtime import EvalLog
+
+            EvalLog(self._eval_path()).append(step, out)
+        return out
 
     def _rollout(self, step: int, rank: int, world: int) -> Rollout:
         cfg = self.cfg

@@ -1,0 +1,145 @@
+"""Preemption and non-finite values: SIGTERM/SIGINT to a real training process (checkpoint, one line, non-zero
+exit, bit-exact resume), and a NaN in the old log-probs reaching the trainer's nonfinite policy.
+
+Run: .venv/bin/python -m pytest -q tests/test_train_signals.py
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bandpo.training.module
+from bandpo.training.cli import run
+from bandpo.training.config import CONFIG_DIR, load_config
+from bandpo.training.module import NonFiniteError
+from bandpo.training.tasks import REWARD_FUNCS, register_reward
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING = ("time/", "perf/")
+
+# Small enough to be quick, slow enough (about 0.1-0.3 s per RL step) for a signal to land mid-run.
+COMMON = ["--preset", "tiny-cpu", "--max-steps", "12", "--warmstart.steps", "20", "--rollout.prompts_per_step", "16",
+          "--trainer.checkpoint_every", "100", "--trainer.progress_bar", "false", "--trainer.num_threads", "1"]
+
+
+def _rows(path):
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cli(out):
+    return subprocess.Popen([sys.executable, "-m", "bandpo.training", *COMMON, "--out", str(out)], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _signal_when(procs):
+    """``procs``: (process, run folder, rows to wait for, signal). Sends each signal as soon as that run has written
+    that many metrics rows (polling all runs together), then returns each process's output."""
+    pending, deadline = list(procs), time.time() + 240
+    while pending and time.time() < deadline:
+        for item in list(pending):
+            proc, out, n_rows, sig = item
+            if len(_rows(out / "metrics.csv")) >= n_rows or proc.poll() is not None:
+                proc.send_signal(sig)
+                pending.remove(item)
+        time.sleep(0.01)
+    return [p.communicate(timeout=240)[0] for p, *_ in procs]
+
+
+def test_sigterm_and_sigint_checkpoint_exit_nonzero_and_resume_bit_exactly(tmp_path):
+    full, term, intr = _cli(tmp_path / "full"), _cli(tmp_path / "term"), _cli(tmp_path / "int")
+    out_term, out_int = _signal_when([(term, tmp_path / "term", 2, signal.SIGTERM),
+                                      (intr, tmp_path / "int", 1, signal.SIGINT)])
+    assert full.wait(timeout=240) == 0, full.communicate()[0][-2000:]
+
+    for proc, out, folder, code, name in ((term, out_term, "term", 143, "SIGTERM"), (intr, out_int, "int", 130,
+                                                                                    "SIGINT")):
+        assert proc.returncode == code, out[-3000:]  # 128 + the signal: a preempted job does not look successful
+        rows = _rows(tmp_path / folder / "metrics.csv")
+        assert 1 <= len(rows) < 12, out[-3000:]
+        ckpt = tmp_path / folder / "checkpoints" / "last.ckpt"
+        assert ckpt.is_file()  # checkpoint_every is 100: this one was written because of the signal
+        assert torch.load(ckpt, weights_only=False, map_location="cpu")["bandpo"]["rl_step"] == len(rows)
+        line = (f"[bandpo] stopped by {name} after RL step {len(rows)} of 12; checkpoint {ckpt}; resume with: "
+                f"python -m bandpo.training {' '.join(COMMON)} --out {tmp_path / folder}")
+        assert line in out.splitlines(), out[-3000:]
+        assert "Traceback" not in out
+        assert not (tmp_path / folder / "summary.json").exists()
+
+    # Rerunning the command resumes from the checkpoint and ends exactly where the uninterrupted run ended.
+    resumed = _cli(tmp_path / "term")
+    log = resumed.communicate(timeout=240)[0]
+    assert resumed.returncode == 0, log[-3000:]
+    a, b = _rows(tmp_path / "full" / "metrics.csv"), _rows(tmp_path / "term" / "metrics.csv")
+    assert [int(r["step"]) for r in b] == list(range(12))
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if not k.startswith(TIMING)} == {
+            k: v for k, v in rb.items() if not k.startswith(TIMING)}, ra["step"]
+    sa = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    sb = torch.load(tmp_path / "term" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(v, sb[k]) for k, v in sa.items())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Non-finite inputs reach the nonfinite policy
+# ----------------------------------------------------------------------------------------------------------
+
+if "test_completion_length" not in REWARD_FUNCS:
+    @register_reward("test_completion_length")
+    def _length_reward(prompts, completions, **_):
+        return [float(len(c)) for c in completions]
+
+
+def _tiny(**kw):
+    base = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.intermediate_size": 64,
+            "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 5,
+            "optim.prompts_per_minibatch": 2, "optim.lr": 1e-3, "warmstart.steps": 0, "trainer.max_steps": 4,
+            "trainer.progress_bar": False, "trainer.num_threads": 2, "task.reward_funcs": ["test_completion_length"]}
+    base.update(kw)
+    return load_config(CONFIG_DIR / "tiny-cpu.yaml", base)
+
+
+@pytest.fixture()
+def nan_old_logp(monkeypatch):
+    """The rollout of RL step 1 gets a NaN old log-prob on the first token of sequence 0 (first mini-batch)."""
+    real, calls = bandpo.training.module.rollout, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        ro = real(*args, **kwargs)
+        if calls["n"] == 1:
+            ro.old_logp[0, 0] = float("nan")
+        calls["n"] += 1
+        return ro
+
+    monkeypatch.setattr(bandpo.training.module, "rollout", poisoned)
+
+
+@pytest.mark.parametrize("method", ["band_kl", "band_js", "clip"])
+def test_nan_old_logp_is_skipped_and_training_carries_on(tmp_path, capsys, nan_old_logp, method):
+    run(_tiny(**{"trainer.nonfinite": "skip", "loss.method": method}), tmp_path)
+    rows = _rows(tmp_path / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]  # carried on after the skipped step
+    assert [float(r["nonfinite/skipped"]) for r in rows] == [0.0, 1.0, 0.0, 0.0]
+    assert [float(r["optim_steps"]) for r in rows] == [2.0, 3.0, 5.0, 7.0]
+    assert all(math.isfinite(float(r["loss/total"])) for r in rows if r["step"] != "1")
+    assert "non-finite loss at RL step 1, optimiser step 0" in capsys.readouterr().out
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(bool(torch.isfinite(v).all()) for v in state.values())
+
+
+def test_nan_old_logp_stops_with_the_report(tmp_path, nan_old_logp):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss at RL step 1.*old_logp range .*\(1 non-finite\)"):
+        run(_tiny(**{"trainer.nonfinite": "stop"}), tmp_path)
