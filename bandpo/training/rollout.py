@@ -365,14 +365,10 @@ class Rollout:
 
 
 def _tokenize_prompts(tokenizer: Any, rows: Sequence[dict], chat_template: bool) -> list:
-    texts = []
-    for row in rows:
-        prompt = row["prompt"]
-        if chat_template or isinstance(prompt, list):
-            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        texts.append(prompt)
-    return texts
+    """The prompt texts (the tokenizer's chat template applied where asked: ``bandpo.training.data.render_prompt``)."""
+    from .data import render_prompts
+
+    return render_prompts(tokenizer, [row["prompt"] for row in rows], chat_template=chat_template)
 
 
 @torch.no_grad()
