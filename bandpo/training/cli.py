@@ -498,7 +498,9 @@ def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default"
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     g = p.add_argument_group("shortcuts")
     for flag, key in ALIASES.items():
-        g.add_argument(f"--{flag}", dest=key, metavar="V", help=f"= --{key}")
+        section, _, name = key.partition(".")
+        tp = typing.get_type_hints(SECTIONS[section]).get(name, str)
+        g.add_argument(f"--{flag}", dest=key, metavar=_type_name(tp), help=f"= --{key}")
     for section, cls in SECTIONS.items():
         grp = p.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
         hints = typing.get_type_hints(cls)
