@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,3 +144,35 @@ def test_nan_old_logp_is_skipped_and_training_carries_on(tmp_path, capsys, nan_o
 def test_nan_old_logp_stops_with_the_report(tmp_path, nan_old_logp):
     with pytest.raises(NonFiniteError, match=r"non-finite loss at RL step 1.*old_logp range .*\(1 non-finite\)"):
         run(_tiny(**{"trainer.nonfinite": "stop"}), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The progress bar after a resume
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_progress_bar_has_its_total_after_a_resume(tmp_path, capsys):
+    cfg = _tiny(**{"trainer.progress_bar": True, "trainer.max_steps": 2, "trainer.checkpoint_every": 1})
+    run(cfg, tmp_path)
+    capsys.readouterr()
+    run(cfg.replace({"trainer.max_steps": 4}), tmp_path)  # resumes at step 2
+    captured = capsys.readouterr()
+    bar = (captured.out + captured.err).replace("\r", "\n")
+    assert re.search(r"RL step:  75%\|.*\| 3/4 \[[0-9:]+<[0-9:]+, +[0-9.]+(it/s|s/it), reward=", bar), bar[-2000:]
+    assert re.search(r"RL step: 100%\|.*\| 4/4 ", bar) and "/?" not in bar
+    last = [line for line in bar.splitlines() if "4/4" in line][-1]
+    for key in ("reward=", "acc=", "H=", "clip=", "kl_ref=", "ppo_kl="):
+        assert key in last, last
+
+
+def test_progress_postfix_shows_the_latest_eval():
+    from bandpo.training.runtime import progress_postfix
+
+    row = {"reward/mean": 0.5, "accuracy": 0.25, "entropy": 0.7, "clip_ratio/region_mean": 0.0123, "kl_ref": 0.002,
+           "ppo_kl": 1e-4}
+    evals = {"eval/aime24/mean@32": 0.1, "eval/aime24/pass@8": 0.3, "eval/aime24/pass@32": 0.5,
+             "eval/aime24/maj@32": 0.2, "eval/aime24/length": 900.0, "eval/time_s": 3.0}
+    assert progress_postfix(row, evals) == {
+        "reward": "0.500", "acc": "0.250", "H": "0.700", "clip": "1.23%", "kl_ref": "0.002", "ppo_kl": "0.0001",
+        "aime24 mean@32": "0.100", "aime24 pass@32": "0.500"}
+    assert progress_postfix(None, None) == {}

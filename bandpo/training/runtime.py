@@ -275,20 +275,18 @@ def progress_bar_class() -> type:
         def total_train_batches(self) -> int:
             return self.trainer.lightning_module.cfg.trainer.max_steps
 
-        def _restart(self, pl_module: Any) -> None:
-            bar = self.train_progress_bar
-            bar.reset(total=pl_module.cfg.trainer.max_steps)
-            bar.initial = bar.n = bar.last_print_n = pl_module.rl_step
-            bar.set_description("RL step")
-            bar.refresh()
+        def init_train_tqdm(self) -> Any:
+            import sys
 
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            super().on_train_start(trainer, pl_module)
-            self._restart(pl_module)
+            from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+            module = self.trainer.lightning_module
+            return Tqdm(desc="RL step", total=module.cfg.trainer.max_steps, initial=module.rl_step,
+                        position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
+                        file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
 
         def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
-            super().on_train_epoch_start(trainer, *args)
-            self._restart(trainer.lightning_module)
+            pass  # one endless epoch: the bar made at the start (total max_steps, from the resumed step) is kept
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             bar = self.train_progress_bar
