@@ -27,7 +27,7 @@ gets whatever is left of ``--budget-s``; ``--sections`` picks a subset):
    (method="table" raises ValueError for divergences without a table: recorded as n/a).
 3. No host-device sync (CUDA only): under ``torch.cuda.set_sync_debug_mode("error")``, ``band(x, 0.05, div,
    validate=False)`` for every divergence (float32 and float64, tables already built) and ``policy_loss(...,
-   validate=False)`` + backward for methods clip, dcpo, band (every aggregation). On CPU the calls run without
+   validate=False)`` + backward for methods clip, dcpo, band_kl (every aggregation). On CPU the calls run without
    the sync check (SKIP).
 4. torch.compile on the device: ``torch.compile(lambda x: band(x, 0.05, d, validate=False))`` for kl, tv, chi2
    (each with a code object of its own, see ``_compile_band``) on a (4096,) float32 tensor; compile time, then
@@ -80,7 +80,7 @@ TOL_F64 = 1e-12
 TOL_ULPS = {torch.float32: 2, torch.bfloat16: 1}
 TOL_COMPILE_ULPS = 2
 COMPILE_DIVS = ("kl", "tv", "chi2")
-POLICY_METHODS = ("clip", "dcpo", "band")
+POLICY_METHODS = ("clip", "dcpo", "band_kl")
 AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 RUN_ORDER = (1, 2, 3, 4, 6, 7, 5)
 
