@@ -204,8 +204,14 @@ def main(argv=None) -> dict:
         exact32 = float(torch.tensor(args.delta, dtype=torch.float32))  # the float32 tensor's delta
         e_lo, e_up = reference(name, sub.double(), exact32)
         tensor_err = max(max_rel_err(t_lo, e_lo), max_rel_err(t_up, e_up))
-        # float32 tokens: closed forms, or the divergence's start table + Halley/Newton steps in float64
-        path = "closed form" if div.log_band is not None else "table+halley"
+        # float32 tokens: closed forms; never-saturating divergences with a Python delta: the per-delta bits
+        # table (the tensor delta: start table + Halley); saturating ones: start table + Halley steps
+        if div.log_band is not None:
+            path = "closed form"
+        elif math.isinf(div.f_at_0):
+            path = "bits table"
+        else:
+            path = "table+halley"
         t_comp = math.nan
         if name in (args.compile or []):
             compiled = torch.compile(lambda x: bandpo.band(x, args.delta, name, validate=False), dynamic=False)
