@@ -125,7 +125,7 @@ def test_help_is_readable_and_shows_the_preset_values(capsys):
 def test_dry_run_reports_what_it_checked_and_replaced(tmp_path, capsys):
     """The paper config on this machine: no model, no data, no eval files; the dry run says so and still runs."""
     code = main(["--config", str(CONFIG_DIR / "paper-bandpo-kl.yaml"), "--dry-run", "--out", str(tmp_path / "dry"),
-                 "--trainer.num_threads", "2"])
+                 "--trainer.num_threads", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "model 'Qwen/Qwen2.5-3B-Instruct': MISSING (not a local folder and not in the Hugging Face cache" in out

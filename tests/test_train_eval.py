@@ -186,10 +186,13 @@ def test_build_eval_sets_from_files_and_heldout(tmp_path):
 def tiny():
     from bandpo.training.cli import build_policy, build_tokenizer
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from threads, and they spin on a busy machine
     cfg = _tiny_cfg()
     cfg.task.heldout_size = 12
     tok = build_tokenizer(cfg)
-    return build_policy(cfg, tok), tok, build_task(cfg.task, 0)
+    yield build_policy(cfg, tok), tok, build_task(cfg.task, 0)
+    torch.set_num_threads(threads)
 
 
 def test_evaluate_matches_a_recount_and_is_deterministic(tiny):
@@ -306,7 +309,7 @@ def _run_cfg(**kw):
             "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 4,
             "optim.prompts_per_minibatch": 2, "warmstart.steps": 2, "warmstart.batch_size": 8,
             "trainer.max_steps": 4, "trainer.checkpoint_every": 2, "trainer.progress_bar": False,
-            "trainer.num_threads": 2, "task.heldout_size": 10, "eval.sets": ["heldout"], "eval.every": 2,
+            "trainer.num_threads": 1, "task.heldout_size": 10, "eval.sets": ["heldout"], "eval.every": 2,
             "eval.n": 4, "eval.k": [1, 2]}
     base.update(kw)
     return load_config(CONFIG_DIR / "tiny-cpu.yaml", base)

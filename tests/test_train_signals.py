@@ -108,7 +108,7 @@ def _tiny(**kw):
     base = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.intermediate_size": 64,
             "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 5,
             "optim.prompts_per_minibatch": 2, "optim.lr": 1e-3, "warmstart.steps": 0, "trainer.max_steps": 4,
-            "trainer.progress_bar": False, "trainer.num_threads": 2, "task.reward_funcs": ["test_completion_length"]}
+            "trainer.progress_bar": False, "trainer.num_threads": 1, "task.reward_funcs": ["test_completion_length"]}
     base.update(kw)
     return load_config(CONFIG_DIR / "tiny-cpu.yaml", base)
 
