@@ -185,6 +185,8 @@ def _lightning_pieces() -> tuple:
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             # Resuming at step k: rows >= k belong to updates that were lost with the killed process.
+            if pl_module.rl_step > 0:
+                _log(f"resumed at RL step {pl_module.rl_step} of {pl_module.cfg.trainer.max_steps}")
             if trainer.is_global_zero and trainer.logger is not None:
                 dropped = trainer.logger.experiment.drop_steps_from(pl_module.rl_step)
                 if dropped:
@@ -365,7 +367,7 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
     module = BandPOModule(policy, tokenizer, cfg, task, ref_policy=ref, store_ref=cfg.warmstart.steps > 0,
                           eval_sets=eval_sets)
     if ckpt is not None:
-        _log(f"resuming from {ckpt} (RL step {_ckpt_step_hint(out)})")
+        _log(f"resuming from {ckpt}")
     import warnings
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -392,16 +394,6 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         summary["rows"] = len(rows)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _ckpt_step_hint(out: Path) -> str:
-    """The RL step of the run's last metrics row + 1, for log lines (the checkpoint itself is not opened)."""
-    try:
-        with open(out / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return str(int(float(rows[-1]["step"])) + 1) if rows else "0"
-    except (OSError, KeyError, ValueError):
-        return "?"
 
 
 def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int = 2) -> TrainConfig:
