@@ -26,8 +26,8 @@ and the command exits with 128 + the signal number (143, 130). Bad paths, config
 one line (``bandpo.training: error: ...``, exit status 2).
 
 Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` (only
-``trainer.max_steps``, ``progress_bar``, ``num_threads`` and ``checkpoint_every`` may differ from the saved
-config). Rows of steps after the checkpoint (done by a killed process, whose updates were lost) are dropped and
+``trainer.max_steps``, ``progress_bar``, ``num_threads``, ``checkpoint_every``, ``eval.every`` and ``eval.at_end``
+may differ from the saved config: ``RESUMABLE_CHANGES``). Rows of steps after the checkpoint (done by a killed process, whose updates were lost) are dropped and
 recomputed; every earlier row is kept and new rows are appended. On CPU with a fixed seed the resumed metrics
 equal those of an uninterrupted run (timing columns aside).
 """
