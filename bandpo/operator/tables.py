@@ -15,11 +15,12 @@ One table per divergence, built once on first use (on the CPU, then copied to a 
 log s* on a uniform (ζ, τ) grid (575 x 145 nodes, ~0.1-0.5 s of CPU to build), solved at every node by the
 robust bisection + Newton solver, as the monomial coefficients of the bicubic Lagrange interpolant of each
 cell. Both sides of every element, whatever its delta (a Python number, a schedule, a per-token tensor),
-read the same table (16 gathers of one float32 coefficient, a Horner evaluation), and the start, within
-~1e-5 relative of s* (measured over p in [1e-300, 1], delta in [1e-6, 10]), is refined by a fixed number
-of float64 steps: Halley steps with closed-form φ'' for the built-in generators (cubic convergence: one
-step reaches ~1e-15, enough for a float32/16 result; two for float64), Newton steps for user generators
-(two and three). Beyond the τ range the start is extrapolated linearly (slope 1/2 below, 1 above) and
+read the same table (16 gathers of one float32 coefficient, a Horner evaluation), and the start (relative
+error of s* at most 2.3e-4 for kl, 1.3e-5 for neyman_chi2, 7e-6 for js and reverse_kl, median ~1e-6;
+measured over p in [1e-300, 1], delta in [1e-6, 10]) is refined by a fixed number of float64 steps:
+Halley steps with closed-form φ'' for the built-in generators (cubic convergence: one step takes 2e-4 to
+~1e-11, enough for a float32/16 result; two for float64), Newton steps for user generators (two and
+three). Beyond the τ range the start is extrapolated linearly (slope 1/2 below, 1 above) and
 every step is safeguarded (an iterate is kept >= 1/16 of the previous one, the previous one is kept where
 a step is not finite). Accuracy is tested for delta in [1e-4, 2] (tests/test_band_reference.py,
 tests/test_band_properties.py).
@@ -44,7 +45,8 @@ from .divergences import Divergence
 from .numerics import LOG_TINY
 from .solvers import HALLEY, PHI_AT_INF, PhiFn, autograd_derivative, generic_phi, solve_side_robust, softplus
 
-__all__ = ["StartTable", "get_start_table", "phi_at_inf", "phi_fn", "saturates", "tabulated_side"]
+__all__ = ["BitsTable", "StartTable", "bits_band", "build_bits_table", "build_start_table", "get_bits_table",
+           "get_start_table", "phi_at_inf", "phi_fn", "saturates", "side_phi_at_inf", "tabulated_side", "warp"]
 
 # Grid (see the module docstring). The nodes span exactly the logits the solvers see: masses are clamped
 # at the smallest normal float64, so |log a - log b| <= -LOG_TINY = 708.4 (a node beyond it would repeat the
@@ -63,10 +65,9 @@ TAU_RANGE_SAT = (-28.0, 3.0)
 # Slopes d log s* / d τ used to extrapolate beyond the τ range (small-delta and near-kink asymptotes).
 SLOPE_BELOW, SLOPE_ABOVE = 0.5, 1.0
 
-# Steps after the table start (within ~1e-5 relative of s*; see tests/test_band_solvers.py), indexed by
-# ``lowp`` (the result is rounded to float32/16). Halley (cubic): 1e-5 -> 1e-15 in one step; the second
-# float64 step is margin where the start is extrapolated. Newton (quadratic, user generators):
-# 1e-5 -> 1e-10 -> 1e-16 -> margin.
+# Steps after the table start (within 2.3e-4 relative of s*, ~1e-6 typically; see the module docstring),
+# indexed by ``lowp`` (the result is rounded to float32/16). Halley (cubic): 2e-4 -> ~1e-11 -> 1e-16.
+# Newton (quadratic, user generators): 1e-5 -> 1e-10 -> 1e-16 -> margin.
 HALLEY_STEPS = {False: 2, True: 1}
 NEWTON_STEPS = {False: 3, True: 2}
 
@@ -88,7 +89,7 @@ class StartTable:
     """Bicubic cells of log s*(ζ, τ) for one divergence.
 
     ``coef``: (16, N_ZETA · n_tau) float32 (solved and fitted in float64, then rounded: the start needs
-    ~1e-5, float32 halves the memory a lookup gathers and doubles its vector width); column i·n_tau + j
+    ~1e-4, float32 halves the memory a lookup gathers and doubles its vector width); column i·n_tau + j
     holds c[k][l] (row 4k + l) of log s* ≈ Σ c[k][l] u^k v^l on the cell whose nodes are
     (i - 1 .. i + 2, j - 1 .. j + 2), with u = (ζ - ζ_i)/H_ZETA and v = (τ - τ_j)/H_TAU. Only columns with
     1 <= i <= N_ZETA - 3 and 1 <= j <= n_tau - 3 are filled (lookups clamp the cell index there).
@@ -250,7 +251,7 @@ def _lookup(table: StartTable, zeta: Tensor, tau: Tensor) -> Tensor:
     """Interpolated log s* at (zeta, tau) (tau broadcastable to zeta; float64), extrapolated linearly in τ
     beyond the table.
 
-    The coordinates and the cell's polynomial are evaluated in float32 (the start needs ~1e-5; float32
+    The coordinates and the cell's polynomial are evaluated in float32 (the start needs ~1e-4; float32
     rounding of the coordinates moves it by < 1e-6); the result is float64. zeta lies in
     [-ZETA_MAX, ZETA_MAX] (masses are clamped) and the cell index is clamped in any case."""
     zeta = zeta.to(torch.float32)
