@@ -13,7 +13,7 @@ gets whatever is left of ``--budget-s``; ``--sections`` picks a subset):
    version of band.py may be on the machine than the commit says; the hashes tell which ran).
 2. Accuracy on the device, for every registered divergence and delta in (1e-3, 0.05, 0.5) (``--deltas``), on a
    grid of old_logp from log(1e-300) to 0 (p = 1 exactly, p = 1 - 1e-300 ... 1 - 1e-1, 0.01 ... 0.99, p -> 0):
-   * float64 ``log_band`` on the device against the same call (same method) on the CPU. Error per element:
+   * float64 ``log_band`` on the device against the same call on the CPU. Error per element:
      |Δ log r| / max(1, |log r|), i.e. the relative error of the ratio r where |log r| <= 1 and the relative
      error of log r where r itself may under/overflow. PASS: max <= 1e-12, the same -inf (lower bound
      saturated at 0) pattern, no NaN.
@@ -22,9 +22,8 @@ gets whatever is left of ``--budget-s``; ``--sections`` picks a subset):
      numbers (bit patterns), on the points where that answer is a normal number of the dtype; where it rounds
      to 0 or inf the device must give exactly 0 or inf. PASS: float32 <= 2 ulps (band.py documents "one or
      two ulps"), bfloat16 <= 1 ulp.
-   Each (divergence, delta) is called with method="auto" twice first (the second call builds the fixed-delta
-   table where the divergence has one), then with method="solver" and method="table" explicitly
-   (method="table" raises ValueError for divergences without a table: recorded as n/a).
+   Each (divergence, delta, dtype) is called twice on the device; the two results must be bitwise equal (``band``
+   is a pure function: the first call, which builds the tables, gives the same bits as later ones).
 3. No host-device sync (CUDA only): under ``torch.cuda.set_sync_debug_mode("error")``, ``band(x, 0.05, div,
    validate=False)`` for every divergence (float32 and float64, tables already built) and ``policy_loss(...,
    validate=False)`` + backward for methods clip, dcpo, band_kl (every aggregation). On CPU the calls run without
@@ -305,41 +304,28 @@ def section_accuracy(rep: Report, device: torch.device, args) -> None:
     rep.info(f"{old64.numel()} old_logp values in [{float(old64.min()):.4g}, 0], deltas {args.deltas}; float64 "
              f"tolerance {TOL_F64:g} on |Δ log r|/max(1, |log r|); ulp tolerances float32 {TOL_ULPS[torch.float32]}, "
              f"bfloat16 {TOL_ULPS[torch.bfloat16]}")
-    dtypes = (torch.float32, torch.bfloat16, torch.float64)  # band first: its 2nd auto call builds the table
+    dtypes = (torch.float32, torch.bfloat16, torch.float64)
     details = []
     for name in bandpo.list_divergences():
         t_div = time.monotonic()
         div = bandpo.get_divergence(name)
-        tabulable = None  # known after the first method="table" call (ValueError: no table for this divergence)
         acc = {dt: {"worst": 0.0, "at": None, "problems": []} for dt in dtypes}
         for d in args.deltas:
-            n_auto = 0  # auto calls with this (divergence, delta) so far: the table is used from the 2nd on
             for dtype in dtypes:
                 x = old64.to(dtype)
                 x_dev = x.to(device)
                 call = bandpo.log_band if dtype == torch.float64 else bandpo.band
-                got = {}
-                for label, method in (("auto#1", "auto"), ("auto#2", "auto"), ("solver", "solver"), ("table", "table")):
-                    try:
-                        got[label] = (method, n_auto, call(x_dev, d, name, method=method))
-                    except ValueError:
-                        if method != "table":
-                            raise
-                        tabulable = False
-                        continue
-                    if method == "table":
-                        tabulable = True
-                    n_auto += method == "auto"
-                if dtype == torch.float64:
-                    cpu = {m: bandpo.log_band(old64, d, name, method=m)
-                           for m in (("solver", "table") if tabulable else ("solver",))}
-                else:
-                    exact = [torch.exp(t) for t in bandpo.log_band(x.double(), d, name, method="solver")]
+                got = {label: call(x_dev, d, name) for label in ("call#1", "call#2")}
                 a = acc[dtype]
-                for label, (method, n_before, out) in got.items():
-                    path = method if method != "auto" else ("table" if tabulable and n_before >= 1 else "solver")
+                if not all(torch.equal(g1, g2) for g1, g2 in zip(got["call#1"], got["call#2"])):
+                    a["problems"].append(f"delta={d}: call#1 and call#2 differ (band must be pure)")
+                if dtype == torch.float64:
+                    cpu = bandpo.log_band(old64, d, name)
+                else:
+                    exact = [torch.exp(t) for t in bandpo.log_band(x.double(), d, name)]
+                for label, out in got.items():
                     if dtype == torch.float64:
-                        res = [compare_log(g, r) for g, r in zip(out, cpu[path])]
+                        res = [compare_log(g, r) for g, r in zip(out, cpu)]
                         key = "max_err"
                         bad = any(r["nan"] or r["inf_mismatch"] for r in res) or not max(r[key] for r in res) <= TOL_F64
                     else:
@@ -350,23 +336,22 @@ def section_accuracy(rep: Report, device: torch.device, args) -> None:
                         bad = any(r["nan"] or r["edge_mismatch"] for r in res) or max(r[key] for r in res) > TOL_ULPS[dtype]
                     err = max(r[key] for r in res)
                     side = 0 if res[0][key] >= res[1][key] else 1
-                    at = {"delta": d, "variant": label, "path": path, "bound": ("lower", "upper")[side],
+                    at = {"delta": d, "variant": label, "bound": ("lower", "upper")[side],
                           "old_logp": float(x[res[side]["argmax"]].double())}
                     details.append({"divergence": name, "dtype": str(dtype).replace("torch.", ""), **at,
                                     "lower": res[0], "upper": res[1]})
                     if bad:
-                        a["problems"].append(f"delta={d} {label}({path}): lower {_brief(res[0])}, upper {_brief(res[1])}")
+                        a["problems"].append(f"delta={d} {label}: lower {_brief(res[0])}, upper {_brief(res[1])}")
                     if err >= a["worst"]:
                         a["worst"], a["at"] = err, at
-        kind = ("closed form" if div.closed_form else "table" if tabulable
-                else "dedicated solver" if div.log_band is not None else "generic solver")
+        kind = "closed form" if div.closed_form else "start table + Halley"
         wall = time.monotonic() - t_div
         for dtype in dtypes:
             a = acc[dtype]
             dname = str(dtype).replace("torch.", "")
             unit = "rel" if dtype == torch.float64 else "ulps"
             at = a["at"]
-            where = (f"max {a['worst']:.3g} {unit} at delta={at['delta']} {at['variant']}({at['path']}) "
+            where = (f"max {a['worst']:.3g} {unit} at delta={at['delta']} {at['variant']} "
                      f"{at['bound']} old_logp={at['old_logp']:.6g}" if a["worst"] else f"max 0 {unit}: identical")
             rep.check(f"{name:<11} {dname:<8} [{kind}]", not a["problems"],
                       where + ("; " + " | ".join(a["problems"][:3]) if a["problems"] else ""),
@@ -435,7 +420,7 @@ def section_sync(rep: Report, device: torch.device, args) -> None:
                 logp, old, adv, mask = _loss_batch(device, dtype)
                 x = logp.clone().requires_grad_(True)
                 kw = dict(method=method, dual_clip=10.0, max_ratio=10.0, validate=False)
-                for _ in range(3):  # warm-up (band: solver, then the table build, then cached)
+                for _ in range(2):  # warm-up (the first call builds the start table)
                     bandpo.policy_loss(x, old, adv, mask, **kw)
                 _sync(device)
                 with _SyncErrors(device):

@@ -37,7 +37,7 @@ def p_grid(n: int) -> np.ndarray:
 
 def band_bounds(p: np.ndarray, delta: float, divergence: str) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) ratio bounds of Band_{f,δ}(p) in float64 (bandpo.band's per-element solver, no cap)."""
-    lower, upper = bandpo.band(torch.log(torch.as_tensor(p, dtype=torch.float64)), delta, divergence, method="solver")
+    lower, upper = bandpo.band(torch.log(torch.as_tensor(p, dtype=torch.float64)), delta, divergence)
     return lower.numpy(), upper.numpy()
 
 

@@ -33,7 +33,7 @@ REGIONS = (  # (code, label, colour); code = 2 * band_allows + dapo_allows
 
 def region_codes(p_old: np.ndarray, p_new: np.ndarray, delta: float = DELTA) -> np.ndarray:
     """Region code 2*[Band-KL allows] + [DAPO allows] for each (p_old[j], p_new[i]); shape (len(p_new), len(p_old))."""
-    lower, upper = bandpo.band(torch.log(torch.as_tensor(p_old, dtype=torch.float64)), delta, "kl", method="solver")
+    lower, upper = bandpo.band(torch.log(torch.as_tensor(p_old, dtype=torch.float64)), delta, "kl")
     lower, upper = lower.numpy()[None, :], upper.numpy()[None, :]
     r = p_new[:, None] / p_old[None, :]
     band_ok = (r >= lower) & (r <= upper)

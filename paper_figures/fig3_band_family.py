@@ -28,7 +28,7 @@ SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 def bounds(p: np.ndarray, delta: float, divergence: str) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) = Band_{f,δ}(p) in float64 via bandpo.band's per-element solver (no fixed-delta table)."""
-    lower, upper = bandpo.band(torch.log(torch.as_tensor(p, dtype=torch.float64)), delta, divergence, method="solver")
+    lower, upper = bandpo.band(torch.log(torch.as_tensor(p, dtype=torch.float64)), delta, divergence)
     return lower.numpy(), upper.numpy()
 
 

@@ -3,8 +3,8 @@
 Invariants checked for every registered divergence:
   0 <= lower <= 1 <= upper <= 1/p;  each bound is the root of g_f(p, r) = delta (checked in 60-digit
   arithmetic); the band widens as delta grows; float32 agrees with float64; bad input raises ValueError.
-Random deltas use method="solver" (the fixed-delta table is built per delta and checked against the solver
-in test_band_solvers.py); the float32 test uses three fixed deltas and the default path.
+Random deltas go through the same path as fixed ones (one delta-independent start table per divergence); the
+float32 test uses three fixed deltas.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ deltas = st.floats(min_value=1e-4, max_value=2.0, allow_nan=False)
 @given(name=st.sampled_from(NAMES), logp=st.lists(logps, min_size=1, max_size=16), delta=deltas)
 def test_bounds_are_ordered_and_inside_the_simplex(name, logp, delta):
     x = torch.tensor(logp, dtype=torch.float64)
-    log_lo, log_up = bandpo.log_band(x, delta, name, method="solver")
+    log_lo, log_up = bandpo.log_band(x, delta, name)
     assert (log_lo <= 0).all() and (log_up >= 0).all()
     assert (log_up <= -x + 1e-15 * x.abs()).all()  # upper <= 1/p (log space: no overflow)
-    lo, up = bandpo.band(x, delta, name, method="solver")
+    lo, up = bandpo.band(x, delta, name)
     assert (lo >= 0).all() and (lo <= 1).all() and (up >= 1).all()
 
 
@@ -53,7 +53,7 @@ def test_bounds_are_the_roots_of_g(name, logp, delta):
         r = mp.exp(y)
         return ref.g(f, p, q1, r, 1 + (p / q1) * -mp.expm1(y))
 
-    log_lo, log_up = bandpo.log_band(torch.tensor([logp], dtype=torch.float64), delta, name, method="solver")
+    log_lo, log_up = bandpo.log_band(torch.tensor([logp], dtype=torch.float64), delta, name)
     for sign, y in ((-1, float(log_lo)), (1, float(log_up))):
         if y == -math.inf:
             assert ref.g(f, p, q1, mp.mpf(0), 1 / q1) <= d * (1 + 1e-12)  # r = 0 is feasible
@@ -70,8 +70,8 @@ def test_bounds_are_the_roots_of_g(name, logp, delta):
 def test_band_widens_with_delta(name, logp, d1, d2):
     d1, d2 = min(d1, d2), max(d1, d2)
     x = torch.tensor(logp, dtype=torch.float64)
-    lo1, up1 = bandpo.log_band(x, d1, name, method="solver")
-    lo2, up2 = bandpo.log_band(x, d2, name, method="solver")
+    lo1, up1 = bandpo.log_band(x, d1, name)
+    lo2, up2 = bandpo.log_band(x, d2, name)
     tol = 1e-13  # solver rounding at equal deltas
 
     def slack(x):
@@ -144,8 +144,7 @@ def test_not_a_tensor_raises():
         bandpo.band([0.1, 0.2], 0.05)
 
 
-def test_bad_method_raises():
-    with pytest.raises(ValueError, match="method"):
-        bandpo.band(GOOD, 0.05, method="fast")
-    with pytest.raises(ValueError, match="table"):
-        bandpo.log_band(GOOD, 0.05, "tv", method="table")
+def test_there_is_one_path():
+    """band has no path switch: its result is a function of the input alone (tests/test_band_purity.py)."""
+    with pytest.raises(TypeError, match="method"):
+        bandpo.band(GOOD, 0.05, method="solver")

@@ -53,7 +53,7 @@ def _vocab(kind: str) -> "tuple[np.ndarray, int]":
 def test_certificate_matches_band(name, kind):
     p, i = _vocab(kind)
     cert = C.certify(p, i, 0.05, name)
-    cmp = C.compare_with_band(cert, method="solver")
+    cmp = C.compare_with_band(cert)
     assert cmp.inside, (cert.lower_interval, cert.upper_interval, cert)
     assert cmp.width <= 1e-6, cmp.width
     if kind != "tiny" or name != "neyman_chi2":  # Neyman's lower bound of a 1e-6 token ends "AlmostSolved" in Clarabel
@@ -74,8 +74,8 @@ def test_probability_and_ratio_formulations_agree(name):
     p, i = _vocab("moderate")
     a = C.certify(p, i, 0.05, name, variables="ratio")
     b = C.certify(p, i, 0.05, name, variables="probability")
-    assert C.compare_with_band(b, method="solver").inside
-    assert C.compare_with_band(a, method="solver").inside
+    assert C.compare_with_band(b).inside
+    assert C.compare_with_band(a).inside
     assert b.upper == pytest.approx(a.upper, rel=1e-5) and b.lower == pytest.approx(a.lower, rel=1e-5, abs=1e-8)
 
 
@@ -111,7 +111,7 @@ def test_conjugates(name):
 def test_dual_bound_is_an_upper_bound():
     """Weak duality: any λ > 0 gives a bound >= the true max (here bandpo's), and the trivial 1/p at λ = 0."""
     p_i = 0.03
-    _, up = bandpo.band(torch.tensor([math.log(p_i)], dtype=torch.float64), 0.05, "kl", method="solver")
+    _, up = bandpo.band(torch.tensor([math.log(p_i)], dtype=torch.float64), 0.05, "kl")
     for lam in (0.01, 0.3, 1.0, 30.0, 1e3):
         assert C.dual_bound(lam, p_i, 0.05, "kl", +1) >= float(up[0]) * (1 - 1e-12)
     assert C.dual_bound(0.0, p_i, 0.05, "kl", +1) == pytest.approx(1 / p_i)

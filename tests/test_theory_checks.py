@@ -135,11 +135,11 @@ def test_limits_against_bandpo(name):
     lo, up = A.lower_limit_at_one(name), A.upper_probability_at_zero(name)
     lo_want = float(lo.numeric[dv]) if lo.numeric else float(lo.value)
     up_want = float(up.numeric[dv]) if up.numeric else float(up.value)
-    lower, upper = bandpo.band(torch.tensor([0.0], dtype=torch.float64), 0.05, name, method="solver")
+    lower, upper = bandpo.band(torch.tensor([0.0], dtype=torch.float64), 0.05, name)
     assert math.isclose(float(lower[0]), lo_want, rel_tol=1e-13), (float(lower[0]), lo_want)
     assert float(upper[0]) == 1.0
     logp = torch.tensor([-200 * math.log(10)], dtype=torch.float64)
-    _, log_upper = bandpo.log_band(logp, 0.05, name, method="solver")
+    _, log_upper = bandpo.log_band(logp, 0.05, name)
     q_tail = math.exp(float(log_upper[0] + logp[0]))
     if up_want == 0:  # chi2, reverse_kl: the margin vanishes; chi2 like sqrt(delta p), reverse KL like delta/log(1/p)
         assert q_tail < 1e-2
@@ -161,7 +161,7 @@ def test_small_delta_order_against_bandpo(name):
     for pv in (0.2, 0.8):
         errs = {}
         for dv in (1e-6, 1e-8):
-            got_lo, got_up = bandpo.band(torch.tensor([math.log(pv)], dtype=torch.float64), dv, name, method="solver")
+            got_lo, got_up = bandpo.band(torch.tensor([math.log(pv)], dtype=torch.float64), dv, name)
             for side, got, e in (("lower", got_lo, lo_e), ("upper", got_up, up_e)):
                 full = float(e.subs({p: pv, delta: dv}))
                 a1 = float(sp.simplify(e.coeff(sp.sqrt(delta))).subs(p, pv))

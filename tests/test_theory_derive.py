@@ -122,15 +122,13 @@ def _reference(name):
 
 @pytest.mark.parametrize("name", CLOSED)
 def test_bandpo_band_matches_sympy(name):
-    """bandpo.band (float64, both methods where they differ) against the lambdified sympy bounds at 50 digits."""
+    """bandpo.band (float64) against the lambdified sympy bounds at 50 digits."""
     ref = _reference(name)
     logp_t = torch.tensor(LOGP, dtype=torch.float64)
     checked = 0
     with mp.workdps(50):
         for dv in DELTAS[name]:
-            outs = [bandpo.band(logp_t, dv, name, method="solver")]
-            if name == "neyman_chi2" and dv == 0.05:  # also the fixed-delta table path (one table: ~5 s of CPU)
-                outs.append(bandpo.band(logp_t, dv, name, method="table"))
+            outs = [bandpo.band(logp_t, dv, name)]
             for lower, upper in outs:
                 for k, lp in enumerate(LOGP):
                     pm = mp.exp(mp.mpf(float(lp)))
@@ -191,7 +189,7 @@ def test_numpy_lambdify_matches_bandpo(name):
         with warnings.catch_warnings(), np.errstate(all="ignore"):  # numpy evaluates every Piecewise branch
             warnings.simplefilter("ignore")
             want_lo, want_up = np.asarray(lo_f(pv, dv), dtype=float), np.asarray(up_f(pv, dv), dtype=float)
-        got_lo, got_up = bandpo.band(torch.log(torch.tensor(pv, dtype=torch.float64)), dv, name, method="solver")
+        got_lo, got_up = bandpo.band(torch.log(torch.tensor(pv, dtype=torch.float64)), dv, name)
         for want, got in ((want_lo, got_lo.numpy()), (want_up, got_up.numpy())):
             ok = want >= 0.05
             np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=0)

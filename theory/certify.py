@@ -552,14 +552,14 @@ class Comparison:
     certificate: Certificate
 
 
-def compare_with_band(cert: Certificate, method: str = "auto") -> Comparison:
-    """Compare a certificate with ``bandpo.band(..., method=method)`` (float64) at the same p_i and delta."""
+def compare_with_band(cert: Certificate) -> Comparison:
+    """Compare a certificate with ``bandpo.band(...)`` (float64) at the same p_i and delta."""
     import torch
 
     import bandpo
 
     logp = torch.tensor([math.log(cert.p_index)], dtype=torch.float64)
-    lo, up = (float(t[0]) for t in bandpo.band(logp, cert.delta, cert.divergence, method=method))
+    lo, up = (float(t[0]) for t in bandpo.band(logp, cert.delta, cert.divergence))
     rel, absq, inside, width = 0.0, 0.0, True, 0.0
     for solver_value, band_value, (a, b) in ((cert.lower, lo, cert.lower_interval), (cert.upper, up, cert.upper_interval)):
         if not math.isfinite(solver_value):  # no solution from any solver: counted as such, not compared

@@ -30,8 +30,7 @@ depend on; the cache only saves time). ``log_band`` and float64 ``band`` take th
 delta and a per-token tensor delta, so ``log_band(x, d)`` equals ``log_band(x, torch.full_like(x, d,
 dtype=torch.float64))`` bitwise; float32/16 ``band`` of ``kl``/``neyman_chi2`` with a Python delta reads
 the per-delta table instead, and both results are within 1 ulp of the float64 answer
-(tests/test_band_purity.py, tests/test_band_solvers.py). The ``method`` argument is accepted for backward compatibility and
-changes nothing. See :mod:`bandpo.operator.solvers` for the parametrisation that keeps every root finite
+(tests/test_band_purity.py, tests/test_band_solvers.py). See :mod:`bandpo.operator.solvers` for the parametrisation that keeps every root finite
 in log space.
 """
 
@@ -229,16 +228,6 @@ def _log_band_f64(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_method(method: str, div: Divergence) -> None:
-    """``method`` is kept for backward compatibility: every accepted value gives the same result."""
-    if method not in ("auto", "table", "solver"):
-        raise ValueError(f"method must be 'auto', 'table' or 'solver', got {method!r}")
-    if method == "table" and div.log_band is not None:
-        raise ValueError(
-            f"method='table' needs a divergence without a closed form; {div.name!r} has one (no table)"
-        )
-
-
 def prepare(divergence: "str | Divergence" = "kl", device: "Optional[torch.device | str]" = None) -> None:
     """Build (and cache) the divergence's start table ahead of the first :func:`band` call on ``device``.
 
@@ -255,7 +244,6 @@ def log_band(
     divergence: "str | Divergence" = "kl",
     *,
     validate: bool = True,
-    method: str = "auto",
 ) -> "tuple[Tensor, Tensor]":
     """Logs of the Band bounds, exact where the ratio itself under- or overflows.
 
@@ -268,8 +256,6 @@ def log_band(
             > 0), which costs one host-device synchronisation; ``False`` skips it for hot loops and
             ``torch.compile``: then an element whose old_logp is NaN or ±inf, or whose delta is NaN, inf or
             <= 0, gets NaN in both bounds.
-        method: accepted for backward compatibility (``"auto"``, ``"table"``, ``"solver"``); every value
-            gives the same result. ``"table"`` with a closed-form divergence raises ValueError.
 
     Returns:
         ``(log_lower, log_upper)``, float64 tensors shaped like ``old_logp``, with -inf where the lower
@@ -284,7 +270,6 @@ def log_band(
     div = get_divergence(divergence)
     _check_logp(old_logp, validate)
     delta = _check_delta(delta, old_logp, validate)
-    _check_method(method, div)
     with torch.no_grad():
         return _chunked(lambda x, d: _log_band_f64(x, d, div, False), old_logp, delta)
 
@@ -295,7 +280,6 @@ def band(
     divergence: "str | Divergence" = "kl",
     *,
     validate: bool = True,
-    method: str = "auto",
 ) -> "tuple[Tensor, Tensor]":
     """Ratio bounds ``(lower, upper)`` of the f-divergence band of the sampled token.
 
@@ -319,7 +303,6 @@ def band(
     div = get_divergence(divergence)
     _check_logp(old_logp, validate)
     delta = _check_delta(delta, old_logp, validate)
-    _check_method(method, div)
     lowp = old_logp.dtype != torch.float64
 
     if lowp and isinstance(delta, float) and div.log_band is None and not saturates(div):
