@@ -1,6 +1,6 @@
 """bandpo: BandPO's probability-aware clipping bounds, certified, and the losses and trainer around them."""
 
-from .operator import band, log_band
+from .operator import band, log_band, prepare
 from .operator import Divergence, get_divergence, list_divergences, register_divergence, unregister_divergence
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "get_divergence",
     "list_divergences",
     "log_band",
+    "prepare",
     "register_divergence",
     "unregister_divergence",
 ]
