@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from style import BLUE, GREEN, SKY, apply_style, out_parser, panel_label, resolve_out, save
+from style import GREEN, SKY, apply_style, out_parser, panel_label, resolve_out, save
 
 import bandpo
 

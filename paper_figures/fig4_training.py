@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from style import DATA, ROOT, apply_style, method_style, out_parser, panel_label, resolve_out, save
+from style import DATA, apply_style, method_style, out_parser, panel_label, resolve_out, save
 
 NAME = "fig4_training.png"
 RUNS = DATA / "runs"

@@ -156,7 +156,7 @@ def _section_closed(closed) -> list[str]:
             rows += [
                 f"**{sd.side} bound.** On this side $g_f(p, r) = {_tex(sp.simplify(sd.g_side))}$.",
                 "",
-                f"sympy's roots of $g_f = \\delta$: " + ", ".join(_m(c) for c in sd.candidates) + ".",
+                "sympy's roots of $g_f = \\delta$: " + ", ".join(_m(c) for c in sd.candidates) + ".",
                 "",
                 f"Picked (the only valid one at all {len(sd.pick_points)} unsaturated sample points): "
                 f"$r = {_tex(sd.root)}$.",

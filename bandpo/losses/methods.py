@@ -22,7 +22,6 @@ overrides (``delta=0.1``, ``eps_high=0.28``, ...) and names the allowed settings
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Optional, Union
