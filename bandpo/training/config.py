@@ -442,6 +442,10 @@ class TrainConfig:
             _check(self.task.name in SFT_TASKS, "warmstart.steps", self.warmstart.steps,
                    f"task {self.task.name!r} has no supervised targets (tasks with targets: {sorted(SFT_TASKS)}); "
                    "set it to 0")
+        if self.eval.sets and self.trainer.strategy == "fsdp":
+            _fail("eval.sets", self.eval.sets, "held-out evaluation is not supported with trainer.strategy 'fsdp' "
+                  "(ranks evaluate different problems, so their sharded forward passes would not match); set "
+                  "eval.sets to [] or use ddp")
         if self.model.name_or_path is None and self.model.tokenizer is not None:
             _fail("model.tokenizer", self.model.tokenizer, "the tiny model uses the built-in character tokenizer")
 
