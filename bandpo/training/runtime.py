@@ -333,15 +333,15 @@ def dry_run_report(cfg: Any) -> tuple:
             return ": the built-in tiny model" if key == "model.name_or_path" else ": the model's own"
         try:
             _check_model_source(value, key, need=need)
-            return f"{value!r}: found"
+            return f" {value!r}: found"
         except ValueError as e:
             missing.append(key)
-            return f"{value!r}: MISSING ({str(e).split(' is invalid: ', 1)[-1]})"
+            return f" {value!r}: MISSING ({str(e).split(' is invalid: ', 1)[-1]})"
 
     m = cfg.model
-    lines.append(f"model {source(m.name_or_path, 'model.name_or_path')} -> replaced by the tiny random model "
+    lines.append(f"model{source(m.name_or_path, 'model.name_or_path')} -> replaced by the tiny random model "
                  "(1 layer, hidden 32)")
-    lines.append(f"tokenizer {source(m.tokenizer, 'model.tokenizer', 'tokenizer_config.json')} -> replaced by the "
+    lines.append(f"tokenizer{source(m.tokenizer, 'model.tokenizer', 'tokenizer_config.json')} -> replaced by the "
                  "character tokenizer" + (" (no chat template: task.chat_template is turned off)"
                                           if cfg.task.chat_template else ""))
     if cfg.task.path is not None:
