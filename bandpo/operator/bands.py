@@ -46,7 +46,7 @@ from torch import Tensor
 from .divergences import Divergence, get_divergence
 from .solvers import kl_log_band, kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
 from .tables import _eager_only, bits_band, get_bits_table, get_start_table, phi_at_inf, phi_fn, saturates
-from .tables import tabulated_side, warp
+from .tables import delta_coords, tabulated_side, warp
 
 __all__ = ["band", "log_band", "prepare"]
 
@@ -171,18 +171,30 @@ def _solver_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergenc
     return generic_log_band(div, logp, log1mp, delta)
 
 
-def _tabulated_log_band(
-    logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergence, lowp: bool
-) -> "tuple[Tensor, Tensor]":
-    """Both sides from the divergence's start table plus a fixed number of Halley/Newton steps (float64);
-    ``lowp``: the result will be rounded to float32/16 (one step fewer)."""
+def _tabulated_sides(logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergence, lowp: bool):
+    """(s_lo, sat_lo, s_up, sat_up, (1-p)/p) from the divergence's start table plus a fixed number of
+    Halley/Newton steps per side (float64); ``lowp``: the result will be rounded to float32/16 (one step
+    fewer). sat_* are None for divergences that never saturate. Work shared by the sides: the mass ratio
+    (1-p)/p is the reciprocal of p/(1-p) (one exp), and τ = log delta's coordinates (never-saturating
+    divergences)."""
     table = get_start_table(div, logp.device)
     (lp, l1), _ = sides(logp, log1mp)  # lower side: (a, b) = (p, 1 - p); upper side: (1 - p, p)
     p, q = torch.exp(lp), torch.exp(l1)
     zeta = warp((lp - l1).to(torch.float32))  # odd in its argument: the upper side's is -zeta (float32: a
     # table coordinate only)
-    s_lo, sat_lo = tabulated_side(div, table, lp, l1, p, q, zeta, delta, lowp)
-    s_up, sat_up = tabulated_side(div, table, l1, lp, q, p, -zeta, delta, lowp)
+    rab_lo = p / q  # p/(1-p) of the clamped masses: within [2^-1022, 2^1022], and so is its reciprocal
+    rab_up = torch.reciprocal(rab_lo)
+    coords = None if table.saturating else delta_coords(table, delta)
+    s_lo, sat_lo = tabulated_side(div, table, lp, l1, p, q, zeta, delta, lowp, rab_lo, coords)
+    s_up, sat_up = tabulated_side(div, table, l1, lp, q, p, -zeta, delta, lowp, rab_up, coords)
+    return s_lo, sat_lo, s_up, sat_up, rab_up
+
+
+def _tabulated_log_band(
+    logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergence, lowp: bool
+) -> "tuple[Tensor, Tensor]":
+    """(log_lower, log_upper) by :func:`_tabulated_sides` (float64)."""
+    s_lo, sat_lo, s_up, sat_up, _ = _tabulated_sides(logp, log1mp, delta, div, lowp)
     log_lower = -s_lo
     log_upper = upper_from_s(s_up, logp, log1mp)
     if sat_lo is not None:
@@ -195,10 +207,9 @@ def _tabulated_log_band(
     return log_lower, log_upper
 
 
-def _log_band_f64(
-    old_logp: Tensor, delta: Delta, div: Divergence, lowp: bool, reference: bool = False
-) -> "tuple[Tensor, Tensor]":
-    """float64 (log_lower, log_upper) of one pass; NaN in both where old_logp or a tensor delta is invalid."""
+def _sanitise(old_logp: Tensor, delta: Delta) -> "tuple[Tensor, Tensor, Tensor, Tensor]":
+    """(bad, logp, log1mp, delta) in float64: logp clamped to <= 0, and 1.0 in logp/delta where old_logp or a
+    tensor delta is invalid (``bad``), so no NaN reaches an index."""
     x = old_logp.detach().to(torch.float64)
     bad = ~torch.isfinite(x)
     if isinstance(delta, Tensor):
@@ -207,10 +218,18 @@ def _log_band_f64(
         d = torch.where(bad, 1.0, d)
     else:
         d = torch.full((), delta, dtype=torch.float64, device=x.device)  # a fill, not a host copy
-    logp = torch.where(bad, -1.0, torch.clamp(x, max=0.0))  # sanitised: no NaN reaches an index
+    logp = torch.where(bad, -1.0, torch.clamp(x, max=0.0))
     # log(1 - p) to an absolute error of ~1e-16, which is all its uses need (they add it to other logs or
     # exponentiate it); -expm1 is accurate to an ulp relative everywhere. -inf at p = 1.
     log1mp = torch.log(-torch.expm1(logp))
+    return bad, logp, log1mp, d
+
+
+def _log_band_f64(
+    old_logp: Tensor, delta: Delta, div: Divergence, lowp: bool, reference: bool = False
+) -> "tuple[Tensor, Tensor]":
+    """float64 (log_lower, log_upper) of one pass; NaN in both where old_logp or a tensor delta is invalid."""
+    bad, logp, log1mp, d = _sanitise(old_logp, delta)
     if reference:
         log_lower, log_upper = _solver_log_band(logp, log1mp, d, div)
     elif div.log_band is not None:
@@ -221,6 +240,25 @@ def _log_band_f64(
     log_lower = torch.clamp(log_lower, max=0.0)
     log_upper = torch.minimum(torch.clamp(log_upper, min=0.0), -logp)
     return torch.where(bad, math.nan, log_lower), torch.where(bad, math.nan, log_upper)
+
+
+def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tuple[Tensor, Tensor]":
+    """(lower, upper) in old_logp's (float32/16) dtype by the tabulated path, finished in ratio space:
+    lower = e^{-s_lo}, upper = 1 + ((1-p)/p)(1 - e^{-s_up}) (float64, then rounded: the same float64 values
+    as the exp of :func:`_log_band_f64`'s logs up to a few float64 ulps, so within 1 ulp of the float64
+    answer after rounding), with the same saturation, p = 1 and NaN rules and 0 <= lower <= 1 <= upper <= 1/p."""
+    bad, logp, log1mp, d = _sanitise(old_logp, delta)
+    s_lo, sat_lo, s_up, sat_up, rab_up = _tabulated_sides(logp, log1mp, d, div, True)
+    inv_p = torch.exp(-logp)
+    lower = torch.exp(-s_lo).clamp_(max=1.0)
+    upper = torch.minimum(torch.addcmul(torch.ones_like(rab_up), rab_up, -torch.expm1(-s_up)).clamp_(min=1.0), inv_p)
+    if sat_lo is not None:
+        lower = torch.where(sat_lo, 0.0, lower)
+        upper = torch.where(sat_up, inv_p, upper)
+    if math.isinf(div.slope_at_inf):
+        lower = torch.where(log1mp == -math.inf, 1.0, lower)  # p = 1 exactly (see _tabulated_log_band)
+    lower = torch.where(bad, math.nan, lower).to(old_logp.dtype)
+    return lower, torch.where(bad, math.nan, upper).to(old_logp.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -310,6 +348,10 @@ def band(
         table = get_bits_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
         with torch.no_grad():
             return _chunked(lambda x, d: bits_band(table, x), old_logp, delta)
+
+    if lowp and div.log_band is None:
+        with torch.no_grad():
+            return _chunked(lambda x, d: _tabulated_band_lowp(x, d, div), old_logp, delta)
 
     def one_pass(x: Tensor, d: Delta) -> "tuple[Tensor, Tensor]":
         log_lower, log_upper = _log_band_f64(x, d, div, lowp)

@@ -370,23 +370,30 @@ def kl_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor) -> "tuple[Tensor, T
 # relative, ~1e-6 typically) is cubically convergent, so one step replaces two Newton steps.
 
 
-def _halley_common(s: Tensor, log_a: Tensor, log_b: Tensor) -> "tuple[Tensor, Tensor, Tensor, Tensor]":
-    """(a/b, x, (a/b) x, v) at s."""
-    rab = torch.exp(log_a - log_b)
+def _halley_common(
+    s: Tensor, log_a: Tensor, log_b: Tensor, rab: Optional[Tensor] = None
+) -> "tuple[Tensor, Tensor, Tensor, Tensor]":
+    """(a/b, x, (a/b) x, v) at s; ``rab``: a/b if the caller has it (else exp(log a - log b))."""
+    if rab is None:
+        rab = torch.exp(log_a - log_b)
     x = -torch.expm1(-s)
     rx = rab * x
     return rab, x, rx, 1 + rx
 
 
-def kl_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+def kl_phi2(
+    s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor, rab: Optional[Tensor] = None
+) -> "tuple[Tensor, Tensor, Tensor]":
     """KL: φ = a s - b log v, φ' = (v - 1)/v, φ'' = (a/b) w / v²."""
-    rab, x, rx, v = _halley_common(s, log_a, log_b)
+    rab, x, rx, v = _halley_common(s, log_a, log_b, rab)
     return a * s - b * torch.log1p(rx), rx / v, rab * (1 - x) / (v * v)
 
 
-def reverse_kl_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+def reverse_kl_phi2(
+    s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor, rab: Optional[Tensor] = None
+) -> "tuple[Tensor, Tensor, Tensor]":
     """KL(new ‖ old): φ = (b + a x) log v - a s w, φ' = a w (log v + s), φ'' = -φ' + a w ((a/b) w / v + 1)."""
-    rab, x, rx, v = _halley_common(s, log_a, log_b)
+    rab, x, rx, v = _halley_common(s, log_a, log_b, rab)
     log_v = torch.log1p(rx)
     w = torch.exp(-s)
     aw = a * w
@@ -394,22 +401,28 @@ def reverse_kl_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tenso
     return (b + a * x) * log_v - aw * s, d1, aw * (rab * w / v + 1) - d1
 
 
-def neyman_chi2_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+def neyman_chi2_phi2(
+    s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor, rab: Optional[Tensor] = None
+) -> "tuple[Tensor, Tensor, Tensor]":
     """Neyman χ² (see :func:`neyman_chi2_phi`): φ'' = -φ' + 2 a (c (w/v)² + e^s), c = (a/b)/v = 1/(b/a + x)."""
     x = -torch.expm1(-s)
     es = torch.exp(s)
     w = torch.exp(-s)
+    if rab is None:
+        rab = torch.exp(log_a - log_b)
     c = 1 / (torch.exp(log_b - log_a) + x)
-    v = 1 + torch.exp(log_a - log_b) * x
+    v = 1 + rab * x
     d1 = a * (2 * x * (1 + w * c) + x * x * (es - c * c * w))
     wv = w / v
     return a * x * x * (es + c), d1, 2 * a * (c * wv * wv + es) - d1
 
 
-def js_phi2(s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+def js_phi2(
+    s: Tensor, log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor, rab: Optional[Tensor] = None
+) -> "tuple[Tensor, Tensor, Tensor]":
     """Jensen-Shannon (see :func:`_js_terms`): f''(u) = 1/(2 u (u + 1)), so
     φ'' = -φ' + (a w / 2) ((a/b) w / (v (v + 1)) + 1/(w + 1))."""
-    rab, x, rx, v = _halley_common(s, log_a, log_b)
+    rab, x, rx, v = _halley_common(s, log_a, log_b, rab)
     phi, w, g_w, g_v = _js_terms(s, x, rx, a, b)
     haw = 0.5 * a * w
     d1 = haw * (g_v - g_w)

@@ -45,8 +45,9 @@ from .divergences import Divergence
 from .numerics import LOG_TINY
 from .solvers import HALLEY, PHI_AT_INF, PhiFn, autograd_derivative, generic_phi, solve_side_robust, softplus
 
-__all__ = ["BitsTable", "StartTable", "bits_band", "build_bits_table", "build_start_table", "get_bits_table",
-           "get_start_table", "phi_at_inf", "phi_fn", "saturates", "side_phi_at_inf", "tabulated_side", "warp"]
+__all__ = ["BitsTable", "StartTable", "bits_band", "build_bits_table", "build_start_table", "delta_coords",
+           "get_bits_table", "get_start_table", "phi_at_inf", "phi_fn", "saturates", "side_phi_at_inf",
+           "tabulated_side", "tau_coords", "warp"]
 
 # Grid (see the module docstring). The nodes span exactly the logits the solvers see: masses are clamped
 # at the smallest normal float64, so |log a - log b| <= -LOG_TINY = 708.4 (a node beyond it would repeat the
@@ -247,30 +248,46 @@ def warp(z: Tensor) -> Tensor:
     return torch.copysign(torch.log(y + torch.sqrt(torch.addcmul(torch.ones_like(y), y, y))) * WARP_C, z)
 
 
-def _lookup(table: StartTable, zeta: Tensor, tau: Tensor) -> Tensor:
-    """Interpolated log s* at (zeta, tau) (tau broadcastable to zeta; float64), extrapolated linearly in τ
-    beyond the table.
+def tau_coords(table: StartTable, tau: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """The τ part of a lookup: (j, v, extrapolation) in float32 for :func:`_lookup`, so that two sides that
+    share τ (divergences that never saturate: τ = log delta) compute it once."""
+    tau = tau.to(torch.float32)
+    tv_raw = (tau - table.tau0) * (1.0 / H_TAU)
+    tv = torch.clamp(tv_raw, 0.0, table.n_tau - 1.0)
+    j = torch.clamp(torch.floor(tv), 1.0, table.n_tau - 3.0)
+    below = torch.clamp(tv_raw, max=0.0) * (H_TAU * SLOPE_BELOW)
+    above = torch.clamp(tv_raw - (table.n_tau - 1.0), min=0.0) * (H_TAU * SLOPE_ABOVE)
+    return j, tv - j, below + above
+
+
+def _finite_tau(tau: Tensor) -> Tensor:
+    return torch.nan_to_num(tau, nan=0.0, posinf=1e3, neginf=-1e3)
+
+
+def delta_coords(table: StartTable, delta: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+    """:func:`tau_coords` of τ = log delta (never-saturating divergences), in delta's own shape (0-dim for
+    a Python delta: broadcast in the lookup)."""
+    return tau_coords(table, _finite_tau(torch.log(delta)))
+
+
+def _lookup(table: StartTable, zeta: Tensor, coords: "tuple[Tensor, Tensor, Tensor]") -> Tensor:
+    """Interpolated log s* at (zeta, τ) (τ given by its :func:`tau_coords`, broadcastable to zeta; float64),
+    extrapolated linearly in τ beyond the table.
 
     The coordinates and the cell's polynomial are evaluated in float32 (the start needs ~1e-4; float32
     rounding of the coordinates moves it by < 1e-6); the result is float64. zeta lies in
     [-ZETA_MAX, ZETA_MAX] (masses are clamped) and the cell index is clamped in any case."""
+    j, v, extra = coords
     zeta = zeta.to(torch.float32)
-    tau = tau.to(torch.float32)
     tz = (zeta + ZETA_MAX) * (1.0 / H_ZETA)
-    tv_raw = (tau - table.tau0) * (1.0 / H_TAU)
-    tv = torch.clamp(tv_raw, 0.0, table.n_tau - 1.0)
     i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
-    j = torch.clamp(torch.floor(tv), 1.0, table.n_tau - 3.0)
     u = tz - i
-    v = tv - j
-    idx = (i * table.n_tau + j).long().reshape(-1)  # tau broadcasts: a Python delta costs no per-element τ work
+    idx = torch.addcmul(j, i, torch.full((), float(table.n_tau))).long().reshape(-1)  # exact integers < 2^24
     c = [table.coef[m].index_select(0, idx).view(zeta.shape) for m in range(16)]  # c[4k + l]
     q = [torch.addcmul(c[4 * k], v, torch.addcmul(c[4 * k + 1], v, torch.addcmul(c[4 * k + 2], v, c[4 * k + 3])))
          for k in range(4)]
     y = torch.addcmul(q[0], u, torch.addcmul(q[1], u, torch.addcmul(q[2], u, q[3])))
-    below = torch.clamp(tv_raw, max=0.0) * (H_TAU * SLOPE_BELOW)
-    above = torch.clamp(tv_raw - (table.n_tau - 1.0), min=0.0) * (H_TAU * SLOPE_ABOVE)
-    return (y + (below + above)).to(torch.float64)
+    return (y + extra).to(torch.float64)
 
 
 def tabulated_side(
@@ -283,6 +300,8 @@ def tabulated_side(
     zeta: Tensor,
     delta: Tensor,
     lowp: bool,
+    rab: Optional[Tensor] = None,
+    coords: "Optional[tuple[Tensor, Tensor, Tensor]]" = None,
 ) -> "tuple[Tensor, Optional[Tensor]]":
     """(s*, saturated) for one side: table start, then a fixed number of safeguarded steps in float64:
     Halley steps for the built-in generators (HALLEY_STEPS), Newton steps otherwise (NEWTON_STEPS); the
@@ -292,23 +311,28 @@ def tabulated_side(
     exps, ``zeta`` = warp(log_a - log_b); ``delta`` float64, broadcastable. ``saturated`` is None for
     divergences that never saturate; where it is True, s* is meaningless (the caller substitutes the
     saturated bound). Each Newton iterate is kept >= 1/16 of the previous one (and the previous one is
-    kept where the step is not finite)."""
+    kept where the step is not finite). Optional, to share work between the two sides: ``rab`` = a/b
+    (else exp(log_a - log_b), once), ``coords`` = :func:`tau_coords` of τ = log delta (never-saturating
+    divergences only; else computed here)."""
     if table.saturating:
         phinf = side_phi_at_inf(div, log_a, log_b, a, b)
         saturated = ~(delta < phinf)  # φ(∞) <= delta (also where φ(∞) is NaN): no interior root
         ratio = delta / phinf
         ratio = torch.clamp(torch.nan_to_num(ratio, nan=0.5), 0.0, 1.0 - 2.0**-52)
         tau = torch.log(-torch.log1p(-ratio))
+        coords = tau_coords(table, _finite_tau(torch.log(-torch.log1p(-ratio))))
     else:
         saturated = None
-        tau = torch.log(delta)  # delta's own shape (0-dim for a Python delta): broadcast in the lookup
-    tau = torch.nan_to_num(tau, nan=0.0, posinf=1e3, neginf=-1e3)
-    s = torch.exp(_lookup(table, zeta, tau))
+        if coords is None:
+            coords = delta_coords(table, delta)
+    s = torch.exp(_lookup(table, zeta, coords))
     halley = HALLEY.get(div.phi)
     if halley is not None:
+        if rab is None:
+            rab = torch.exp(log_a - log_b)
         one = torch.ones((), dtype=s.dtype, device=s.device)
         for _ in range(HALLEY_STEPS[lowp]):
-            phi, d1, d2 = halley(s, log_a, log_b, a, b)
+            phi, d1, d2 = halley(s, log_a, log_b, a, b, rab)
             t = (phi - delta) / d1  # the Newton step; Halley divides it by 1 - t φ''/(2 φ') (kept in [1/2, 2])
             corr = torch.addcmul(one, t, d2 / d1, value=-0.5).clamp_(0.5, 2.0)
             new = torch.maximum(torch.addcdiv(s, t, corr, value=-1.0), s * (1.0 / 16))
