@@ -21,7 +21,8 @@ Per divergence, side by side in one run, each against the same 50-step bisection
 * "schedule": band with a new Python delta on every call (0.05·(1 + k·1e-3), k = call number);
 * "tensor": band with a per-token delta tensor (float32, 0.05 everywhere);
 * "first call": the wall time of the very first band call in the process for that divergence (it builds the
-  divergence's start table), next to the bisection's time;
+  divergence's start table and, float32 with a Python delta, the per-delta bits or kink table), next to the
+  bisection's time;
 * "compiled": torch.compile(band) with a fixed delta (compile time excluded).
 The timings are the best of ``--repeats`` interleaved rounds (band, schedule, tensor, bisection in turn), so a
 load spike on a shared machine hits all of them alike.
@@ -204,14 +205,14 @@ def main(argv=None) -> dict:
         exact32 = float(torch.tensor(args.delta, dtype=torch.float32))  # the float32 tensor's delta
         e_lo, e_up = reference(name, sub.double(), exact32)
         tensor_err = max(max_rel_err(t_lo, e_lo), max_rel_err(t_up, e_up))
-        # float32 tokens: closed forms; never-saturating divergences with a Python delta: the per-delta bits
-        # table (the tensor delta: start table + Halley); saturating ones: start table + Halley steps
+        # float32 tokens with a Python delta: closed forms; the per-delta bits table (never-saturating
+        # divergences) or kink table (saturating ones). A tensor delta: start table + one Halley step.
         if div.log_band is not None:
             path = "closed form"
         elif math.isinf(div.f_at_0):
             path = "bits table"
         else:
-            path = "table+halley"
+            path = "kink table"
         t_comp = math.nan
         if name in (args.compile or []):
             compiled = torch.compile(lambda x: bandpo.band(x, args.delta, name, validate=False), dynamic=False)
@@ -250,7 +251,7 @@ def main(argv=None) -> dict:
         "delta": args.delta,
         "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "timing": f"best of {args.repeats} interleaved rounds; first_call_s: band's first call in the process "
-                  "(builds the start table) vs the bisection's first call",
+                  "(builds the start table and the per-delta table) vs the bisection's first call",
         "torch": torch.__version__,
         "rows": rows,
     }

@@ -22,14 +22,20 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
 * ``band`` of a float32/16 input with a Python-number delta and a divergence that never saturates (``kl``,
   ``neyman_chi2``, user generators with f(0) = inf): one lookup in a per-delta table indexed by the float32
   bits of -old_logp, whose nodes are solved by the float64 path above (:func:`bandpo.operator.tables.
-  build_bits_table`, ~5 ms, so a delta that changes every call builds one per call and stays fast).
+  build_bits_table`, ~5 ms, so a delta that changes every call builds one per call and stays fast);
+* the same with a divergence that saturates (``reverse_kl``, ``js``, user generators with f(0) finite): one
+  lookup per side in a per-delta "kink table" indexed by the float64 bits of the distance of -old_logp to
+  the side's saturation kink (or to 0), exact 0 and 1/p beyond the kinks, nodes again solved by the float64
+  path (:func:`bandpo.operator.tables.build_sat_table`, ~25 ms single-threaded);
+* other float32/16 calls (a per-token tensor delta) take the start table + one Halley step and finish in
+  ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once).
 
 The result is a pure function of the input (values, dtype, device, delta, divergence): the same on every
 call, the first included, whatever ran before (tables are built deterministically, keyed on what they
 depend on; the cache only saves time). ``log_band`` and float64 ``band`` take the same path for a Python
 delta and a per-token tensor delta, so ``log_band(x, d)`` equals ``log_band(x, torch.full_like(x, d,
-dtype=torch.float64))`` bitwise; float32/16 ``band`` of ``kl``/``neyman_chi2`` with a Python delta reads
-the per-delta table instead, and both results are within 1 ulp of the float64 answer
+dtype=torch.float64))`` bitwise; float32/16 ``band`` with a Python delta reads the per-delta tables instead,
+and all these results are within 1 ulp of the float64 answer
 (tests/test_band_purity.py, tests/test_band_solvers.py). See :mod:`bandpo.operator.solvers` for the parametrisation that keeps every root finite
 in log space.
 """
@@ -46,7 +52,7 @@ from torch import Tensor
 from .divergences import Divergence, get_divergence
 from .solvers import kl_log_band, kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
 from .tables import _eager_only, bits_band, get_bits_table, get_start_table, phi_at_inf, phi_fn, saturates
-from .tables import delta_coords, tabulated_side, warp
+from .tables import delta_coords, get_sat_table, sat_band, tabulated_side, warp
 
 __all__ = ["band", "log_band", "prepare"]
 
@@ -172,7 +178,7 @@ def _solver_log_band(logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergenc
 
 
 def _tabulated_sides(logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergence, lowp: bool):
-    """(s_lo, sat_lo, s_up, sat_up, (1-p)/p) from the divergence's start table plus a fixed number of
+    """(s_lo, sat_lo, s_up, sat_up, (1-p)/p, p) from the divergence's start table plus a fixed number of
     Halley/Newton steps per side (float64); ``lowp``: the result will be rounded to float32/16 (one step
     fewer). sat_* are None for divergences that never saturate. Work shared by the sides: the mass ratio
     (1-p)/p is the reciprocal of p/(1-p) (one exp), and τ = log delta's coordinates (never-saturating
@@ -187,14 +193,14 @@ def _tabulated_sides(logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergenc
     coords = None if table.saturating else delta_coords(table, delta)
     s_lo, sat_lo = tabulated_side(div, table, lp, l1, p, q, zeta, delta, lowp, rab_lo, coords)
     s_up, sat_up = tabulated_side(div, table, l1, lp, q, p, -zeta, delta, lowp, rab_up, coords)
-    return s_lo, sat_lo, s_up, sat_up, rab_up
+    return s_lo, sat_lo, s_up, sat_up, rab_up, p
 
 
 def _tabulated_log_band(
     logp: Tensor, log1mp: Tensor, delta: Tensor, div: Divergence, lowp: bool
 ) -> "tuple[Tensor, Tensor]":
     """(log_lower, log_upper) by :func:`_tabulated_sides` (float64)."""
-    s_lo, sat_lo, s_up, sat_up, _ = _tabulated_sides(logp, log1mp, delta, div, lowp)
+    s_lo, sat_lo, s_up, sat_up, _, _ = _tabulated_sides(logp, log1mp, delta, div, lowp)
     log_lower = -s_lo
     log_upper = upper_from_s(s_up, logp, log1mp)
     if sat_lo is not None:
@@ -248,8 +254,8 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
     as the exp of :func:`_log_band_f64`'s logs up to a few float64 ulps, so within 1 ulp of the float64
     answer after rounding), with the same saturation, p = 1 and NaN rules and 0 <= lower <= 1 <= upper <= 1/p."""
     bad, logp, log1mp, d = _sanitise(old_logp, delta)
-    s_lo, sat_lo, s_up, sat_up, rab_up = _tabulated_sides(logp, log1mp, d, div, True)
-    inv_p = torch.exp(-logp)
+    s_lo, sat_lo, s_up, sat_up, rab_up, p = _tabulated_sides(logp, log1mp, d, div, True)
+    inv_p = torch.reciprocal(p)  # of the clamped p: differs from e^{-logp} only where both overflow float32
     lower = torch.exp(-s_lo).clamp_(max=1.0)
     upper = torch.minimum(torch.addcmul(torch.ones_like(rab_up), rab_up, -torch.expm1(-s_up)).clamp_(min=1.0), inv_p)
     if sat_lo is not None:
@@ -348,6 +354,14 @@ def band(
         table = get_bits_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
         with torch.no_grad():
             return _chunked(lambda x, d: bits_band(table, x), old_logp, delta)
+
+    if lowp and isinstance(delta, float) and div.log_band is None:
+        # float32/16 output, Python delta, saturating divergence: the per-delta kink table (None where the
+        # saturated sets are not intervals at the ends: then the start table + Halley below)
+        sat = get_sat_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
+        if sat is not None:
+            with torch.no_grad():
+                return _chunked(lambda x, d: sat_band(sat, x), old_logp, delta)
 
     if lowp and div.log_band is None:
         with torch.no_grad():

@@ -27,6 +27,12 @@ tests/test_band_properties.py).
 
 The table depends only on the divergence; building it is deterministic (elementwise float64 arithmetic
 only), so a result never depends on what ran before: the cache is a pure speed-up.
+
+Two per-delta tables serve float32/16 outputs with a Python-number delta, their nodes solved by the float64
+path above, their result within 1 ulp of the float64 answer: :class:`BitsTable` for divergences that never
+saturate (indexed by the float32 bits of x = -log p) and :class:`SatTable` for those that do (indexed by
+the float64 bits of the distance of x to a saturation kink; exact 0 and 1/p beyond it). Both are
+deterministic functions of (divergence, delta) and are used from the first call on.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ from .solvers import HALLEY, PHI_AT_INF, PhiFn, autograd_derivative, generic_phi
 
 __all__ = ["BitsTable", "StartTable", "bits_band", "build_bits_table", "build_start_table", "delta_coords",
            "get_bits_table", "get_start_table", "phi_at_inf", "phi_fn", "saturates", "side_phi_at_inf",
-           "tabulated_side", "tau_coords", "warp"]
+           "tabulated_side", "tau_coords", "warp", "SatHalf", "SatSide", "SatTable", "build_sat_table",
+           "get_sat_table", "sat_band"]
 
 # Grid (see the module docstring). The nodes span exactly the logits the solvers see: masses are clamped
 # at the smallest normal float64, so |log a - log b| <= -LOG_TINY = 708.4 (a node beyond it would repeat the
@@ -336,7 +343,7 @@ def tabulated_side(
             t = (phi - delta) / d1  # the Newton step; Halley divides it by 1 - t φ''/(2 φ') (kept in [1/2, 2])
             corr = torch.addcmul(one, t, d2 / d1, value=-0.5).clamp_(0.5, 2.0)
             new = torch.maximum(torch.addcdiv(s, t, corr, value=-1.0), s * (1.0 / 16))
-            s = torch.where(torch.isfinite(new), new, s)
+            s = torch.where(new.abs() < math.inf, new, s)  # isfinite in 2 ops (False for NaN too)
         return s, saturated
     fn = phi_fn(div)
     for _ in range(NEWTON_STEPS[lowp]):
@@ -439,3 +446,228 @@ def bits_band(table: BitsTable, old_logp: Tensor) -> "tuple[Tensor, Tensor]":
     ratio = torch.exp(torch.exp(y).mul_(table.signs)).to(old_logp.dtype)  # (..., 2): lower, upper
     ratio = torch.where(bad.unsqueeze(-1), math.nan, ratio)
     return ratio[..., 0].contiguous(), ratio[..., 1].contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed-delta fast path: float32/16 outputs of saturating divergences with a Python-number delta
+# ----------------------------------------------------------------------------------------------------------
+
+# With f(0) finite each bound saturates on one end of the x = -log p axis: the lower bound is exactly 0 for
+# x >= R (rare tokens), the upper bound exactly 1/p for x <= L (confident tokens); φ(∞) grows with the
+# shrinking mass, so each saturated set is one interval at an end (checked at build time; else no table).
+# Near a kink the root behaves like d / log(1/d) in the distance d to it, which no polynomial in x resolves,
+# so each side's unsaturated interval is cut at its midpoint and each half is tabulated against the distance
+# d to its own end (0, a kink, or x = 2^10), indexed by the float64 bits of d: 2^BITS_M segments per binade,
+# the same relative resolution in d at every distance from the kink. Each segment stores the cubic of
+# log(∓log r) through four nodes solved by the float64 path (start table + Halley) at their true (rounded)
+# positions, which gives the float32/16 result within 1 ulp of the float64 answer
+# (tests/test_band_solvers.py). Thresholds and nodes are deterministic functions of (divergence, delta),
+# ~60k nodes: a delta that changes every call builds one table per call and stays fast.
+_SAT_SHIFT = 52 - BITS_M  # float64 mantissa bits below a segment index
+SAT_X_MAX = 2.0**X_MAX_EXP  # x = -log p is clamped here
+_SAT_E_ZERO = -150  # halves anchored at x = 0 (p -> 1) reach d = 2^-150 (below every nonzero float32 x)
+_SAT_KINK_BITS = 36  # halves anchored at a kink X reach d = 2^(floor(log2 X) - 36)
+
+
+@dataclass(frozen=True)
+class SatHalf:
+    """One half of a side's unsaturated interval, tabulated against d = x - anchor (from_left) or anchor - x;
+    its segments are rows ``base`` on of the side's coefficients, d is clamped to [2^e_min, d_max]."""
+
+    anchor: float
+    from_left: bool
+    e_min: int
+    d_max: float
+    base: int
+
+
+@dataclass(frozen=True)
+class SatSide:
+    """A side's unsaturated interval (L, R) of x; saturated for x <= L (``kink_left``) / x >= R
+    (``kink_right``). ``coef``: (n_segments, 4) float64 cubic coefficients of log(∓log r) in the position
+    u ∈ [0, 1) within a segment; None: saturated everywhere."""
+
+    L: float
+    R: float
+    split: float
+    kink_left: bool
+    kink_right: bool
+    halves: "tuple[SatHalf, ...]"
+    coef: Optional[Tensor]
+
+    def to(self, device: torch.device) -> "SatSide":
+        coef = None if self.coef is None else self.coef.to(device)
+        return SatSide(self.L, self.R, self.split, self.kink_left, self.kink_right, self.halves, coef)
+
+
+@dataclass(frozen=True)
+class SatTable:
+    """Both sides, and the lower ratio at p = 1 exactly (the float64 path's value there)."""
+
+    lower: SatSide
+    upper: SatSide
+    lower_at_one: float
+
+    def to(self, device: torch.device) -> "SatTable":
+        return SatTable(self.lower.to(device), self.upper.to(device), self.lower_at_one)
+
+
+def _side_saturated(div: Divergence, delta: float, x: Tensor, side: int) -> Tensor:
+    """The float64 path's saturation test at x = -log p (float64): ~(delta < φ(∞)) on the side's masses."""
+    logp = -x
+    log1mp = torch.log(-torch.expm1(logp))
+    lp, l1 = torch.clamp(logp, min=LOG_TINY), torch.clamp(log1mp, min=LOG_TINY)
+    log_a, log_b = (lp, l1) if side == 0 else (l1, lp)
+    return ~(delta < side_phi_at_inf(div, log_a, log_b, torch.exp(log_a), torch.exp(log_b)))
+
+
+def _saturation_interval(div: Divergence, delta: float, side: int) -> "Optional[tuple[float, float]]":
+    """(L, R): the side's unsaturated interval of x in (0, SAT_X_MAX), or None if the saturated set is not
+    one interval at the side's end on a 4000-point grid (then no table). Located on the grid, then refined
+    to float64 resolution."""
+    grid = torch.logspace(-45, math.log10(SAT_X_MAX), 4000, dtype=torch.float64)
+    sat = _side_saturated(div, delta, grid, side)
+    change = sat if side == 0 else ~sat  # lower: saturated on a suffix; upper: on a prefix
+    k = int(change.long().argmax()) if bool(change.any()) else len(grid)
+    if not bool(change[k:].all()):
+        return None
+    if k == len(grid):  # lower never saturated / upper always saturated
+        return (0.0, math.inf) if side == 0 else (SAT_X_MAX, SAT_X_MAX)
+    if k == 0:  # lower always saturated / upper never saturated
+        return (0.0, 0.0) if side == 0 else (0.0, math.inf)
+    lo, hi = float(grid[k - 1]), float(grid[k])  # change is False at lo, True at hi
+    for _ in range(16):
+        pts = torch.linspace(lo, hi, 1025, dtype=torch.float64)
+        c = _side_saturated(div, delta, pts, side)
+        c = c if side == 0 else ~c
+        if not bool(c[-1]) or bool(c[0]):
+            return None
+        j = int(c.long().argmax())  # the first change (φ(∞) is rounded: within a few ulps of x of the
+        # kink the float64 test may flip more than once; the table takes the first flip as the kink)
+        new_lo, new_hi = float(pts[j - 1]), float(pts[j])
+        if (new_lo, new_hi) == (lo, hi):
+            break
+        lo, hi = new_lo, new_hi
+    # lower: saturated for x >= hi (the first saturated x); upper: saturated for x <= lo (the last one)
+    return (0.0, hi) if side == 0 else (lo, math.inf)
+
+
+def _build_sat_side(div: Divergence, delta: float, side: int, solve) -> "Optional[SatSide]":
+    interval = _saturation_interval(div, delta, side)
+    if interval is None:
+        return None
+    L, R = interval
+    kink_left, kink_right = L > 0, math.isfinite(R)
+    if not L < min(R, SAT_X_MAX):
+        return SatSide(L, R, math.inf, kink_left, kink_right, (), None)
+    mid = 0.5 * (L + R) if math.isfinite(R) else math.inf
+    specs = [(L, True, min(mid, SAT_X_MAX) - L)]
+    if math.isfinite(R):
+        specs.append((R, False, R - mid))
+    halves, coefs, base = [], [], 0
+    for anchor, from_left, d_max in specs:
+        e_min = _SAT_E_ZERO if anchor == 0 else math.floor(math.log2(anchor)) - _SAT_KINK_BITS
+        e_max = max(math.ceil(math.log2(d_max)), e_min + 1)
+        e = torch.arange(e_min, e_max, dtype=torch.float64)
+        width = torch.exp2(e - BITS_M)[:, None]
+        # per binade: nodes at 2^e + (i - 1) 2^(e - BITS_M), i = 0..2^BITS_M + 2; segment k uses nodes k..k+3
+        i = torch.arange(2**BITS_M + 3, dtype=torch.float64)
+        d_nom = torch.exp2(e)[:, None] + (i - 1) * width
+        start = d_nom[:, 1:-2]  # segment starts (u = 0)
+        n_keep = int((start <= d_max).sum())  # the segments in use: a prefix (starts increase)
+        need = d_nom <= d_max + 2 * width  # the nodes they use (all unsaturated: inside the half)
+        x = anchor + d_nom[need] if from_left else anchor - d_nom[need]
+        d_act = torch.full_like(d_nom, math.nan)
+        d_act[need] = x - anchor if from_left else anchor - x  # where each node really sits (x is rounded)
+        log_lower, log_upper = solve(-x)
+        y_need = torch.log(-log_lower) if side == 0 else torch.log(log_upper)
+        y = torch.full_like(d_nom, math.nan)
+        y[need] = y_need
+        idx = torch.arange(2**BITS_M)[:, None] + torch.arange(4)
+        u = ((d_act[:, idx] - start[..., None]) / width[..., None]).reshape(-1, 4)[:n_keep]
+        y_seg = y[:, idx].reshape(-1, 4)[:n_keep]
+        if not (bool(torch.isfinite(u).all()) and bool(torch.isfinite(y_seg).all())):
+            return None
+        vander = u[..., None] ** torch.arange(4, dtype=torch.float64)  # (segments, nodes, powers)
+        coefs.append(torch.linalg.solve(vander, y_seg.unsqueeze(-1)).squeeze(-1))
+        halves.append(SatHalf(anchor, from_left, e_min, d_max, base))
+        base += coefs[-1].shape[0]
+    return SatSide(L, R, mid, kink_left, kink_right, tuple(halves), torch.cat(coefs))
+
+
+def build_sat_table(div: Divergence, delta: float, solve) -> "Optional[SatTable]":
+    """``solve``: float64 logp -> (log_lower, log_upper) by the float64 path, for this divergence and delta.
+    None where a side's saturated set is not one interval at its end, or a node is not finite."""
+    with torch.no_grad():
+        lower, upper = _build_sat_side(div, delta, 0, solve), _build_sat_side(div, delta, 1, solve)
+        if lower is None or upper is None:
+            return None
+        at_one = float(torch.exp(solve(torch.zeros(1, dtype=torch.float64))[0]))
+    return SatTable(lower, upper, at_one)
+
+
+@_eager_only
+def get_sat_table(div: Divergence, delta: float, device: torch.device, solve) -> "Optional[SatTable]":
+    """The cached :class:`SatTable` (or None: no table) for (divergence, delta, device), built on the CPU."""
+    key = (div, delta, "sat", str(device))
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    cpu_key = (div, delta, "sat", "cpu")
+    with _LOCK:
+        found = cpu_key in _CACHE
+        cpu = _CACHE.get(cpu_key)
+    if not found:
+        cpu = build_sat_table(div, delta, solve)  # outside the lock: it runs the float64 path
+    table = cpu if cpu is None or str(device) == "cpu" else cpu.to(device)
+    with _LOCK:
+        _CACHE[cpu_key] = cpu
+        _CACHE[key] = table
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return table
+
+
+def _sat_side_ratio(side: SatSide, x: Tensor, sign: float) -> "tuple[Tensor, Tensor]":
+    """(log r, saturated) for float64 x = -old_logp in [0, SAT_X_MAX]; log r = sign·exp(cubic)."""
+    if side.coef is None:
+        return torch.zeros_like(x), torch.ones_like(x, dtype=torch.bool)
+    d, off = None, None
+    for h in side.halves:
+        dh = (x - h.anchor) if h.from_left else (h.anchor - x)
+        dh = torch.clamp(dh, 2.0**h.e_min, h.d_max)
+        oh = h.base - ((1023 + h.e_min) << BITS_M)
+        if d is None:
+            d, off = dh, oh
+        else:  # the second half (anchored at R) takes x from the midpoint on
+            right = x >= side.split
+            d = torch.where(right, dh, d)
+            off = torch.where(right, oh, off)
+    bits = d.view(torch.int64)
+    idx = torch.bitwise_right_shift(bits, _SAT_SHIFT).add_(off)
+    u = torch.bitwise_and(bits, (1 << _SAT_SHIFT) - 1).to(torch.float64).mul_(2.0**-_SAT_SHIFT)
+    c0, c1, c2, c3 = side.coef.index_select(0, idx.reshape(-1)).reshape(*x.shape, 4).unbind(-1)
+    y = torch.addcmul(c0, u, torch.addcmul(c1, u, torch.addcmul(c2, u, c3)))
+    saturated = torch.zeros_like(x, dtype=torch.bool)
+    if side.kink_left:
+        saturated = saturated | (x <= side.L)
+    if side.kink_right:
+        saturated = saturated | (x >= side.R)
+    return torch.exp(y).mul_(sign), saturated
+
+
+def sat_band(table: SatTable, old_logp: Tensor) -> "tuple[Tensor, Tensor]":
+    """(lower, upper) in old_logp's dtype: one lookup per side, no iteration; exact 0 and 1/p beyond the
+    kinks, the stored limit at p = 1, NaN where old_logp is not finite (sanitised before the lookup)."""
+    x = old_logp.detach().to(torch.float64).neg()
+    bad = ~torch.isfinite(x)
+    x = torch.clamp(torch.where(bad, 1.0, x), 0.0, SAT_X_MAX)
+    log_lo, sat_lo = _sat_side_ratio(table.lower, x, -1.0)
+    log_up, sat_up = _sat_side_ratio(table.upper, x, 1.0)
+    inv_p = torch.exp(x)
+    lower = torch.where(sat_lo, 0.0, torch.exp(log_lo))
+    lower = torch.where(x == 0, table.lower_at_one, lower)
+    upper = torch.where(sat_up, inv_p, torch.minimum(torch.exp(log_up), inv_p))
+    lower = torch.where(bad, math.nan, lower).to(old_logp.dtype)
+    return lower, torch.where(bad, math.nan, upper).to(old_logp.dtype)
