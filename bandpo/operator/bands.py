@@ -27,7 +27,8 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
   lookup per side in a per-delta "kink table" indexed by the float64 bits of the distance of -old_logp to
   the side's saturation kink (or to 0), exact 0 and 1/p beyond the kinks, nodes again solved by the float64
   path (:func:`bandpo.operator.tables.build_sat_table`, ~25 ms single-threaded);
-* other float32/16 calls (a per-token tensor delta) take the start table + one Halley step and finish in
+* other float32/16 calls (a per-token tensor delta) take the start table + one Halley step (kl) or one
+  Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in
   ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once).
 
 The result is a pure function of the input (values, dtype, device, delta, divergence): the same on every
@@ -267,12 +268,13 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
         pad = pad + torch.reciprocal(ok).mul_(0.0)  # 0 * inf = NaN where delta is invalid
     else:
         d = torch.full((), delta, dtype=torch.float64, device=x.device)
-    logp = torch.clamp(x, max=0.0)  # -inf stays -inf: its clamped masses are finite
-    log1mp = torch.log(-torch.expm1(logp))
+    logp = x.clamp_(max=0.0)  # (x is a fresh copy) -inf stays -inf: its clamped masses are finite
+    log1mp = torch.expm1(logp).neg_().log_()
     s_lo, sat_lo, s_up, sat_up, rab_up, p = _tabulated_sides(logp, log1mp, d, div, True)
     inv_p = torch.reciprocal(p)  # of the clamped p: differs from e^{-logp} only where both overflow float32
-    lower = torch.exp(-s_lo).clamp_(max=1.0)
-    upper = torch.minimum(torch.addcmul(torch.ones_like(rab_up), rab_up, -torch.expm1(-s_up)).clamp_(min=1.0), inv_p)
+    lower = s_lo.neg_().exp_().clamp_(max=1.0)  # s_lo, s_up: fresh results of the steps
+    one = torch.ones((), dtype=torch.float64, device=x.device)
+    upper = torch.minimum(torch.addcmul(one, rab_up, s_up.neg_().expm1_().neg_()).clamp_(min=1.0), inv_p)
     if sat_lo is not None:
         lower = torch.minimum(lower, (~sat_lo).to(torch.float64))  # 0 where saturated (lower >= 0)
         upper = torch.maximum(upper, sat_up.to(torch.float64).mul_(inv_p))  # 1/p where saturated (upper <= 1/p)

@@ -414,15 +414,17 @@ def neyman_chi2_phi2(
     second: bool = True,
 ) -> "tuple[Tensor, Tensor, Optional[Tensor]]":
     """Neyman χ² (see :func:`neyman_chi2_phi`): φ'' = -φ' + 2 a (c (w/v)² + e^s), c = (a/b)/v = 1/(b/a + x)."""
-    x = -torch.expm1(-s)
+    x = torch.neg(s).expm1_().neg_()
     es = torch.exp(s)
     w = torch.reciprocal(es)  # e^{-s} to ~1 ulp (0 where e^s overflows, s > 709: w c is negligible there)
     # b/a: 1/(a/b) where the caller has a/b (to ~2 ulps; exp(log b - log a) amplifies the rounding of the
     # difference, ~1e-13 relative at |log b - log a| ~ 700)
     rba = torch.exp(log_b - log_a) if rab is None else torch.reciprocal(rab)
-    c = torch.reciprocal(rba.add_(x))
-    d1 = a * (2 * x * (1 + w * c) + x * x * (es - c * c * w))
-    phi = a * x * x * (es + c)
+    c = rba.add_(x).reciprocal_()
+    # d1 = a (2 x (1 + w c) + x² (e^s - c² w)) and phi = a x² (e^s + c), in place (the same operations)
+    d1 = torch.mul(c, c).mul_(w).neg_().add_(es).mul_(torch.mul(x, x))
+    d1.add_(torch.mul(w, c).add_(1).mul_(torch.mul(x, 2))).mul_(a)
+    phi = torch.mul(a, x).mul_(x).mul_(torch.add(es, c))
     if not second:
         return phi, d1, None
     if rab is None:
@@ -465,8 +467,8 @@ def reverse_kl_phi_inf(log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> Te
 def js_phi_inf(log_a: Tensor, log_b: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """φ(∞) = a log(2)/2 + b f(1/b) = (a log 2 - l - b (l - log b))/2 with l = log(1 + b) - log 2 = log1p(-a/2)
     (written so that it keeps its relative accuracy as a -> 0, where φ(∞) ≈ a log(2)/2)."""
-    ell = torch.log1p(-0.5 * a)
-    return 0.5 * (a * JS_LOG2 - ell - b * (ell - log_b))
+    ell = torch.mul(a, -0.5).log1p_()
+    return torch.mul(a, JS_LOG2).sub_(ell).sub_(torch.sub(ell, log_b).mul_(b)).mul_(0.5)  # in place
 
 
 # φ evaluator -> its (φ, φ', φ'') evaluator and its φ(∞) (None: never saturates), for the tabulated path.

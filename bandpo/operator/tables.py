@@ -19,8 +19,9 @@ read the same table (16 gathers of one float32 coefficient, a Horner evaluation)
 error of s* at most 2.3e-4 for kl, 1.3e-5 for neyman_chi2, 7e-6 for js and reverse_kl, median ~1e-6;
 measured over p in [1e-300, 1], delta in [1e-6, 10]) is refined by a fixed number of float64 steps:
 Halley steps with closed-form φ'' for the built-in generators (cubic convergence: one step takes 2e-4 to
-~1e-11, enough for a float32/16 result; two for float64), Newton steps for user generators (two and
-three). Beyond the τ range the start is extrapolated linearly (slope 1/2 below, 1 above) and
+~1e-11, enough for a float32/16 result; two for float64), except that a float32/16 result of js,
+reverse_kl and neyman_chi2 takes one Newton step (their starts are within 1.3e-5: ~1e-9 after it, see
+NEWTON_FINISH), Newton steps for user generators (two and three). Beyond the τ range the start is extrapolated linearly (slope 1/2 below, 1 above) and
 every step is safeguarded (an iterate is kept >= 1/16 of the previous one, the previous one is kept where
 a step is not finite). Accuracy is tested for delta in [1e-4, 2] (tests/test_band_reference.py,
 tests/test_band_properties.py).
@@ -255,8 +256,9 @@ def get_start_table(div: Divergence, device: torch.device) -> StartTable:
 
 def warp(z: Tensor) -> Tensor:
     """ζ = C·asinh(z / C), written with log and sqrt (torch's asinh is not vectorised on the CPU)."""
-    y = z.abs() * (1.0 / WARP_C)
-    return torch.copysign(torch.log(y + torch.sqrt(torch.addcmul(torch.ones_like(y), y, y))) * WARP_C, z)
+    y = z.abs().mul_(1.0 / WARP_C)
+    one = torch.ones((), dtype=y.dtype, device=y.device)
+    return torch.addcmul(one, y, y).sqrt_().add_(y).log_().mul_(WARP_C).copysign_(z)  # in place
 
 
 def tau_coords(table: StartTable, tau: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
