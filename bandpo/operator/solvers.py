@@ -303,20 +303,6 @@ def solve_side_robust(
     return _log_v_with_saturation(phi_fn, s, log_a, log_b, a, b, saturated)
 
 
-def newton_polish(
-    phi_fn: PhiFn, log_a: Tensor, log_b: Tensor, delta: Tensor, s: Tensor, n_iter: int
-) -> "tuple[Tensor, Tensor]":
-    """Plain Newton steps from a close start (the interpolated table value); returns (s, log v(s))."""
-    a = torch.exp(log_a)
-    b = torch.exp(log_b)
-    for _ in range(n_iter):
-        phi, dphi, _ = phi_fn(s, log_a, log_b, a, b)
-        step = (phi - delta) / dphi
-        s = torch.where(torch.isfinite(step), s - step, s)
-    _, _, log_v = phi_fn(s, log_a, log_b, a, b)
-    return s, log_v
-
-
 def small_delta_start(log_a: Tensor, log_b: Tensor, delta: Tensor, f2_at_1: float) -> Tensor:
     """s0 = sqrt(2 delta b / (f''(1) a)): the small-delta band 1 ± sqrt(2 delta (1-p) / (f''(1) p)) in s."""
     f2 = f2_at_1 if math.isfinite(f2_at_1) and f2_at_1 > 0 else 1.0
