@@ -230,28 +230,38 @@ def _eager_only(fn):
     return wrapper
 
 
-@_eager_only
-def get_start_table(div: Divergence, device: torch.device) -> StartTable:
-    """The divergence's start table on ``device``: built once on the CPU, copied to the device once, cached.
+_MISSING = object()
 
-    Keyed on the divergence object (held by the key, so its id cannot be reused) and the device; a rebuilt
-    table (after an eviction) is bitwise the same, so caching never changes a result."""
-    key = (div, str(device))
+
+def _cached(key: tuple, device: torch.device, build):
+    """The table for ``key`` on ``device``: built once on the CPU by ``build()`` (which may return None: no table),
+    copied to the device once, cached (LRU, _CACHE_SIZE entries).
+
+    Keys hold what determines a table (the divergence object itself, so its id cannot be reused, the delta, the
+    kind); a rebuilt table (after an eviction) is bitwise the same, so caching never changes a result. The build
+    runs outside the lock (it may call the float64 path, which reads the start table)."""
+    dev_key, cpu_key = key + (str(device),), key + ("cpu",)
     with _LOCK:
-        table = _CACHE.get(key)
-        if table is not None:
-            _CACHE.move_to_end(key)
+        table = _CACHE.get(dev_key, _MISSING)
+        if table is not _MISSING:
+            _CACHE.move_to_end(dev_key)
             return table
-        cpu_key = (div, "cpu")
-        cpu = _CACHE.get(cpu_key)
-        if cpu is None:
-            cpu = build_start_table(div)
-            _CACHE[cpu_key] = cpu
-        table = cpu if str(device) == "cpu" else cpu.to(device)
-        _CACHE[key] = table
+        cpu = _CACHE.get(cpu_key, _MISSING)
+    if cpu is _MISSING:
+        cpu = build()
+    table = cpu if cpu is None or str(device) == "cpu" else cpu.to(device)
+    with _LOCK:
+        _CACHE[cpu_key] = cpu
+        _CACHE[dev_key] = table
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-        return table
+    return table
+
+
+@_eager_only
+def get_start_table(div: Divergence, device: torch.device) -> StartTable:
+    """The divergence's start table on ``device`` (independent of delta), built on first use (:func:`_cached`)."""
+    return _cached((div, "start"), device, lambda: build_start_table(div))
 
 
 def warp(z: Tensor) -> Tensor:
@@ -428,24 +438,7 @@ def build_bits_table(solve, delta: float) -> BitsTable:
 @_eager_only
 def get_bits_table(div: Divergence, delta: float, device: torch.device, solve) -> BitsTable:
     """The cached :class:`BitsTable` for (divergence, delta, device), built on the CPU on first use."""
-    key = (div, delta, "bits", str(device))
-    with _LOCK:
-        table = _CACHE.get(key)
-        if table is not None:
-            _CACHE.move_to_end(key)
-            return table
-    cpu_key = (div, delta, "bits", "cpu")
-    with _LOCK:
-        cpu = _CACHE.get(cpu_key)
-    if cpu is None:
-        cpu = build_bits_table(solve, delta)  # outside the lock: it runs the float64 path (start table)
-    table = cpu if str(device) == "cpu" else cpu.to(device)
-    with _LOCK:
-        _CACHE[cpu_key] = cpu
-        _CACHE[key] = table
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return table
+    return _cached((div, delta, "bits"), device, lambda: build_bits_table(solve, delta))
 
 
 def bits_band(table: BitsTable, old_logp: Tensor) -> "tuple[Tensor, Tensor]":
@@ -626,24 +619,7 @@ def build_sat_table(div: Divergence, delta: float, solve) -> "Optional[SatTable]
 @_eager_only
 def get_sat_table(div: Divergence, delta: float, device: torch.device, solve) -> "Optional[SatTable]":
     """The cached :class:`SatTable` (or None: no table) for (divergence, delta, device), built on the CPU."""
-    key = (div, delta, "sat", str(device))
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    cpu_key = (div, delta, "sat", "cpu")
-    with _LOCK:
-        found = cpu_key in _CACHE
-        cpu = _CACHE.get(cpu_key)
-    if not found:
-        cpu = build_sat_table(div, delta, solve)  # outside the lock: it runs the float64 path
-    table = cpu if cpu is None or str(device) == "cpu" else cpu.to(device)
-    with _LOCK:
-        _CACHE[cpu_key] = cpu
-        _CACHE[key] = table
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return table
+    return _cached((div, delta, "sat"), device, lambda: build_sat_table(div, delta, solve))
 
 
 def _sat_side_ratio(side: SatSide, x: Tensor, sign: float) -> "tuple[Tensor, Tensor]":
