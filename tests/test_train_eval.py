@@ -274,6 +274,10 @@ def _gloo_main(rank: int, world: int, port: str, out: str) -> None:
                    all_reduce_sum=reduce if world > 1 else None)
     Path(out, f"rank{rank}.json").write_text(json.dumps({k: v.hex() for k, v in res.items()}))
     if world > 1:
+        # Both ranks reach this point before either tears gloo down: without the barrier, one rank closing its
+        # connections while the other's gloo threads still run can abort the other at exit ("terminate called
+        # without an active exception"), a teardown race this test is not about.
+        dist.barrier()
         dist.destroy_process_group()
 
 
