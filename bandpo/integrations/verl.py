@@ -42,6 +42,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without verl
     raise ImportError("bandpo.integrations.verl needs verl: see docs/integrations.md (pip install 'bandpo[verl]')") from exc
 
+from ..losses import LOG_RATIO_CLAMP
 from . import _common
 
 __all__ = ["BandPOPolicyLossConfig", "DEFAULT_METHOD", "MODE_PREFIX", "bandpo_policy_loss", "mode_names"]
@@ -166,7 +167,7 @@ def bandpo_policy_loss(
     adv = torch.where(valid, advantages.detach().to(log_prob.dtype), zero)
     logp = torch.where(valid, log_prob, zero)
     lower, upper = _common.bounds(old, method, **settings)
-    ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
+    ratio = torch.exp(torch.clamp(logp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     per_token = _common.surrogate(ratio, adv, lower.to(ratio.dtype), upper.to(ratio.dtype), dual_clip=c)
     if rollout_is_weights is not None:
         per_token = per_token * rollout_is_weights

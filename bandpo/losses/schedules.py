@@ -62,8 +62,9 @@ class Constant(Schedule):
 
 
 @dataclass(frozen=True)
-class Linear(Schedule):
-    """From ``start`` at step 0 to ``end`` at step ``steps``, linearly; ``end`` afterwards."""
+class _Ramp(Schedule):
+    """From ``start`` at step 0 to ``end`` at step ``steps`` (``t = min(step / steps, 1)``); ``end`` afterwards.
+    The fields and their checks; subclasses give the path in ``at``."""
 
     start: float
     """Value at step 0."""
@@ -73,34 +74,28 @@ class Linear(Schedule):
     """Steps of the ramp (>= 1)."""
 
     def __post_init__(self) -> None:
-        _check_finite("Linear start", self.start)
-        _check_finite("Linear end", self.end)
+        _check_finite(f"{type(self).__name__} start", self.start)
+        _check_finite(f"{type(self).__name__} end", self.end)
         _check_steps(self.steps)
 
-    def at(self, step: int) -> float:
-        t = min(step / self.steps, 1.0)
-        return float(self.start + (self.end - self.start) * t)
+    def _t(self, step: int) -> float:
+        return min(step / self.steps, 1.0)
 
 
 @dataclass(frozen=True)
-class Cosine(Schedule):
-    """From ``start`` at step 0 to ``end`` at step ``steps`` along a half cosine; ``end`` afterwards."""
-
-    start: float
-    """Value at step 0."""
-    end: float
-    """Value from step ``steps`` on."""
-    steps: int
-    """Steps of the ramp (>= 1)."""
-
-    def __post_init__(self) -> None:
-        _check_finite("Cosine start", self.start)
-        _check_finite("Cosine end", self.end)
-        _check_steps(self.steps)
+class Linear(_Ramp):
+    """From ``start`` at step 0 to ``end`` at step ``steps``, linearly; ``end`` afterwards."""
 
     def at(self, step: int) -> float:
-        t = min(step / self.steps, 1.0)
-        return float(self.end + (self.start - self.end) * (1 + math.cos(math.pi * t)) / 2)
+        return float(self.start + (self.end - self.start) * self._t(step))
+
+
+@dataclass(frozen=True)
+class Cosine(_Ramp):
+    """From ``start`` at step 0 to ``end`` at step ``steps`` along a half cosine; ``end`` afterwards."""
+
+    def at(self, step: int) -> float:
+        return float(self.end + (self.start - self.end) * (1 + math.cos(math.pi * self._t(step))) / 2)
 
 
 SCHEDULES: Registry[Callable[..., Schedule]] = Registry("schedule")
