@@ -20,11 +20,14 @@ Every failure is a one-line ``ValueError`` naming the file or column and what to
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["Columns", "load_problems", "missing_file_message", "read_table", "render_prompt", "render_prompts"]
+__all__ = ["Columns", "canonical_number", "gsm8k_final_answer", "load_problems", "missing_file_message",
+           "prepare_gsm8k", "read_table", "render_prompt", "render_prompts"]
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -189,3 +192,124 @@ def render_prompts(tokenizer: Any, prompts: Sequence[Any], *, chat_template: boo
     """:func:`render_prompt` for each prompt."""
     return [render_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numbers and GSM8K (grade-school maths word problems, arXiv 2110.14168)
+# ----------------------------------------------------------------------------------------------------------
+
+_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_THOUSANDS_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])")
+_LATEX_NOISE = ("\\$", "$", "\\%", "%", "\\!", "\\,", "\\;", "\\ ")
+
+
+def canonical_number(text: Any) -> Optional[str]:
+    """The last number written in ``text``, in one canonical decimal form, or None if ``text`` holds no number.
+
+    Thousands separators (``1,000``), currency and percent signs (``$5``, ``\\$5``, ``5%``), ``\\boxed{}`` /
+    ``\\text{}`` wrappers, units and words around the number are ignored; trailing zeros go (``5.00`` -> ``5``,
+    ``0.50`` -> ``0.5``, ``-0`` -> ``0``, ``+7`` -> ``7``), never rounding. The *last* number counts, as in the usual
+    GSM8K answer extraction (``"5 + 3 = 8"`` -> ``8``). Fractions are not evaluated (``3/4`` -> ``4``): GSM8K's
+    answers are integers (arXiv 2110.14168).
+
+    Examples:
+        >>> [canonical_number(t) for t in ("1,000", "$5", "5.00", "\\boxed{72} apples", "-3.50", "none")]
+        ['1000', '5', '5', '72', '-3.5', None]
+    """
+    from .tasks import normalize_answer  # unwraps \\boxed{} / \\text{}
+
+    s = str(text)
+    for cmd in ("boxed", "text", "textbf", "mathrm", "mbox"):
+        if "\\" + cmd + "{" in s:
+            s = normalize_answer(s)
+            break
+    for noise in _LATEX_NOISE:
+        s = s.replace(noise, " ")
+    s = _THOUSANDS_RE.sub(lambda m: m.group(1).replace(",", ""), s)
+    found = _NUMBER_RE.findall(s)
+    if not found:
+        return None
+    try:
+        value = Decimal(found[-1].rstrip(".") or "0")
+    except InvalidOperation:  # pragma: no cover - the regex only matches valid decimals
+        return None
+    out = format(value.normalize(), "f")
+    return "0" if out in ("-0", "+0") else out
+
+
+def gsm8k_final_answer(solution: str) -> str:
+    """The final answer of a GSM8K solution: the text after its last ``####`` (``"... #### 72"`` -> ``"72"``),
+    as :func:`canonical_number`.
+
+    Raises:
+        ValueError: the solution has no ``####`` line or no number after it.
+    """
+    head, sep, tail = str(solution).rpartition("####")
+    if not sep:
+        raise ValueError(f"a GSM8K answer must end with '#### <number>'; got {str(solution)[-60:]!r}")
+    value = canonical_number(tail)
+    if value is None:
+        raise ValueError(f"a GSM8K answer must end with '#### <number>'; got '####{tail[:40]}'")
+    return value
+
+
+def prepare_gsm8k(src: Any, dst: Any, *, prefix: Optional[str] = None, split: str = "train") -> int:
+    """Convert a GSM8K file (``{"question": ..., "answer": "<worked solution> #### 72"}`` per row, as published:
+    ``.jsonl``, ``.json`` or ``.parquet``) into the trainer's format, one JSON object per line:
+
+        {"prompt": question, "answer": "72", "id": "<prefix>-<row>", "solution": the worked solution}
+
+    ``answer`` is :func:`gsm8k_final_answer` (the number after ``####``, canonical); ``id`` uses ``prefix`` (default:
+    the source file's stem). Rows keep their order. Returns the number of rows written.
+
+    Raises:
+        ValueError: a missing or unreadable file, a row without ``question``/``answer``, an answer without ``####``.
+    """
+    rows = read_table(src, split=split, what="GSM8K file")
+    if not rows:
+        raise ValueError(f"GSM8K file {str(src)!r} has no rows")
+    prefix = prefix or Path(src).name.split(".")[0]
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
+            raise ValueError(f"GSM8K file {str(src)!r} row {i}: needs text columns 'question' and 'answer'; "
+                             f"has {sorted(r)}")
+        try:
+            final = gsm8k_final_answer(r["answer"])
+        except ValueError as e:
+            raise ValueError(f"GSM8K file {str(src)!r} row {i}: {e}") from None
+        solution = r["answer"].rpartition("####")[0].strip()
+        out.append({"prompt": r["question"].strip(), "answer": final, "id": f"{prefix}-{i:05d}", "solution": solution})
+    dst = Path(dst).expanduser()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.write_text("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in out))
+    tmp.replace(dst)
+    return len(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m bandpo.training.data gsm8k SRC DST [--prefix P]``: :func:`prepare_gsm8k` (one-line errors)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m bandpo.training.data",
+                                 description="Prepare local data files for the trainer (nothing is downloaded).")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("gsm8k", help="GSM8K {question, answer '... #### N'} -> {prompt, answer N, id, solution} JSONL")
+    g.add_argument("src", help="a GSM8K .jsonl/.json/.parquet file (e.g. main/train-00000-of-00001.parquet)")
+    g.add_argument("dst", help="the .jsonl file to write (e.g. data/gsm8k_train.jsonl)")
+    g.add_argument("--prefix", default=None, help="id prefix (default: the source file's stem)")
+    g.add_argument("--split", default="train", help="split of a .json dict or a save_to_disk folder (default train)")
+    args = ap.parse_args(argv)
+    try:
+        n = prepare_gsm8k(args.src, args.dst, prefix=args.prefix, split=args.split)
+    except (ValueError, OSError) as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} problems to {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,7 +23,11 @@ Two tasks are registered (``TASKS``; add one with :func:`register_task`):
   ``Answer:`` in the last 300 characters equals the ground truth after normalisation, else -1; the paper's
   DAPO-Math scoring). Rows are visited in a seeded random order, reshuffled each epoch. Nothing is downloaded.
 
-Reward functions (``exact_match``, ``answer_line``, ``answer_format``, ``math_verify``) are registered in ``REWARD_FUNCS``; a config names them (``task.reward_funcs``).
+* ``rare_strategy`` (``bandpo.training.testbed``, the ``testbed`` preset): a decision between a rare
+  high-reward strategy and a common middling one, where the clipping of rare tokens decides the outcome
+  (``docs/testbed.md``).
+
+Reward functions (``exact_match``, ``answer_line``, ``answer_number``, ``answer_format``, ``math_verify``) are registered in ``REWARD_FUNCS``; a config names them (``task.reward_funcs``).
 """
 
 from __future__ import annotations
@@ -142,6 +146,20 @@ def answer_line(prompts: Sequence[str], completions: Sequence[str], answer: Sequ
     return out
 
 
+@register_reward("answer_number")
+def answer_number(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
+    """+1.0 if the last number on the ``Answer:`` line (see :func:`extract_answer`) equals the number ``answer``
+    after :func:`bandpo.training.data.canonical_number` (``1,000`` = ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``),
+    else -1.0 (also without an ``Answer:`` line or a number): the ``answer_line`` rule for numeric answers (GSM8K)."""
+    from .data import canonical_number
+
+    out = []
+    for c, a in zip(completions, answer, strict=True):
+        got, want = extract_answer(c), canonical_number(a)
+        out.append(1.0 if got is not None and want is not None and canonical_number(got) == want else -1.0)
+    return out
+
+
 @register_reward("math_verify")
 def math_verify_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
     """1.0 if Hugging Face's ``math-verify`` finds the completion's final answer equal to ``answer``, else 0.0
@@ -176,6 +194,14 @@ class Task:
         heldout_rows: optional ``heldout_rows() -> list[dict]``, the task's fixed held-out problems (``"prompt"``,
             ``"answer"``, ``"id"``, ``"source"``), never among ``rows`` or ``sft_rows`` (the ``heldout`` eval set).
         verifier: the verifier of ``bandpo.training.verifiers.VERIFIERS`` that scores its held-out evaluation.
+        probes: optional ``probes(model, tokenizer) -> dict[str, float]``, called by the trainer at the start of every
+            RL step with the current weights (before the rollout); it must not sample or train (deterministic
+            forward passes only). Its values go into that step's ``metrics.csv`` row.
+        rollout_stats: optional ``rollout_stats(completions, columns) -> dict[str, float]`` on this process's
+            decoded rollout completions (N = prompts x G) and their prompt columns (each repeated G times); into the
+            step's row, reduced over processes as a mean weighted by completions unless
+            ``rollout_stat_reductions`` names another reduction (``"max"``, ``"min"``, ``"sum"``).
+        rollout_stat_reductions: key -> reduction of ``bandpo.losses.reduce_metrics`` for ``rollout_stats`` keys.
     """
 
     name: str
@@ -185,6 +211,9 @@ class Task:
     sft_rows: Optional[Callable[[int, int], list]] = None
     heldout_rows: Optional[Callable[[], list]] = None
     verifier: str = "dapo"
+    probes: Optional[Callable[[Any, Any], dict]] = None
+    rollout_stats: Optional[Callable[[Sequence[str], dict], dict]] = None
+    rollout_stat_reductions: dict = field(default_factory=dict)
 
 
 TaskFactory = Callable[..., Task]
@@ -374,3 +403,6 @@ def weighted_rewards(
         per_func[name] = scores
         total = [t + w * s for t, s in zip(total, scores)]
     return total, per_func
+
+
+from . import testbed as _testbed  # noqa: E402,F401  (registers the rare_strategy task and reward)

@@ -15,6 +15,10 @@ on keys, ``bandpo.training.evaluation``). Registered in ``VERIFIERS`` (``eval.se
   Optional: imported on first use, with a one-line error naming the package when it is missing. The
   ``math_verify`` reward is the same check as 1/0.
 
+* ``number``: the ``dapo`` rule for numeric answers (GSM8K): the last number on the ``Answer:`` line equals the
+  ground truth as numbers (``1,000`` = ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``); the ``answer_number`` reward
+  is the same check as ±1.
+
 Register another with ``VERIFIERS.register(name, fn)``.
 """
 
@@ -26,7 +30,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ..registry import Registry
 
-__all__ = ["VERIFIERS", "Verdict", "get_verifier", "verify_dapo", "verify_exact", "verify_math"]
+__all__ = ["VERIFIERS", "Verdict", "get_verifier", "verify_dapo", "verify_exact", "verify_math", "verify_number"]
 
 
 class Verdict(NamedTuple):
@@ -60,6 +64,20 @@ def verify_dapo(completion: str, answer: str) -> Verdict:
         return Verdict(False, None)
     key = normalize_answer(got)
     return Verdict(key == normalize_answer(str(answer)), key or None)
+
+
+def verify_number(completion: str, answer: str) -> Verdict:
+    """The ``dapo`` rule for numeric answers (GSM8K): the last number on the last ``Answer:`` line in the last 300
+    characters equals the number ``answer``, both by :func:`bandpo.training.data.canonical_number` (``1,000`` =
+    ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``). Key = that canonical number (None without one)."""
+    from .data import canonical_number
+    from .tasks import extract_answer
+
+    got = extract_answer(completion)
+    key = canonical_number(got) if got is not None else None
+    if key is None:
+        return Verdict(False, None)
+    return Verdict(key == canonical_number(answer), key)
 
 
 @dataclass
@@ -104,6 +122,7 @@ def verify_math(completion: str, answer: str) -> Verdict:
 VERIFIERS.register("exact", verify_exact)
 VERIFIERS.register("dapo", verify_dapo)
 VERIFIERS.register("math_verify", verify_math)
+VERIFIERS.register("number", verify_number)
 
 
 def get_verifier(name: str) -> Verifier:
