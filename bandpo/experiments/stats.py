@@ -1,0 +1,170 @@
+"""Paired bootstrap statistics over seeds: differences against a baseline method with 95 % percentile intervals.
+
+    python -m bandpo.experiments.stats                                   # paper_figures/data/testbed/summary.csv
+    python -m bandpo.experiments.stats some/summary.csv --metrics eval_mean collapsed
+
+The experiments pair runs by seed (same warm start, same sampler seed; ``bandpo.experiments.testbed``), so a
+comparison of method A with the baseline B is over the per-seed differences d_k = A_k - B_k of the seeds both
+have. :func:`bootstrap_mean` gives their mean and a percentile bootstrap interval: resample the n differences
+with replacement, take the mean, repeat, and read the 2.5 % and 97.5 % quantiles. The same applies to rates: for a
+0/1 statistic (``collapsed``, ``discovered``) the mean difference is the difference of the two rates.
+
+Everything is a pure function: the resamples come from a NumPy generator seeded by ``seed`` (default 0), so the
+same numbers always give the same interval. Resamples are drawn in antithetic pairs: the differences are sorted,
+and each resample of indices i_1..i_n is paired with its mirror n-1-i_1..n-1-i_n (itself a uniform resample, so the
+bootstrap distribution is unchanged); this halves the Monte-Carlo noise for near-symmetric data and makes the
+interval of data symmetric about c exactly symmetric about c.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Interval", "RESAMPLES", "bootstrap_mean", "compare", "paired_differences", "select_rows", "seed_mean"]
+
+RESAMPLES = 10_000
+"""Bootstrap resamples per interval (5 000 antithetic pairs)."""
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its bootstrap percentile interval."""
+
+    estimate: float
+    """Mean of the values (nan without values)."""
+    low: float
+    """Lower end, the (1 - level)/2 quantile of the bootstrap means (nan with fewer than 2 values)."""
+    high: float
+    """Upper end, the (1 + level)/2 quantile of the bootstrap means (nan with fewer than 2 values)."""
+    n: int
+    """Number of values (seeds, for a paired difference)."""
+
+    def excludes_zero(self) -> bool:
+        """True when the whole interval lies on one side of 0 (strictly)."""
+        return bool(self.low > 0 or self.high < 0)
+
+
+def bootstrap_mean(values: Sequence[float], *, resamples: int = RESAMPLES, level: float = LEVEL,
+                   seed: int = 0) -> Interval:
+    """Mean of ``values`` and its percentile bootstrap interval at ``level`` (``resamples`` resamples of size n).
+
+    NaN values are dropped first. With no value everything is nan; with one value the estimate is that value and the
+    interval is nan (one seed says nothing about the spread). Constant values give a zero-width interval.
+
+    Raises ValueError unless ``resamples`` is an even number >= 2 and ``0 < level < 1``.
+    """
+    if not (isinstance(resamples, (int, np.integer)) and resamples >= 2 and resamples % 2 == 0):
+        raise ValueError(f"resamples must be an even integer >= 2 (antithetic pairs), got {resamples!r}")
+    if not (0 < level < 1):
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
+    x = np.asarray(values, dtype=float).ravel()
+    x = np.sort(x[np.isfinite(x)])
+    n = x.size
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    estimate = float(x.mean())
+    if n == 1:
+        return Interval(estimate, math.nan, math.nan, 1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples // 2, n))
+    means = np.concatenate([x[idx].mean(axis=1), x[n - 1 - idx].mean(axis=1)])
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(estimate, float(low), float(high), n)
+
+
+def select_rows(rows: Sequence[Mapping], spec: Mapping) -> list:
+    """The rows whose values match every item of ``spec`` (e.g. ``{"method": "clip", "setting": "default"}``)."""
+    return [r for r in rows if all(r.get(k) == v for k, v in spec.items())]
+
+
+def _by_seed(rows: Sequence[Mapping], spec: Mapping, metric: str) -> dict:
+    chosen = select_rows(rows, spec)
+    out: dict = {}
+    for r in chosen:
+        if metric not in r:
+            raise ValueError(f"no column {metric!r} in the rows; columns: {sorted(r)}")
+        seed = int(r["seed"])
+        if seed in out:
+            raise ValueError(f"two rows for seed {seed} match {dict(spec)}: add a key (e.g. 'grid' or 'setting')")
+        out[seed] = float(r[metric])
+    return out
+
+
+def paired_differences(rows: Sequence[Mapping], metric: str, candidate: Mapping,
+                       baseline: Optional[Mapping] = None) -> dict:
+    """{seed: candidate - baseline} of ``metric`` over the seeds where both have a finite value.
+
+    ``rows`` are summary.csv rows (with ``seed`` and ``metric``); ``candidate`` and ``baseline`` select rows by
+    their values (default baseline: ``{"method": "clip", "setting": "default"}``). Raises ValueError when a
+    selection holds two rows of one seed or the metric is not a column.
+    """
+    baseline = {"method": "clip", "setting": "default"} if baseline is None else baseline
+    a, b = _by_seed(rows, candidate, metric), _by_seed(rows, baseline, metric)
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b)) if math.isfinite(a[s]) and math.isfinite(b[s])}
+
+
+def seed_mean(rows: Sequence[Mapping], metric: str, spec: Mapping, **kw) -> Interval:
+    """Mean over seeds of ``metric`` for the rows matching ``spec``, with its bootstrap interval (``kw``: those of
+    :func:`bootstrap_mean`)."""
+    return bootstrap_mean(list(_by_seed(rows, spec, metric).values()), **kw)
+
+
+def compare(rows: Sequence[Mapping], metrics: Sequence[str], candidates: Sequence[Mapping],
+            baseline: Optional[Mapping] = None, **kw) -> list:
+    """One dict per (candidate, metric): the candidate's selection, ``metric``, ``n`` (paired seeds), ``diff`` (mean
+    paired difference candidate - baseline), ``low``/``high`` (its bootstrap interval), and the two means over the
+    paired seeds (``candidate_mean``, ``baseline_mean``). ``kw``: those of :func:`bootstrap_mean`."""
+    baseline = {"method": "clip", "setting": "default"} if baseline is None else baseline
+    out = []
+    for cand in candidates:
+        for metric in metrics:
+            d = paired_differences(rows, metric, cand, baseline)
+            a, b = _by_seed(rows, cand, metric), _by_seed(rows, baseline, metric)
+            iv = bootstrap_mean(list(d.values()), **kw)
+            out.append({**cand, "metric": metric, "n": iv.n, "diff": iv.estimate, "low": iv.low, "high": iv.high,
+                        "candidate_mean": float(np.mean([a[s] for s in d])) if d else math.nan,
+                        "baseline_mean": float(np.mean([b[s] for s in d])) if d else math.nan})
+    return out
+
+
+DEFAULT_METRICS = ("eval_mean", "eval_pass", "entropy_last", "discovery_step", "discovered", "collapsed")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .testbed import DEFAULT_OUT, read_summary
+
+    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.stats", description=__doc__.split("\n\n")[0])
+    p.add_argument("summary", nargs="?", default=str(DEFAULT_OUT / "summary.csv"), help="summary.csv of the testbed")
+    p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    p.add_argument("--baseline", default="clip", help="baseline method id (setting 'default')")
+    args = p.parse_args(argv)
+    if not Path(args.summary).is_file():
+        print(f"bandpo.experiments.stats: error: no file {args.summary} (run python -m bandpo.experiments.testbed)",
+              file=sys.stderr)
+        return 2
+    rows = read_summary(args.summary)
+    cands = list(dict.fromkeys((r["method"], r["setting"]) for r in rows))
+    cands = [{"method": m, "setting": s} for m, s in cands if (m, s) != (args.baseline, "default")]
+    try:
+        table = compare(rows, args.metrics, cands, {"method": args.baseline, "setting": "default"})
+    except ValueError as e:
+        print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
+        return 2
+    print(f"paired difference vs {args.baseline} (mean over seeds, 95% bootstrap interval, {RESAMPLES} resamples)")
+    print(f"{'method':<14} {'setting':<11} {'metric':<15} {'n':>2} {'diff':>9} {'low':>9} {'high':>9}")
+    for r in table:
+        print(f"{r['method']:<14} {r['setting']:<11} {r['metric']:<15} {r['n']:>2} {r['diff']:9.4f} "
+              f"{r['low']:9.4f} {r['high']:9.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""Paired-seed experiments on the testbed: named grids of (method, setting) x seeds, run in one process, and the
+per-run statistics of ``summary.csv``.
+
+    python -m bandpo.experiments.testbed                                  # grid main, seeds 0..7, preset testbed
+    python -m bandpo.experiments.testbed --grid all                       # main, delta, lr and ablation
+    python -m bandpo.experiments.testbed --grid main --methods clip band_kl --seeds 0 1   # a smoke subset
+    python -m bandpo.experiments.testbed --shard 0/2 & python -m bandpo.experiments.testbed --shard 1/2
+    python -m bandpo.experiments.testbed --summary-only                   # rewrite summary.csv from the run folders
+
+The testbed (preset ``testbed``) is a task with a fork: after the warm-start a high-reward "tail" strategy has
+probability below 0.05; its rollouts log ``testbed/p_tail``, ``testbed/p_common``, ``testbed/tail_frac`` and
+``testbed/tail_sampled`` per RL step. Grids (:data:`GRIDS`):
+
+* ``main``: clip, clip_higher, dcpo, band_kl, band_tv, band_chi2, dppo_kl, dppo_tv, band_kl_relax, each with its own
+  settings (``setting`` = ``default``);
+* ``delta``: band_kl at δ = 0.01, 0.02, 0.1, 0.2 (δ = 0.05 is band_kl of ``main``);
+* ``lr``: clip and band_kl at 0.25 and 4 times the preset's learning rate (x1 is ``main``);
+* ``ablation``: band_kl_upper (band upper bound, clip lower 0.8), band_kl_lower (band lower bound, clip upper 1.2).
+
+Pairing: a run is the preset with ``trainer.seed = k`` plus its variant's overrides (``loss.method``, and
+``loss.delta`` or ``optim.lr`` for a sweep). The warm-start, the prompts and the sampler's generator depend only on
+the seed, so within a seed every method starts from the same policy and sees the same first rollouts (step 0 of
+every method of a seed is identical): seed k of two methods is a matched pair, and methods differ only in the loss.
+
+Every run is trained in this process (``bandpo.training.cli.run``, imported once) in seed-major order, so an
+interrupted grid holds complete pairs first; a finished run (``summary.json`` with ``completed_steps >=
+max_steps``) is skipped, an interrupted one resumes from its checkpoint, and checkpoints are deleted when a run
+finishes. Layout::
+
+    <out>/<grid>/<variant>-seed<k>/   metrics.csv, config.yaml, eval.csv, warmstart.json, summary.json
+                                      (summary.json gains a "testbed" record: grid, method, setting, seed, wall_s)
+    <out>/summary.csv                 one row per finished run, columns SUMMARY_COLUMNS (see run_statistics)
+
+``<variant>`` is the method id, or ``<method>-delta<δ>`` / ``<method>-lrx<factor>`` for the sweeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..losses import get_method
+from ..losses.metrics import BUCKET_NAMES
+from ..training.config import load_config, preset_path
+from .reproduce import _parse_set, is_finished
+
+__all__ = [
+    "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
+    "WINDOW", "jobs", "read_evals", "read_metrics", "run_dir", "run_statistics", "summarize", "testbed",
+]
+
+DEFAULT_OUT = Path("paper_figures/data/testbed")
+DEFAULT_PRESET = "testbed"
+SEEDS = tuple(range(8))
+WINDOW = 20
+"""Steps averaged for the end-of-run statistics (``entropy_last``, ``reward_last``, ...); fewer if the run is shorter."""
+DISCOVERY_THRESHOLD = 0.5
+"""The tail strategy counts as discovered at the first step where ``testbed/p_tail >= 0.5`` (it is then the mode)."""
+COLLAPSE_FRACTION = 0.1
+"""A run has collapsed when its entropy over the last WINDOW steps is below this fraction of its step-0 entropy.
+
+Why relative to step 0: step 0 is the warm-started policy before any RL update, identical for every method of a seed
+(the pairing), so all methods of a pair are held to the same threshold, and the rule does not depend on the task's
+natural entropy level (the token entropy is averaged over all completion tokens, most of which are fixed by the
+task). Losing 90 % of the starting uncertainty means the sampler has all but stopped exploring: a token whose
+entropy falls from H to 0.1 H keeps, for a two-way fork at p_tail = 0.05 (H = 0.199 nats), a tail probability of
+0.0029 (binary entropy 0.0199 nats), i.e. one sample in ~345."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a grid: a method id and what differs from the preset besides the seed."""
+
+    grid: str
+    """Name of the grid (``main``, ``delta``, ``lr``, ``ablation``)."""
+    method: str
+    """Method id of ``bandpo.losses.METHODS``."""
+    delta: Optional[float] = None
+    """Band radius override (``loss.delta``); None: the method's own."""
+    lr_factor: Optional[float] = None
+    """Multiplier of the preset's ``optim.lr``; None: the preset's."""
+
+    @property
+    def setting(self) -> str:
+        """``default``, ``delta=<δ>`` or ``lr=x<factor>`` (the summary's ``setting`` column)."""
+        if self.delta is not None:
+            return f"delta={self.delta:g}"
+        if self.lr_factor is not None:
+            return f"lr=x{self.lr_factor:g}"
+        return "default"
+
+    @property
+    def name(self) -> str:
+        """Folder name stem: the method id, ``<method>-delta<δ>`` or ``<method>-lrx<factor>``."""
+        if self.setting == "default":
+            return self.method
+        return f"{self.method}-{self.setting.replace('=', '')}"
+
+    def overrides(self, base_lr: float) -> dict:
+        """Config overrides of this variant (``base_lr``: the preset's ``optim.lr``)."""
+        out = {"loss.method": self.method}
+        if self.delta is not None:
+            out["loss.delta"] = self.delta
+        if self.lr_factor is not None:
+            out["optim.lr"] = base_lr * self.lr_factor
+        return out
+
+
+MAIN_METHODS = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "dppo_kl", "dppo_tv",
+                "band_kl_relax")
+GRIDS: dict = {
+    "main": tuple(Variant("main", m) for m in MAIN_METHODS),
+    "delta": tuple(Variant("delta", "band_kl", delta=d) for d in (0.01, 0.02, 0.1, 0.2)),
+    "lr": tuple(Variant("lr", m, lr_factor=f) for m in ("clip", "band_kl") for f in (0.25, 4.0)),
+    "ablation": (Variant("ablation", "band_kl_upper"), Variant("ablation", "band_kl_lower")),
+}
+"""The named grids (``--grid all`` is every one of them, in this order)."""
+
+SUMMARY_COLUMNS = (
+    "grid", "run", "method", "setting", "seed", "steps", "max_steps",
+    "eval_set", "eval_n", "eval_k", "eval_mean_start", "eval_mean", "eval_pass_start", "eval_pass",
+    "reward_last", "entropy_start", "entropy_last", "collapsed",
+    "discovery_step", "discovered", "p_tail_last", "tail_frac_last",
+    "drift_unsampled", "drift_sampled", "n_unsampled", "n_sampled",
+    *(f"clip_region_{b}" for b in BUCKET_NAMES), *(f"clip_high_{b}" for b in BUCKET_NAMES),
+    "wall_s",
+)
+"""summary.csv columns; the statistics are defined in :func:`run_statistics`, ``wall_s`` is the run's wall-clock
+time in the runner (warm-start, RL steps and evaluations; the finishing process only if it was resumed)."""
+
+
+def run_dir(out: Path, variant: Variant, seed: int) -> Path:
+    """``<out>/<grid>/<variant>-seed<k>``."""
+    return Path(out) / variant.grid / f"{variant.name}-seed{seed}"
+
+
+def select(grids: Sequence[str], methods: Optional[Sequence[str]] = None) -> list:
+    """The variants of ``grids`` (``all``: every grid), restricted to ``methods`` when given."""
+    names = list(GRIDS) if "all" in grids else list(grids)
+    unknown = [g for g in names if g not in GRIDS]
+    if unknown:
+        raise ValueError(f"unknown grid {unknown[0]!r}; grids: {', '.join(GRIDS)}, all")
+    variants = [v for g in dict.fromkeys(names) for v in GRIDS[g] if methods is None or v.method in methods]
+    if methods is not None:
+        missing = sorted(set(methods) - {v.method for g in names for v in GRIDS[g]})
+        if missing:
+            raise ValueError(f"method {missing[0]!r} is in none of the grids {names}; their methods: "
+                             f"{sorted({v.method for g in names for v in GRIDS[g]})}")
+    return variants
+
+
+def jobs(variants: Sequence[Variant], seeds: Sequence[int], shard: tuple = (0, 1)) -> list:
+    """(seed, variant) pairs in seed-major order, only every ``shard[1]``-th from ``shard[0]``."""
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+    everything = [(seed, v) for seed in seeds for v in variants]
+    return [job for k, job in enumerate(everything) if k % n == i]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a run and its statistics (pure functions of the files)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _read_csv_by_step(path: Path) -> dict:
+    """A CSV with a ``step`` column -> {column: float array per step}, steps sorted, rows of one step merged
+    (the last non-empty value of each column wins; a missing value is nan)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "step" not in reader.fieldnames:
+            raise ValueError(f"{path}: no 'step' column (columns: {reader.fieldnames})")
+        merged: dict = {}
+        for row in reader:
+            if not row.get("step"):
+                continue
+            slot = merged.setdefault(int(float(row["step"])), {})
+            for key, value in row.items():
+                if key is not None and value not in ("", None):
+                    try:
+                        slot[key] = float(value)
+                    except ValueError:
+                        pass
+    steps = sorted(merged)
+    keys = sorted({k for slot in merged.values() for k in slot} - {"step"})
+    cols = {"step": np.array(steps, dtype=float)}
+    for k in keys:
+        cols[k] = np.array([merged[s].get(k, math.nan) for s in steps], dtype=float)
+    return cols
+
+
+def read_metrics(path: "str | Path") -> dict:
+    """``metrics.csv`` of a run (the file or its folder) as {column: array per RL step}."""
+    p = Path(path)
+    return _read_csv_by_step(p / "metrics.csv" if p.is_dir() else p)
+
+
+def read_evals(path: "str | Path") -> dict:
+    """``eval.csv`` of a run (the file or its folder) as {column: array per evaluation}; {} when there is none."""
+    p = Path(path)
+    p = p / "eval.csv" if p.is_dir() else p
+    return _read_csv_by_step(p) if p.is_file() else {}
+
+
+_EVAL_KEY = re.compile(r"^eval/(?P<set>[^/]+)/(?P<metric>mean|pass)@(?P<k>\d+)$")
+
+
+def _eval_stats(evals: Mapping) -> dict:
+    """Held-out numbers at the first and the last evaluation: mean@n and pass@k at the largest k of one eval set
+    (``heldout`` if present, else the first in name order)."""
+    out = {"eval_set": "", "eval_n": math.nan, "eval_k": math.nan, "eval_mean_start": math.nan,
+           "eval_mean": math.nan, "eval_pass_start": math.nan, "eval_pass": math.nan}
+    found: dict = {}
+    for key in evals:
+        m = _EVAL_KEY.match(key)
+        if m:
+            found.setdefault(m["set"], {}).setdefault(m["metric"], []).append(int(m["k"]))
+    if not found or len(evals.get("step", ())) == 0:
+        return out
+    name = "heldout" if "heldout" in found else sorted(found)[0]
+    have = found[name]
+    out["eval_set"] = name
+    if "mean" in have:
+        n = max(have["mean"])
+        col = np.asarray(evals[f"eval/{name}/mean@{n}"], dtype=float)
+        out.update(eval_n=n, eval_mean_start=float(col[0]), eval_mean=float(col[-1]))
+    if "pass" in have:
+        k = max(have["pass"])
+        col = np.asarray(evals[f"eval/{name}/pass@{k}"], dtype=float)
+        out.update(eval_k=k, eval_pass_start=float(col[0]), eval_pass=float(col[-1]))
+    return out
+
+
+def _nanmean(x) -> float:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def _col(metrics: Mapping, key: str, n: int) -> np.ndarray:
+    return np.asarray(metrics[key], dtype=float) if key in metrics else np.full(n, math.nan)
+
+
+def discovery_step(p_tail: Sequence[float], steps: Sequence[float], max_steps: int,
+                   threshold: float = DISCOVERY_THRESHOLD) -> tuple:
+    """(step, discovered): the first ``step`` with ``p_tail >= threshold`` and 1, or ``(max_steps, 0)`` when the
+    run never gets there (right-censored at the run's length); ``(nan, nan)`` without any finite ``p_tail``.
+
+    Censoring: an undiscovered run counts as discovering at ``max_steps``, a lower bound of its true time. A paired
+    difference "method minus clip" with a censored clip run is then an underestimate of the method's gain (biased
+    towards 0, never in the method's favour); the ``discovered`` rate is reported beside it.
+    """
+    p = np.asarray(p_tail, dtype=float)
+    if not np.isfinite(p).any():
+        return math.nan, math.nan
+    hit = np.flatnonzero(np.isfinite(p) & (p >= threshold))
+    if hit.size:
+        return float(np.asarray(steps, dtype=float)[hit[0]]), 1.0
+    return float(max_steps), 0.0
+
+
+def drift(p_tail: Sequence[float], sampled: Sequence[float], steps: Sequence[float]) -> dict:
+    """Mean one-step change of the tail's probability, split by whether the tail was sampled at the step.
+
+    Over consecutive steps (t, t + 1) with finite values, Δ_t = p_tail[t + 1] - p_tail[t] (the effect of update t,
+    made from step t's rollouts): ``drift_unsampled`` = mean of Δ_t over steps with ``tail_sampled[t] == 0`` (no
+    tail rollout, so the loss never pushes the tail up directly: what moves it is the optimiser and the shared
+    parameters), ``drift_sampled`` = mean over steps with ``tail_sampled[t] > 0`` (the loss's push), and the number
+    of steps of each kind (``n_unsampled``, ``n_sampled``). A mean over no step is nan.
+    """
+    p, s, t = (np.asarray(x, dtype=float) for x in (p_tail, sampled, steps))
+    ok = (t[1:] - t[:-1] == 1) & np.isfinite(p[1:]) & np.isfinite(p[:-1]) & np.isfinite(s[:-1])
+    d, flag = (p[1:] - p[:-1])[ok], s[:-1][ok]
+    out = {}
+    for name, mask in (("unsampled", flag == 0), ("sampled", flag > 0)):
+        out[f"drift_{name}"] = float(d[mask].mean()) if mask.any() else math.nan
+        out[f"n_{name}"] = int(mask.sum())
+    return out
+
+
+def run_statistics(metrics: Mapping, evals: Optional[Mapping] = None, *, max_steps: Optional[int] = None,
+                   window: int = WINDOW, collapse_fraction: float = COLLAPSE_FRACTION) -> dict:
+    """The per-run statistics of summary.csv from a run's metrics ({column: per-step values}, with ``step``) and
+    evaluations (the same for ``eval.csv``; None or {}: no evaluation).
+
+    * ``eval_mean`` / ``eval_pass``: held-out mean@n and pass@k (largest k) at the last evaluation (``_start``: the
+      first, before training); ``eval_set``, ``eval_n``, ``eval_k`` name them;
+    * ``reward_last``, ``entropy_last``, ``p_tail_last``, ``tail_frac_last``: means over the last ``window`` steps
+      of ``reward/mean``, ``entropy``, ``testbed/p_tail``, ``testbed/tail_frac``; ``entropy_start``: step 0's;
+    * ``collapsed``: 1 if ``entropy_last < collapse_fraction * entropy_start`` else 0 (see COLLAPSE_FRACTION);
+    * ``discovery_step``, ``discovered``: :func:`discovery_step`, censored at ``max_steps`` (default: the number
+      of steps in ``metrics``);
+    * ``drift_unsampled``, ``drift_sampled``, ``n_unsampled``, ``n_sampled``: :func:`drift`;
+    * ``clip_region_<bucket>``, ``clip_high_<bucket>``: mean over steps of ``bucket/<bucket>/clip_region_mean`` and
+      ``clip_high_mean``, over the steps where the bucket had tokens (``bucket/<bucket>/tokens > 0``).
+
+    Missing columns give nan. Raises ValueError for ``window < 1`` or a frame without steps.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1 steps, got {window}")
+    steps = np.asarray(metrics.get("step", ()), dtype=float)
+    n = steps.size
+    if n == 0:
+        raise ValueError("run_statistics needs a metrics frame with at least one step (column 'step')")
+    w = min(window, n)
+    max_steps = n if max_steps is None else int(max_steps)
+    out: dict = {"steps": n, "max_steps": max_steps}
+    out.update(_eval_stats(evals or {}))
+    for key, name in (("reward/mean", "reward_last"), ("entropy", "entropy_last"),
+                      ("testbed/p_tail", "p_tail_last"), ("testbed/tail_frac", "tail_frac_last")):
+        out[name] = _nanmean(_col(metrics, key, n)[-w:])
+    out["entropy_start"] = float(_col(metrics, "entropy", n)[0])
+    h0, h1 = out["entropy_start"], out["entropy_last"]
+    out["collapsed"] = float(h1 < collapse_fraction * h0) if math.isfinite(h0) and math.isfinite(h1) else math.nan
+    p_tail = _col(metrics, "testbed/p_tail", n)
+    out["discovery_step"], out["discovered"] = discovery_step(p_tail, steps, max_steps)
+    out.update(drift(p_tail, _col(metrics, "testbed/tail_sampled", n), steps))
+    for b in BUCKET_NAMES:
+        tokens = _col(metrics, f"bucket/{b}/tokens", n)
+        has = ~(tokens == 0)  # nan (column missing) counts as "has tokens": the fraction itself decides
+        for stat in ("clip_region", "clip_high"):
+            out[f"{stat}_{b}"] = _nanmean(_col(metrics, f"bucket/{b}/{stat}_mean", n)[has])
+    return out
+
+
+def _finished_runs(out: Path) -> list:
+    """(folder, testbed record) of every finished run under ``out`` that the runner wrote."""
+    found = []
+    for summary in sorted(Path(out).glob("*/*/summary.json")):
+        try:
+            data = json.loads(summary.read_text())
+        except ValueError:
+            continue
+        rec = data.get("testbed")
+        if rec and int(data.get("completed_steps", -1)) >= int(data.get("max_steps", math.inf)):
+            found.append((summary.parent, rec, int(data["max_steps"])))
+    return found
+
+
+def _grid_order(rec: dict) -> tuple:
+    grids = list(GRIDS)
+    g = grids.index(rec["grid"]) if rec["grid"] in grids else len(grids)
+    names = [v.name for v in GRIDS.get(rec["grid"], ())]
+    return g, rec["seed"], names.index(rec["run"]) if rec["run"] in names else len(names), rec["run"]
+
+
+def summarize(out: Path = DEFAULT_OUT, *, window: int = WINDOW) -> list:
+    """Write ``<out>/summary.csv`` (SUMMARY_COLUMNS) from every finished run folder under ``out``; returns its rows
+    (dicts), ordered by grid, seed and the grid's order of variants. Nothing is written when there is no run."""
+    out = Path(out)
+    table = []
+    for folder, rec, max_steps in _finished_runs(out):
+        row = {k: rec[k] for k in ("grid", "method", "setting", "seed")}
+        row["run"] = folder.name.rsplit("-seed", 1)[0]
+        row.update(run_statistics(read_metrics(folder), read_evals(folder), max_steps=max_steps, window=window))
+        row["wall_s"] = float(rec.get("wall_s", math.nan))
+        table.append(row)
+    table.sort(key=_grid_order)
+    if table:
+        with open(out / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(table)
+    return table
+
+
+def read_summary(path: "str | Path") -> list:
+    """``summary.csv`` (the file or its folder) as a list of dicts; numbers as floats (seed and steps as ints)."""
+    p = Path(path)
+    p = p / "summary.csv" if p.is_dir() else p
+    rows = []
+    with open(p, newline="") as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                if k in ("grid", "run", "method", "setting", "eval_set"):
+                    row[k] = v
+                elif k in ("seed", "steps", "max_steps", "n_unsampled", "n_sampled"):
+                    row[k] = int(float(v))
+                else:
+                    row[k] = float(v) if v != "" else math.nan
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The runner
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _record(path: Path, variant: Variant, seed: int, wall_s: float, overrides: dict) -> None:
+    """Add the "testbed" record to the run's summary.json."""
+    summary = path / "summary.json"
+    data = json.loads(summary.read_text())
+    data["testbed"] = {"grid": variant.grid, "run": variant.name, "method": variant.method,
+                       "setting": variant.setting, "seed": seed, "overrides": overrides, "wall_s": wall_s}
+    summary.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def testbed(
+    out: Path = DEFAULT_OUT,
+    grids: Sequence[str] = ("main",),
+    seeds: Sequence[int] = SEEDS,
+    *,
+    methods: Optional[Sequence[str]] = None,
+    preset: str = DEFAULT_PRESET,
+    overrides: Optional[dict] = None,
+    shard: tuple = (0, 1),
+    runner: Optional[Callable] = None,
+    log: Callable = print,
+) -> list:
+    """Train every (variant, seed) of ``grids`` not yet finished, in this process; returns the summary rows.
+
+    ``overrides`` apply to every run (before the variant's own and the seed); ``runner(cfg, path)`` trains one run
+    (default ``bandpo.training.cli.run``). Stops early, keeping the checkpoint, when a run was interrupted by a
+    signal. Raises ValueError for an unknown grid, method id or preset.
+    """
+    variants = select(grids, methods)
+    for v in dict.fromkeys(v.method for v in variants):
+        get_method(v)  # ValueError listing the known ids
+    base = load_config(preset_path(preset), dict(overrides or {}))
+    todo = jobs(variants, seeds, shard)
+    if runner is None:
+        from ..training.cli import run as runner
+    out = Path(out)
+    for k, (seed, variant) in enumerate(todo):
+        extra = {**variant.overrides(base.optim.lr), "trainer.seed": seed, "trainer.progress_bar": False}
+        cfg = load_config(preset_path(preset), {**(overrides or {}), **extra})
+        path = run_dir(out, variant, seed)
+        if is_finished(path, cfg.trainer.max_steps) and "testbed" in json.loads((path / "summary.json").read_text()):
+            log(f"[testbed] skip {path} (finished)")
+            continue
+        log(f"[testbed] run {path} ({k + 1}/{len(todo)}: {variant.method}, {variant.setting}, seed {seed})")
+        t0 = time.perf_counter()
+        result = runner(cfg, path)
+        wall = time.perf_counter() - t0
+        if isinstance(result, dict) and result.get("stopped_by"):
+            log(f"[testbed] stopped by {result['stopped_by']}: {path} resumes from its checkpoint next time")
+            break
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        _record(path, variant, seed, wall, extra)
+    return summarize(out)
+
+
+def format_table(table: list) -> str:
+    """Per (grid, method, setting): runs, mean held-out mean@n, discovery rate, collapse rate, total wall time."""
+    groups: dict = {}
+    for r in table:
+        groups.setdefault((r["grid"], r["method"], r["setting"]), []).append(r)
+    lines = [f"{'grid':<9} {'method':<14} {'setting':<11} {'n':>2} {'eval_mean':>9} {'discovered':>10} "
+             f"{'collapsed':>9} {'wall_s':>8}"]
+    for (g, m, s), rows in groups.items():
+        lines.append(f"{g:<9} {m:<14} {s:<11} {len(rows):>2} {_nanmean([r['eval_mean'] for r in rows]):9.3f} "
+                     f"{_nanmean([r['discovered'] for r in rows]):10.2f} {_nanmean([r['collapsed'] for r in rows]):9.2f} "
+                     f"{sum(r['wall_s'] for r in rows):8.0f}")
+    total = sum(r["wall_s"] for r in table if math.isfinite(r["wall_s"]))
+    lines.append(f"total compute: {total:.0f} s ({total / 3600:.2f} h) over {len(table)} runs")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.testbed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
+    p.add_argument("--grid", nargs="+", default=["main"], help=f"grids: {', '.join(GRIDS)} or all (default main)")
+    p.add_argument("--methods", nargs="+", default=None, help="only these method ids of the grids")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds (default 0..7)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"training preset (default {DEFAULT_PRESET})")
+    p.add_argument("--max-steps", type=int, help="RL steps per run (default: the preset's)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every run")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
+    p.add_argument("--summary-only", action="store_true", help="only rewrite summary.csv and print the table")
+    args = p.parse_args(argv)
+    try:
+        overrides = _parse_set(args.set)
+        if args.max_steps is not None:
+            overrides["trainer.max_steps"] = args.max_steps
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard expects i/n (e.g. 0/2), got {args.shard!r}") from None
+        if args.summary_only:
+            table = summarize(Path(args.out))
+        else:
+            table = testbed(Path(args.out), args.grid, args.seeds, methods=args.methods, preset=args.preset,
+                            overrides=overrides, shard=(i, n))
+    except ValueError as e:
+        print(f"bandpo.experiments.testbed: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
