@@ -61,6 +61,10 @@ KL_CLAMP = 10.0
 """k3 values are clamped to [-KL_CLAMP, KL_CLAMP] (as in the paper's training code)."""
 ADV_EPS = 1e-6
 """Added to the group std in the GRPO advantage."""
+LOGP_CHUNK_ELEMENTS = 2**29
+"""Most logits (rows x (T + 1) x vocabulary) one old/reference log-prob forward of :func:`rollout` holds: a sampling
+chunk of ``micro_batch_size`` sequences is split further when its logits would exceed this (the float32 copies of
+the entropy need ~14 bytes per logit, ~7.5 GB here), so sampling can use large batches with a 150k vocabulary."""
 
 Sampler = Callable[..., tuple]
 """``(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_id, pad_id, temperature, top_p, generator)
@@ -396,7 +400,8 @@ def rollout(
     Args:
         rows: prompt rows (``"prompt"`` plus columns such as ``"answer"``, passed to the reward functions).
         reward_funcs: names in ``bandpo.training.tasks.REWARD_FUNCS``; correct_fn: ``(completions, answers) -> bools``.
-        micro_batch_size: sequences per sampling / forward chunk (0: all at once).
+        micro_batch_size: sequences per sampling / forward chunk (0: all at once); the log-prob forwards use
+            smaller chunks where the logits would exceed :data:`LOGP_CHUNK_ELEMENTS`.
     """
     from .tasks import weighted_rewards
 
@@ -416,10 +421,15 @@ def rollout(
     completion_ids = _pad_right([p[0] for p in parts], tokenizer.pad_token_id)
     mask = _pad_right([p[1] for p in parts], 0)
 
+    vocab = int(getattr(getattr(policy, "config", None), "vocab_size", 0) or 1)
+    per_row = (completion_ids.shape[1] + 1) * vocab
+    logp_rows = max(1, LOGP_CHUNK_ELEMENTS // per_row)
+    logp_size = min(micro_batch_size or len(texts_rep), logp_rows)
+
     def logp_of(model: Any, with_entropy: bool) -> tuple:
         outs = [completion_logp(model, prompt_ids[sl], prompt_mask[sl], completion_ids[sl], mask[sl],
                                 temperature=temperature, with_entropy=with_entropy)
-                for sl in _chunks(len(texts_rep), micro_batch_size)]
+                for sl in _chunks(len(texts_rep), logp_size)]
         logp = torch.cat([o[0] for o in outs])
         return logp, (torch.cat([o[1] for o in outs]) if with_entropy else None)
 
