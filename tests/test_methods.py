@@ -50,7 +50,11 @@ def _clipped_to(old: torch.Tensor, **kw) -> "tuple[torch.Tensor, torch.Tensor]":
     return torch.stack(lows).reshape(old.shape), torch.stack(ups).reshape(old.shape)
 
 
-@pytest.mark.parametrize("method", list_methods())
+CLIP_METHODS = [m for m in list_methods() if get_method(m).surrogate == "clip"]
+MASK_METHODS = [m for m in list_methods() if get_method(m).surrogate == "mask"]
+
+
+@pytest.mark.parametrize("method", CLIP_METHODS)
 def test_bounds_is_what_policy_loss_clips_to(method):
     old = torch.log(torch.tensor([P], dtype=torch.float64))
     lower, upper = bandpo.bounds(old, method)
@@ -62,6 +66,33 @@ def test_bounds_is_what_policy_loss_clips_to(method):
     assert (got_lower[tiny] <= 2 * math.exp(-PROBE)).all()
     cap = get_method(method).max_ratio
     assert (upper <= (cap if cap is not None else math.exp(20))).all()
+
+
+@pytest.mark.parametrize("method", MASK_METHODS)
+def test_bounds_is_what_mask_methods_mask_to(method):
+    """A mask method keeps a token with its ratio a hair (1e-9, relative) inside a bound and drops one a hair beyond
+    it, on the side its advantage pushes: the interval ``bounds()`` returns is the loss's trust region."""
+    assert MASK_METHODS == ["dppo_kl", "dppo_tv"]
+    old = torch.log(torch.tensor([P], dtype=torch.float64))
+    lower, upper = bandpo.bounds(old, method)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    checked = 0
+    for o, lo, up in zip(old.reshape(-1), lower.reshape(-1), upper.reshape(-1)):
+        o = o.reshape(1, 1)
+        for bound, sign in ((up, 1.0), (lo, -1.0)):
+            if not (math.exp(-20) < bound < math.exp(20)) or (sign < 0 and bound == 0):
+                continue  # the clamped ratio cannot leave the region on that side
+            for factor, kept in ((1 + 1e-9, sign < 0), (1 - 1e-9, sign > 0)):
+                logp = o + torch.log(bound * factor)
+                if logp > 0:
+                    continue
+                logp = logp.clone().requires_grad_()
+                loss, m = policy_loss(logp, o, torch.full_like(o, sign), one, method=method, validate=False)
+                loss.backward()
+                assert (logp.grad.abs().item() > 0) == kept, (method, float(o), sign, factor)
+                assert m["clip_ratio/region_mean"].item() == (0.0 if kept else 1.0)
+                checked += 1
+    assert checked >= 25
 
 
 @pytest.mark.parametrize("method, settings", [

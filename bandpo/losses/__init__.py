@@ -1,9 +1,11 @@
 """Policy losses: the clipped surrogate with per-token bounds, the method table, bounds rules, schedules,
 aggregation and metrics.
 
-* :mod:`~bandpo.losses.rules`: bounds rules carrying their settings (:class:`Clip`, :class:`DCPO`, :class:`Band`);
+* :mod:`~bandpo.losses.rules`: bounds rules carrying their settings (:class:`Clip`, :class:`DCPO`, :class:`Band`,
+  and the composites :class:`Union`, :class:`Split`);
 * :mod:`~bandpo.losses.methods`: the method table :data:`METHODS` (ids ``clip``, ``clip_higher``, ``dcpo``,
-  ``band_<divergence>``, ``no_clip``);
+  ``band_<divergence>``, ``band_kl_relax``, ``band_kl_upper``, ``band_kl_lower``, ``dppo_kl``, ``dppo_tv``,
+  ``no_clip``);
 * :mod:`~bandpo.losses.schedules`: :class:`Constant`, :class:`Linear`, :class:`Cosine` (e.g. for δ);
 * :mod:`~bandpo.losses.aggregation`: :func:`aggregate`, :func:`aggregation_denominator`;
 * :mod:`~bandpo.losses.metrics`: :data:`METRIC_KEYS`, :func:`loss_metrics`, :func:`reduce_metrics`;
@@ -15,10 +17,11 @@ with a module of this package, so ``import bandpo.losses.rules as rules`` is alw
 """
 
 from .aggregation import AGGREGATIONS, Aggregation, aggregate, aggregation_denominator, get_aggregation, list_aggregations
-from .rules import DCPO, Band, BoundsRule, Clip
+from .rules import DCPO, Band, BoundsRule, Clip, Split, Union, replace_settings, rule_settings
 from .config import LossConfig
 from .methods import (
     METHODS,
+    SURROGATES,
     Method,
     get_method,
     list_methods,
@@ -50,7 +53,10 @@ __all__ = [
     "Method",
     "Reduction",
     "SCHEDULES",
+    "SURROGATES",
     "Schedule",
+    "Split",
+    "Union",
     "aggregate",
     "aggregation_denominator",
     "bounds",
@@ -64,8 +70,10 @@ __all__ = [
     "metric_reduction",
     "policy_loss",
     "reduce_metrics",
+    "replace_settings",
     "register_method",
     "resolve_method",
+    "rule_settings",
     "surrogate",
     "unregister_method",
 ]

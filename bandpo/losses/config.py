@@ -20,7 +20,7 @@ from .schedules import SCHEDULES, make_schedule
 
 __all__ = ["LossConfig"]
 
-_RULE_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max")
+_RULE_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "tis_cap")
 
 
 def _check_dual_clip(x) -> None:
@@ -36,11 +36,12 @@ class LossConfig:
 
     method: str = "band_kl"
     """Method id from :func:`bandpo.list_methods`: clip, clip_higher, dcpo, band_kl, band_tv, band_chi2,
-    band_hellinger, band_js, band_reverse_kl, band_neyman_chi2, no_clip."""
+    band_hellinger, band_js, band_reverse_kl, band_neyman_chi2, band_kl_relax, band_kl_upper, band_kl_lower,
+    dppo_kl, dppo_tv, no_clip."""
     divergence: Optional[str] = None
     """f-divergence of a band method (:func:`bandpo.list_divergences`); None: the method's own (band_kl: 'kl')."""
     delta: Optional[float] = None
-    """Band radius δ > 0 (at step 0 when scheduled); None: the method's own (0.05, the paper's)."""
+    """Band radius δ > 0 (at step 0 when scheduled); None: the method's own (0.05, the paper's; dppo_tv 0.15)."""
     delta_schedule: Optional[str] = None
     """How δ moves with the RL step: None or 'constant' (fixed), 'linear' or 'cosine' from ``delta`` to
     ``delta_end`` over ``delta_steps`` steps, then ``delta_end``."""
@@ -54,11 +55,15 @@ class LossConfig:
     """ε_high of clip/dcpo methods; None: the method's own (clip 0.2, clip_higher 0.28, dcpo 0.2)."""
     r_max: Optional[float] = None
     """DCPO's own cap on the upper bound; None: the method's own (10)."""
+    tis_cap: Optional[float] = None
+    """DPPO's truncation cap C >= 1 on the importance weight (mask methods dppo_kl/dppo_tv only; inf: none);
+    None: the method's own (20)."""
     max_ratio: Optional[float] = None
     """Cap >= 1 on the upper ratio bound; None: the method's own (band_*: 10, dcpo/clip: none); inf (YAML ``.inf``):
     no cap, e.g. to train a band method uncapped."""
     dual_clip: Optional[float] = 10.0
-    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens at -A·c (the paper: 10); None: off."""
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens at -A·c (the paper: 10); None: off.
+    Ignored by mask methods (dppo_kl, dppo_tv): DPPO has no dual clip."""
     agg: str = "seq-mean-token-mean"
     """Loss aggregation (:func:`bandpo.list_aggregations`): 'token-mean', 'seq-mean-token-mean' (the paper's),
     'seq-mean-token-sum', 'seq-mean-token-sum-norm'."""

@@ -2,7 +2,7 @@
 runner, figures, tests).
 
 A :class:`Method` is a bounds rule with its settings (:mod:`bandpo.losses.rules`), an optional cap
-``max_ratio`` on the upper bound, a plot label and a one-line description:
+``max_ratio`` on the upper bound, the surrogate it trains with, a plot label and a one-line description:
 
 =====================  ===========================================================  ================================
 id                     bounds                                                       reference
@@ -12,11 +12,31 @@ id                     bounds                                                   
 ``dcpo``               DCPO(0.16, 0.2, r_max=10)                                    DCPO, arXiv 2509.02333
 ``band_<divergence>``  Band(<divergence>, δ = 0.05), cap 10 (kl, tv, chi2,          BandPO, arXiv 2603.04918
                        hellinger, js, reverse_kl, neyman_chi2)
+``band_kl_relax``      Union(Band("kl", 0.05), Clip(0.2, 0.28)), cap 10             BandPO's "relax" ablation
+``band_kl_upper``      Split(lower=Clip(0.2, 0.2), upper=Band("kl", 0.05)), cap 10  ablation: the band's upper only
+``band_kl_lower``      Split(lower=Band("kl", 0.05), upper=Clip(0.2, 0.2)), no cap  ablation: the band's lower only
+``dppo_kl``            Band("kl", δ = 0.05), no cap, **mask** surrogate, C = 20     DPPO Binary-KL, arXiv 2602.04879
+``dppo_tv``            Band("tv", δ = 0.15), no cap, **mask** surrogate, C = 20     DPPO Binary-TV, arXiv 2602.04879
 ``no_clip``            Clip(1, 1e6): bounds [0, 1e6] (a reference, not a method)    importance-weighted PG
 =====================  ===========================================================  ================================
 
-Settings of a method are the fields of its bounds rule plus ``max_ratio``; :func:`resolve_method` applies
-overrides (``delta=0.1``, ``eps_high=0.28``, ...) and names the allowed settings when one is unknown.
+Surrogates (:mod:`bandpo.losses.policy`): ``"clip"`` is PPO's max(-A·r, -A·clip(r, lower, upper)) (with the
+optional dual clip); ``"mask"`` is DPPO's (arXiv 2602.04879): a token whose ratio left [lower, upper] on the side
+its advantage pushes (A > 0 and r > upper, or A < 0 and r < lower) is dropped, the others train with the truncated
+importance weight, gradient -A·min(r, C)·∇log π, C = ``tis_cap``. DPPO's binary TV and binary KL between old and
+new policy at the sampled token are exactly g_f(p, r) of the TV and KL bands (``bandpo_theory.dppo``), so its trust
+region is ``Band(divergence, delta)`` without a cap.
+
+DPPO's thresholds: δ = 0.05 for Binary-KL and δ = 0.15 for Binary-TV are the values of the DPPO authors' public
+example in verl (``examples/dppo_trainer/run_qwen30b_dppo.sh``, low = high; the authors' code is
+github.com/sail-sg/Stable-RL); C = 20 is the default truncation cap of verl's ``dppo_kl``/``dppo_tv`` losses (that
+example sets it to 10000, i.e. off). For a paired comparison with ``band_tv``
+(δ = 0.05) pass ``delta=0.05`` to ``dppo_tv`` (``loss.delta=0.05``): the region is then identical and only the loss
+form differs (``dppo_kl`` and ``band_kl`` already share δ = 0.05; ``band_kl`` also caps its upper bound at 10).
+
+Settings of a method are its bounds rule's settings (:func:`bandpo.losses.rules.rule_settings`), ``max_ratio``,
+and, for mask methods, ``tis_cap``; :func:`resolve_method` applies overrides (``delta=0.1``, ``eps_high=0.28``, ...)
+and names the allowed settings when one is unknown.
 """
 
 from __future__ import annotations
@@ -27,10 +47,11 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from ..registry import Registry
-from .rules import DCPO, Band, BoundsRule, Clip
+from .rules import DCPO, Band, BoundsRule, Clip, Split, Union as UnionRule, replace_settings, rule_settings
 
 __all__ = [
     "METHODS",
+    "SURROGATES",
     "Method",
     "get_method",
     "list_methods",
@@ -39,6 +60,18 @@ __all__ = [
     "resolve_method",
     "unregister_method",
 ]
+
+
+SURROGATES = ("clip", "mask")
+"""The loss forms a method can train with: PPO's clipped surrogate, or DPPO's mask with truncated IS weights."""
+
+DEFAULT_TIS_CAP = 20.0
+"""DPPO's truncation cap C (the default of verl's ``dppo_kl``/``dppo_tv`` losses)."""
+
+
+def _check_tis_cap(x) -> None:
+    if not (isinstance(x, numbers.Real) and not isinstance(x, bool) and x >= 1):
+        raise ValueError(f"tis_cap must be a number >= 1 (DPPO's truncation cap C, e.g. 20) or inf (no truncation), got {x!r}")
 
 
 def _check_max_ratio(x) -> None:
@@ -60,6 +93,13 @@ class Method:
     """Human-readable name for plots and tables."""
     description: str = ""
     """One line: what the bounds are and where they come from."""
+    surrogate: str = "clip"
+    """Loss form: ``"clip"`` (PPO's clipped surrogate, dual clip applies) or ``"mask"`` (DPPO, arXiv 2602.04879:
+    tokens outside the interval on their advantage's side are dropped, the rest use the truncated IS weight
+    min(r, tis_cap); dual clip does not apply)."""
+    tis_cap: Optional[float] = None
+    """Mask methods only: DPPO's truncation cap C >= 1 on the stop-gradient IS weight (inf: none); None takes 20
+    (verl's default). Must stay None for clip methods."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -67,13 +107,22 @@ class Method:
         if not callable(self.bounds):
             raise ValueError(f"method {self.name!r}: bounds must be a bounds rule (old_logp, step=None) -> (lower, upper), got {self.bounds!r}")
         _check_max_ratio(self.max_ratio)
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"method {self.name!r}: surrogate must be one of {', '.join(SURROGATES)}, got {self.surrogate!r}")
+        if self.surrogate == "mask":
+            if self.tis_cap is None:
+                object.__setattr__(self, "tis_cap", DEFAULT_TIS_CAP)
+            _check_tis_cap(self.tis_cap)
+        elif self.tis_cap is not None:
+            raise ValueError(f"method {self.name!r}: tis_cap applies to surrogate 'mask' only (DPPO); got tis_cap={self.tis_cap!r} with surrogate 'clip'")
 
     def settings(self) -> "dict[str, Any]":
-        """The method's settings and their values: the bounds rule's fields, then ``max_ratio``."""
-        out = {}
-        if dataclasses.is_dataclass(self.bounds):
-            out = {f.name: getattr(self.bounds, f.name) for f in dataclasses.fields(self.bounds)}
+        """The method's settings and their values: the bounds rule's settings (:func:`rule_settings`), then
+        ``max_ratio``, then ``tis_cap`` for mask methods."""
+        out = rule_settings(self.bounds)
         out["max_ratio"] = self.max_ratio
+        if self.surrogate == "mask":
+            out["tis_cap"] = self.tis_cap
         return out
 
     def with_settings(self, **settings: Any) -> "Method":
@@ -90,9 +139,12 @@ class Method:
                 f"its settings: {', '.join(allowed)}"
             )
         settings = {k: v for k, v in settings.items() if v is not None}
-        rule_kw = {k: v for k, v in settings.items() if k != "max_ratio"}
-        bounds = dataclasses.replace(self.bounds, **rule_kw) if rule_kw else self.bounds
-        return dataclasses.replace(self, bounds=bounds, max_ratio=settings.get("max_ratio", self.max_ratio))
+        rule_kw = {k: v for k, v in settings.items() if k not in ("max_ratio", "tis_cap")}
+        bounds = replace_settings(self.bounds, **rule_kw) if rule_kw else self.bounds
+        return dataclasses.replace(
+            self, bounds=bounds, max_ratio=settings.get("max_ratio", self.max_ratio),
+            tis_cap=settings.get("tis_cap", self.tis_cap),
+        )
 
 
 METHODS: Registry[Method] = Registry("method", hint="register your own with bandpo.register_method")
@@ -160,6 +212,19 @@ for _m in (
                f"BandPO {label} band, delta 0.05, upper capped at 10 (arXiv 2603.04918)")
         for d, label in _DIVERGENCE_LABELS.items()
     ),
+    Method("band_kl_relax", UnionRule(Band("kl", 0.05), Clip(0.2, 0.28)), 10.0, "BandPO KL relax (∪ Clip-Higher)",
+           "BandPO's relax ablation: KL band delta 0.05 united with Clip-Higher [0.8, 1.28], upper capped at 10 "
+           "(arXiv 2603.04918's scripts)"),
+    Method("band_kl_upper", Split(lower=Clip(0.2, 0.2), upper=Band("kl", 0.05)), 10.0, "BandPO KL upper only",
+           "ablation: the KL band's upper bound (delta 0.05, capped at 10) with GRPO's fixed lower bound 1 - 0.2"),
+    Method("band_kl_lower", Split(lower=Band("kl", 0.05), upper=Clip(0.2, 0.2)), None, "BandPO KL lower only",
+           "ablation: the KL band's lower bound (delta 0.05) with GRPO's fixed upper bound 1 + 0.2"),
+    Method("dppo_kl", Band("kl", 0.05), None, "DPPO Binary-KL",
+           "DPPO Binary-KL: mask tokens outside the binary-KL region (delta 0.05) on their advantage's side, "
+           "truncated IS weight C = 20 (arXiv 2602.04879)", surrogate="mask"),
+    Method("dppo_tv", Band("tv", 0.15), None, "DPPO Binary-TV",
+           "DPPO Binary-TV: mask tokens with |pi - pi_old| beyond delta 0.15 on their advantage's side, "
+           "truncated IS weight C = 20 (arXiv 2602.04879)", surrogate="mask"),
     Method("no_clip", Clip(1.0, 1e6), None, "no clip (reference)",
            "bounds [0, 1e6]: the importance-weighted policy gradient (a reference, not a method)"),
 ):

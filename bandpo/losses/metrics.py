@@ -41,6 +41,7 @@ _METRIC_SCALARS = (
     "clip_ratio/high_mean",
     "clip_ratio/region_mean",
     "dual_clip_fraction",
+    "truncated_fraction",
     "bounds/lower_mean",
     "bounds/upper_mean",
     "band_width/mean",
@@ -51,7 +52,7 @@ METRIC_KEYS = _METRIC_SCALARS + tuple(f"bucket/{b}/{s}" for b in BUCKET_NAMES fo
 """Every key of the metrics dict :func:`bandpo.policy_loss` returns, always all of them (docs/metrics.md)."""
 
 # Columns of the per-token statistics matrix (summed per bucket in one product).
-_COLS = ("count", "low", "high", "dual", "ratio", "neg_log_ratio", "lower", "upper")
+_COLS = ("count", "low", "high", "dual", "ratio", "neg_log_ratio", "lower", "upper", "trunc")
 
 
 @torch.no_grad()
@@ -64,8 +65,12 @@ def _metrics_from_parts(
     lower: Tensor,
     upper: Tensor,
     dual: Optional[Tensor],
+    trunc: Optional[Tensor] = None,
 ) -> "dict[str, Tensor]":
-    """The metrics, assuming ``adv`` is 0 at masked tokens (so sign events imply validity)."""
+    """The metrics, assuming ``adv`` is 0 at masked tokens (so sign events imply validity).
+
+    ``dual``: tokens held by the dual clip (clip methods); ``trunc``: kept tokens whose importance weight the
+    truncation cap C lowers (mask methods), each (B, T) bool or None (none)."""
     dtype = ratio.dtype
     v = valid.to(dtype)
     low = (adv < 0) & (ratio < lower)
@@ -80,6 +85,7 @@ def _metrics_from_parts(
         log_ratio * -v,
         lower * v,
         upper * v,
+        (trunc & valid).to(dtype) if trunc is not None else zeros,
     ]).reshape(len(_COLS), -1)
     # Bucket indicators from log p against log edges (no underflow of p); an edge goes to the upper bucket.
     cum = [v] + [(old_logp >= math.log(e)).to(dtype) * v for e in BUCKET_EDGES]
@@ -102,6 +108,7 @@ def _metrics_from_parts(
         "clip_ratio/high_mean": means[2],
         "clip_ratio/region_mean": means[1] + means[2],
         "dual_clip_fraction": means[3],
+        "truncated_fraction": means[8],
         "bounds/lower_mean": means[6],
         "bounds/upper_mean": means[7],
         "band_width/mean": (total[7] - total[6]) / n1,
@@ -127,6 +134,8 @@ def loss_metrics(
     old_logp: Tensor,
     *,
     dual_clip: Optional[float] = None,
+    form: str = "clip",
+    tis_cap: Optional[float] = None,
 ) -> "dict[str, Tensor]":
     """Every key of :data:`METRIC_KEYS` for one batch, as detached 0-d tensors (docs/metrics.md).
 
@@ -136,10 +145,14 @@ def loss_metrics(
         lower, upper: (B, T) the bounds the loss clipped r to (upper already capped).
         mask: (B, T) bool or 0/1; masked tokens are ignored whatever they hold.
         old_logp: (B, T) old log-probabilities (the bucket of each token).
-        dual_clip: the dual-clip constant c, or None.
+        dual_clip: the dual-clip constant c, or None (ignored with ``form="mask"``).
+        form: the method's surrogate, ``"clip"`` or ``"mask"`` (DPPO: the clip fractions then count masked tokens).
+        tis_cap: the mask form's truncation cap C (``truncated_fraction``); None: no truncation counted.
 
     Means are over valid tokens (0 when there are none); ``ratio/min``/``ratio/max`` are 1 without tokens.
     """
+    if form not in ("clip", "mask"):
+        raise ValueError(f"form must be 'clip' or 'mask' (a method's surrogate), got {form!r}")
     valid = mask if mask.dtype == torch.bool else mask != 0
     dtype = torch.promote_types(ratio.dtype, torch.float32)
     zero = torch.zeros((), dtype=dtype, device=ratio.device)
@@ -148,11 +161,15 @@ def loss_metrics(
     lo = torch.where(valid, lower.detach().to(dtype), zero)
     up = torch.where(valid, upper.detach().to(dtype), zero)
     old = torch.where(valid, old_logp.detach().to(dtype), zero)
-    dual = None
-    if dual_clip is not None:
+    dual = trunc = None
+    if form == "mask":
+        if tis_cap is not None and math.isfinite(tis_cap):
+            keep = ~(((a > 0) & (r > up)) | ((a < 0) & (r < lo)))
+            trunc = keep & (r > tis_cap) & (a != 0)
+    elif dual_clip is not None:
         per_token = torch.maximum(-a * r, -a * torch.clamp(r, lo, up))
         dual = (a < 0) & (per_token > -a * dual_clip)
-    return _metrics_from_parts(valid, old, a, torch.log(r), r, lo, up, dual)
+    return _metrics_from_parts(valid, old, a, torch.log(r), r, lo, up, dual, trunc)
 
 
 # ----------------------------------------------------------------------------------------------------------

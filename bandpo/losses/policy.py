@@ -10,6 +10,16 @@ and advantage A, every method is the PPO surrogate (arXiv 1707.06347) with a per
 The methods differ only in where the interval comes from (:mod:`bandpo.losses.methods`), with the upper bound
 capped at the method's ``max_ratio`` and at e^20 (r never exceeds it). :func:`bounds` returns exactly that
 interval; :func:`surrogate` is the per-token loss for frameworks that aggregate themselves.
+
+A method with ``surrogate="mask"`` (DPPO, arXiv 2602.04879: ``dppo_kl``, ``dppo_tv``) uses the same interval as a
+trust region and drops, instead of clipping, the tokens that left it in the direction their advantage pushes:
+
+    keep = not (A > 0 and r > upper  or  A < 0 and r < lower)
+    ℓ = keep · (-A · r · sg(min(1, C / r)))        gradient  keep · (-A · min(r, C) · ∇log π)
+
+(C = the method's ``tis_cap``, sg = stop-gradient). The gradient is DPPO's -sg(min(r, C))·A·∇log π; the value is
+written so that, inside the region and for r <= C, it equals PPO's -A·r (DPPO's own value, -sg(min(r, C))·A·log π,
+differs from it by a term without gradient). The dual clip does not apply to mask methods (it is ignored).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from torch import Tensor
 
 from .aggregation import Number, aggregate, get_aggregation
 from .config import LossConfig, _check_dual_clip
-from .methods import Method, resolve_method
+from .methods import SURROGATES, Method, _check_tis_cap, resolve_method
 from .metrics import _metrics_from_parts
 
 __all__ = ["LOG_RATIO_CLAMP", "bounds", "policy_loss", "surrogate"]
@@ -92,27 +102,64 @@ def bounds(
     return _interval(spec, old_c, step)
 
 
+def _check_form(form: str, tis_cap: Optional[float]) -> None:
+    if form not in SURROGATES:
+        raise ValueError(f"form must be one of {', '.join(SURROGATES)}, got {form!r}")
+    if form == "mask":
+        _check_tis_cap(tis_cap)
+
+
+def _masked(ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, tis_cap: float) -> "tuple[Tensor, Tensor]":
+    """DPPO's per-token loss and its keep mask (see the module docstring)."""
+    with torch.no_grad():
+        keep = ~(((adv > 0) & (ratio > upper)) | ((adv < 0) & (ratio < lower)))
+        weight = torch.clamp(tis_cap / ratio, max=1.0) if math.isfinite(tis_cap) else torch.ones_like(ratio)
+    per_token = torch.where(keep, -adv * ratio * weight, torch.zeros((), dtype=ratio.dtype, device=ratio.device))
+    return per_token, keep
+
+
 def surrogate(
-    ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, dual_clip: Optional[float] = None
+    ratio: Tensor,
+    adv: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    dual_clip: Optional[float] = None,
+    *,
+    form: str = "clip",
+    tis_cap: Optional[float] = None,
 ) -> Tensor:
-    """The per-token clipped surrogate loss (B, T), with optional dual-clip; no masking or aggregation.
+    """The per-token surrogate loss (B, T) of a clip or a mask method; no padding mask or aggregation.
+
+    ``form="clip"`` (PPO's pessimistic clip, arXiv 1707.06347, with dual-clip, arXiv 1912.09729):
 
         ℓ = max(-A·r, -A·clip(r, lower, upper));   ℓ = min(ℓ, -A·c) where A < 0 if dual_clip = c.
 
-    PPO's pessimistic clip (arXiv 1707.06347) with dual-clip (arXiv 1912.09729). Gradient flows through
-    ``ratio`` only where the unclipped term is active. For frameworks with their own aggregation (verl's
-    ``agg_loss``): ``surrogate(ratio, adv, *bandpo.bounds(old_logp))``.
+    Gradient flows through ``ratio`` only where the unclipped term is active.
+
+    ``form="mask"`` (DPPO, arXiv 2602.04879; ``dual_clip`` is ignored):
+
+        ℓ = keep · (-A·r·sg(min(1, C/r))),   keep = not (A > 0 and r > upper or A < 0 and r < lower),
+
+    whose gradient is keep · (-A·min(r, C)·∇log r), C = ``tis_cap`` (inf: no truncation).
+
+    For frameworks with their own aggregation (verl's ``agg_loss``): ``surrogate(ratio, adv,
+    *bandpo.bounds(old_logp, method), form=m.surrogate, tis_cap=m.tis_cap)`` with ``m = resolve_method(method)``.
 
     Args:
-        ratio: (B, T) importance ratio π_θ/π_old (differentiable).
+        ratio: (B, T) importance ratio π_θ/π_old (differentiable), > 0.
         adv: (B, T) advantages.
         lower, upper: (B, T) (or broadcastable) ratio bounds, e.g. from :func:`bounds`.
-        dual_clip: c > 1, or None.
+        dual_clip: c > 1, or None (clip form only).
+        form: ``"clip"`` or ``"mask"`` (a method's ``surrogate`` field).
+        tis_cap: C >= 1 or inf, needed by the mask form (a method's ``tis_cap``).
 
     Returns:
         (B, T) per-token loss.
     """
     _check_dual_clip(dual_clip)
+    _check_form(form, tis_cap)
+    if form == "mask":
+        return _masked(ratio, adv, lower, upper, float(tis_cap))[0]
     per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, lower, upper))
     if dual_clip is not None:
         per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * dual_clip), per_token)
@@ -197,7 +244,9 @@ def policy_loss(
 
         ℓ = max(-A·r, -A·clip(r, lower, upper));   if dual_clip = c and A < 0:  ℓ = min(ℓ, -A·c),
 
-    then ``aggregate(ℓ, mask, agg)``. The defaults are BandPO as trained in the paper (arXiv 2603.04918):
+    then ``aggregate(ℓ, mask, agg)``. A mask method (``dppo_kl``, ``dppo_tv``: DPPO, arXiv 2602.04879) instead
+    drops the tokens outside [lower, upper] on their advantage's side and weights the rest by the truncated
+    importance weight, gradient -A·min(r, C)·∇log π (module docstring); ``dual_clip`` is ignored for it. The defaults are BandPO as trained in the paper (arXiv 2603.04918):
     ``method="band_kl"`` (KL band, δ = 0.05, cap 10), ``dual_clip=10``, ``agg="seq-mean-token-mean"``; they are
     :class:`LossConfig`'s defaults. Baselines: ``method="clip"`` (GRPO 0.2/0.2), ``"clip_higher"`` (0.2/0.28),
     ``"dcpo"`` (0.16/0.2, r_max 10).
@@ -209,7 +258,7 @@ def policy_loss(
         mask: (B, T) bool or 0/1; masked tokens have no effect on the loss, its gradient or the metrics,
             whatever they hold (NaN included).
         method: a method id (:func:`bandpo.list_methods`), a Method or a bounds rule.
-        dual_clip: c > 1 or ``None``.
+        dual_clip: c > 1 or ``None``; ignored by mask methods (DPPO has no dual clip).
         agg: aggregation mode (:func:`bandpo.list_aggregations`).
         denominator: passed to :func:`aggregate` (exact gradient accumulation over micro-batches).
         validate: check the valid tokens' values (finite; log-probabilities <= 0; mask 0/1) at the cost of
@@ -256,8 +305,14 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     lower, upper = _interval(spec, old_c, step)
 
-    per_token = torch.maximum(-adv_c * ratio, -adv_c * torch.clamp(ratio, lower, upper))
-    dual = None
+    dual = trunc = None
+    if spec.surrogate == "mask":
+        per_token, keep = _masked(ratio, adv_c, lower, upper, float(spec.tis_cap))
+        with torch.no_grad():
+            trunc = keep & (ratio > spec.tis_cap) & (adv_c != 0)
+        dual_clip = None
+    else:
+        per_token = torch.maximum(-adv_c * ratio, -adv_c * torch.clamp(ratio, lower, upper))
     if dual_clip is not None:
         floor = -adv_c * dual_clip
         neg = adv_c < 0
@@ -266,5 +321,5 @@ def policy_loss(
         per_token = torch.where(dual, floor, per_token)
     loss = aggregate(per_token, valid, agg, denominator=denominator)
 
-    metrics = _metrics_from_parts(valid, old_c, adv_c, log_ratio.detach(), ratio.detach(), lower, upper, dual)
+    metrics = _metrics_from_parts(valid, old_c, adv_c, log_ratio.detach(), ratio.detach(), lower, upper, dual, trunc)
     return loss, metrics

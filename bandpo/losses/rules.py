@@ -10,6 +10,17 @@ r = π_θ/π_old to [lower, upper] (see :mod:`bandpo.losses.policy`). The rules:
 * :class:`Band` ``(divergence, delta)``: BandPO's Band_{f,δ}(p) (arXiv 2603.04918): the ratios r ∈ [0, 1/p]
   with g_f(p, r) = p f(r) + (1 - p) f((1 - p r)/(1 - p)) <= δ, from :func:`bandpo.band`. ``delta`` may be a
   number, a :class:`~bandpo.losses.schedules.Schedule` or any callable step -> float.
+* :class:`Union` ``(a, b)``: the union of two intervals, [min(lower_a, lower_b), max(upper_a, upper_b)] (BandPO's
+  "relax" ablation: the band united with Clip-Higher's [0.8, 1.28]).
+* :class:`Split` ``(lower, upper)``: the lower bound of one rule with the upper bound of another (the one-sided
+  band ablations: e.g. the band's upper bound with GRPO's fixed lower bound 0.8).
+
+Settings. A rule's settings are its dataclass fields, or, for a composite rule (:class:`Union`, :class:`Split`),
+the settings of its parts, flattened (:func:`rule_settings`; :func:`replace_settings` applies overrides). A
+:class:`Split` exposes only the settings that act on the side it takes from each part (a rule may say which of
+its settings act on which side in ``SIDE_SETTINGS``: Clip's ``eps_low`` is lower-only, ``eps_high`` upper-only).
+A name two parts share (e.g. ``delta`` of ``Union(Band("kl"), Band("tv"))``) is set on both by an override and
+reported with the first part's value.
 
 Each rule is a frozen dataclass validated on construction, called as ``rule(old_logp, step=None)`` and
 returning (lower, upper) without gradient, shaped and typed like ``old_logp`` (B, T) (any shape works).
@@ -18,10 +29,12 @@ A user rule is any object with that call signature (a dataclass if it has settin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Protocol
+from typing import Union as _Union
 
 import torch
 from torch import Tensor
@@ -30,7 +43,7 @@ from ..operator.bands import band
 from ..operator.divergences import Divergence, get_divergence
 from .schedules import Schedule, resolve_setting
 
-__all__ = ["Band", "BoundsRule", "Clip", "DCPO"]
+__all__ = ["Band", "BoundsRule", "Clip", "DCPO", "Split", "Union", "replace_settings", "rule_settings"]
 
 
 def _is_real(x) -> bool:
@@ -63,6 +76,8 @@ class Clip:
     eps_high: float = 0.2
     """ε_high >= 0: upper = 1 + ε_high."""
 
+    SIDE_SETTINGS = {"lower": ("eps_low",), "upper": ("eps_high",)}
+
     def __post_init__(self) -> None:
         _check_eps_low(self.eps_low)
         _check_eps_high(self.eps_high)
@@ -89,6 +104,8 @@ class DCPO:
     """ε_high >= 0."""
     r_max: float = 10.0
     """DCPO's own cap on the upper bound (>= 1)."""
+
+    SIDE_SETTINGS = {"lower": ("eps_low",), "upper": ("eps_high", "r_max")}
 
     def __post_init__(self) -> None:
         _check_eps_low(self.eps_low)
@@ -118,9 +135,9 @@ class Band:
     """BandPO's Band_{f,δ}(p) = {r ∈ [0, 1/p] : p f(r) + (1-p) f((1-pr)/(1-p)) <= δ} via :func:`bandpo.band`
     (arXiv 2603.04918; the paper trains with KL and δ = 0.05)."""
 
-    divergence: "Union[str, Divergence]" = "kl"
+    divergence: "_Union[str, Divergence]" = "kl"
     """f-divergence: a name from :func:`bandpo.list_divergences` or a :class:`bandpo.Divergence`."""
-    delta: "Union[float, Schedule, Callable[[int], float]]" = 0.05
+    delta: "_Union[float, Schedule, Callable[[int], float]]" = 0.05
     """Radius δ > 0: a number, a schedule, or a callable step -> δ (then the call needs ``step=``)."""
 
     def __post_init__(self) -> None:
@@ -140,3 +157,142 @@ class Band:
     def __call__(self, old_logp: Tensor, *, step: Optional[int] = None) -> "tuple[Tensor, Tensor]":
         # The loss validates its inputs once; the band's own host-syncing check is skipped.
         return band(old_logp, self.delta_at(step), self.divergence, validate=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Composite rules and settings
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_rule(name: str, rule) -> None:
+    if not callable(rule):
+        raise ValueError(f"{name} must be a bounds rule (old_logp, step=None) -> (lower, upper), e.g. Band('kl', 0.05), got {rule!r}")
+
+
+def _own_settings(rule, side: Optional[str] = None) -> "dict[str, Any]":
+    """The settings of ``rule`` that act on ``side`` ('lower', 'upper' or None: both)."""
+    if hasattr(rule, "settings") and callable(rule.settings):
+        return dict(rule.settings(side))
+    if not dataclasses.is_dataclass(rule):
+        return {}
+    names = [f.name for f in dataclasses.fields(rule)]
+    per_side = getattr(rule, "SIDE_SETTINGS", None)
+    if side is not None and per_side is not None:
+        names = [n for n in names if n in per_side.get(side, ())]
+    return {n: getattr(rule, n) for n in names}
+
+
+def rule_settings(rule) -> "dict[str, Any]":
+    """The settings of a bounds rule, by name: a plain rule's dataclass fields, a composite rule's parts' settings
+    (flattened; a name shared by two parts reports the first part's value). A rule without fields has none."""
+    return _own_settings(rule)
+
+
+def _replace_own(rule, side: Optional[str], settings: "dict[str, Any]"):
+    """``rule`` with those of ``settings`` that act on ``side`` replaced (validated by the rule)."""
+    mine = {k: v for k, v in settings.items() if k in _own_settings(rule, side)}
+    if not mine:
+        return rule
+    if hasattr(rule, "with_settings") and callable(rule.with_settings):
+        return rule.with_settings(**mine)
+    return dataclasses.replace(rule, **mine)
+
+
+def replace_settings(rule, **settings: Any):
+    """A copy of ``rule`` with some settings replaced (each validated by the rule that owns it); a name the rule
+    does not have is a ValueError naming the ones it has."""
+    allowed = rule_settings(rule)
+    unknown = [k for k in settings if k not in allowed]
+    if unknown:
+        raise ValueError(
+            f"bounds rule {type(rule).__name__} has no setting {', '.join(map(repr, unknown))}; "
+            f"its settings: {', '.join(allowed) or '(none)'}"
+        )
+    return _replace_own(rule, None, settings)
+
+
+class _Composite:
+    """Settings of a rule built from parts: the parts' settings flattened (first part wins on a shared name)."""
+
+    def _parts(self) -> "tuple[tuple[object, Optional[str]], ...]":  # (part, side it acts on or None)
+        raise NotImplementedError
+
+    def settings(self, side: Optional[str] = None) -> "dict[str, Any]":
+        out: dict = {}
+        for part, part_side in self._parts():
+            if side is not None and part_side is not None and side != part_side:
+                continue
+            for k, v in _own_settings(part, part_side if side is None else side).items():
+                out.setdefault(k, v)
+        return out
+
+    def with_settings(self, **settings: Any):
+        fields = {}
+        for (part, part_side), name in zip(self._parts(), self._part_names()):
+            fields[name] = _replace_own(part, part_side, settings)
+        return dataclasses.replace(self, **fields)
+
+
+@dataclass(frozen=True)
+class Union(_Composite):
+    """The union of two rules' intervals: lower = min(lower_a, lower_b), upper = max(upper_a, upper_b).
+
+    BandPO's "relax" ablation (arXiv 2603.04918's released scripts) is ``Union(Band("kl", 0.05), Clip(0.2, 0.28))``:
+    the band widened to contain Clip-Higher's [0.8, 1.28]. Settings: both parts' (``divergence``, ``delta``,
+    ``eps_low``, ``eps_high`` there).
+    """
+
+    a: BoundsRule = dataclasses.field(default_factory=lambda: Band("kl", 0.05))
+    """First rule, e.g. ``Band("kl", 0.05)``."""
+    b: BoundsRule = dataclasses.field(default_factory=lambda: Clip(0.2, 0.28))
+    """Second rule, e.g. ``Clip(0.2, 0.28)``."""
+
+    def __post_init__(self) -> None:
+        _check_rule("Union's a", self.a)
+        _check_rule("Union's b", self.b)
+
+    def _parts(self):
+        return ((self.a, None), (self.b, None))
+
+    @staticmethod
+    def _part_names():
+        return ("a", "b")
+
+    @torch.no_grad()
+    def __call__(self, old_logp: Tensor, *, step: Optional[int] = None) -> "tuple[Tensor, Tensor]":
+        lo_a, up_a = self.a(old_logp, step=step)
+        lo_b, up_b = self.b(old_logp, step=step)
+        return torch.minimum(lo_a, lo_b.to(lo_a.dtype)), torch.maximum(up_a, up_b.to(up_a.dtype))
+
+
+@dataclass(frozen=True)
+class Split(_Composite):
+    """The lower bound of one rule and the upper bound of another: (lower_rule(p)[0], upper_rule(p)[1]).
+
+    The one-sided band ablations: ``Split(lower=Clip(0.2, 0.2), upper=Band("kl", 0.05))`` (the band's upper bound
+    with GRPO's fixed 0.8) and ``Split(lower=Band("kl", 0.05), upper=Clip(0.2, 0.2))`` (the band's lower bound with
+    GRPO's fixed 1.2). Settings: those acting on the side taken from each part (``eps_low`` of a Clip giving the
+    lower bound, ``eps_high`` of one giving the upper bound, a Band's ``divergence`` and ``delta``).
+    """
+
+    lower: BoundsRule = dataclasses.field(default_factory=lambda: Clip(0.2, 0.2))
+    """Rule whose lower bound is used."""
+    upper: BoundsRule = dataclasses.field(default_factory=lambda: Band("kl", 0.05))
+    """Rule whose upper bound is used."""
+
+    def __post_init__(self) -> None:
+        _check_rule("Split's lower", self.lower)
+        _check_rule("Split's upper", self.upper)
+
+    def _parts(self):
+        return ((self.lower, "lower"), (self.upper, "upper"))
+
+    @staticmethod
+    def _part_names():
+        return ("lower", "upper")
+
+    @torch.no_grad()
+    def __call__(self, old_logp: Tensor, *, step: Optional[int] = None) -> "tuple[Tensor, Tensor]":
+        lo, _ = self.lower(old_logp, step=step)
+        _, up = self.upper(old_logp, step=step)
+        return lo, up.to(lo.dtype)
