@@ -48,7 +48,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .config import SECTIONS, TrainConfig, field_docs, list_presets, load_config, preset_path
 
-__all__ = ["build_policy", "build_tokenizer", "dry_run_config", "main", "run"]
+__all__ = ["build_policy", "build_tokenizer", "check_inputs", "dry_run_config", "main", "run"]
 
 RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every",
                      "eval.every", "eval.at_end"}
@@ -126,6 +126,9 @@ def build_policy(cfg: TrainConfig, tokenizer: Any) -> Any:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     model.config.use_cache = False
+    # from_pretrained returns a model in eval mode, and transformers' gradient checkpointing only acts in training
+    # mode: without this a downloaded model would train with checkpointing silently off (and Lightning warns).
+    model.train()
     return model
 
 
@@ -314,6 +317,18 @@ def _check_resume(cfg: TrainConfig, out: Path) -> Optional[Path]:
     return None
 
 
+def check_inputs(cfg: TrainConfig) -> None:
+    """Raise a one-line ``ValueError`` when the model, tokenizer or data of ``cfg`` are not on this machine: all
+    of them named at once when several are missing (``runtime.missing_inputs``), else ``cfg.check_paths()``'s
+    message."""
+    from .runtime import missing_inputs, missing_inputs_message
+
+    gone = missing_inputs(cfg)
+    if len(gone) > 1:
+        raise ValueError(missing_inputs_message(gone))
+    cfg.check_paths()
+
+
 def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[Any] = ()) -> dict:
     """Train (or resume) the run described by ``cfg`` into the folder ``out``; returns ``summary.json``'s dict.
 
@@ -326,7 +341,7 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
 
     try:
         out = check_out_dir(out)
-        cfg.check_paths()
+        check_inputs(cfg)
         check_accelerator(cfg.trainer.accelerator)
         ckpt = _check_resume(cfg, out)
     except UserError:
@@ -399,15 +414,17 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
 def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int = 2) -> TrainConfig:
     """``cfg`` with the tiny model substituted: same loss and task logic, CPU-sized everything else.
 
-    The model becomes the tiny random one (character tokenizer, no chat template), a ``math_file`` task reads a
-    small generated JSONL written to ``workdir``, batch sizes shrink (keeping G >= 2 and the number of optimiser
-    steps per rollout), and the run uses one CPU process in float32 for ``max_steps`` steps.
+    The model becomes the tiny random one (character tokenizer, no chat template). A ``math_file`` task whose
+    data file is on this machine reads it as is (column mapping and template included); a missing one is replaced
+    by a small generated JSONL written to ``workdir``. Eval sets likewise: a file that is here is read (its first 4
+    problems), a missing one replaced by 4 generated problems. Batch sizes shrink (keeping G >= 2 and the number
+    of optimiser steps per rollout), and the run uses one CPU process in float32 for ``max_steps`` steps.
     """
 
     d = cfg.to_dict()
     d["model"] = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_positions": 512,
                   "gradient_checkpointing": cfg.model.gradient_checkpointing}
-    if cfg.task.name == "math_file":
+    if cfg.task.name == "math_file" and (cfg.task.path is None or not Path(cfg.task.path).expanduser().exists()):
         path = Path(workdir) / "dry_run_math.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
@@ -422,6 +439,9 @@ def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int =
         spec = parse_eval_set(entry)
         if spec.path is None:
             sets.append(entry)
+            continue
+        if Path(spec.path).expanduser().exists():
+            sets.append({**dataclasses.asdict(spec), "limit": min(spec.limit or 4, 4)})
             continue
         path = Path(workdir) / f"dry_run_eval_{spec.name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -546,7 +566,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(cfg.to_yaml(), end="")
             return 0
-        cfg.check_paths()
+        check_inputs(cfg)
     except ValueError as e:
         print(f"bandpo.training: error: {e}", file=sys.stderr)
         return 2

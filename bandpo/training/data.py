@@ -265,6 +265,10 @@ def prepare_gsm8k(src: Any, dst: Any, *, prefix: Optional[str] = None, split: st
     Raises:
         ValueError: a missing or unreadable file, a row without ``question``/``answer``, an answer without ``####``.
     """
+    if not Path(src).expanduser().exists():
+        raise ValueError(f"GSM8K file {str(src)!r} does not exist; fetch GSM8K once with `huggingface-cli download "
+                         "openai/gsm8k --repo-type dataset --local-dir data/gsm8k-hf` and give "
+                         "data/gsm8k-hf/main/train-00000-of-00001.parquet (or test-...)")
     rows = read_table(src, split=split, what="GSM8K file")
     if not rows:
         raise ValueError(f"GSM8K file {str(src)!r} has no rows")

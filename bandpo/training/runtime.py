@@ -37,6 +37,8 @@ __all__ = [
     "check_checkpoint",
     "check_out_dir",
     "dry_run_report",
+    "missing_inputs",
+    "missing_inputs_message",
     "progress_bar_class",
     "progress_postfix",
     "quiet_logs",
@@ -316,6 +318,35 @@ def quiet_logs() -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def missing_inputs(cfg: Any) -> list:
+    """Every local input of ``cfg`` that is not on this machine, as ``"<setting> '<path>'"`` strings, in the
+    order model, tokenizer, task data, eval sets (empty when everything is there; nothing is downloaded)."""
+    from .config import _check_model_source
+    from .evaluation import parse_eval_set
+
+    out = []
+    for value, key, need in ((cfg.model.name_or_path, "model.name_or_path", "config.json"),
+                             (cfg.model.tokenizer, "model.tokenizer", "tokenizer_config.json")):
+        if value is not None:
+            try:
+                _check_model_source(value, key, need=need)
+            except ValueError:
+                out.append(f"{key} {value!r}")
+    if cfg.task.path is not None and not Path(cfg.task.path).expanduser().exists():
+        out.append(f"task.path {cfg.task.path!r}")
+    for entry in getattr(getattr(cfg, "eval", None), "sets", []) or []:
+        spec = parse_eval_set(entry)
+        if spec.path is not None and not Path(spec.path).expanduser().exists():
+            out.append(f"eval set {spec.name} {spec.path!r}")
+    return out
+
+
+def missing_inputs_message(missing: list) -> str:
+    """The one-line start-up error for several missing local inputs (see :func:`missing_inputs`)."""
+    return (f"{len(missing)} local inputs are missing (nothing is downloaded at run time): {', '.join(missing)}; "
+            "fetch the model and data once (docs/training.md) or check the config with --dry-run")
+
+
 def dry_run_report(cfg: Any) -> tuple:
     """What a ``--dry-run`` of ``cfg`` checks on this machine and what it replaces.
 
@@ -348,8 +379,8 @@ def dry_run_report(cfg: Any) -> tuple:
         ok = Path(cfg.task.path).expanduser().exists()
         if not ok:
             missing.append("task.path")
-        lines.append(f"task.path {cfg.task.path!r}: {'found' if ok else 'MISSING'} -> replaced by 16 generated "
-                     "problems in the same format")
+        lines.append(f"task.path {cfg.task.path!r}: " + ("found -> used as is (through the same loader)" if ok else
+                     "MISSING -> replaced by 16 generated problems in the same format"))
     else:
         lines.append(f"task {cfg.task.name!r}: built in, used as is")
     for entry in getattr(getattr(cfg, "eval", None), "sets", []) or []:
@@ -360,8 +391,8 @@ def dry_run_report(cfg: Any) -> tuple:
         ok = Path(spec.path).expanduser().exists()
         if not ok:
             missing.append(f"eval set {spec.name} ({spec.path})")
-        lines.append(f"eval set {spec.name!r} {spec.path!r}: {'found' if ok else 'MISSING'} -> replaced by 4 "
-                     "generated problems")
+        lines.append(f"eval set {spec.name!r} {spec.path!r}: " + ("found -> its first 4 problems are used" if ok else
+                     "MISSING -> replaced by 4 generated problems"))
     t = cfg.trainer
     lines.append(f"hardware {t.accelerator} x {t.devices} x {t.num_nodes} node(s), strategy {t.strategy}, "
                  f"{t.precision} -> 1 CPU process, float32; batch sizes shrunk (the loss settings are kept)")
