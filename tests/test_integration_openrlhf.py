@@ -141,6 +141,7 @@ def test_patch_openrlhf_and_setup_hook(orl, monkeypatch):
         ({"method": "clip", "delta": 0.1}, "does not use delta"),
         ({"dual_clip": 0.5}, "dual_clip"),
         ({"max_ratio": 0.5}, "max_ratio"),
+        ({"method": "dppo_tv"}, "cannot mask tokens: method 'dppo_tv' uses DPPO's mask surrogate"),
     ],
 )
 def test_refusals(orl, kw, match):

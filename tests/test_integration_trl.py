@@ -209,6 +209,7 @@ def test_bounds_reach_trl_exactly(trainer, monkeypatch):
         ({"bandpo_method": "clip", "bandpo_delta": 0.1}, "does not use delta"),
         ({"bandpo_delta": -1.0}, "delta"),
         ({"bandpo_dual_clip": 1.0}, "dual_clip"),
+        ({"bandpo_method": "dppo_kl"}, "cannot mask tokens: method 'dppo_kl' uses DPPO's mask surrogate"),
     ],
 )
 def test_refuses_what_it_cannot_honour(tmp_path, kw, match):

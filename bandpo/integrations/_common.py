@@ -2,8 +2,12 @@
 
 The plug-ins name a bounds method by its id (``bandpo.list_methods()``: ``clip``, ``clip_higher``, ``dcpo``,
 ``band_kl``, ``band_tv``, ...) and pass the method's settings (``bandpo.losses.method_settings(method)``:
-``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max``, ``max_ratio``). The numbers come from bandpo's
-own ``bounds``, ``surrogate`` and ``loss_metrics``, never from a copy here.
+``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max``, ``max_ratio``, and ``tis_cap`` for DPPO's mask
+methods). The numbers come from bandpo's own ``bounds``, ``surrogate`` and ``loss_metrics``, never from a copy here.
+
+Mask methods (``dppo_kl``, ``dppo_tv``: DPPO, arXiv 2602.04879) need bandpo's own per-token surrogate: the verl
+plug-in computes it and supports them; the TRL and OpenRLHF plug-ins drive their framework's own clipped surrogate
+and refuse them (:func:`require_clip_surrogate`).
 """
 
 from __future__ import annotations
@@ -26,17 +30,37 @@ __all__ = [
     "check_method",
     "check_settings",
     "list_methods",
+    "method_form",
     "method_settings",
     "policy_loss",
+    "require_clip_surrogate",
     "surrogate",
 ]
 
-_SETTING_NAMES = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio")
+_SETTING_NAMES = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio", "tis_cap")
 
 
-def list_methods() -> list[str]:
-    """The method ids a plug-in accepts (``bandpo.list_methods()``)."""
-    return list(_losses.list_methods())
+def list_methods(surrogate: Optional[str] = None) -> list[str]:
+    """The method ids a plug-in accepts (``bandpo.list_methods()``), optionally only those with that surrogate
+    (``"clip"`` or ``"mask"``)."""
+    return [m for m in _losses.list_methods() if surrogate is None or _losses.get_method(m).surrogate == surrogate]
+
+
+def method_form(method: str, **settings: Any) -> tuple[str, Optional[float]]:
+    """(surrogate, tis_cap) of ``method`` with ``settings``: ``("clip", None)`` or ``("mask", C)``."""
+    spec = _losses.resolve_method(method, **method_settings(method, **settings))
+    return spec.surrogate, spec.tis_cap
+
+
+def require_clip_surrogate(method: str, framework: str) -> None:
+    """A one-line ValueError if ``method`` trains with DPPO's mask surrogate, which ``framework``'s own clipped
+    surrogate (driven by the plug-in through its clip range) cannot express."""
+    check_method(method)
+    if _losses.get_method(method).surrogate != "clip":
+        raise ValueError(
+            f"the {framework} plug-in drives {framework}'s own ratio clip and cannot mask tokens: method {method!r} "
+            f"uses DPPO's mask surrogate (use the verl plug-in for it); supported here: {', '.join(list_methods('clip'))}"
+        )
 
 
 def check_method(method: str) -> str:
@@ -110,9 +134,19 @@ def policy_loss(
     )
 
 
-def surrogate(ratio: Tensor, adv: Tensor, lower: Tensor, upper: Tensor, dual_clip: Optional[float] = None) -> Tensor:
-    """``bandpo.losses.surrogate``: per-token ``max(-A·r, -A·clip(r, lower, upper))``, ``min(·, -A·c)`` where A < 0."""
-    return _losses.surrogate(ratio, adv, lower, upper, dual_clip=dual_clip)
+def surrogate(
+    ratio: Tensor,
+    adv: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    dual_clip: Optional[float] = None,
+    *,
+    form: str = "clip",
+    tis_cap: Optional[float] = None,
+) -> Tensor:
+    """``bandpo.losses.surrogate``: per-token ``max(-A·r, -A·clip(r, lower, upper))``, ``min(·, -A·c)`` where A < 0;
+    with ``form="mask"`` DPPO's masked, truncated-IS loss (``dual_clip`` ignored)."""
+    return _losses.surrogate(ratio, adv, lower, upper, dual_clip=dual_clip, form=form, tis_cap=tis_cap)
 
 
 def band_metrics(
@@ -124,6 +158,8 @@ def band_metrics(
     upper: Tensor,
     *,
     dual_clip: Optional[float] = None,
+    form: str = "clip",
+    tis_cap: Optional[float] = None,
 ) -> dict[str, Tensor]:
     """bandpo's loss diagnostics (``bandpo.losses.loss_metrics``, keys ``METRIC_KEYS``, docs/metrics.md).
 
@@ -132,7 +168,9 @@ def band_metrics(
     """
     with torch.no_grad():
         log_ratio = torch.clamp(logp.detach() - old_logp.detach(), -_losses.LOG_RATIO_CLAMP, _losses.LOG_RATIO_CLAMP)
-        return _losses.loss_metrics(torch.exp(log_ratio), adv, lower, upper, mask, old_logp, dual_clip=dual_clip)
+        return _losses.loss_metrics(
+            torch.exp(log_ratio), adv, lower, upper, mask, old_logp, dual_clip=dual_clip, form=form, tis_cap=tis_cap
+        )
 
 
 BoundsGetter = Callable[[], "tuple[Tensor, Tensor]"]

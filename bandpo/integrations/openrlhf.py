@@ -12,7 +12,8 @@ For each call this class sets both attributes to proxies whose ``1 - ·`` / ``1 
 forward: its dual clip (``dual_clip=c`` for A < 0), train/rollout importance correction and aggregation
 (``token_level_loss``: token-mean or seq-mean-token-mean) are unchanged. Per token this is
 ``bandpo.policy_loss``'s ``max(-A·r, -A·clip(r, lower, upper))``, ``min(·, -A·c)`` where A < 0 (arXiv 2603.04918).
-bandpo's diagnostics of the last call (``bandpo.losses.METRIC_KEYS``, docs/metrics.md) are kept in
+Only clip methods: DPPO's mask methods (``dppo_kl``, ``dppo_tv``) are refused with a one-line error (OpenRLHF's
+surrogate can clip but not mask). bandpo's diagnostics of the last call (``bandpo.losses.METRIC_KEYS``, docs/metrics.md) are kept in
 ``loss_fn.last_metrics``, since the return tuple is fixed.
 
 Installing it in OpenRLHF's actors (they run in Ray worker processes): :func:`patch_openrlhf` replaces the
@@ -77,6 +78,7 @@ class BandPOPolicyLoss(PolicyLoss):
             raise ValueError(
                 f"BandPO bounds are per token: policy_loss_type={policy_loss_type!r} is not supported; use 'ppo'"
             )
+        _common.require_clip_surrogate(method, "OpenRLHF")  # DPPO's mask methods need their own loss
         _common.check_cap_and_dual_clip(max_ratio, dual_clip)
         settings = _common.method_settings(
             method, divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, r_max=r_max,

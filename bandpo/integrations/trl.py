@@ -23,6 +23,9 @@ a multiple of ``steps_per_generation``, no vLLM importance correction) TRL keeps
 no bound can bite. The bounds are then computed from the current log-probs (detached), which is what π_old is
 there, so the metrics stay meaningful.
 
+Methods: the clip methods only (``clip``, ``clip_higher``, ``dcpo``, ``band_*``); DPPO's mask methods
+(``dppo_kl``, ``dppo_tv``) are refused with a one-line error, since TRL's surrogate can clip but not mask.
+
 Metrics: TRL's own ``clip_ratio/*`` now count tokens outside BandPO's interval; bandpo's diagnostics
 (``bandpo.losses.METRIC_KEYS``, docs/metrics.md: band width, per-probability-bucket clip fractions, dual-clip
 fraction, ...) are logged beside them under ``bandpo/<key>``; across processes counts are summed, means weighted
@@ -131,6 +134,7 @@ class BandPOConfig(GRPOConfig):
 
     def bandpo_validate(self) -> None:
         """One-line ValueErrors for BandPO settings out of range and TRL options BandPO cannot honour."""
+        _common.require_clip_surrogate(self.bandpo_method, "TRL")  # DPPO's mask methods need their own loss
         if self.loss_type not in SUPPORTED_LOSS_TYPES:
             raise ValueError(
                 f"BandPO cannot drive loss_type={self.loss_type!r} (its surrogate has no ratio clip); "

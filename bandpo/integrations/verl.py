@@ -22,9 +22,16 @@ Metrics: verl's ``actor/pg_clipfrac`` (tokens whose clipped term binds), ``actor
 ``actor/pg_clipfrac_lower`` (tokens held by the dual clip), plus bandpo's diagnostics as ``actor/bandpo/<key>``
 (``bandpo.losses.METRIC_KEYS``, docs/metrics.md). Each metric is a Python float, as verl's own losses return.
 
+DPPO's mask methods (modes ``bandpo_dppo_kl``, ``bandpo_dppo_tv``; arXiv 2602.04879) use bandpo's mask surrogate
+instead: a token outside [lower, upper] on its advantage's side is dropped, the rest have gradient
+-A·min(r, C)·∇log π with C = the method's ``tis_cap`` (20), ``clip_ratio_c`` is not used (no dual clip), and
+``actor/pg_clipfrac`` is the masked fraction, ``actor/pg_clipfrac_lower`` the fraction of kept tokens whose weight
+C truncates (as verl's own ``dppo_*`` losses report). The threshold is the method's ``delta`` (not verl's
+``clip_ratio``, which verl's own ``dppo_*`` modes read as the threshold).
+
 Settings: with the stock ``PolicyLossConfig`` a mode uses the paper's defaults (BandPO-KL: δ = 0.05, cap 10,
 arXiv 2603.04918); :class:`BandPOPolicyLossConfig` (select it with ``policy_loss._target_``) adds ``method``,
-``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max`` and ``max_ratio``. verl's ``clip_ratio``,
+``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max``, ``max_ratio`` and ``tis_cap``. verl's ``clip_ratio``,
 ``clip_ratio_low`` and ``clip_ratio_high`` are not read by these modes (the method's own eps are).
 """
 
@@ -80,7 +87,10 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     r_max: Optional[float] = None
     """DCPO's own cap on its upper bound (dcpo only); ``None``: 10."""
     max_ratio: Optional[float] = _DEFAULT_MAX_RATIO
-    """Cap >= 1 on every method's upper bound (the paper: 10); ``None``: no cap."""
+    """Cap >= 1 on every clip method's upper bound (the paper: 10); ``None``: no cap. Not applied to DPPO's mask
+    methods (``dppo_*``), whose trust region is uncapped as DPPO defines it."""
+    tis_cap: Optional[float] = None
+    """DPPO's truncation cap C on the importance weight (mask methods ``dppo_kl``/``dppo_tv`` only); ``None``: 20."""
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -95,7 +105,7 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
         _common.check_cap_and_dual_clip(self.max_ratio, None, prefix="policy_loss.")
         return _common.method_settings(
             method, divergence=self.divergence, delta=self.delta, eps_low=self.eps_low, eps_high=self.eps_high,
-            r_max=self.r_max, max_ratio=self.max_ratio,
+            r_max=self.r_max, max_ratio=self.max_ratio, tis_cap=self.tis_cap,
         )
 
 
@@ -114,6 +124,13 @@ def _method_for_mode(loss_mode: str, method: Optional[str]) -> str:
     return fixed
 
 
+def _uncapped_if_mask(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The plug-in's cap ``max_ratio`` applies to clip methods only: a mask method keeps its own (uncapped) region."""
+    if method in _common.list_methods("mask"):
+        return {k: v for k, v in settings.items() if k != "max_ratio"}
+    return settings
+
+
 def _settings_from(config: Any, loss_mode: str) -> tuple[str, dict[str, Any], Optional[float]]:
     """(method, settings, dual clip c) from verl's actor config (stock or BandPO policy-loss config)."""
     if config is None:
@@ -122,14 +139,15 @@ def _settings_from(config: Any, loss_mode: str) -> tuple[str, dict[str, Any], Op
     if isinstance(policy_cfg, BandPOPolicyLossConfig):
         method = _method_for_mode(loss_mode, policy_cfg.method)
         settings = policy_cfg.bandpo_settings(method)
+        settings = _uncapped_if_mask(method, settings)
     else:
         get = policy_cfg.get if policy_cfg is not None and hasattr(policy_cfg, "get") else (lambda k, d=None: d)
         method = _method_for_mode(loss_mode, get("method", None))
-        keys = ("divergence", "delta", "eps_low", "eps_high", "r_max")
+        keys = ("divergence", "delta", "eps_low", "eps_high", "r_max", "tis_cap")
         raw = {k: get(k, None) for k in keys}
         raw["max_ratio"] = get("max_ratio", _DEFAULT_MAX_RATIO)
         _common.check_cap_and_dual_clip(raw["max_ratio"], None, prefix="policy_loss.")
-        settings = _common.method_settings(method, **raw)
+        settings = _uncapped_if_mask(method, _common.method_settings(method, **raw))
     c = config.get("clip_ratio_c", 3.0) if hasattr(config, "get") else getattr(config, "clip_ratio_c", 3.0)
     _common.check_cap_and_dual_clip(None, c, prefix="clip_ratio_c (the dual clip) ")
     return method, settings, (None if c is None else float(c))
@@ -167,19 +185,24 @@ def bandpo_policy_loss(
     adv = torch.where(valid, advantages.detach().to(log_prob.dtype), zero)
     logp = torch.where(valid, log_prob, zero)
     lower, upper = _common.bounds(old, method, **settings)
+    form, tis_cap = _common.method_form(method, **settings)
+    if form == "mask":
+        c = None  # DPPO has no dual clip
     ratio = torch.exp(torch.clamp(logp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    per_token = _common.surrogate(ratio, adv, lower.to(ratio.dtype), upper.to(ratio.dtype), dual_clip=c)
+    per_token = _common.surrogate(
+        ratio, adv, lower.to(ratio.dtype), upper.to(ratio.dtype), dual_clip=c, form=form, tis_cap=tis_cap
+    )
     if rollout_is_weights is not None:
         per_token = per_token * rollout_is_weights
     per_token = torch.where(valid, per_token, zero)
     global_batch_info = dict(config.get("global_batch_info", None) or {}) if hasattr(config, "get") else {}
     loss = agg_loss(loss_mat=per_token, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_batch_info)
 
-    ours = _common.band_metrics(logp, old, adv, valid, lower, upper, dual_clip=c)
+    ours = _common.band_metrics(logp, old, adv, valid, lower, upper, dual_clip=c, form=form, tis_cap=tis_cap)
     metrics: dict[str, Any] = {
         "actor/pg_clipfrac": float(ours["clip_ratio/region_mean"]),
         "actor/ppo_kl": float(ours["ppo_kl"]),
-        "actor/pg_clipfrac_lower": float(ours["dual_clip_fraction"]),
+        "actor/pg_clipfrac_lower": float(ours["truncated_fraction" if form == "mask" else "dual_clip_fraction"]),
     }
     metrics.update({f"actor/bandpo/{k}": float(v) for k, v in ours.items()})
     return loss, metrics
