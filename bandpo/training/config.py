@@ -114,7 +114,8 @@ class TaskConfig:
     """Where prompts come from and how completions are scored (see ``bandpo.training.tasks``)."""
 
     name: str = "addition"
-    """Task in ``bandpo.training.tasks.TASKS``: 'addition' (procedural, built in) or 'math_file' (prompts from a file)."""
+    """Task in ``bandpo.training.tasks.TASKS``: 'addition' (procedural, built in), 'rare_strategy' (built in, the
+    testbed: docs/testbed.md) or 'math_file' (prompts from a file)."""
     min_digits: int = 2
     """addition: fewest digits of an operand."""
     max_digits: int = 3
@@ -136,13 +137,22 @@ class TaskConfig:
     reward_weights: Optional[list[float]] = None
     """One weight per reward function; None: all 1."""
     heldout_size: int = 0
-    """addition: problems held out of training (a fixed set, the same for every seed), evaluated as the eval set
-    'heldout'; 0: none (the training stream of earlier versions)."""
+    """addition, rare_strategy: problems held out of training (a fixed set, the same for every seed), evaluated as
+    the eval set 'heldout'; 0: none (the training stream of earlier versions)."""
+    tail_freq: float = 0.015
+    """rare_strategy: warm-start frequency of the rare tail strategy 'T' (reward 1) among whole targets."""
+    wrong_freq: float = 0.02
+    """rare_strategy: warm-start frequency of each wrong strategy 'X', 'Y' (reward 0) among whole targets."""
+    common_reward: float = 0.5
+    """rare_strategy: reward of the common strategy 'C' carried out correctly (the tail strategy earns 1)."""
 
     def __post_init__(self) -> None:
         from .tasks import REWARD_FUNCS, TASKS, TEMPLATES
 
         _check(self.heldout_size >= 0, "task.heldout_size", self.heldout_size, "must be >= 0")
+        _check(0 < self.tail_freq < 1, "task.tail_freq", self.tail_freq, "must be in (0, 1)")
+        _check(0 <= self.wrong_freq < 1, "task.wrong_freq", self.wrong_freq, "must be in [0, 1)")
+        _check(math.isfinite(self.common_reward), "task.common_reward", self.common_reward, "must be finite")
 
         _check(self.name in TASKS, "task.name", self.name, f"one of {sorted(TASKS)}")
         _check(1 <= self.min_digits <= self.max_digits <= 18, "task.min_digits/max_digits",

@@ -46,7 +46,27 @@ from ..losses import aggregate, aggregation_denominator, policy_loss, reduce_met
 from .rollout import Rollout, completion_logp, k3_kl, rollout
 from .tasks import Task
 
-__all__ = ["BandPOModule", "NonFiniteError"]
+__all__ = ["BandPOModule", "NonFiniteError", "RARE_P"]
+
+RARE_P = 0.05
+"""Old probability below which a sampled token counts as rare in ``ratio/rare_pos_max`` / ``ratio/rare_neg_min``."""
+_LOG_RARE_P = math.log(RARE_P)
+_RARE_REDUCTIONS = {"ratio/rare_pos_max": "max", "ratio/rare_neg_min": "min", "rare/pos_tokens": "sum",
+                    "rare/neg_tokens": "sum"}
+
+
+@torch.no_grad()
+def _rare_ratio_metrics(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor) -> dict:
+    """Ratio extremes of rare sampled tokens (old probability < :data:`RARE_P`) at the moment their gradient is
+    taken: ``ratio/rare_pos_max`` = max r over those with A > 0 (0 if none), ``ratio/rare_neg_min`` = min r over
+    those with A < 0 (inf if none), and their counts. r = exp(clamp(logp - old_logp, -20, 20)) as in the loss.
+    All (B, T) inputs; 0-d outputs, no host sync."""
+    rare = mask.bool() & (old_logp < _LOG_RARE_P)
+    pos, neg = rare & (adv > 0), rare & (adv < 0)
+    r = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+    return {"ratio/rare_pos_max": torch.where(pos, r, torch.zeros_like(r)).amax(),
+            "ratio/rare_neg_min": torch.where(neg, r, torch.full_like(r, math.inf)).amin(),
+            "rare/pos_tokens": pos.sum().to(r.dtype), "rare/neg_tokens": neg.sum().to(r.dtype)}
 
 
 class NonFiniteError(FloatingPointError):
@@ -175,13 +195,16 @@ class BandPOModule(L.LightningModule):
         self.generator.manual_seed(seed)
         torch.manual_seed(seed)  # only dropout, if the model has any, draws from the global RNG
 
+        probes = self.task.probes(self.policy, self.tokenizer) if self.task.probes is not None else {}
         t0 = time.perf_counter()
-        ro = self._rollout(step, rank, world)
+        rows = self._rows(step, rank, world)
+        ro = self._rollout(rows)
         t1 = time.perf_counter()
         stats = self._update(ro, step)
         t2 = time.perf_counter()
 
-        row = self._reduce_metrics(ro, stats)
+        row = self._reduce_metrics(ro, stats, rows)
+        row.update({k: float(v) for k, v in probes.items()})
         n_tokens = row.pop("_completion_tokens")
         row.update({
             "optim_steps": float(self.trainer.global_step),
@@ -230,11 +253,14 @@ class BandPOModule(L.LightningModule):
             EvalLog(self._eval_path()).append(step, out)
         return out
 
-    def _rollout(self, step: int, rank: int, world: int) -> Rollout:
-        cfg = self.cfg
-        rows = self.task.rows(step, cfg.rollout.prompts_per_step)
+    def _rows(self, step: int, rank: int, world: int) -> list:
+        """This process's share of the prompt rows of RL step ``step``."""
+        rows = self.task.rows(step, self.cfg.rollout.prompts_per_step)
         per_rank = len(rows) // world
-        rows = rows[rank * per_rank:(rank + 1) * per_rank]
+        return rows[rank * per_rank:(rank + 1) * per_rank]
+
+    def _rollout(self, rows: list) -> Rollout:
+        cfg = self.cfg
         r = cfg.rollout
         return rollout(
             self.policy, self.tokenizer, rows, group_size=r.group_size, max_new_tokens=r.max_new_tokens,
@@ -285,6 +311,7 @@ class BandPOModule(L.LightningModule):
             loss, m = policy_loss(logp, ro.old_logp[j], adv, mask, config=cfg.loss, step=step, denominator=den,
                                   validate=False)
             m["loss/policy"] = loss.detach()
+            m.update(_rare_ratio_metrics(logp.detach(), ro.old_logp[j], adv, mask))
             if ro.ref_logp is not None:
                 kl = aggregate(k3_kl(logp, ro.ref_logp[j]), mask, cfg.loss.agg, denominator=den)
                 loss = loss + cfg.objective.kl_coef * kl
@@ -302,7 +329,8 @@ class BandPOModule(L.LightningModule):
             opt.step()
             sched.step()
         # Micro-batch parts of the policy loss and KL add up to the mini-batch value (whole-batch denominator).
-        metrics = reduce_metrics([m for m, _, _ in parts], {"loss/policy": "sum", "kl_ref": "sum"}, distributed=False)
+        metrics = reduce_metrics([m for m, _, _ in parts], {"loss/policy": "sum", "kl_ref": "sum", **_RARE_REDUCTIONS},
+                                 distributed=False)
         metrics["loss/total"] = total
         metrics["grad_norm"] = grad_norm.detach()
         return {"parts": parts, "metrics": metrics, "skipped": float(bad)}
@@ -344,8 +372,9 @@ class BandPOModule(L.LightningModule):
     # Metrics
     # ------------------------------------------------------------------------------------------------------
 
-    def _rollout_metrics(self, ro: Rollout, skipped: float) -> "tuple[dict, dict]":
-        """This process's rollout statistics as one metrics part, and how each key reduces over processes."""
+    def _rollout_metrics(self, ro: Rollout, skipped: float, rows: list) -> "tuple[dict, dict]":
+        """This process's rollout statistics as one metrics part, and how each key reduces over processes
+        (with the task's ``rollout_stats`` of the decoded completions, when it has them)."""
         G = self.cfg.rollout.group_size
         n = float(ro.rewards.numel())
         length = ro.mask.sum(1).float()
@@ -372,11 +401,16 @@ class BandPOModule(L.LightningModule):
         per_sample = [k for k in part if k.startswith("reward/")] + [
             "_reward_sq", "accuracy", "completion_length/mean", "completion_length/truncated_frac"]
         reductions = {k: ("mean", "_n") for k in per_sample}
+        if self.task.rollout_stats is not None:
+            columns = {k: [row[k] for row in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+            task_stats = self.task.rollout_stats(ro.completions, columns)
+            part.update({k: float(v) for k, v in task_stats.items()})
+            reductions.update({k: self.task.rollout_stat_reductions.get(k, ("mean", "_n")) for k in task_stats})
         reductions.update({"entropy": ("mean", "_tokens"), "frac_reward_zero_std": ("mean", "_groups"),
                            "_completion_tokens": "sum", "_n": "sum", "_tokens": "sum", "_groups": "sum"})
         return part, reductions
 
-    def _reduce_metrics(self, ro: Rollout, stats: list) -> dict:
+    def _reduce_metrics(self, ro: Rollout, stats: list, rows: list) -> dict:
         """One row of floats: rollout statistics and the optimiser steps' loss metrics, reduced over processes.
 
         ``bandpo.losses.reduce_metrics`` does the weighting (one all-reduce): loss metrics are token-weighted
@@ -384,11 +418,15 @@ class BandPOModule(L.LightningModule):
         ``loss/*``, ``kl_ref`` and ``grad_norm`` are means over optimiser steps; ``num_tokens`` and the bucket
         token counts are totals over the RL step; ``ratio/min``/``ratio/max`` are the extremes.
         """
-        rollout_part, reductions = self._rollout_metrics(ro, float(sum(s["skipped"] for s in stats)))
+        rollout_part, reductions = self._rollout_metrics(ro, float(sum(s["skipped"] for s in stats)), rows)
+        reductions.update(_RARE_REDUCTIONS)
         reduced = reduce_metrics([rollout_part] + [s["metrics"] for s in stats], reductions)
         keys = list(reduced)
         values = torch.stack([reduced[k] for k in keys]).tolist()  # the one host sync of the row
         row = dict(zip(keys, values))
+        for k in ("ratio/rare_pos_max", "ratio/rare_neg_min"):  # no such token in the step: NaN
+            if k in row and (not math.isfinite(row[k]) or row[k] == 0.0):
+                row[k] = math.nan
         mean_sq = row.pop("_reward_sq")
         for k in ("_n", "_tokens", "_groups"):
             row.pop(k)

@@ -9,7 +9,7 @@ A task turns an RL step index into a batch of prompt rows, and scores completion
 is passed by name as a list aligned with ``completions`` (each prompt's value repeated once per completion).
 Reward functions must accept and ignore extra keyword arguments.
 
-Two tasks are registered (``TASKS``; add one with :func:`register_task`):
+Three tasks are registered (``TASKS``; add one with :func:`register_task`):
 
 * ``addition``: procedurally generated ``"a+b="`` prompts with ``min_digits``..``max_digits``-digit operands
   and the exact decimal sum as the answer; reward ``exact_match`` (1.0 if the completion equals the answer,
