@@ -3,6 +3,8 @@
 * :func:`derive_bounds` (:mod:`bandpo_theory.derive`): closed-form lower/upper bounds derived from the generator;
 * :mod:`bandpo_theory.checks`: symbolic identities (root, convexity, mirror, limits, small-delta expansion);
 * :mod:`bandpo_theory.asymptotics`: the limits p -> 0, p -> 1 and the unified small-delta expansion;
+* :mod:`bandpo_theory.dppo`: DPPO's binary TV/KL mask against BandPO's clip (same region, same gradient but for
+  cap, dual clip and truncation);
 * :func:`certify` (:mod:`bandpo_theory.certify`, needs cvxpy): the full-vocabulary problem solved by a conic solver;
 * ``python -m bandpo_theory.report`` writes ``theory/REPORT.md``; ``python -m bandpo_theory.certify`` prints the certification table.
 
