@@ -33,9 +33,12 @@ test-slow: venv
 bench: venv
 	$(PY) benchmarks/band_speed.py
 
-# Every paper figure into paper_figures/out/, running the training runs / bandit / benchmark whose data is missing.
+# Every paper figure into paper_figures/out/, running the training runs / bandit / benchmark / testbed grid whose data
+# is missing.
+# TESTBED_JOBS=N splits the testbed grid (when its runs are missing) over N processes.
+TESTBED_JOBS ?= 1
 reproduce: venv
-	$(PY) paper_figures/reproduce.py
+	$(PY) paper_figures/reproduce.py --testbed-jobs $(TESTBED_JOBS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

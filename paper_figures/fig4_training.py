@@ -2,6 +2,7 @@
 
     python paper_figures/fig4_training.py --out paper_figures/out/
     python paper_figures/fig4_training.py --runs some/other/runs --smooth 1
+    python paper_figures/fig4_training.py --testbed --out paper_figures/out/   # the testbed's main grid
 
 Data: ``data/runs/<method>-seed<k>/metrics.csv``, one folder per (method, seed), written by the reproduction
 runner (Lightning CSVLogger, one row per RL step, column ``step``; several rows of one step are merged, the last
@@ -12,6 +13,12 @@ bottom: per old-probability bucket, the fraction of the bucket's tokens clipped 
         advantage (``bucket/<b>/clip_high_mean``; ``--clip-stat clip_region_mean`` for both sides), in percent.
 Lines: mean over seeds of a centred moving average (``--smooth`` steps, default 1/25 of the run); bands: min and
 max over seeds of the same smoothed curves. Steps present in every seed of a method are used.
+
+``--testbed`` draws the same panels for the testbed's main grid (``data/testbed/main/<method>-seed<k>``, written by
+``python -m bandpo.experiments.testbed``) into ``fig4_training_testbed.png``: the testbed logs the same reward,
+entropy and per-bucket clip columns, and the per-bucket upper-clip fractions are where the methods differ at the
+rare tail token. The testbed's own columns (p(tail)) and seed bands of 8 seeds are in fig8_testbed_curves.py.
+Without testbed runs, ``--testbed`` prints why and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from style import DATA, apply_style, method_style, out_parser, panel_label, resolve_out, save
+from style import DATA, OUT, apply_style, method_style, out_parser, panel_label, resolve_out, save
 
 NAME = "fig4_training.png"
 RUNS = DATA / "runs"
+TESTBED_NAME = "fig4_training_testbed.png"
+TESTBED_RUNS = DATA / "testbed" / "main"
 RUN_DIR = re.compile(r"^(?P<method>.+)-seed(?P<seed>\d+)$")
 TOP = (
     ("reward/mean", "reward (mean)", 1.0),
@@ -48,7 +57,7 @@ def top_panels(data: dict) -> list:
     rest = [t for t in TOP if t[0] not in ("reward/mean", "accuracy")]
     return [("reward/mean", "reward = accuracy (mean)", 1.0)] + rest
 BUCKET_KEY = re.compile(r"^bucket/(?P<bucket>[^/]+)/(?P<stat>[^/]+)$")
-METHOD_ORDER = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2")
+METHOD_ORDER = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "dppo_kl", "dppo_tv", "band_kl_relax")
 
 
 def runner_command() -> "list[str] | None":
@@ -156,8 +165,9 @@ def load_runs(runs: Path = RUNS) -> dict[str, list[dict[str, np.ndarray]]]:
     return {m: [read_metrics(p) for _, p in sorted(seeds.items())] for m, seeds in found.items()}
 
 
-def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: str = "clip_high_mean"):
-    """Draw the curves of every run under ``runs`` and save to ``out`` (a .png path or a folder)."""
+def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: str = "clip_high_mean", *,
+                name: str = NAME, title: str = "tiny-model RL on CPU"):
+    """Draw the curves of every run under ``runs`` and save to ``out`` (a .png path or a folder holding ``name``)."""
     data = load_runs(runs)
     n_steps = max(len(r["step"]) for seeds in data.values() for r in seeds)
     window = max(1, n_steps // 25) if window is None else window
@@ -204,20 +214,34 @@ def make_figure(out, runs: Path = RUNS, window: int | None = None, clip_stat: st
     handles, labels = top_axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
     steps_txt = f"{window} step{'s' if window != 1 else ''}"
-    fig.suptitle(f"tiny-model RL on CPU: mean over seeds (bands: min to max), moving average over {steps_txt}",
-                 fontsize=9)
-    return save(fig, resolve_out(out, NAME))
+    fig.suptitle(f"{title}: mean over seeds (bands: min to max), moving average over {steps_txt}", fontsize=9)
+    return save(fig, resolve_out(out, name))
 
 
 def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
-    ap.add_argument("--runs", type=Path, default=RUNS, help="folder of <method>-seed<k>/metrics.csv runs")
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="folder of <method>-seed<k>/metrics.csv runs (default data/runs, with --testbed data/testbed/main)")
     ap.add_argument("--smooth", type=int, default=None, help="moving-average window in steps (default: run/25)")
     ap.add_argument("--clip-stat", default="clip_high_mean",
                     choices=["clip_high_mean", "clip_low_mean", "clip_region_mean"],
                     help="bucket statistic (bottom row)")
+    ap.add_argument("--testbed", action="store_true",
+                    help=f"draw the testbed's main grid ({TESTBED_RUNS.relative_to(DATA.parent)}) as {TESTBED_NAME}")
     args = ap.parse_args(argv)
-    path = make_figure(args.out, args.runs, args.smooth, args.clip_stat)
+    if args.testbed:
+        if args.out == OUT / NAME:
+            args.out = OUT / TESTBED_NAME
+        runs = TESTBED_RUNS if args.runs is None else args.runs
+        if not discover_runs(runs):
+            print(f"fig4 --testbed: skipped: no <method>-seed<k>/metrics.csv under {runs} (produce it with "
+                  f"`python -m bandpo.experiments.testbed` or `make reproduce`)", flush=True)
+            return []
+        path = make_figure(args.out, runs, args.smooth, args.clip_stat, name=TESTBED_NAME,
+                           title="testbed, main grid")
+        print(f"wrote {path}")
+        return [path]
+    path = make_figure(args.out, RUNS if args.runs is None else args.runs, args.smooth, args.clip_stat)
     print(f"wrote {path}")
     return [path]
 

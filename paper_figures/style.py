@@ -60,6 +60,11 @@ METHOD = {
     "band_reverse_kl": dict(color=BROWN, ls="-"),
     "band_neyman_chi2": dict(color=SKY, ls="-"),
     "no_clip": dict(color="#BBBBBB", ls=(0, (1, 1))),
+    "dppo_kl": dict(color=BLUE, ls="--"),
+    "dppo_tv": dict(color=VERMILLION, ls="--"),
+    "band_kl_relax": dict(color=SKY, ls="-."),
+    "band_kl_upper": dict(color=GREEN, ls="-."),
+    "band_kl_lower": dict(color=BROWN, ls="-."),
 }
 """Colour and line style per method id of ``bandpo.losses.METHODS`` (the ids in run folder names and data
 files); the legend label is the method's own ``Method.label``."""

@@ -260,6 +260,93 @@ def test_fig6_on_real_benchmark_output(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Figs. 7-9 and fig4 --testbed: the testbed (synthetic runs in the runner's layout; the real data when present)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def testbed_data(tmp_path_factory):
+    from synthetic_testbed import write_synthetic_testbed
+
+    return write_synthetic_testbed(tmp_path_factory.mktemp("testbed"), seeds=(0, 1, 2), steps=30)
+
+
+def test_fig7_forest_numbers_are_the_paired_differences(testbed_data, tmp_path):
+    from bandpo.experiments.testbed import read_summary
+
+    f7 = fig("fig7_testbed_forest")
+    rows = read_summary(testbed_data)
+    table = f7.forest(rows)
+    assert [c[0] for c in f7.candidates(rows)] == ["clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "dppo_kl",
+                                                  "dppo_tv", "band_kl_relax", "band_kl_upper", "band_kl_lower"]
+    by = {(r["method"], r["setting"], r["seed"]): r for r in rows if r["grid"] in ("main", "ablation")}
+    for t in table:
+        diffs = [by[(t["method"], "default", s)][t["metric"]] - by[("clip", "default", s)][t["metric"]]
+                 for s in (0, 1, 2)]
+        assert t["n"] == 3 and t["diff"] == pytest.approx(np.mean(diffs), abs=1e-12)
+        assert min(diffs) - 1e-12 <= t["low"] <= t["diff"] <= t["high"] <= max(diffs) + 1e-12
+    (a,) = f7.main(["--out", str(tmp_path / "a"), "--data", str(testbed_data)])
+    (b,) = f7.main(["--out", str(tmp_path / "b"), "--data", str(testbed_data)])
+    assert_png(a, min_h=250)
+    assert a.read_bytes() == b.read_bytes(), "fig7 is not deterministic"
+
+
+def test_fig8_seed_bands_are_quartiles_over_seeds(testbed_data, tmp_path):
+    f8 = fig("fig8_testbed_curves")
+    per_seed = [{"step": np.arange(3.0), "x": np.array([v, v, v]) * (k + 1)} for k, v in enumerate([1.0, 2, 3, 4, 5])]
+    steps, mid, lo, hi = f8.seed_band(per_seed, "x", 1)
+    values = [1.0, 4, 9, 16, 25]  # seed k holds (k + 1)^2 at every step
+    assert mid.tolist() == [np.percentile(values, 50)] * 3
+    assert lo.tolist() == [np.percentile(values, 25)] * 3 and hi.tolist() == [np.percentile(values, 75)] * 3
+    assert f8.seed_band(per_seed, "missing", 1) is None
+    runs = f8.load(testbed_data)
+    assert list(runs)[:3] == ["clip", "clip_higher", "dcpo"] and all(len(v) == 3 for v in runs.values())
+    (path,) = f8.main(["--out", str(tmp_path), "--data", str(testbed_data)])
+    assert_png(path, min_h=250)
+
+
+def test_fig9_sweeps_take_the_main_runs_as_the_middle_points(testbed_data, tmp_path):
+    from bandpo.experiments.testbed import read_summary
+
+    f9 = fig("fig9_testbed_sweeps")
+    rows = read_summary(testbed_data)
+    assert [d for d, _ in f9.delta_points(rows, "eval_mean")] == [0.01, 0.02, 0.05, 0.1, 0.2]
+    assert [f for f, _ in f9.lr_points(rows, "eval_mean", "clip")] == [0.25, 1.0, 4.0]
+    pts = dict(f9.delta_points(rows, "eval_mean"))
+    main_kl = [r["eval_mean"] for r in rows if (r["grid"], r["method"]) == ("main", "band_kl")]
+    assert pts[0.05].estimate == pytest.approx(np.mean(main_kl)) and pts[0.05].n == 3
+    assert [m for m, _ in f9.ablation_points(rows, "collapsed")] == ["clip", "band_kl", "band_kl_upper",
+                                                                      "band_kl_lower"]
+    (path,) = f9.main(["--out", str(tmp_path), "--data", str(testbed_data)])
+    assert_png(path, min_h=300)
+
+
+def test_fig4_draws_the_testbed_main_grid(testbed_data, tmp_path):
+    f4 = fig("fig4_training")
+    (path,) = f4.main(["--testbed", "--runs", str(testbed_data / "main"), "--out", str(tmp_path)])
+    assert path.name == "fig4_training_testbed.png"
+    assert_png(path)
+
+
+def test_testbed_figures_skip_cleanly_without_data(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("fig7_testbed_forest", "fig8_testbed_curves", "fig9_testbed_sweeps"):
+        assert fig(name).main(["--out", str(tmp_path), "--data", str(empty)]) == []
+    assert fig("fig4_training").main(["--testbed", "--runs", str(empty), "--out", str(tmp_path)]) == []
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 4 and "bandpo.experiments.testbed" in out
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.skipif(not (FIG_DIR / "data" / "testbed" / "summary.csv").is_file(), reason="no testbed data yet")
+def test_testbed_figures_on_the_committed_data(tmp_path):
+    for name in ("fig7_testbed_forest", "fig8_testbed_curves", "fig9_testbed_sweeps"):
+        (path,) = fig(name).main(["--out", str(tmp_path)])
+        assert_png(path, min_h=200)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The driver and the index
 # ---------------------------------------------------------------------------------------------------------
 

@@ -160,6 +160,7 @@ def test_runner_end_to_end(tmp_path):
         a, b = (_strip_time(r / "metrics.csv")[0] for r in runs)
         for key in ("reward/mean", "entropy", "completion_length/mean", "num_tokens"):
             assert a[key] == b[key], key
+    assert tb.pairing_problems(table) == [] and len({r["base_config"] for r in table}) == 1
     rows = {(r["method"], r["seed"]): r for r in table}
     assert rows[("clip", 0)]["eval_set"] == "heldout" and rows[("clip", 0)]["eval_n"] == 4
     assert rows[("clip", 0)]["eval_mean_start"] == rows[("band_kl", 0)]["eval_mean_start"]
@@ -178,6 +179,19 @@ def test_runner_end_to_end(tmp_path):
                log=logs.append)
     assert _strip_time(tmp_path / "again/main/band_kl-seed1/metrics.csv") == \
         _strip_time(tmp_path / "main/band_kl-seed1/metrics.csv")
+
+
+def test_pairing_problems_name_what_breaks_the_pairing():
+    rows = [{"grid": "main", "run": m, "seed": s, "entropy_start": 0.3 + s, "base_config": "abc"}
+            for m in ("clip", "band_kl") for s in (0, 1)]
+    assert tb.pairing_problems(rows) == []
+    rows[1] = dict(rows[1], entropy_start=0.5, base_config="def")  # clip seed 1 from another start and config
+    problems = tb.pairing_problems(rows)
+    assert len(problems) == 2
+    assert "2 different base configs" in problems[0]
+    assert problems[1].startswith("seed 1: step-0 entropy differs") and "main/clip" in problems[1]
+    rows.append({"grid": "main", "run": "dcpo", "seed": 0, "entropy_start": math.nan, "base_config": "abc"})
+    assert len(tb.pairing_problems(rows)) == 2  # a run without entropy is not a mismatch
 
 
 def test_cli_errors(capsys):

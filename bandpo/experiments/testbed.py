@@ -21,6 +21,9 @@ Pairing: a run is the preset with ``trainer.seed = k`` plus its variant's overri
 ``loss.delta`` or ``optim.lr`` for a sweep). The warm-start, the prompts and the sampler's generator depend only on
 the seed, so within a seed every method starts from the same policy and sees the same first rollouts (step 0 of
 every method of a seed is identical): seed k of two methods is a matched pair, and methods differ only in the loss.
+The preset is read once per process, so a grid is not mixed by an edit of the preset file while it runs;
+``base_config`` in summary.csv identifies the config each run derives from, and the CLI warns when runs of a summary
+come from different base configs or the runs of a seed do not share their step 0 (:func:`pairing_problems`).
 
 Every run is trained in this process (``bandpo.training.cli.run``, imported once) in seed-major order, so an
 interrupted grid holds complete pairs first; a finished run (``summary.json`` with ``completed_steps >=
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import re
@@ -57,7 +61,8 @@ from .reproduce import _parse_set, is_finished
 
 __all__ = [
     "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
-    "WINDOW", "jobs", "read_evals", "read_metrics", "run_dir", "run_statistics", "summarize", "testbed",
+    "WINDOW", "config_id", "jobs", "pairing_problems", "read_evals", "read_metrics", "read_summary", "run_dir",
+    "run_statistics", "summarize", "testbed",
 ]
 
 DEFAULT_OUT = Path("paper_figures/data/testbed")
@@ -134,10 +139,11 @@ SUMMARY_COLUMNS = (
     "discovery_step", "discovered", "p_tail_last", "tail_frac_last",
     "drift_unsampled", "drift_sampled", "n_unsampled", "n_sampled",
     *(f"clip_region_{b}" for b in BUCKET_NAMES), *(f"clip_high_{b}" for b in BUCKET_NAMES),
-    "wall_s",
+    "wall_s", "base_config",
 )
 """summary.csv columns; the statistics are defined in :func:`run_statistics`, ``wall_s`` is the run's wall-clock
-time in the runner (warm-start, RL steps and evaluations; the finishing process only if it was resumed)."""
+time in the runner (warm-start, RL steps and evaluations; the finishing process only if it was resumed),
+``base_config`` identifies the preset-plus-``--set`` config the run was derived from (:func:`config_id`)."""
 
 
 def run_dir(out: Path, variant: Variant, seed: int) -> Path:
@@ -365,6 +371,7 @@ def summarize(out: Path = DEFAULT_OUT, *, window: int = WINDOW) -> list:
         row["run"] = folder.name.rsplit("-seed", 1)[0]
         row.update(run_statistics(read_metrics(folder), read_evals(folder), max_steps=max_steps, window=window))
         row["wall_s"] = float(rec.get("wall_s", math.nan))
+        row["base_config"] = rec.get("base_config", "")
         table.append(row)
     table.sort(key=_grid_order)
     if table:
@@ -384,7 +391,7 @@ def read_summary(path: "str | Path") -> list:
         for r in csv.DictReader(f):
             row = {}
             for k, v in r.items():
-                if k in ("grid", "run", "method", "setting", "eval_set"):
+                if k in ("grid", "run", "method", "setting", "eval_set", "base_config"):
                     row[k] = v
                 elif k in ("seed", "steps", "max_steps", "n_unsampled", "n_sampled"):
                     row[k] = int(float(v))
@@ -399,12 +406,19 @@ def read_summary(path: "str | Path") -> list:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _record(path: Path, variant: Variant, seed: int, wall_s: float, overrides: dict) -> None:
+def config_id(cfg) -> str:
+    """12 hex digits identifying a config (sha256 of its sorted JSON): the ``base_config`` of summary.csv."""
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _record(path: Path, variant: Variant, seed: int, wall_s: float, overrides: dict, base_id: str) -> None:
     """Add the "testbed" record to the run's summary.json."""
     summary = path / "summary.json"
     data = json.loads(summary.read_text())
     data["testbed"] = {"grid": variant.grid, "run": variant.name, "method": variant.method,
-                       "setting": variant.setting, "seed": seed, "overrides": overrides, "wall_s": wall_s}
+                       "setting": variant.setting, "seed": seed, "overrides": overrides, "wall_s": wall_s,
+                       "base_config": base_id}
     summary.write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -429,14 +443,16 @@ def testbed(
     variants = select(grids, methods)
     for v in dict.fromkeys(v.method for v in variants):
         get_method(v)  # ValueError listing the known ids
+    # The preset is read once: every run of this process derives from the same base, even if the file changes.
     base = load_config(preset_path(preset), dict(overrides or {}))
+    base_id = config_id(base)
     todo = jobs(variants, seeds, shard)
     if runner is None:
         from ..training.cli import run as runner
     out = Path(out)
     for k, (seed, variant) in enumerate(todo):
         extra = {**variant.overrides(base.optim.lr), "trainer.seed": seed, "trainer.progress_bar": False}
-        cfg = load_config(preset_path(preset), {**(overrides or {}), **extra})
+        cfg = base.replace(extra)
         path = run_dir(out, variant, seed)
         if is_finished(path, cfg.trainer.max_steps) and "testbed" in json.loads((path / "summary.json").read_text()):
             log(f"[testbed] skip {path} (finished)")
@@ -449,8 +465,32 @@ def testbed(
             log(f"[testbed] stopped by {result['stopped_by']}: {path} resumes from its checkpoint next time")
             break
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        _record(path, variant, seed, wall, extra)
+        _record(path, variant, seed, wall, extra, base_id)
     return summarize(out)
+
+
+def pairing_problems(table: Sequence[Mapping]) -> list:
+    """What breaks the pairing in summary rows, one message per problem ([] when none).
+
+    Every run must come from the same base config (``base_config``), and every run of a seed must start from the same
+    policy: step 0 comes before any update and the warm-start depends only on the seed (the δ and lr sweeps
+    change neither), so ``entropy_start`` must be identical across all runs of a seed.
+    """
+    problems = []
+    bases = sorted({r.get("base_config", "") for r in table})
+    if len(bases) > 1:
+        problems.append(f"runs from {len(bases)} different base configs ({', '.join(b or '?' for b in bases)}): "
+                        f"the preset or --set changed between runs")
+    by_seed: dict = {}
+    for r in table:
+        if not math.isfinite(r["entropy_start"]):
+            continue
+        by_seed.setdefault(r["seed"], {}).setdefault(r["entropy_start"], []).append(f"{r['grid']}/{r['run']}")
+    for seed, groups in sorted(by_seed.items()):
+        if len(groups) > 1:
+            parts = "; ".join(f"{h!r}: {', '.join(runs)}" for h, runs in groups.items())
+            problems.append(f"seed {seed}: step-0 entropy differs between runs ({parts})")
+    return problems
 
 
 def format_table(table: list) -> str:
@@ -497,7 +537,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"bandpo.experiments.testbed: error: {e}", file=sys.stderr)
         return 2
-    print(format_table(table))
+    print(format_table(table), flush=True)
+    for problem in pairing_problems(table):
+        print(f"warning: pairing: {problem}", file=sys.stderr)
     return 0
 
 
