@@ -170,9 +170,15 @@ def test_runner_end_to_end(tmp_path):
     def boom(cfg, path):
         raise AssertionError(f"re-ran {path}")
 
+    # (a finished run whose record is missing, e.g. trained before an interruption of the runner, gets one)
+    summary = tmp_path / "main/clip-seed1/summary.json"
+    data = json.loads(summary.read_text())
+    del data["testbed"]
+    summary.write_text(json.dumps(data))
     again = tb.testbed(tmp_path, ["main"], [0, 1], methods=["clip", "band_kl"], preset="tiny-cpu-eval",
                        overrides=TINY, runner=boom, log=logs.append)
     assert sum("skip" in line for line in logs) == 4 and len(again) == 4
+    assert json.loads(summary.read_text())["testbed"]["wall_s"] == data["wall_s_this_process"]
 
     # same input, same output: a run repeated in the same process (after three others) matches
     tb.testbed(tmp_path / "again", ["main"], [1], methods=["band_kl"], preset="tiny-cpu-eval", overrides=TINY,

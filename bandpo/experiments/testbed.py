@@ -454,7 +454,10 @@ def testbed(
         extra = {**variant.overrides(base.optim.lr), "trainer.seed": seed, "trainer.progress_bar": False}
         cfg = base.replace(extra)
         path = run_dir(out, variant, seed)
-        if is_finished(path, cfg.trainer.max_steps) and "testbed" in json.loads((path / "summary.json").read_text()):
+        if is_finished(path, cfg.trainer.max_steps):
+            if "testbed" not in json.loads((path / "summary.json").read_text()):  # trained, record not yet written
+                done = json.loads((path / "summary.json").read_text())
+                _record(path, variant, seed, float(done.get("wall_s_this_process", math.nan)), extra, base_id)
             log(f"[testbed] skip {path} (finished)")
             continue
         log(f"[testbed] run {path} ({k + 1}/{len(todo)}: {variant.method}, {variant.setting}, seed {seed})")
