@@ -278,10 +278,11 @@ def test_fig7_forest_numbers_are_the_paired_differences(testbed_data, tmp_path):
     rows = read_summary(testbed_data)
     table = f7.forest(rows)
     assert [c[0] for c in f7.candidates(rows)] == ["clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "dppo_kl",
-                                                  "dppo_tv", "band_kl_relax", "band_kl_upper", "band_kl_lower"]
+                                                  "dppo_tv", "band_kl_relax", "no_clip", "band_kl_upper",
+                                                  "band_kl_lower"]
     by = {(r["method"], r["setting"], r["seed"]): r for r in rows if r["grid"] in ("main", "ablation")}
     for t in table:
-        diffs = [by[(t["method"], "default", s)][t["metric"]] - by[("clip", "default", s)][t["metric"]]
+        diffs = [by[(t["method"], t["setting"], s)][t["metric"]] - by[("clip", "default", s)][t["metric"]]
                  for s in (0, 1, 2)]
         assert t["n"] == 3 and t["diff"] == pytest.approx(np.mean(diffs), abs=1e-12)
         assert min(diffs) - 1e-12 <= t["low"] <= t["diff"] <= t["high"] <= max(diffs) + 1e-12

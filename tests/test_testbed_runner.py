@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bandpo.experiments import testbed as tb
+from bandpo.losses import get_method
 from bandpo.losses.metrics import BUCKET_NAMES
 
 
@@ -21,13 +22,16 @@ from bandpo.losses.metrics import BUCKET_NAMES
 
 def test_grids_as_specified():
     assert [v.method for v in tb.GRIDS["main"]] == ["clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2",
-                                                     "dppo_kl", "dppo_tv", "band_kl_relax"]
+                                                     "dppo_kl", "dppo_tv", "band_kl_relax", "no_clip"]
+    # dppo_tv runs at band_tv's delta (same region, only the loss form differs); every other main row is default
+    assert {v.method: v.setting for v in tb.GRIDS["main"] if v.setting != "default"} == {"dppo_tv": "delta=0.05"}
+    assert get_method("band_tv").settings()["delta"] == 0.05
     assert [v.setting for v in tb.GRIDS["delta"]] == ["delta=0.01", "delta=0.02", "delta=0.1", "delta=0.2"]
     assert {(v.method, v.setting) for v in tb.GRIDS["lr"]} == {(m, f"lr=x{f}") for m in ("clip", "band_kl")
                                                               for f in ("0.25", "4")}
     assert [v.method for v in tb.GRIDS["ablation"]] == ["band_kl_upper", "band_kl_lower"]
     names = [v.grid + "/" + v.name for g in tb.GRIDS.values() for v in g]
-    assert len(names) == len(set(names)) == 19
+    assert len(names) == len(set(names)) == 20
     assert tb.SEEDS == tuple(range(8))
 
 
@@ -41,7 +45,7 @@ def test_variant_overrides_and_folders(tmp_path):
 
 
 def test_select_and_shards():
-    assert len(tb.select(["all"])) == 19
+    assert len(tb.select(["all"])) == 20
     assert [v.name for v in tb.select(["lr", "main"], ["clip"])] == ["clip-lrx0.25", "clip-lrx4", "clip"]
     with pytest.raises(ValueError, match="unknown grid 'nope'"):
         tb.select(["nope"])
