@@ -92,7 +92,7 @@ def test_training_registries_use_the_helper():
 
     for r in (tasks.TASKS, tasks.SFT_TASKS, tasks.REWARD_FUNCS, tasks.TEMPLATES, rollout.SAMPLERS):
         assert isinstance(r, Registry)
-    assert tasks.TASKS.names() == ["addition", "math_file"] and tasks.SFT_TASKS.names() == ["addition"]
+    assert tasks.TASKS.names() == ["addition", "math_file", "rare_strategy"] and tasks.SFT_TASKS.names() == ["addition", "rare_strategy"]
     assert set(tasks.REWARD_FUNCS.names()) >= {"answer_format", "answer_line", "exact_match"}
     assert rollout.SAMPLERS.names() == ["hf_generate", "loop"]
     assert rollout.SAMPLERS.get("loop") is rollout.sample_loop
