@@ -31,7 +31,10 @@ def test_grids_as_specified():
                                                               for f in ("0.25", "4")}
     assert [v.method for v in tb.GRIDS["ablation"]] == ["band_kl_upper", "band_kl_lower"]
     names = [v.grid + "/" + v.name for g in tb.GRIDS.values() for v in g]
-    assert len(names) == len(set(names)) == 20
+    assert [(v.method, v.setting) for v in tb.GRIDS["rare"]] == [(m, "tail=0.005") for m in tb.RARE_METHODS]
+    assert tb.GRIDS["rare"][0].overrides(3e-4) == {"loss.method": "clip", "task.tail_freq": 0.005}
+    names = [v.grid + "/" + v.name for g in tb.GRIDS.values() for v in g]
+    assert len(names) == len(set(names)) == 24
     assert tb.SEEDS == tuple(range(8))
 
 
@@ -45,7 +48,7 @@ def test_variant_overrides_and_folders(tmp_path):
 
 
 def test_select_and_shards():
-    assert len(tb.select(["all"])) == 20
+    assert len(tb.select(["all"])) == 24
     assert [v.name for v in tb.select(["lr", "main"], ["clip"])] == ["clip-lrx0.25", "clip-lrx4", "clip"]
     with pytest.raises(ValueError, match="unknown grid 'nope'"):
         tb.select(["nope"])
@@ -202,6 +205,25 @@ def test_pairing_problems_name_what_breaks_the_pairing():
     assert problems[1].startswith("seed 1: step-0 entropy differs") and "main/clip" in problems[1]
     rows.append({"grid": "main", "run": "dcpo", "seed": 0, "entropy_start": math.nan, "base_config": "abc"})
     assert len(tb.pairing_problems(rows)) == 2  # a run without entropy is not a mismatch
+    # a rarer tail is another warm-start: its runs pair with each other, not with the preset's
+    rare = [{"grid": "rare", "run": m, "setting": "tail=0.005", "seed": 0, "entropy_start": 0.1, "base_config": "abc"}
+            for m in ("clip", "band_kl")]
+    assert len(tb.pairing_problems(rows + rare)) == 2
+    rare[1]["entropy_start"] = 0.2
+    assert any(p.startswith("seed (0, 'tail=0.005')") for p in tb.pairing_problems(rows + rare))
+
+
+def test_rare_grid_pairs_with_its_own_baseline():
+    from bandpo.experiments.stats import baseline_of, compare
+
+    assert baseline_of({"method": "band_kl", "setting": "tail=0.005"}) == {"method": "clip", "setting": "tail=0.005"}
+    assert baseline_of({"method": "band_kl", "setting": "delta=0.1"}) == {"method": "clip", "setting": "default"}
+    rows = [{"method": m, "setting": st, "seed": s, "x": v + s}
+            for (m, st, v) in (("clip", "default", 0.0), ("clip", "tail=0.005", 10.0), ("band_kl", "tail=0.005", 11.0))
+            for s in (0, 1, 2)]
+    cand = {"method": "band_kl", "setting": "tail=0.005"}
+    (r,) = compare(rows, ["x"], [cand], baseline_of(cand))
+    assert r["diff"] == pytest.approx(1.0) and r["low"] == pytest.approx(1.0) and r["n"] == 3
 
 
 def test_cli_errors(capsys):

@@ -27,7 +27,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Interval", "RESAMPLES", "bootstrap_mean", "compare", "paired_differences", "select_rows", "seed_mean"]
+__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "compare", "paired_differences", "select_rows", "seed_mean"]
 
 RESAMPLES = 10_000
 """Bootstrap resamples per interval (5 000 antithetic pairs)."""
@@ -135,6 +135,14 @@ def compare(rows: Sequence[Mapping], metrics: Sequence[str], candidates: Sequenc
     return out
 
 
+def baseline_of(candidate: Mapping, method: str = "clip") -> dict:
+    """The baseline a testbed candidate pairs with: ``method`` at the same starting policy. Runs whose setting
+    changes the task (``tail=<freq>``, the ``rare`` grid) start from their own warm-start and pair with the baseline
+    of that setting; every other setting (δ, lr, the default) pairs with the baseline's ``default`` runs."""
+    setting = str(candidate.get("setting", "default"))
+    return {"method": method, "setting": setting if setting.startswith("tail=") else "default"}
+
+
 DEFAULT_METRICS = ("eval_mean", "eval_pass", "entropy_last", "discovery_step", "discovered", "collapsed")
 
 
@@ -144,7 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bandpo.experiments.stats", description=__doc__.split("\n\n")[0])
     p.add_argument("summary", nargs="?", default=str(DEFAULT_OUT / "summary.csv"), help="summary.csv of the testbed")
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
-    p.add_argument("--baseline", default="clip", help="baseline method id (setting 'default')")
+    p.add_argument("--baseline", default="clip",
+                   help="baseline method id (its 'default' runs; for a 'tail=' setting, its runs of that setting)")
     args = p.parse_args(argv)
     if not Path(args.summary).is_file():
         print(f"bandpo.experiments.stats: error: no file {args.summary} (run python -m bandpo.experiments.testbed)",
@@ -152,9 +161,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     rows = read_summary(args.summary)
     cands = list(dict.fromkeys((r["method"], r["setting"]) for r in rows))
-    cands = [{"method": m, "setting": s} for m, s in cands if (m, s) != (args.baseline, "default")]
+    cands = [{"method": m, "setting": s} for m, s in cands if m != args.baseline or not
+             (s == "default" or s.startswith("tail="))]
     try:
-        table = compare(rows, args.metrics, cands, {"method": args.baseline, "setting": "default"})
+        table = [t for c in cands for t in compare(rows, args.metrics, [c], baseline_of(c, args.baseline))]
     except ValueError as e:
         print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
         return 2

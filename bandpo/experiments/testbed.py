@@ -2,7 +2,7 @@
 per-run statistics of ``summary.csv``.
 
     python -m bandpo.experiments.testbed                                  # grid main, seeds 0..7, preset testbed
-    python -m bandpo.experiments.testbed --grid all                       # main, delta, lr and ablation
+    python -m bandpo.experiments.testbed --grid all                       # main, delta, lr, ablation and rare
     python -m bandpo.experiments.testbed --grid main --methods clip band_kl --seeds 0 1   # a smoke subset
     python -m bandpo.experiments.testbed --shard 0/2 & python -m bandpo.experiments.testbed --shard 1/2
     python -m bandpo.experiments.testbed --summary-only                   # rewrite summary.csv from the run folders
@@ -15,7 +15,9 @@ probability below 0.05; its rollouts log ``testbed/p_tail``, ``testbed/p_common`
   settings (``setting`` = ``default``);
 * ``delta``: band_kl at δ = 0.01, 0.02, 0.1, 0.2 (δ = 0.05 is band_kl of ``main``);
 * ``lr``: clip and band_kl at 0.25 and 4 times the preset's learning rate (x1 is ``main``);
-* ``ablation``: band_kl_upper (band upper bound, clip lower 0.8), band_kl_lower (band lower bound, clip upper 1.2).
+* ``ablation``: band_kl_upper (band upper bound, clip lower 0.8), band_kl_lower (band lower bound, clip upper 1.2);
+* ``rare``: clip, clip_higher, band_kl, band_kl_upper with a rarer tail (``task.tail_freq`` 0.005 instead of 0.015:
+  a different warm-start, so these runs pair with each other, against ``clip`` of the same grid).
 
 Pairing: a run is the preset with ``trainer.seed = k`` plus its variant's overrides (``loss.method``, and
 ``loss.delta`` or ``optim.lr`` for a sweep). The warm-start, the prompts and the sampler's generator depend only on
@@ -95,10 +97,15 @@ class Variant:
     """Band radius override (``loss.delta``); None: the method's own."""
     lr_factor: Optional[float] = None
     """Multiplier of the preset's ``optim.lr``; None: the preset's."""
+    tail_freq: Optional[float] = None
+    """The task's tail frequency in the warm-start (``task.tail_freq``; the preset: 0.015); None: the preset's.
+    This changes the starting policy, so such runs pair only with runs of the same ``tail_freq``."""
 
     @property
     def setting(self) -> str:
-        """``default``, ``delta=<δ>`` or ``lr=x<factor>`` (the summary's ``setting`` column)."""
+        """``default``, ``delta=<δ>``, ``lr=x<factor>`` or ``tail=<freq>`` (the summary's ``setting`` column)."""
+        if self.tail_freq is not None:
+            return f"tail={self.tail_freq:g}"
         if self.delta is not None:
             return f"delta={self.delta:g}"
         if self.lr_factor is not None:
@@ -119,6 +126,8 @@ class Variant:
             out["loss.delta"] = self.delta
         if self.lr_factor is not None:
             out["optim.lr"] = base_lr * self.lr_factor
+        if self.tail_freq is not None:
+            out["task.tail_freq"] = self.tail_freq
         return out
 
 
@@ -129,11 +138,16 @@ MAIN_DELTAS = {"dppo_tv": 0.05}
 """Main-grid radius overrides: ``dppo_tv`` runs at ``band_tv``'s delta (its own default is 0.15), so that the two
 have the same trust region and differ only in the loss form (mask vs clip; ``docs/paper-notes.md``, "Peers (DPPO)").
 ``dppo_kl``'s default (0.05) already equals ``band_kl``'s."""
+RARE_TAIL = 0.005
+"""``task.tail_freq`` of the ``rare`` grid: a third of the preset's, so a rollout of 64 draws the tail about 0.3 times."""
+RARE_METHODS = ("clip", "clip_higher", "band_kl", "band_kl_upper")
+"""Methods of the ``rare`` grid (its baseline is ``clip`` at the same tail frequency)."""
 GRIDS: dict = {
     "main": tuple(Variant("main", m, delta=MAIN_DELTAS.get(m)) for m in MAIN_METHODS),
     "delta": tuple(Variant("delta", "band_kl", delta=d) for d in (0.01, 0.02, 0.1, 0.2)),
     "lr": tuple(Variant("lr", m, lr_factor=f) for m in ("clip", "band_kl") for f in (0.25, 4.0)),
     "ablation": (Variant("ablation", "band_kl_upper"), Variant("ablation", "band_kl_lower")),
+    "rare": tuple(Variant("rare", m, tail_freq=RARE_TAIL) for m in RARE_METHODS),
 }
 """The named grids (``--grid all`` is every one of them, in this order)."""
 
@@ -493,8 +507,9 @@ def pairing_problems(table: Sequence[Mapping]) -> list:
     for r in table:
         if not math.isfinite(r["entropy_start"]):
             continue
-        by_seed.setdefault(r["seed"], {}).setdefault(r["entropy_start"], []).append(f"{r['grid']}/{r['run']}")
-    for seed, groups in sorted(by_seed.items()):
+        start = str(r.get("setting", "")) if str(r.get("setting", "")).startswith("tail=") else ""  # own start
+        by_seed.setdefault((r["seed"], start) if start else r["seed"], {}).setdefault(r["entropy_start"], []).append(f"{r['grid']}/{r['run']}")
+    for seed, groups in sorted(by_seed.items(), key=str):
         if len(groups) > 1:
             parts = "; ".join(f"{h!r}: {', '.join(runs)}" for h, runs in groups.items())
             problems.append(f"seed {seed}: step-0 entropy differs between runs ({parts})")
