@@ -205,3 +205,33 @@ def test_float32_schedule_and_tensor_delta_within_one_ulp(name):
             err = (a.double() - b.double()).abs()[normal] / (eps * b.double()[normal])
             assert err.max() <= 1.0, f"{err.max():.3g} ulp"
             assert torch.equal(a[~normal], b[~normal]) or ((a[~normal] - b[~normal]).abs() <= torch.finfo(torch.float32).tiny * eps).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threaded_tensor_delta_chunks_equal_serial_and_single_chunk_calls(dtype):
+    """float32/16 with a per-token tensor delta runs its chunks (LOWP_CHUNK elements) on Python threads when torch
+    has more than one: bitwise the same as with one thread (a serial loop) and as calling each chunk alone, for a
+    2-D non-contiguous input with a broadcast delta, every built-in divergence with a table path."""
+    from bandpo.operator.bands import LOWP_CHUNK
+
+    g = torch.Generator().manual_seed(21)
+    n_rows = 2 * LOWP_CHUNK // 16 + 3  # 2 full chunks and a partial one (with 16 columns)
+    x = -30 * torch.rand(16, n_rows, generator=g, dtype=torch.float64) ** 3
+    x = x.to(dtype).t()  # (n_rows, 16), not contiguous
+    delta = torch.exp(torch.empty(n_rows, 1, dtype=torch.float32).uniform_(math.log(1e-3), math.log(0.5), generator=g))
+    threads = torch.get_num_threads()
+    for name in ["kl", "reverse_kl", "neyman_chi2", "js"]:
+        try:
+            torch.set_num_threads(2)
+            lo, up = bandpo.band(x, delta, name, validate=False)
+            torch.set_num_threads(1)
+            lo1, up1 = bandpo.band(x, delta, name, validate=False)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(lo, lo1) and torch.equal(up, up1), name
+        flat, flat_d = x.reshape(-1), delta.expand(x.shape).reshape(-1)
+        for start in (0, LOWP_CHUNK, 2 * LOWP_CHUNK):
+            part = slice(start, start + LOWP_CHUNK)
+            lo_c, up_c = bandpo.band(flat[part], flat_d[part], name, validate=False)
+            assert torch.equal(lo.reshape(-1)[part], lo_c) and torch.equal(up.reshape(-1)[part], up_c), (name, start)
+

@@ -29,7 +29,9 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
   path (:func:`bandpo.operator.tables.build_sat_table`, ~25 ms single-threaded);
 * other float32/16 calls (a per-token tensor delta) take the start table + one Halley step (kl) or one
   Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in
-  ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once).
+  ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once); both sides stacked in one
+  (2, n) tensor, the table coordinates in float32, the step in float64, and on the CPU in chunks of
+  LOWP_CHUNK elements spread over torch's thread count as Python threads (:func:`_tabulated_band_lowp`).
 
 The result is a pure function of the input (values, dtype, device, delta, divergence): the same on every
 call, the first included, whatever ran before (tables are built deterministically, keyed on what they
@@ -45,6 +47,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Union
 
 import torch
@@ -52,12 +57,16 @@ from torch import Tensor
 
 from .divergences import Divergence, get_divergence
 from .solvers import kl_log_band, kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
-from .tables import _eager_only, bits_band, get_bits_table, get_start_table, phi_at_inf, phi_fn, saturates
+from .numerics import LOG_TINY
+from .solvers import HALLEY
+from .tables import NEWTON_FINISH, _eager_only, _finite_tau, _safe_step, bits_band, get_bits_table, get_start_table
+from .tables import lookup_start32, phi_at_inf, phi_fn, saturates, side_phi_at_inf, tau_coords
 from .tables import delta_coords, get_sat_table, sat_band, tabulated_side, warp
 
 __all__ = ["band", "log_band", "prepare"]
 
 Delta = Union[float, Tensor]
+_TINY = math.exp(LOG_TINY)  # the smallest mass the solvers use (exp of their clamp of log masses)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,30 +260,78 @@ def _log_band_f64(
 
 
 def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tuple[Tensor, Tensor]":
-    """(lower, upper) in old_logp's (float32/16) dtype by the tabulated path, finished in ratio space:
-    lower = e^{-s_lo}, upper = 1 + ((1-p)/p)(1 - e^{-s_up}) (float64, then rounded: the same float64 values
-    as the exp of :func:`_log_band_f64`'s logs up to a few float64 ulps, so within 1 ulp of the float64
-    answer after rounding), with the same saturation, p = 1 and NaN rules and 0 <= lower <= 1 <= upper <= 1/p.
+    """(lower, upper) in old_logp's (float32/16) dtype by the start table + one float64 step, both sides
+    stacked in one (2, n) tensor (row 0: the lower side, (a, b) = (p, 1 - p); row 1: the upper side,
+    (a, b) = (1 - p, p)), so that every operation runs once on both (half the operations of two sides, which
+    matters with small chunks: see LOWP_CHUNK). Finished in ratio space: lower = e^{-s_lo},
+    upper = 1 + ((1-p)/p)(1 - e^{-s_up}) (float64, then rounded once).
+
+    Accuracy budget (float32 output, within 1 ulp of the float64 answer rounded): the step needs a start within
+    ~1e-5 relative (Newton: js, reverse_kl, neyman_chi2, NEWTON_FINISH) or ~2e-4 (Halley: kl), and φ(s0) - δ in
+    float64 (it cancels to ~1e-5 of φ); what only places the start is float32: the table coordinates (ζ; τ = log
+    delta, or τ = log log1p(δ/(φ(∞) - δ)) = log(-log(1 - δ/φ(∞))) for the saturating divergences, from a float64
+    δ/(φ(∞) - δ)) and the polynomial (float32 rounding moves the start by ~1e-7); its exp is float64 (log s*
+    spans [-350, 710]). The saturation test δ < φ(∞) is float64, as on the float64 path.
 
     Without torch.where (a select costs ~10 multiplications on the CPU): invalid inputs are not replaced
     but carried (every index is sanitised: nan_to_num on the table coordinates) and marked at the end by
     adding ``pad`` (0, or NaN where old_logp or delta is invalid); the saturated and p = 1 values are
-    exact min/max against 0/1 and 1/p, which bound lower and upper anyway."""
+    exact min/max against 0/1 and 1/p, which bound lower and upper anyway. User generators (no closed-form
+    φ'') take :func:`_tabulated_sides` (per side, Newton steps)."""
+    halley = HALLEY.get(div.phi)
     x = old_logp.detach().to(torch.float64)
     pad = x - x  # 0 where old_logp is finite, NaN where it is ±inf or NaN
     if isinstance(delta, Tensor):
+        log_d = torch.log(delta.detach())  # finite iff 0 < delta < inf (NaN or -inf for delta <= 0, inf for inf)
+        pad = pad.add_(log_d - log_d)  # + NaN where delta is invalid
         d = delta.detach().to(device=x.device, dtype=torch.float64)
-        ok = ((d > 0) & (d < math.inf)).to(torch.float64)  # 0 for NaN too
-        pad = pad + torch.reciprocal(ok).mul_(0.0)  # 0 * inf = NaN where delta is invalid
     else:
-        d = torch.full((), delta, dtype=torch.float64, device=x.device)
+        log_d = torch.full((), math.log(delta), dtype=torch.float32, device=x.device)
+        d = torch.full((), delta, dtype=torch.float64, device=x.device)  # a fill, not a host copy
     logp = x.clamp_(max=0.0)  # (x is a fresh copy) -inf stays -inf: its clamped masses are finite
-    log1mp = torch.expm1(logp).neg_().log_()
-    s_lo, sat_lo, s_up, sat_up, rab_up, p = _tabulated_sides(logp, log1mp, d, div, True)
-    inv_p = torch.reciprocal(p)  # of the clamped p: differs from e^{-logp} only where both overflow float32
-    lower = s_lo.neg_().exp_().clamp_(max=1.0)  # s_lo, s_up: fresh results of the steps
     one = torch.ones((), dtype=torch.float64, device=x.device)
-    upper = torch.minimum(torch.addcmul(one, rab_up, s_up.neg_().expm1_().neg_()).clamp_(min=1.0), inv_p)
+    if halley is None:
+        log1mp = torch.expm1(logp).neg_().log_()
+        s_lo, sat_lo, s_up, sat_up, rab_up, p = _tabulated_sides(logp, log1mp, d, div, True)
+    else:
+        table = get_start_table(div, x.device)
+        q_raw = torch.expm1(logp).neg_()  # 1 - p to an ulp; 0 at p = 1
+        log1mp = torch.log(q_raw)
+        lp, l1 = torch.clamp(logp, min=LOG_TINY), torch.clamp(log1mp, min=LOG_TINY)  # as solvers.sides
+        p, q = torch.exp(lp), q_raw.clamp_(min=_TINY)  # the clamped masses
+        a, b = torch.stack((p, q)), torch.stack((q, p))  # (2, n): row 0 the lower side, row 1 the upper side
+        rab = a / b  # within [2^-1022, 2^1022]; with it given, the φ evaluators never read log a
+        z = warp(torch.nan_to_num((lp - l1).to(torch.float32)))  # NaN (an unsanitised invalid input) -> 0
+        zeta = torch.stack((z, z.neg()))  # warp is odd: the upper side's coordinate is -ζ
+        log_b = None
+        if table.saturating:
+            log_b = torch.stack((l1, lp))
+            phinf = side_phi_at_inf(div, None, log_b, a, b)  # closed forms (js, reverse_kl): a and log b only
+            saturated = ~(d < phinf)  # φ(∞) <= delta (also where φ(∞) is NaN): no interior root
+            # τ = log(log1p(δ/(φ(∞) - δ))), in float32 from the float64 quotient, clamped to [2^-60, 2^52]
+            # (δ/φ(∞) from ~1e-18 to 1 - 2^-52). Saturated elements (φ(∞) <= δ, quotient <= -1) take |quotient|:
+            # any finite start serves them (their result is replaced), and a moderate one keeps every later
+            # exp/log on ordinary arguments (denormal, infinite or NaN arguments take slow paths on the CPU).
+            tau = torch.sub(phinf, d).reciprocal_().mul_(d).to(torch.float32).abs_().nan_to_num_(nan=1.0)
+            tau = tau.clamp_(2.0**-60, 2.0**52).log1p_().log_()  # finite: log1p of [2^-60, 2^52]
+            coords = tau_coords(table, tau)
+        else:
+            saturated = None
+            coords = tau_coords(table, _finite_tau(log_d.to(torch.float32)))  # τ = log delta, both sides
+        s = lookup_start32(table, zeta, coords).to(torch.float64).exp_()
+        if div.phi in NEWTON_FINISH:
+            phi, d1, _ = halley(s, None, log_b, a, b, rab, second=False)
+            s = _safe_step(s, phi.sub_(d).div_(d1))
+        else:
+            phi, d1, d2 = halley(s, None, log_b, a, b, rab)
+            t = phi.sub_(d).div_(d1)  # the Newton step; Halley divides it by 1 - t φ''/(2 φ') (kept in [1/2, 2])
+            corr = torch.addcmul(one, t, d2.div_(d1), value=-0.5).clamp_(0.5, 2.0)
+            s = _safe_step(s, t.div_(corr))
+        s_lo, s_up, rab_up = s[0], s[1], rab[1]
+        sat_lo, sat_up = (None, None) if saturated is None else (saturated[0], saturated[1])
+    inv_p = torch.reciprocal(p)  # of the clamped p: differs from e^{-logp} only where both overflow float32
+    lower = torch.neg(s_lo).exp_().clamp_(max=1.0)
+    upper = torch.minimum(torch.addcmul(one, rab_up, torch.neg(s_up).expm1_().neg_()).clamp_(min=1.0), inv_p)
     if sat_lo is not None:
         lower = torch.minimum(lower, (~sat_lo).to(torch.float64))  # 0 where saturated (lower >= 0)
         upper = torch.maximum(upper, sat_up.to(torch.float64).mul_(inv_p))  # 1/p where saturated (upper <= 1/p)
@@ -381,7 +438,7 @@ def band(
 
     if lowp and div.log_band is None:
         with torch.no_grad():
-            return _chunked(lambda x, d: _tabulated_band_lowp(x, d, div), old_logp, delta)
+            return _chunked(lambda x, d: _tabulated_band_lowp(x, d, div), old_logp, delta, LOWP_CHUNK, True)
 
     def one_pass(x: Tensor, d: Delta) -> "tuple[Tensor, Tensor]":
         log_lower, log_upper = _log_band_f64(x, d, div, lowp)
@@ -400,26 +457,79 @@ torch splits an elementwise op over threads only above 32768 elements (measured 
 (a tensor delta is chunked alongside), so it never changes a result."""
 
 
-def _chunked(fn, old_logp: Tensor, delta: Delta) -> "tuple[Tensor, Tensor]":
-    """Apply the elementwise ``fn`` ((x, delta) -> (lower, upper)) in flat chunks of CHUNK elements.
+LOWP_CHUNK = 16000
+"""Elements per chunk of the float32/16 per-token tensor-delta path (:func:`_tabulated_band_lowp`), whose
+chunks run on a small thread pool (:func:`_chunked` with ``threaded=True``): both sides stacked make
+(2, 16000) tensors, below torch's parallelisation threshold (``at::internal::GRAIN_SIZE`` = 32768 elements), so
+every operation of a chunk runs on the thread that owns the chunk, and the threads share nothing: no
+fork/join of the intra-op pool per operation (~250 per chunk), which is what the per-token path spent most of
+its time on with 2 threads, more so on a loaded machine. Elementwise, so it never changes a result."""
+
+_POOL: "Optional[tuple[int, ThreadPoolExecutor]]" = None
+_POOL_LOCK = threading.Lock()
+
+
+def _executor(n_threads: int) -> ThreadPoolExecutor:
+    """The shared pool of ``n_threads`` workers (rebuilt when torch's thread count changes)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != n_threads:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=False)
+            _POOL = (n_threads, ThreadPoolExecutor(n_threads, thread_name_prefix="bandpo-band"))
+        return _POOL[1]
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child's copy of the pool has no threads (using it would wait forever), and the lock may have
+    been held by another thread at the fork: start both afresh."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _chunked(fn, old_logp: Tensor, delta: Delta, chunk: int = CHUNK, threaded: bool = False) -> "tuple[Tensor, Tensor]":
+    """Apply the elementwise ``fn`` ((x, delta) -> (lower, upper)) in flat chunks of ``chunk`` elements.
 
     A tensor delta is broadcast to ``old_logp``'s shape and chunked alongside. The chunk count depends only
-    on the shape, never on the data."""
+    on the shape, never on the data. ``threaded``: the chunks after the first run on ``torch.get_num_threads()``
+    Python threads (torch releases the GIL inside its kernels); each chunk is computed by exactly the same
+    operations whichever thread runs it, so the result is the same bits as a serial loop."""
     if isinstance(delta, Tensor):
         delta = delta.detach().expand(old_logp.shape)
     n = old_logp.numel()
-    if n <= CHUNK or old_logp.device.type != "cpu" or torch.compiler.is_compiling():
+    if n <= chunk or old_logp.device.type != "cpu" or torch.compiler.is_compiling():
         return fn(old_logp, delta)
     flat = old_logp.detach().reshape(-1)
     flat_d = delta.reshape(-1) if isinstance(delta, Tensor) else delta
-    outs = None
-    for start in range(0, n, CHUNK):
-        d = flat_d[start : start + CHUNK] if isinstance(delta, Tensor) else delta
-        parts = fn(flat[start : start + CHUNK], d)
-        if outs is None:
-            outs = tuple(torch.empty(n, dtype=t.dtype, device=t.device) for t in parts)
-        for out, part in zip(outs, parts):
-            out[start : start + CHUNK] = part
+
+    def part(start: int) -> "tuple[Tensor, Tensor]":
+        d = flat_d[start : start + chunk] if isinstance(delta, Tensor) else delta
+        return fn(flat[start : start + chunk], d)
+
+    first = part(0)  # in the calling thread: builds any table before the workers start
+    outs = tuple(torch.empty(n, dtype=t.dtype, device=t.device) for t in first)
+
+    def store(start: int, parts: "tuple[Tensor, Tensor]") -> None:
+        for out, p in zip(outs, parts):
+            out[start : start + chunk] = p
+
+    store(0, first)
+    starts = range(chunk, n, chunk)
+    n_threads = torch.get_num_threads()
+    if threaded and n_threads > 1:
+        def work(start: int) -> None:
+            with torch.no_grad():  # grad mode is per thread
+                store(start, part(start))
+
+        for _ in _executor(n_threads).map(work, starts):
+            pass
+    else:
+        for start in starts:
+            store(start, part(start))
     return tuple(out.view(old_logp.shape) for out in outs)
 
 

@@ -55,7 +55,7 @@ from .solvers import HALLEY, PHI_AT_INF, js_phi, neyman_chi2_phi, reverse_kl_phi
 __all__ = ["BitsTable", "StartTable", "bits_band", "build_bits_table", "build_start_table", "delta_coords",
            "get_bits_table", "get_start_table", "phi_at_inf", "phi_fn", "saturates", "side_phi_at_inf",
            "tabulated_side", "tau_coords", "warp", "SatHalf", "SatSide", "SatTable", "build_sat_table",
-           "get_sat_table", "sat_band"]
+           "get_sat_table", "sat_band", "lookup_start32"]
 
 # Grid (see the module docstring). The nodes span exactly the logits the solvers see: masses are clamped
 # at the smallest normal float64, so |log a - log b| <= -LOG_TINY = 708.4 (a node beyond it would repeat the
@@ -300,17 +300,21 @@ def _lookup(table: StartTable, zeta: Tensor, coords: "tuple[Tensor, Tensor, Tens
     The coordinates and the cell's polynomial are evaluated in float32 (the start needs ~1e-4; float32
     rounding of the coordinates moves it by < 1e-6); the result is float64. zeta lies in
     [-ZETA_MAX, ZETA_MAX] (masses are clamped) and the cell index is clamped in any case."""
+    return lookup_start32(table, zeta.to(torch.float32), coords).to(torch.float64)
+
+
+def lookup_start32(table: StartTable, zeta: Tensor, coords: "tuple[Tensor, Tensor, Tensor]") -> Tensor:
+    """The float32 part of :func:`_lookup`: interpolated log s* at float32 ``zeta`` of any shape (e.g. (2, n),
+    both sides stacked) and τ coordinates broadcastable to it. One 1-D gather per coefficient (c[4k + l] of
+    the element's cell), then Horner in v and in u, in place on the gathered vectors."""
     j, v, extra = coords
-    zeta = zeta.to(torch.float32)
     tz = (zeta + ZETA_MAX) * (1.0 / H_ZETA)
     i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
-    u = tz - i
+    u = tz.sub_(i)
     idx = torch.addcmul(j, i, torch.full((), float(table.n_tau))).long().reshape(-1)  # exact integers < 2^24
     c = [table.coef[m].index_select(0, idx).view(zeta.shape) for m in range(16)]  # c[4k + l]
-    # Horner in v, then in u, in place on the freshly gathered vectors (the same operations)
     q = [c[4 * k].addcmul_(v, c[4 * k + 1].addcmul_(v, c[4 * k + 2].addcmul_(v, c[4 * k + 3]))) for k in range(4)]
-    y = q[0].addcmul_(u, q[1].addcmul_(u, q[2].addcmul_(u, q[3])))
-    return y.add_(extra).to(torch.float64)
+    return q[0].addcmul_(u, q[1].addcmul_(u, q[2].addcmul_(u, q[3]))).add_(extra)
 
 
 def _safe_step(s: Tensor, step: Tensor) -> Tensor:
