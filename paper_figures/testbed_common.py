@@ -21,7 +21,7 @@ METRICS = {
     "entropy_last": "final entropy (nats)",
     "discovery_step": "steps to discover the tail",
     "discovered": "tail discovered (rate)",
-    "collapsed": "entropy collapse (rate)",
+    "collapsed": "tail collapse (rate)",
     "p_tail_last": "final p(tail)",
     "reward_last": "final reward",
 }

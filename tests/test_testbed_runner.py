@@ -99,7 +99,8 @@ def test_discovery_drift_collapse_and_buckets():
     assert st["tail_frac_last"] == pytest.approx(np.mean(p[-4:]) / 2)
     h = np.linspace(1.0, 0.05, 10)
     assert st["entropy_start"] == 1.0 and st["entropy_last"] == pytest.approx(h[-4:].mean())
-    assert st["collapsed"] == 0.0  # 0.19 > 0.1 * 1.0
+    assert st["entropy_collapsed"] == 0.0  # 0.19 > 0.1 * 1.0
+    assert (st["p_tail_start"], st["p_tail_min"], st["collapsed"]) == (0.02, 0.02, 0.0)  # the tail never fell
     assert st["reward_last"] == pytest.approx(np.mean([0.6, 0.7, 0.8, 0.9]))
     # bucket p0-0.01 had no token at step 0 (its 0.9 is ignored); the others count every step
     assert st["clip_region_p0-0.01"] == pytest.approx(0.1)
@@ -113,7 +114,12 @@ def test_censoring_collapse_and_missing_columns():
     st = tb.run_statistics(_frame(5, [0.01, 0.02, 0.3, 0.49, 0.2], [0, 0, 0, 0, 0],
                                   entropy=[1.0, 0.5, 0.2, 0.05, 0.03]), None, max_steps=300, window=2)
     assert (st["discovery_step"], st["discovered"]) == (300, 0)  # censored at the run's length
-    assert st["collapsed"] == 1.0 and st["entropy_last"] == pytest.approx(0.04)
+    assert st["entropy_collapsed"] == 1.0 and st["entropy_last"] == pytest.approx(0.04)
+    assert st["collapsed"] == 0.0  # the tail rose: no collapse at the decision, whatever the token entropy did
+    fell = tb.run_statistics(_frame(4, [0.016, 0.01, 0.0039, 0.5], [0, 0, 0, 1]), None)
+    assert fell["p_tail_min"] == 0.0039 and fell["collapsed"] == 1.0  # below 0.25 x 0.016 once, even if it recovers
+    kept = tb.run_statistics(_frame(4, [0.016, 0.01, 0.0041, 0.005], [0, 0, 0, 0]), None)
+    assert kept["collapsed"] == 0.0
     assert math.isnan(st["drift_sampled"]) and st["n_sampled"] == 0 and st["n_unsampled"] == 4
     assert math.isnan(st["eval_mean"]) and st["eval_set"] == ""
     plain = tb.run_statistics({"step": np.arange(3.0), "entropy": np.ones(3)})

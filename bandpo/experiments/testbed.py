@@ -62,7 +62,7 @@ from ..training.config import load_config, preset_path
 from .reproduce import _parse_set, is_finished
 
 __all__ = [
-    "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
+    "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "ENTROPY_COLLAPSE_FRACTION", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
     "WINDOW", "config_id", "jobs", "pairing_problems", "read_evals", "read_metrics", "read_summary", "run_dir",
     "run_statistics", "summarize", "testbed",
 ]
@@ -74,15 +74,18 @@ WINDOW = 20
 """Steps averaged for the end-of-run statistics (``entropy_last``, ``reward_last``, ...); fewer if the run is shorter."""
 DISCOVERY_THRESHOLD = 0.5
 """The tail strategy counts as discovered at the first step where ``testbed/p_tail >= 0.5`` (it is then the mode)."""
-COLLAPSE_FRACTION = 0.1
-"""A run has collapsed when its entropy over the last WINDOW steps is below this fraction of its step-0 entropy.
+COLLAPSE_FRACTION = 0.25
+"""A run has **collapsed** (at the decision) when the tail's probability ``testbed/p_tail`` falls, at some step, below
+this fraction of its step-0 value: from p_tail ≈ 0.015 (about one draw per rollout of 64) to under ≈ 0.004 (one draw
+in four rollouts or fewer). The probability mass has then moved onto the common and wrong strategies and the sampler
+has nearly stopped trying the tail: the entropy collapse the paper is about, measured where it matters. Step 0 is
+the warm-started policy, identical for every method of a seed, so both runs of a pair face the same threshold.
 
-Why relative to step 0: step 0 is the warm-started policy before any RL update, identical for every method of a seed
-(the pairing), so all methods of a pair are held to the same threshold, and the rule does not depend on the task's
-natural entropy level (the token entropy is averaged over all completion tokens, most of which are fixed by the
-task). Losing 90 % of the starting uncertainty means the sampler has all but stopped exploring: a token whose
-entropy falls from H to 0.1 H keeps, for a two-way fork at p_tail = 0.05 (H = 0.199 nats), a tail probability of
-0.0029 (binary entropy 0.0199 nats), i.e. one sample in ~345."""
+The token entropy (``entropy``, averaged over all completion tokens) is not used for this: on the testbed it falls
+as much when the policy converges on the tail (the best strategy) as when it abandons it."""
+
+ENTROPY_COLLAPSE_FRACTION = 0.1
+"""``entropy_collapsed``: the token entropy over the last WINDOW steps is below this fraction of step 0's."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ GRIDS: dict = {
 SUMMARY_COLUMNS = (
     "grid", "run", "method", "setting", "seed", "steps", "max_steps",
     "eval_set", "eval_n", "eval_k", "eval_mean_start", "eval_mean", "eval_pass_start", "eval_pass",
-    "reward_last", "entropy_start", "entropy_last", "collapsed",
+    "reward_last", "entropy_start", "entropy_last", "entropy_collapsed", "collapsed", "p_tail_start", "p_tail_min",
     "discovery_step", "discovered", "p_tail_last", "tail_frac_last",
     "drift_unsampled", "drift_sampled", "n_unsampled", "n_sampled",
     *(f"clip_region_{b}" for b in BUCKET_NAMES), *(f"clip_high_{b}" for b in BUCKET_NAMES),
@@ -315,7 +318,8 @@ def drift(p_tail: Sequence[float], sampled: Sequence[float], steps: Sequence[flo
 
 
 def run_statistics(metrics: Mapping, evals: Optional[Mapping] = None, *, max_steps: Optional[int] = None,
-                   window: int = WINDOW, collapse_fraction: float = COLLAPSE_FRACTION) -> dict:
+                   window: int = WINDOW, collapse_fraction: float = COLLAPSE_FRACTION,
+                   entropy_collapse_fraction: float = ENTROPY_COLLAPSE_FRACTION) -> dict:
     """The per-run statistics of summary.csv from a run's metrics ({column: per-step values}, with ``step``) and
     evaluations (the same for ``eval.csv``; None or {}: no evaluation).
 
@@ -323,7 +327,9 @@ def run_statistics(metrics: Mapping, evals: Optional[Mapping] = None, *, max_ste
       first, before training); ``eval_set``, ``eval_n``, ``eval_k`` name them;
     * ``reward_last``, ``entropy_last``, ``p_tail_last``, ``tail_frac_last``: means over the last ``window`` steps
       of ``reward/mean``, ``entropy``, ``testbed/p_tail``, ``testbed/tail_frac``; ``entropy_start``: step 0's;
-    * ``collapsed``: 1 if ``entropy_last < collapse_fraction * entropy_start`` else 0 (see COLLAPSE_FRACTION);
+    * ``collapsed``: 1 if ``p_tail_min < collapse_fraction * p_tail_start`` else 0 (see COLLAPSE_FRACTION), with
+      ``p_tail_start`` step 0's ``testbed/p_tail`` and ``p_tail_min`` its minimum over the run;
+      ``entropy_collapsed``: 1 if ``entropy_last < entropy_collapse_fraction * entropy_start`` else 0;
     * ``discovery_step``, ``discovered``: :func:`discovery_step`, censored at ``max_steps`` (default: the number
       of steps in ``metrics``);
     * ``drift_unsampled``, ``drift_sampled``, ``n_unsampled``, ``n_sampled``: :func:`drift`;
@@ -347,8 +353,13 @@ def run_statistics(metrics: Mapping, evals: Optional[Mapping] = None, *, max_ste
         out[name] = _nanmean(_col(metrics, key, n)[-w:])
     out["entropy_start"] = float(_col(metrics, "entropy", n)[0])
     h0, h1 = out["entropy_start"], out["entropy_last"]
-    out["collapsed"] = float(h1 < collapse_fraction * h0) if math.isfinite(h0) and math.isfinite(h1) else math.nan
+    out["entropy_collapsed"] = (float(h1 < entropy_collapse_fraction * h0) if math.isfinite(h0) and math.isfinite(h1)
+                                else math.nan)
     p_tail = _col(metrics, "testbed/p_tail", n)
+    out["p_tail_start"] = float(p_tail[0])
+    out["p_tail_min"] = float(np.nanmin(p_tail)) if np.isfinite(p_tail).any() else math.nan
+    p0, pmin = out["p_tail_start"], out["p_tail_min"]
+    out["collapsed"] = float(pmin < collapse_fraction * p0) if math.isfinite(p0) and math.isfinite(pmin) else math.nan
     out["discovery_step"], out["discovered"] = discovery_step(p_tail, steps, max_steps)
     out.update(drift(p_tail, _col(metrics, "testbed/tail_sampled", n), steps))
     for b in BUCKET_NAMES:
