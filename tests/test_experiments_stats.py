@@ -111,3 +111,22 @@ def test_cli_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "band_kl" in out and "0.2500" in out
     assert main([str(tmp_path / "missing.csv")]) == 2
+
+
+def test_markdown_table_rows_and_baselines():
+    from bandpo.experiments.stats import markdown_table
+
+    rows = [{"grid": g, "method": m, "setting": st, "seed": s, "x": v + s, "t_step": 10.0 * v}
+            for (g, m, st, v) in (("main", "clip", "default", 0.0), ("main", "band_kl", "default", 0.5),
+                                  ("rare", "clip", "tail=0.005", 2.0), ("rare", "band_kl", "tail=0.005", 1.0))
+            for s in (0, 1)]
+    lines = markdown_table(rows, ["x", "t_step"]).splitlines()
+    assert lines[0] == "| method | setting | n | x | t_step |"
+    assert lines[2] == "| clip (mean) | default | 2 | 0.500 | 0.0 |"
+    assert lines[3] == "| clip (mean) | tail=0.005 | 2 | 2.500 | 20.0 |"
+    # constant paired differences: zero-width intervals; each candidate against the clip runs of its own start
+    assert lines[4] == "| band_kl | default | 2 | +0.500 [+0.500, +0.500] | +5.0 [+5.0, +5.0] |"
+    assert lines[5] == "| band_kl | tail=0.005 | 2 | -1.000 [-1.000, -1.000] | -10.0 [-10.0, -10.0] |"
+    assert len(lines) == 6
+    only_main = markdown_table(rows, ["x"], grids=["main"]).splitlines()
+    assert len(only_main) == 4 and "tail" not in "".join(only_main)

@@ -27,7 +27,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "compare", "paired_differences", "select_rows", "seed_mean"]
+__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "compare", "markdown_table", "paired_differences", "select_rows", "seed_mean"]
 
 RESAMPLES = 10_000
 """Bootstrap resamples per interval (5 000 antithetic pairs)."""
@@ -143,6 +143,38 @@ def baseline_of(candidate: Mapping, method: str = "clip") -> dict:
     return {"method": method, "setting": setting if setting.startswith("tail=") else "default"}
 
 
+def _fmt(metric: str, x: float) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.1f}" if metric.endswith("_step") else f"{x:+.3f}"
+
+
+def markdown_table(rows: Sequence[Mapping], metrics: Sequence[str], grids: Optional[Sequence[str]] = None,
+                   baseline: str = "clip", **kw) -> str:
+    """A Markdown table of paired differences against ``baseline`` (:func:`baseline_of` picks its runs) for every
+    (method, setting) of ``grids`` (all if None) but the baseline's own: one row each, one column per metric,
+    ``diff [low, high]``; a first row gives the baseline's means. The report in ``docs/testbed-report.md`` embeds
+    these tables and a test checks that they match the committed data. ``kw``: those of :func:`bootstrap_mean`."""
+    chosen = [r for r in rows if grids is None or r.get("grid") in grids]
+    cands = list(dict.fromkeys((r["method"], r["setting"]) for r in chosen))
+    cands = [{"method": m, "setting": st} for m, st in cands
+             if not (m == baseline and baseline_of({"method": m, "setting": st}, baseline)["setting"] == st)]
+    head = "| method | setting | n | " + " | ".join(metrics) + " |"
+    lines = [head, "|" + "---|" * (3 + len(metrics))]
+    bases = list(dict.fromkeys(tuple(sorted(baseline_of(c, baseline).items())) for c in cands))
+    for b in bases:
+        spec = dict(b)
+        means = [seed_mean(rows, m, spec, **kw) for m in metrics]
+        lines.append(f"| {baseline} (mean) | {spec['setting']} | {means[0].n} | "
+                     + " | ".join(_fmt(m, iv.estimate).lstrip("+") for m, iv in zip(metrics, means)) + " |")
+    for c in cands:
+        table = compare(rows, metrics, [c], baseline_of(c, baseline), **kw)
+        cells = [f"{_fmt(t['metric'], t['diff'])} [{_fmt(t['metric'], t['low'])}, {_fmt(t['metric'], t['high'])}]"
+                 for t in table]
+        lines.append(f"| {c['method']} | {c['setting']} | {table[0]['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 DEFAULT_METRICS = ("eval_mean", "eval_pass", "entropy_last", "discovery_step", "discovered", "collapsed")
 
 
@@ -152,6 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bandpo.experiments.stats", description=__doc__.split("\n\n")[0])
     p.add_argument("summary", nargs="?", default=str(DEFAULT_OUT / "summary.csv"), help="summary.csv of the testbed")
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    p.add_argument("--grid", nargs="+", default=None, help="only these grids (default: all)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (markdown_table)")
     p.add_argument("--baseline", default="clip",
                    help="baseline method id (its 'default' runs; for a 'tail=' setting, its runs of that setting)")
     args = p.parse_args(argv)
@@ -160,6 +194,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     rows = read_summary(args.summary)
+    if args.markdown:
+        try:
+            print(markdown_table(rows, args.metrics, args.grid, args.baseline))
+        except ValueError as e:
+            print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    rows = [r for r in rows if args.grid is None or r.get("grid") in args.grid]
     cands = list(dict.fromkeys((r["method"], r["setting"]) for r in rows))
     cands = [{"method": m, "setting": s} for m, s in cands if m != args.baseline or not
              (s == "default" or s.startswith("tail="))]
