@@ -130,3 +130,5 @@ def test_markdown_table_rows_and_baselines():
     assert len(lines) == 6
     only_main = markdown_table(rows, ["x"], grids=["main"]).splitlines()
     assert len(only_main) == 4 and "tail" not in "".join(only_main)
+    vs_band = markdown_table(rows, ["x"], grids=["main"], baseline="band_kl", methods=["clip"]).splitlines()
+    assert vs_band[2:] == ["| band_kl (mean) | default | 2 | 1.000 |", "| clip | default | 2 | -0.500 [-0.500, -0.500] |"]

@@ -150,12 +150,12 @@ def _fmt(metric: str, x: float) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping], metrics: Sequence[str], grids: Optional[Sequence[str]] = None,
-                   baseline: str = "clip", **kw) -> str:
+                   baseline: str = "clip", methods: Optional[Sequence[str]] = None, **kw) -> str:
     """A Markdown table of paired differences against ``baseline`` (:func:`baseline_of` picks its runs) for every
-    (method, setting) of ``grids`` (all if None) but the baseline's own: one row each, one column per metric,
+    (method, setting) of ``grids`` (all if None; only ``methods`` if given) but the baseline's own: one row each, one column per metric,
     ``diff [low, high]``; a first row gives the baseline's means. The report in ``docs/testbed-report.md`` embeds
     these tables and a test checks that they match the committed data. ``kw``: those of :func:`bootstrap_mean`."""
-    chosen = [r for r in rows if grids is None or r.get("grid") in grids]
+    chosen = [r for r in rows if (grids is None or r.get("grid") in grids) and (methods is None or r["method"] in methods)]
     cands = list(dict.fromkeys((r["method"], r["setting"]) for r in chosen))
     cands = [{"method": m, "setting": st} for m, st in cands
              if not (m == baseline and baseline_of({"method": m, "setting": st}, baseline)["setting"] == st)]
@@ -186,6 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     p.add_argument("--grid", nargs="+", default=None, help="only these grids (default: all)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (markdown_table)")
+    p.add_argument("--methods", nargs="+", default=None, help="with --markdown: only these methods")
     p.add_argument("--baseline", default="clip",
                    help="baseline method id (its 'default' runs; for a 'tail=' setting, its runs of that setting)")
     args = p.parse_args(argv)
@@ -196,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = read_summary(args.summary)
     if args.markdown:
         try:
-            print(markdown_table(rows, args.metrics, args.grid, args.baseline))
+            print(markdown_table(rows, args.metrics, args.grid, args.baseline, args.methods))
         except ValueError as e:
             print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
             return 2
