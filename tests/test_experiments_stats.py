@@ -132,3 +132,17 @@ def test_markdown_table_rows_and_baselines():
     assert len(only_main) == 4 and "tail" not in "".join(only_main)
     vs_band = markdown_table(rows, ["x"], grids=["main"], baseline="band_kl", methods=["clip"]).splitlines()
     assert vs_band[2:] == ["| band_kl (mean) | default | 2 | 1.000 |", "| clip | default | 2 | -0.500 [-0.500, -0.500] |"]
+
+
+def test_same_setting_pairs_within_a_setting():
+    from bandpo.experiments.stats import baseline_of, markdown_table
+
+    assert baseline_of({"method": "band_kl", "setting": "lr=x4"}, same_setting=True) == {"method": "clip",
+                                                                                         "setting": "lr=x4"}
+    rows = [{"grid": "lr", "method": m, "setting": st, "seed": s, "x": v}
+            for (m, st, v) in (("clip", "default", 0.0), ("clip", "lr=x4", 3.0), ("band_kl", "lr=x4", 1.0))
+            for s in (0, 1)]
+    lines = markdown_table(rows, ["x"], methods=["band_kl"], same_setting=True).splitlines()
+    assert lines[2:] == ["| clip (mean) | lr=x4 | 2 | 3.000 |", "| band_kl | lr=x4 | 2 | -2.000 [-2.000, -2.000] |"]
+    lines = markdown_table(rows, ["x"], methods=["band_kl"]).splitlines()
+    assert lines[3] == "| band_kl | lr=x4 | 2 | +1.000 [+1.000, +1.000] |"

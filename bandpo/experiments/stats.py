@@ -135,12 +135,14 @@ def compare(rows: Sequence[Mapping], metrics: Sequence[str], candidates: Sequenc
     return out
 
 
-def baseline_of(candidate: Mapping, method: str = "clip") -> dict:
+def baseline_of(candidate: Mapping, method: str = "clip", same_setting: bool = False) -> dict:
     """The baseline a testbed candidate pairs with: ``method`` at the same starting policy. Runs whose setting
     changes the task (``tail=<freq>``, the ``rare`` grid) start from their own warm-start and pair with the baseline
-    of that setting; every other setting (δ, lr, the default) pairs with the baseline's ``default`` runs."""
+    of that setting; every other setting (δ, lr, the default) pairs with the baseline's ``default`` runs, or, with
+    ``same_setting``, with the baseline's runs of the same setting (e.g. both at 0.25 x the learning rate)."""
     setting = str(candidate.get("setting", "default"))
-    return {"method": method, "setting": setting if setting.startswith("tail=") else "default"}
+    keep = same_setting or setting.startswith("tail=")
+    return {"method": method, "setting": setting if keep else "default"}
 
 
 def _fmt(metric: str, x: float) -> str:
@@ -150,25 +152,27 @@ def _fmt(metric: str, x: float) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping], metrics: Sequence[str], grids: Optional[Sequence[str]] = None,
-                   baseline: str = "clip", methods: Optional[Sequence[str]] = None, **kw) -> str:
+                   baseline: str = "clip", methods: Optional[Sequence[str]] = None, same_setting: bool = False,
+                   **kw) -> str:
     """A Markdown table of paired differences against ``baseline`` (:func:`baseline_of` picks its runs) for every
-    (method, setting) of ``grids`` (all if None; only ``methods`` if given) but the baseline's own: one row each, one column per metric,
+    (method, setting) of ``grids`` (all if None; only ``methods`` if given) but the baseline's own
+    (``same_setting``: against the baseline at the same setting, see :func:`baseline_of`): one row each, one column per metric,
     ``diff [low, high]``; a first row gives the baseline's means. The report in ``docs/testbed-report.md`` embeds
     these tables and a test checks that they match the committed data. ``kw``: those of :func:`bootstrap_mean`."""
     chosen = [r for r in rows if (grids is None or r.get("grid") in grids) and (methods is None or r["method"] in methods)]
     cands = list(dict.fromkeys((r["method"], r["setting"]) for r in chosen))
     cands = [{"method": m, "setting": st} for m, st in cands
-             if not (m == baseline and baseline_of({"method": m, "setting": st}, baseline)["setting"] == st)]
+             if not (m == baseline and baseline_of({"method": m, "setting": st}, baseline, same_setting)["setting"] == st)]
     head = "| method | setting | n | " + " | ".join(metrics) + " |"
     lines = [head, "|" + "---|" * (3 + len(metrics))]
-    bases = list(dict.fromkeys(tuple(sorted(baseline_of(c, baseline).items())) for c in cands))
+    bases = list(dict.fromkeys(tuple(sorted(baseline_of(c, baseline, same_setting).items())) for c in cands))
     for b in bases:
         spec = dict(b)
         means = [seed_mean(rows, m, spec, **kw) for m in metrics]
         lines.append(f"| {baseline} (mean) | {spec['setting']} | {means[0].n} | "
                      + " | ".join(_fmt(m, iv.estimate).lstrip("+") for m, iv in zip(metrics, means)) + " |")
     for c in cands:
-        table = compare(rows, metrics, [c], baseline_of(c, baseline), **kw)
+        table = compare(rows, metrics, [c], baseline_of(c, baseline, same_setting), **kw)
         cells = [f"{_fmt(t['metric'], t['diff'])} [{_fmt(t['metric'], t['low'])}, {_fmt(t['metric'], t['high'])}]"
                  for t in table]
         lines.append(f"| {c['method']} | {c['setting']} | {table[0]['n']} | " + " | ".join(cells) + " |")
@@ -187,6 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--grid", nargs="+", default=None, help="only these grids (default: all)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (markdown_table)")
     p.add_argument("--methods", nargs="+", default=None, help="with --markdown: only these methods")
+    p.add_argument("--same-setting", action="store_true",
+                   help="with --markdown: pair each run with the baseline's run of the same setting")
     p.add_argument("--baseline", default="clip",
                    help="baseline method id (its 'default' runs; for a 'tail=' setting, its runs of that setting)")
     args = p.parse_args(argv)
@@ -197,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = read_summary(args.summary)
     if args.markdown:
         try:
-            print(markdown_table(rows, args.metrics, args.grid, args.baseline, args.methods))
+            print(markdown_table(rows, args.metrics, args.grid, args.baseline, args.methods, args.same_setting))
         except ValueError as e:
             print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
             return 2
