@@ -146,3 +146,24 @@ def test_same_setting_pairs_within_a_setting():
     assert lines[2:] == ["| clip (mean) | lr=x4 | 2 | 3.000 |", "| band_kl | lr=x4 | 2 | -2.000 [-2.000, -2.000] |"]
     lines = markdown_table(rows, ["x"], methods=["band_kl"]).splitlines()
     assert lines[3] == "| band_kl | lr=x4 | 2 | +1.000 [+1.000, +1.000] |"
+
+
+def test_render_report_refills_blocks_and_is_idempotent(tmp_path):
+    from bandpo.experiments.stats import main, markdown_table, render_report
+
+    rows = [{"grid": "main", "method": m, "setting": "default", "seed": s, "x": v + s}
+            for (m, v) in (("clip", 0.0), ("band_kl", 0.25)) for s in (0, 1, 2)]
+    text = "intro\n<!-- stats --grid main --metrics x -->\nstale\n<!-- /stats -->\noutro\n"
+    out = render_report(text, rows)
+    assert out == ("intro\n<!-- stats --grid main --metrics x -->\n" + markdown_table(rows, ["x"], ["main"])
+                   + "\n<!-- /stats -->\noutro\n")
+    assert render_report(out, rows) == out and "+0.250 [+0.250, +0.250]" in out
+    with pytest.raises(ValueError, match="bad options in report block"):
+        render_report("<!-- stats --nope -->\nx\n<!-- /stats -->", rows)
+    summary = tmp_path / "summary.csv"
+    summary.write_text("grid,method,setting,seed,x\n" + "".join(f"main,{r['method']},default,{r['seed']},{r['x']}\n"
+                                                               for r in rows))
+    report = tmp_path / "r.md"
+    report.write_text(text)
+    assert main([str(summary), "--refresh", str(report)]) == 0
+    assert report.read_text() == render_report(text, rows)

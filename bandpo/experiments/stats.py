@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "compare", "markdown_table", "paired_differences", "select_rows", "seed_mean"]
+__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "compare", "markdown_table", "render_report", "paired_differences", "select_rows", "seed_mean"]
 
 RESAMPLES = 10_000
 """Bootstrap resamples per interval (5 000 antithetic pairs)."""
@@ -179,14 +181,57 @@ def markdown_table(rows: Sequence[Mapping], metrics: Sequence[str], grids: Optio
     return "\n".join(lines)
 
 
+_BLOCK = re.compile(r"(<!-- stats (?P<args>[^>]*?) -->\n)(?P<body>.*?)(\n<!-- /stats -->)", re.S)
+
+
+def render_report(text: str, rows: Sequence[Mapping]) -> str:
+    """``text`` with every block ``<!-- stats ARGS -->`` ... ``<!-- /stats -->`` refilled by :func:`markdown_table`
+    with the options ARGS (those of the CLI: ``--grid``, ``--methods``, ``--metrics``, ``--baseline``,
+    ``--same-setting``) on ``rows``. A report whose tables are current renders to itself (tested on the committed
+    data), so its numbers cannot drift from the data. ValueError names a block whose options are wrong."""
+    def fill(m: "re.Match") -> str:
+        p = _parser()
+        try:
+            a = p.parse_args(shlex.split(m.group("args")))
+        except SystemExit:
+            raise ValueError(f"bad options in report block <!-- stats {m.group('args')} -->") from None
+        table = markdown_table(rows, a.metrics, a.grid, a.baseline, a.methods, a.same_setting)
+        return m.group(1) + table + m.group(4)
+
+    return _BLOCK.sub(fill, text)
+
+
 DEFAULT_METRICS = ("eval_mean", "eval_pass", "entropy_last", "discovery_step", "discovered", "collapsed")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .testbed import DEFAULT_OUT, read_summary
 
-    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.stats", description=__doc__.split("\n\n")[0])
+    p = _parser()
     p.add_argument("summary", nargs="?", default=str(DEFAULT_OUT / "summary.csv"), help="summary.csv of the testbed")
+    p.add_argument("--refresh", metavar="REPORT", default=None,
+                   help="refill the <!-- stats ... --> tables of a Markdown report in place (render_report)")
+    args = p.parse_args(argv)
+    if not Path(args.summary).is_file():
+        print(f"bandpo.experiments.stats: error: no file {args.summary} (run python -m bandpo.experiments.testbed)",
+              file=sys.stderr)
+        return 2
+    rows = read_summary(args.summary)
+    if args.refresh:
+        path = Path(args.refresh)
+        try:
+            path.write_text(render_report(path.read_text(), rows))
+        except (OSError, ValueError) as e:
+            print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
+            return 2
+        print(f"refreshed the tables of {path}")
+        return 0
+    return _print(args, rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The table options, shared by the CLI and the report blocks (:func:`render_report`)."""
+    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.stats", description=__doc__.split("\n\n")[0])
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     p.add_argument("--grid", nargs="+", default=None, help="only these grids (default: all)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (markdown_table)")
@@ -195,12 +240,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="with --markdown: pair each run with the baseline's run of the same setting")
     p.add_argument("--baseline", default="clip",
                    help="baseline method id (its 'default' runs; for a 'tail=' setting, its runs of that setting)")
-    args = p.parse_args(argv)
-    if not Path(args.summary).is_file():
-        print(f"bandpo.experiments.stats: error: no file {args.summary} (run python -m bandpo.experiments.testbed)",
-              file=sys.stderr)
-        return 2
-    rows = read_summary(args.summary)
+    return p
+
+
+def _print(args: argparse.Namespace, rows: list) -> int:
     if args.markdown:
         try:
             print(markdown_table(rows, args.metrics, args.grid, args.baseline, args.methods, args.same_setting))
