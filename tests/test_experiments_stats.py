@@ -158,6 +158,12 @@ def test_render_report_refills_blocks_and_is_idempotent(tmp_path):
     assert out == ("intro\n<!-- stats --grid main --metrics x -->\n" + markdown_table(rows, ["x"], ["main"])
                    + "\n<!-- /stats -->\noutro\n")
     assert render_report(out, rows) == out and "+0.250 [+0.250, +0.250]" in out
+    # empty blocks are filled and the text between blocks is kept
+    two = "a\n<!-- stats --metrics x -->\n<!-- /stats -->\nkeep me\n<!-- stats --metrics x -->\n<!-- /stats -->\nz\n"
+    filled = render_report(two, rows)
+    table = markdown_table(rows, ["x"])
+    assert filled == two.replace("-->\n<!-- /stats", "-->\n" + table + "\n<!-- /stats")
+    assert render_report(filled, rows) == filled
     with pytest.raises(ValueError, match="bad options in report block"):
         render_report("<!-- stats --nope -->\nx\n<!-- /stats -->", rows)
     summary = tmp_path / "summary.csv"

@@ -181,7 +181,10 @@ def markdown_table(rows: Sequence[Mapping], metrics: Sequence[str], grids: Optio
     return "\n".join(lines)
 
 
-_BLOCK = re.compile(r"(<!-- stats (?P<args>[^>]*?) -->\n)(?P<body>.*?)(\n<!-- /stats -->)", re.S)
+_BLOCK = re.compile(r"(?P<open><!-- stats (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?stats[ >]).)*?)"
+                    r"(?P<close><!-- /stats -->)", re.S)
+"""A table block of a report: the opening marker with its options, a body that holds no other marker (possibly
+empty), the closing marker."""
 
 
 def render_report(text: str, rows: Sequence[Mapping]) -> str:
@@ -196,7 +199,7 @@ def render_report(text: str, rows: Sequence[Mapping]) -> str:
         except SystemExit:
             raise ValueError(f"bad options in report block <!-- stats {m.group('args')} -->") from None
         table = markdown_table(rows, a.metrics, a.grid, a.baseline, a.methods, a.same_setting)
-        return m.group(1) + table + m.group(4)
+        return m.group("open") + table + "\n" + m.group("close")
 
     return _BLOCK.sub(fill, text)
 
