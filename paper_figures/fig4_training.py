@@ -24,6 +24,7 @@ Without testbed runs, ``--testbed`` prints why and writes nothing.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import sys
@@ -106,12 +107,16 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
 
 
 def discover_runs(runs: Path = RUNS) -> dict[str, dict[int, Path]]:
-    """{method: {seed: metrics.csv}} for every ``<method>-seed<k>/metrics.csv`` under ``runs``."""
+    """{method: {seed: metrics.csv}} for every ``<method>-seed<k>/metrics.csv`` under ``runs``; a testbed run's
+    method id comes from its summary.json record (its folder may carry a setting, ``dppo_tv-delta0.05-seed3``)."""
     found: dict[str, dict[int, Path]] = {}
     for d in sorted(Path(runs).glob("*")):
         m = RUN_DIR.match(d.name)
         if m and (d / "metrics.csv").is_file():
-            found.setdefault(m["method"], {})[int(m["seed"])] = d / "metrics.csv"
+            method = m["method"]
+            if (d / "summary.json").is_file():
+                method = json.loads((d / "summary.json").read_text()).get("testbed", {}).get("method", method)
+            found.setdefault(method, {})[int(m["seed"])] = d / "metrics.csv"
     known = [m for m in METHOD_ORDER if m in found]
     return {m: found[m] for m in known + sorted(set(found) - set(known))}
 

@@ -359,3 +359,15 @@ def test_every_figure_script_is_driven_and_documented():
     index = (FIG_DIR / "README.md").read_text()
     for name in scripts:
         assert f"{name}.py" in index, f"paper_figures/README.md does not mention {name}.py"
+
+
+def test_fig4_reads_a_testbed_runs_method_from_its_record(tmp_path):
+    f4 = fig("fig4_training")
+    run = tmp_path / "dppo_tv-delta0.05-seed3"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,entropy\n0,0.5\n")
+    (run / "summary.json").write_text('{"testbed": {"method": "dppo_tv", "setting": "delta=0.05"}}')
+    plain = tmp_path / "clip-seed3"
+    plain.mkdir()
+    (plain / "metrics.csv").write_text("step,entropy\n0,0.5\n")
+    assert f4.discover_runs(tmp_path) == {"clip": {3: plain / "metrics.csv"}, "dppo_tv": {3: run / "metrics.csv"}}
