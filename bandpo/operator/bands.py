@@ -59,7 +59,7 @@ from .divergences import Divergence, get_divergence
 from .solvers import kl_log_band, kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
 from .numerics import LOG_TINY
 from .solvers import HALLEY
-from .tables import NEWTON_FINISH, _eager_only, _finite_tau, _safe_step, bits_band, get_bits_table, get_start_table
+from .tables import NEWTON_FINISH, _eager_only, _finite_tau, _safe_step, _safe_step_neg, bits_band, get_bits_table, get_start_table
 from .tables import lookup_start32, phi_at_inf, phi_fn, saturates, side_phi_at_inf, tau_coords
 from .tables import delta_coords, get_sat_table, sat_band, tabulated_side, warp
 
@@ -293,6 +293,8 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
     if halley is None:
         log1mp = torch.expm1(logp).neg_().log_()
         s_lo, sat_lo, s_up, sat_up, rab_up, p = _tabulated_sides(logp, log1mp, d, div, True)
+        lower = torch.neg(s_lo).exp_().clamp_(max=1.0)
+        s_up = s_up.neg()
     else:
         table = get_start_table(div, x.device)
         q_raw = torch.expm1(logp).neg_()  # 1 - p to an ulp; 0 at p = 1
@@ -312,7 +314,7 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
             # (δ/φ(∞) from ~1e-18 to 1 - 2^-52). Saturated elements (φ(∞) <= δ, quotient <= -1) take |quotient|:
             # any finite start serves them (their result is replaced), and a moderate one keeps every later
             # exp/log on ordinary arguments (denormal, infinite or NaN arguments take slow paths on the CPU).
-            tau = torch.sub(phinf, d).reciprocal_().mul_(d).to(torch.float32).abs_().nan_to_num_(nan=1.0)
+            tau = torch.div(d, torch.sub(phinf, d)).to(torch.float32).abs_().nan_to_num_(nan=1.0)
             tau = tau.clamp_(2.0**-60, 2.0**52).log1p_().log_()  # finite: log1p of [2^-60, 2^52]
             coords = tau_coords(table, tau)
         else:
@@ -321,17 +323,18 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
         s = lookup_start32(table, zeta, coords).to(torch.float64).exp_()
         if div.phi in NEWTON_FINISH:
             phi, d1, _ = halley(s, None, log_b, a, b, rab, second=False)
-            s = _safe_step(s, phi.sub_(d).div_(d1))
+            ns = _safe_step_neg(s, phi.sub_(d).div_(d1))  # -s after the step
         else:
             phi, d1, d2 = halley(s, None, log_b, a, b, rab)
             t = phi.sub_(d).div_(d1)  # the Newton step; Halley divides it by 1 - t φ''/(2 φ') (kept in [1/2, 2])
             corr = torch.addcmul(one, t, d2.div_(d1), value=-0.5).clamp_(0.5, 2.0)
-            s = _safe_step(s, t.div_(corr))
-        s_lo, s_up, rab_up = s[0], s[1], rab[1]
+            ns = _safe_step_neg(s, t.div_(corr))
+        s_lo, s_up, rab_up = None, ns[1], rab[1]
+        lower = ns[0].exp()  # e^{-s} <= 1 (s >= 0, or NaN: carried to the pad), no clamp needed
         sat_lo, sat_up = (None, None) if saturated is None else (saturated[0], saturated[1])
     inv_p = torch.reciprocal(p)  # of the clamped p: differs from e^{-logp} only where both overflow float32
-    lower = torch.neg(s_lo).exp_().clamp_(max=1.0)
-    upper = torch.minimum(torch.addcmul(one, rab_up, torch.neg(s_up).expm1_().neg_()).clamp_(min=1.0), inv_p)
+    # s_up holds -s here; 1 + ((1-p)/p)(1 - e^{-s}) >= 1 for s >= 0, so no clamp at 1 is needed
+    upper = torch.minimum(torch.addcmul(one, rab_up, torch.expm1(s_up).neg_()), inv_p)
     if sat_lo is not None:
         lower = torch.minimum(lower, (~sat_lo).to(torch.float64))  # 0 where saturated (lower >= 0)
         upper = torch.maximum(upper, sat_up.to(torch.float64).mul_(inv_p))  # 1/p where saturated (upper <= 1/p)

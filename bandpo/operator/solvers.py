@@ -383,10 +383,11 @@ def reverse_kl_phi2(
     """KL(new ‖ old): φ = (b + a x) log v - a s w, φ' = a w (log v + s), φ'' = -φ' + a w ((a/b) w / v + 1)."""
     if rab is None:
         rab = torch.exp(log_a - log_b)
-    x = torch.neg(s).expm1_().neg_()
+    ns = torch.neg(s)
+    x = torch.expm1(ns).neg_()
     rx = rab * x
     log_v = torch.log1p(rx)
-    w = torch.neg(s).exp_()
+    w = ns.exp_()  # in place on -s (not needed after)
     aw = a * w
     d1 = torch.add(log_v, s).mul_(aw)
     phi = torch.mul(a, x).add_(b).mul_(log_v).sub_(torch.mul(aw, s))  # (b + a x) log v - a w s, in place
@@ -427,13 +428,14 @@ def js_phi2(
     φ'' = -φ' + (a w / 2) ((a/b) w / (v (v + 1)) + 1/(w + 1))."""
     if rab is None:
         rab = torch.exp(log_a - log_b)
-    x = torch.neg(s).expm1_().neg_()
+    ns = torch.neg(s)  # -s, shared by x, w and g_w
+    x = torch.expm1(ns).neg_()
     rx = rab * x
     # the terms of _js_terms, in place (same operations, fewer fresh buffers)
-    w = torch.neg(s).exp_()
+    w = torch.exp(ns)
     l_w = torch.mul(x, -0.5).log1p_()
     l_v = torch.mul(rx, 0.5).log1p_()
-    g_w = torch.neg(s).sub_(l_w)
+    g_w = ns.sub_(l_w)  # in place on -s
     g_v = torch.log1p(rx).sub_(l_v)
     phi = torch.mul(w, g_w).sub_(l_w).mul_(a)
     phi.add_(torch.mul(a, x).add_(b).mul_(g_v)).sub_(torch.mul(b, l_v)).mul_(0.5)
