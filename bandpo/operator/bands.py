@@ -336,8 +336,8 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
     # s_up holds -s here; 1 + ((1-p)/p)(1 - e^{-s}) >= 1 for s >= 0, so no clamp at 1 is needed
     upper = torch.minimum(torch.addcmul(one, rab_up, torch.expm1(s_up).neg_()), inv_p)
     if sat_lo is not None:
-        lower = torch.minimum(lower, (~sat_lo).to(torch.float64))  # 0 where saturated (lower >= 0)
-        upper = torch.maximum(upper, sat_up.to(torch.float64).mul_(inv_p))  # 1/p where saturated (upper <= 1/p)
+        lower = lower.masked_fill_(sat_lo, 0.0)  # 0 where saturated
+        upper = torch.where(sat_up, inv_p, upper)  # 1/p where saturated
     if math.isinf(div.slope_at_inf):
         lower = torch.maximum(lower, (log1mp == -math.inf).to(torch.float64))  # p = 1 exactly (see _tabulated_log_band)
     return lower.add_(pad).to(old_logp.dtype), upper.add_(pad).to(old_logp.dtype)
