@@ -309,7 +309,8 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
         if table.saturating:
             log_b = torch.stack((l1, lp))
             phinf = side_phi_at_inf(div, None, log_b, a, b)  # closed forms (js, reverse_kl): a and log b only
-            saturated = ~(d < phinf)  # φ(∞) <= delta (also where φ(∞) is NaN): no interior root
+            saturated = torch.ge(d, phinf)  # φ(∞) <= delta: no interior root (φ(∞) is NaN only for an invalid
+            # input, whose result is NaN anyway)
             # τ = log(log1p(δ/(φ(∞) - δ))), in float32 from the float64 quotient, clamped to [2^-60, 2^52]
             # (δ/φ(∞) from ~1e-18 to 1 - 2^-52). Saturated elements (φ(∞) <= δ, quotient <= -1) take |quotient|:
             # any finite start serves them (their result is replaced), and a moderate one keeps every later

@@ -437,8 +437,9 @@ def js_phi2(
     l_v = torch.mul(rx, 0.5).log1p_()
     g_w = ns.sub_(l_w)  # in place on -s
     g_v = torch.log1p(rx).sub_(l_v)
-    phi = torch.mul(w, g_w).sub_(l_w).mul_(a)
-    phi.add_(torch.mul(a, x).add_(b).mul_(g_v)).sub_(torch.mul(b, l_v)).mul_(0.5)
+    # φ = (a (w g_w - l_w) + (b + a x) g_v - b l_v)/2 = (a (w g_w + x g_v - l_w) + b (g_v - l_v))/2, in place
+    phi = torch.mul(w, g_w).addcmul_(x, g_v).sub_(l_w).mul_(a)
+    phi.addcmul_(b, torch.sub(g_v, l_v)).mul_(0.5)
     haw = 0.5 * a * w
     d1 = torch.sub(g_v, g_w).mul_(haw)
     if not second:

@@ -275,14 +275,15 @@ def tau_coords(table: StartTable, tau: Tensor) -> "tuple[Tensor, Tensor, Tensor]
     """The τ part of a lookup: (j, v, extrapolation) in float32 for :func:`_lookup`, so that two sides that
     share τ (divergences that never saturate: τ = log delta) compute it once."""
     tau = tau.to(torch.float32)
-    # (τ - τ0)/H in one addcmul: 1/H = 4 is a power of two, so τ·4 - 4τ0 rounds exactly like (τ - τ0)·4
-    tv_raw = torch.addcmul(torch.full((), -table.tau0 / H_TAU, dtype=tau.dtype, device=tau.device), tau,
-                           torch.full((), 1.0 / H_TAU, dtype=tau.dtype, device=tau.device))
+    tv_raw = torch.sub(tau, table.tau0).mul_(1.0 / H_TAU)
     tv = torch.clamp(tv_raw, 0.0, table.n_tau - 1.0)
-    j = torch.clamp(torch.floor(tv), 1.0, table.n_tau - 3.0)
-    below = torch.clamp(tv_raw, max=0.0) * (H_TAU * SLOPE_BELOW)
-    above = torch.clamp(tv_raw - (table.n_tau - 1.0), min=0.0) * (H_TAU * SLOPE_ABOVE)
-    return j, tv - j, below + above
+    j = torch.floor(tv).clamp_(1.0, table.n_tau - 3.0)
+    # extrapolation: r = tv_raw - tv is the distance beyond the table in cells (< 0 below, > 0 above, else 0);
+    # H (SA r + (SB - SA) min(r, 0)) is H SB r below and H SA r above, with the same bits as summing the two
+    # clamped parts (H, SB, SA and SB - SA are powers of two or zero: every product is exact)
+    r = tv_raw.sub_(tv)
+    extra = torch.clamp(r, max=0.0).mul_(H_TAU * (SLOPE_BELOW - SLOPE_ABOVE)).add_(r, alpha=H_TAU * SLOPE_ABOVE)
+    return j, tv - j, extra
 
 
 def _finite_tau(tau: Tensor) -> Tensor:
