@@ -259,7 +259,9 @@ def _log_band_f64(
     return torch.where(bad, math.nan, log_lower), torch.where(bad, math.nan, log_upper)
 
 
-def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tuple[Tensor, Tensor]":
+def _tabulated_band_lowp(
+    old_logp: Tensor, delta: Delta, div: Divergence, out: "Optional[tuple[Tensor, Tensor]]" = None
+) -> "tuple[Tensor, Tensor]":
     """(lower, upper) in old_logp's (float32/16) dtype by the start table + one float64 step, both sides
     stacked in one (2, n) tensor (row 0: the lower side, (a, b) = (p, 1 - p); row 1: the upper side,
     (a, b) = (1 - p, p)), so that every operation runs once on both (half the operations of two sides, which
@@ -277,7 +279,8 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
     but carried (every index is sanitised: nan_to_num on the table coordinates) and marked at the end by
     adding ``pad`` (0, or NaN where old_logp or delta is invalid); the saturated and p = 1 values are
     exact min/max against 0/1 and 1/p, which bound lower and upper anyway. User generators (no closed-form
-    φ'') take :func:`_tabulated_sides` (per side, Newton steps)."""
+    φ'') take :func:`_tabulated_sides` (per side, Newton steps). ``out``: two tensors of old_logp's shape and
+    dtype to write the result into (the rounding is the same as ``.to(dtype)``: one cast of the float64 sum)."""
     halley = HALLEY.get(div.phi)
     x = old_logp.detach().to(torch.float64)
     pad = x - x  # 0 where old_logp is finite, NaN where it is ±inf or NaN
@@ -341,7 +344,11 @@ def _tabulated_band_lowp(old_logp: Tensor, delta: Delta, div: Divergence) -> "tu
         upper = torch.where(sat_up, inv_p, upper)  # 1/p where saturated
     if math.isinf(div.slope_at_inf):
         lower = torch.maximum(lower, (log1mp == -math.inf).to(torch.float64))  # p = 1 exactly (see _tabulated_log_band)
-    return lower.add_(pad).to(old_logp.dtype), upper.add_(pad).to(old_logp.dtype)
+    if out is None:
+        return lower.add_(pad).to(old_logp.dtype), upper.add_(pad).to(old_logp.dtype)
+    torch.add(lower, pad, out=out[0])  # computed in float64, cast once into old_logp's dtype
+    torch.add(upper, pad, out=out[1])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -442,7 +449,8 @@ def band(
 
     if lowp and div.log_band is None:
         with torch.no_grad():
-            return _chunked(lambda x, d: _tabulated_band_lowp(x, d, div), old_logp, delta, LOWP_CHUNK, True)
+            return _chunked(lambda x, d, out=None: _tabulated_band_lowp(x, d, div, out), old_logp, delta,
+                            LOWP_CHUNK, True)
 
     def one_pass(x: Tensor, d: Delta) -> "tuple[Tensor, Tensor]":
         log_lower, log_upper = _log_band_f64(x, d, div, lowp)
@@ -501,7 +509,9 @@ def _chunked(fn, old_logp: Tensor, delta: Delta, chunk: int = CHUNK, threaded: b
     A tensor delta is broadcast to ``old_logp``'s shape and chunked alongside. The chunk count depends only
     on the shape, never on the data. ``threaded``: the chunks after the first run on ``torch.get_num_threads()``
     Python threads (torch releases the GIL inside its kernels); each chunk is computed by exactly the same
-    operations whichever thread runs it, so the result is the same bits as a serial loop."""
+    operations whichever thread runs it, so the result is the same bits as a serial loop; with ``threaded``,
+    ``fn`` also takes ``out`` (two flat tensors of old_logp's dtype) and writes each chunk's result into
+    its slices (no copy per chunk)."""
     if isinstance(delta, Tensor):
         delta = delta.detach().expand(old_logp.shape)
     n = old_logp.numel()
@@ -509,15 +519,23 @@ def _chunked(fn, old_logp: Tensor, delta: Delta, chunk: int = CHUNK, threaded: b
         return fn(old_logp, delta)
     flat = old_logp.detach().reshape(-1)
     flat_d = delta.reshape(-1) if isinstance(delta, Tensor) else delta
+    outs: "Optional[tuple[Tensor, ...]]" = None
+    if threaded:
+        outs = tuple(torch.empty(n, dtype=old_logp.dtype, device=old_logp.device) for _ in range(2))
 
     def part(start: int) -> "tuple[Tensor, Tensor]":
         d = flat_d[start : start + chunk] if isinstance(delta, Tensor) else delta
+        if threaded:
+            return fn(flat[start : start + chunk], d, out=tuple(o[start : start + chunk] for o in outs))
         return fn(flat[start : start + chunk], d)
 
     first = part(0)  # in the calling thread: builds any table before the workers start
-    outs = tuple(torch.empty(n, dtype=t.dtype, device=t.device) for t in first)
+    if outs is None:
+        outs = tuple(torch.empty(n, dtype=t.dtype, device=t.device) for t in first)
 
     def store(start: int, parts: "tuple[Tensor, Tensor]") -> None:
+        if threaded:
+            return  # written in place by fn
         for out, p in zip(outs, parts):
             out[start : start + chunk] = p
 
@@ -527,7 +545,7 @@ def _chunked(fn, old_logp: Tensor, delta: Delta, chunk: int = CHUNK, threaded: b
     if threaded and n_threads > 1:
         def work(start: int) -> None:
             with torch.no_grad():  # grad mode is per thread
-                store(start, part(start))
+                part(start)
 
         for _ in _executor(n_threads).map(work, starts):
             pass
