@@ -31,6 +31,7 @@ SECTIONS = (
     "## 6. Limits: head tokens (p → 1) and tail tokens (p → 0)",
     "## 7. Small-δ expansion: the unified view",
     "## 8. Summary of checks",
+    "## 9. DPPO's binary trust region is the band",
 )
 
 
@@ -298,6 +299,35 @@ def _section_summary() -> list[str]:
     return rows + [""]
 
 
+def _section_dppo() -> list[str]:
+    from . import dppo as D
+
+    rows = [
+        SECTIONS[8],
+        "",
+        "DPPO (arXiv 2602.04879) masks a token whose binary divergence between Bernoulli(p) (old) and Bernoulli(r p)",
+        "(new) exceeds δ on the side its advantage pushes. With p = 1/(1 + m) and t > 0 (`bandpo_theory.dppo`):",
+        "",
+        "| divergence | g_f(p, r) − D_binary(p, r p), r = 1 + t | same, r = 1/(1 + t) | ∂g/∂r ÷ claimed form, r > 1 | r < 1 |",
+        "|---|---|---|---|---|",
+    ]
+    for name in D.DPPO_DIVERGENCES:
+        gap, mono = D.region_identity(name), D.monotone_sides(name)
+        rows.append(f"| `{name}` | {_m(gap['r > 1'])} | {_m(gap['r < 1'])} | {_m(mono['r > 1'])} | {_m(mono['r < 1'])} |")
+    grad = D.gradient_identity()
+    rows += [
+        "",
+        "So at equal δ the masked region of DPPO is the complement of the band on each side (claimed form of ∂g/∂r:",
+        "p (r − 1)/(r (1 − p r)) for KL, ±p for TV, so g_f(p, ·) is monotone on each side of r = 1). Gradients with",
+        "respect to l = log π: PPO's −A·r minus its claim, DPPO's −A·w·l minus −A·w, and the ratio form bandpo uses for",
+        f"mask methods simplify to {_m(grad['ppo'])}, {_m(grad['dppo'])} and {_m(grad['dppo_as_ratio'])}: inside the band both",
+        "methods give every token the same gradient; outside they differ only through BandPO's cap and dual clip and",
+        "DPPO's truncation (the case table in `docs/paper-notes.md`, \"Peers (DPPO)\", checked through the loss code).",
+        "",
+    ]
+    return rows
+
+
 def build_report() -> str:
     """The whole report as a string."""
     closed, missing = _closed_and_open()
@@ -315,6 +345,7 @@ def build_report() -> str:
     lines += _section_limits()
     lines += _section_expansion()
     lines += _section_summary()
+    lines += _section_dppo()
     return "\n".join(lines).rstrip() + "\n"
 
 
