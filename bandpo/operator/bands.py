@@ -275,10 +275,11 @@ def _tabulated_band_lowp(
     δ/(φ(∞) - δ)) and the polynomial (float32 rounding moves the start by ~1e-7); its exp is float64 (log s*
     spans [-350, 710]). The saturation test δ < φ(∞) is float64, as on the float64 path.
 
-    Without torch.where (a select costs ~10 multiplications on the CPU): invalid inputs are not replaced
-    but carried (every index is sanitised: nan_to_num on the table coordinates) and marked at the end by
-    adding ``pad`` (0, or NaN where old_logp or delta is invalid); the saturated and p = 1 values are
-    exact min/max against 0/1 and 1/p, which bound lower and upper anyway. User generators (no closed-form
+    Few operations per chunk (each costs a dispatch and, on the thread pool, a round trip of the GIL; ~140
+    for js): invalid inputs are not replaced but carried (every index is sanitised: nan_to_num on the table
+    coordinates) and marked at the end by adding ``pad`` (0, or NaN where old_logp or delta is invalid); the
+    saturated values are one masked fill (lower = 0) and one select (upper = 1/p), the p = 1 value an exact
+    max against 1. User generators (no closed-form
     φ'') take :func:`_tabulated_sides` (per side, Newton steps). ``out``: two tensors of old_logp's shape and
     dtype to write the result into (the rounding is the same as ``.to(dtype)``: one cast of the float64 sum)."""
     halley = HALLEY.get(div.phi)
@@ -474,7 +475,7 @@ LOWP_CHUNK = 16000
 chunks run on a small thread pool (:func:`_chunked` with ``threaded=True``): both sides stacked make
 (2, 16000) tensors, below torch's parallelisation threshold (``at::internal::GRAIN_SIZE`` = 32768 elements), so
 every operation of a chunk runs on the thread that owns the chunk, and the threads share nothing: no
-fork/join of the intra-op pool per operation (~250 per chunk), which is what the per-token path spent most of
+fork/join of the intra-op pool per operation (~140 per chunk), which is what the per-token path spent most of
 its time on with 2 threads, more so on a loaded machine. Elementwise, so it never changes a result."""
 
 _POOL: "Optional[tuple[int, ThreadPoolExecutor]]" = None
