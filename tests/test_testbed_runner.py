@@ -236,5 +236,6 @@ def test_cli_errors(capsys):
     assert tb.main(["--grid", "nope", "--preset", "tiny-cpu"]) == 2
     assert "unknown grid 'nope'" in capsys.readouterr().err
     assert tb.main(["--shard", "x", "--preset", "tiny-cpu"]) == 2
+    assert "--shard expects i/n (e.g. 0/2), got 'x'" in capsys.readouterr().err
     assert tb.main(["--methods", "clip", "--preset", "no-such-preset"]) == 2
     assert "unknown preset" in capsys.readouterr().err

@@ -80,3 +80,6 @@ def test_runner_end_to_end_one_real_run(tmp_path, capsys):
         assert [r["step"] for r in csv.DictReader(f)] == ["0", "1"]
     assert "band_kl" in capsys.readouterr().out
     assert main(["--out", str(tmp_path), "--methods", "nope"]) == 2
+    capsys.readouterr()
+    assert main(["--out", str(tmp_path), "--shard", "1of2"]) == 2
+    assert "--shard expects i/n (e.g. 0/2), got '1of2'" in capsys.readouterr().err

@@ -178,6 +178,15 @@ def _parse_set(items: Sequence[str]) -> dict:
     return out
 
 
+def _parse_shard(text: str) -> tuple:
+    """``"i/n"`` (the ``--shard`` option of the runners) -> (i, n); ValueError naming the expected form."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects i/n (e.g. 0/2), got {text!r}") from None
+    return i, n
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bandpo.experiments.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
@@ -194,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides = _parse_set(args.set)
         if args.max_steps is not None:
             overrides["trainer.max_steps"] = args.max_steps
-        i, n = (int(x) for x in args.shard.split("/"))
+        i, n = _parse_shard(args.shard)
         if args.summary_only:
             table = summarize(Path(args.out), args.methods, args.seeds)
         else:

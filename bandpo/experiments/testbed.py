@@ -59,7 +59,7 @@ import numpy as np
 from ..losses import get_method
 from ..losses.metrics import BUCKET_NAMES
 from ..training.config import load_config, preset_path
-from .reproduce import _parse_set, is_finished
+from .reproduce import _parse_set, _parse_shard, is_finished
 
 __all__ = [
     "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "ENTROPY_COLLAPSE_FRACTION", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
@@ -559,10 +559,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides = _parse_set(args.set)
         if args.max_steps is not None:
             overrides["trainer.max_steps"] = args.max_steps
-        try:
-            i, n = (int(x) for x in args.shard.split("/"))
-        except ValueError:
-            raise ValueError(f"--shard expects i/n (e.g. 0/2), got {args.shard!r}") from None
+        i, n = _parse_shard(args.shard)
         if args.summary_only:
             table = summarize(Path(args.out))
         else:
