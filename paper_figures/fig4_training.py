@@ -23,7 +23,6 @@ Without testbed runs, ``--testbed`` prints why and writes nothing.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -80,30 +79,11 @@ def runs_complete(runs: Path = RUNS) -> bool:
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    """A Lightning CSVLogger file -> {column: values per step}, steps sorted, rows of one step merged.
+    """A run's metrics.csv -> {column: values per step}, steps sorted, rows of one step merged (for each step the
+    last non-empty value of each column is kept): the reader of ``bandpo.experiments.testbed.read_metrics``."""
+    from bandpo.experiments.testbed import read_metrics as read
 
-    Empty cells are missing values; for each step the last non-empty value of each column is kept.
-    """
-    path = Path(path)
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "step" not in reader.fieldnames:
-            raise ValueError(f"{path}: no 'step' column (columns: {reader.fieldnames})")
-        merged: dict[int, dict[str, float]] = {}
-        for row in reader:
-            if not row.get("step"):
-                continue
-            step = int(float(row["step"]))
-            slot = merged.setdefault(step, {})
-            for key, value in row.items():
-                if key != "step" and value not in ("", None):
-                    slot[key] = float(value)
-    steps = sorted(merged)
-    columns = sorted({k for slot in merged.values() for k in slot})
-    out = {"step": np.array(steps, dtype=float)}
-    for key in columns:
-        out[key] = np.array([merged[s].get(key, math.nan) for s in steps], dtype=float)
-    return out
+    return read(path)
 
 
 def discover_runs(runs: Path = RUNS) -> dict[str, dict[int, Path]]:
@@ -132,18 +112,27 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
-def aggregate(per_seed: list[dict[str, np.ndarray]], key: str, window: int):
-    """(steps, mean, min, max) over seeds of the smoothed column ``key``, on the steps common to all seeds.
-
-    Returns None when no seed has the column.
-    """
+def stack_seeds(per_seed: list[dict[str, np.ndarray]], key: str, window: int):
+    """(steps common to every seed that has column ``key``, (seeds, steps) array of the smoothed column), or None
+    when no seed has it."""
     have = [r for r in per_seed if key in r]
     if not have:
         return None
     common = have[0]["step"]
     for r in have[1:]:
         common = np.intersect1d(common, r["step"])
-    ys = np.stack([smooth(r[key][np.isin(r["step"], common)], window) for r in have])
+    return common, np.stack([smooth(r[key][np.isin(r["step"], common)], window) for r in have])
+
+
+def aggregate(per_seed: list[dict[str, np.ndarray]], key: str, window: int):
+    """(steps, mean, min, max) over seeds of the smoothed column ``key``, on the steps common to all seeds.
+
+    Returns None when no seed has the column.
+    """
+    stacked = stack_seeds(per_seed, key, window)
+    if stacked is None:
+        return None
+    common, ys = stacked
     with np.errstate(all="ignore"):
         return common, np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
 

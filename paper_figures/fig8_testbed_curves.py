@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fig4_training import smooth
+from fig4_training import stack_seeds
 from style import apply_style, method_style, out_parser, panel_label, resolve_out, save
 from testbed_common import TESTBED, skip
 
@@ -53,13 +53,10 @@ def load(data: Path = TESTBED, methods=None) -> dict:
 def seed_band(per_seed: list, key: str, window: int):
     """(steps, median, 25th percentile, 75th percentile) over seeds of the smoothed column ``key`` on the steps
     common to every seed that has it; None when no seed has it."""
-    have = [r for r in per_seed if key in r]
-    if not have:
+    stacked = stack_seeds(per_seed, key, window)
+    if stacked is None:
         return None
-    common = have[0]["step"]
-    for r in have[1:]:
-        common = np.intersect1d(common, r["step"])
-    ys = np.stack([smooth(r[key][np.isin(r["step"], common)], window) for r in have])
+    common, ys = stacked
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan steps give nan, as intended
         q25, q50, q75 = np.nanpercentile(ys, [25, 50, 75], axis=0)
