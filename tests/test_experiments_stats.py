@@ -128,6 +128,12 @@ def test_markdown_table_rows_and_baselines():
     assert lines[4] == "| band_kl | default | 2 | +0.500 [+0.500, +0.500] | +5.0 [+5.0, +5.0] |"
     assert lines[5] == "| band_kl | tail=0.005 | 2 | -1.000 [-1.000, -1.000] | -10.0 [-10.0, -10.0] |"
     assert len(lines) == 6
+    from bandpo.experiments.stats import candidates
+
+    assert candidates(rows) == [{"method": "band_kl", "setting": "default"},
+                                {"method": "band_kl", "setting": "tail=0.005"}]  # clip's own runs are baselines
+    assert candidates(rows, "band_kl") == [{"method": "clip", "setting": "default"},
+                                           {"method": "clip", "setting": "tail=0.005"}]
     only_main = markdown_table(rows, ["x"], grids=["main"]).splitlines()
     assert len(only_main) == 4 and "tail" not in "".join(only_main)
     vs_band = markdown_table(rows, ["x"], grids=["main"], baseline="band_kl", methods=["clip"]).splitlines()

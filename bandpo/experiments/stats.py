@@ -29,7 +29,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "compare", "markdown_table", "render_report", "paired_differences", "select_rows", "seed_mean"]
+__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "candidates", "compare", "markdown_table", "render_report", "paired_differences", "select_rows", "seed_mean"]
 
 RESAMPLES = 10_000
 """Bootstrap resamples per interval (5 000 antithetic pairs)."""
@@ -153,6 +153,14 @@ def _fmt(metric: str, x: float) -> str:
     return f"{x:+.1f}" if metric.endswith("_step") else f"{x:+.3f}"
 
 
+def candidates(rows: Sequence[Mapping], baseline: str = "clip", same_setting: bool = False) -> list:
+    """Every (method, setting) of ``rows``, in order of appearance, as selections ``{"method", "setting"}``, except
+    the baseline's own runs (those :func:`baseline_of` would pair a candidate with)."""
+    pairs = dict.fromkeys((r["method"], r["setting"]) for r in rows)
+    out = [{"method": m, "setting": st} for m, st in pairs]
+    return [c for c in out if not (c["method"] == baseline and baseline_of(c, baseline, same_setting) == c)]
+
+
 def markdown_table(rows: Sequence[Mapping], metrics: Sequence[str], grids: Optional[Sequence[str]] = None,
                    baseline: str = "clip", methods: Optional[Sequence[str]] = None, same_setting: bool = False,
                    **kw) -> str:
@@ -162,9 +170,7 @@ def markdown_table(rows: Sequence[Mapping], metrics: Sequence[str], grids: Optio
     ``diff [low, high]``; a first row gives the baseline's means. The report in ``docs/testbed-report.md`` embeds
     these tables and a test checks that they match the committed data. ``kw``: those of :func:`bootstrap_mean`."""
     chosen = [r for r in rows if (grids is None or r.get("grid") in grids) and (methods is None or r["method"] in methods)]
-    cands = list(dict.fromkeys((r["method"], r["setting"]) for r in chosen))
-    cands = [{"method": m, "setting": st} for m, st in cands
-             if not (m == baseline and baseline_of({"method": m, "setting": st}, baseline, same_setting)["setting"] == st)]
+    cands = candidates(chosen, baseline, same_setting)
     head = "| method | setting | n | " + " | ".join(metrics) + " |"
     lines = [head, "|" + "---|" * (3 + len(metrics))]
     bases = list(dict.fromkeys(tuple(sorted(baseline_of(c, baseline, same_setting).items())) for c in cands))
@@ -255,9 +261,7 @@ def _print(args: argparse.Namespace, rows: list) -> int:
             return 2
         return 0
     rows = [r for r in rows if args.grid is None or r.get("grid") in args.grid]
-    cands = list(dict.fromkeys((r["method"], r["setting"]) for r in rows))
-    cands = [{"method": m, "setting": s} for m, s in cands if m != args.baseline or not
-             (s == "default" or s.startswith("tail="))]
+    cands = candidates(rows, args.baseline)
     try:
         table = [t for c in cands for t in compare(rows, args.metrics, [c], baseline_of(c, args.baseline))]
     except ValueError as e:
