@@ -579,6 +579,25 @@ def _saturation_interval(div: Divergence, delta: float, side: int) -> "Optional[
     return (0.0, hi) if side == 0 else (lo, math.inf)
 
 
+def _cubic_through(u: Tensor, y: Tensor) -> Tensor:
+    """(n, 4) monomial coefficients c_0..c_3 of the cubic through the four points (u[:, m], y[:, m]) of each
+    row, by Newton's divided differences expanded to monomials (the nodes sit near u = -1, 0, 1, 2: well
+    separated, so the differences lose nothing; ~20 elementwise operations where a batched 4 x 4 LU solve of a
+    Vandermonde matrix cost ~8 ms per table)."""
+    u0, u1, u2, u3 = u.unbind(1)
+    y0, y1, y2, y3 = y.unbind(1)
+    d01, d12, d23 = (y1 - y0) / (u1 - u0), (y2 - y1) / (u2 - u1), (y3 - y2) / (u3 - u2)
+    d012, d123 = (d12 - d01) / (u2 - u0), (d23 - d12) / (u3 - u1)
+    d0123 = (d123 - d012) / (u3 - u0)
+    # p(u) = y0 + d01 (u - u0) + d012 (u - u0)(u - u1) + d0123 (u - u0)(u - u1)(u - u2), expanded
+    s01, p01 = u0 + u1, u0 * u1
+    c3 = d0123
+    c2 = d012 - d0123 * (s01 + u2)
+    c1 = d01 - d012 * s01 + d0123 * (p01 + s01 * u2)
+    c0 = y0 - d01 * u0 + d012 * p01 - d0123 * p01 * u2
+    return torch.stack((c0, c1, c2, c3), dim=1)
+
+
 def _build_sat_side(div: Divergence, delta: float, side: int, solve) -> "Optional[SatSide]":
     interval = _saturation_interval(div, delta, side)
     if interval is None:
@@ -615,8 +634,7 @@ def _build_sat_side(div: Divergence, delta: float, side: int, solve) -> "Optiona
         y_seg = y[:, idx].reshape(-1, 4)[:n_keep]
         if not (bool(torch.isfinite(u).all()) and bool(torch.isfinite(y_seg).all())):
             return None
-        vander = u[..., None] ** torch.arange(4, dtype=torch.float64)  # (segments, nodes, powers)
-        coefs.append(torch.linalg.solve(vander, y_seg.unsqueeze(-1)).squeeze(-1))
+        coefs.append(_cubic_through(u, y_seg))
         halves.append(SatHalf(anchor, from_left, e_min, d_max, base))
         base += coefs[-1].shape[0]
     return SatSide(L, R, mid, kink_left, kink_right, tuple(halves), torch.cat(coefs))
