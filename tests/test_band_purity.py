@@ -235,3 +235,26 @@ def test_threaded_tensor_delta_chunks_equal_serial_and_single_chunk_calls(dtype)
             lo_c, up_c = bandpo.band(flat[part], flat_d[part], name, validate=False)
             assert torch.equal(lo.reshape(-1)[part], lo_c) and torch.equal(up.reshape(-1)[part], up_c), (name, start)
 
+
+
+def test_worker_pool_leaves_the_thread_count_alone():
+    """The band pool's workers run torch single-threaded (torch.set_num_threads(1) in each worker, which also
+    sets the count that threads started later inherit): the caller's count and a new thread's count are as
+    before, and the workers' own count is 1."""
+    import threading
+
+    from bandpo.operator import bands
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        bands._POOL = None  # a fresh pool: its workers start now
+        pool = bands._executor(2)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert torch.get_num_threads() == 2 and seen == [2]
+        assert set(pool.map(lambda _: torch.get_num_threads(), range(8))) == {1}
+    finally:
+        torch.set_num_threads(threads)

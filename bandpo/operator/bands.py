@@ -31,7 +31,7 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
   Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in
   ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once); both sides stacked in one
   (2, n) tensor, the table coordinates in float32, the step in float64, and on the CPU in chunks of
-  LOWP_CHUNK elements spread over torch's thread count as Python threads (:func:`_tabulated_band_lowp`).
+  LOWP_CHUNK elements spread over a pool of single-threaded Python workers (:func:`_tabulated_band_lowp`).
 
 The result is a pure function of the input (values, dtype, device, delta, divergence): the same on every
 call, the first included, whatever ran before (tables are built deterministically, keyed on what they
@@ -461,37 +461,62 @@ def band(
         return _chunked(one_pass, old_logp, delta)
 
 
-CHUNK = 1 << 15
+CHUNK = 1 << 16
 """Elements per chunk on the eager CPU path (:func:`_chunked`). One pass over a whole 1M-token batch allocates
 ~100 fresh buffers of 4-8 MB, and page-faulting them costs more than the arithmetic; in chunks the
 intermediates stay in cache and the allocator reuses their memory (2-3x faster at 2^20 tokens). The chunks run
-on a small pool of Python threads, one chunk per thread at a time, and 2^15 elements is torch's
-parallelisation threshold (``at::internal::GRAIN_SIZE``): each operation of a chunk runs on the thread that
-owns it, with no fork/join of the intra-op pool per operation. Measured on 2 cores, fixed delta, 2^20 float32
-tokens, interleaved in one process: 2^15 is 1.2-1.4x faster than 2^14 and 2^16, and the pool 1.4-2x faster
-than the intra-op split of 2^16-element chunks used before (tv 48.7 -> 28.5 ms, js 65.9 -> 32.3 ms). Not used
-under torch.compile (the kernel is fused) or on accelerators. Elementwise (a tensor delta is chunked
-alongside), so it never changes a result."""
+on a small pool of Python threads whose torch operations are single-threaded (:func:`_start_workers`): no
+fork/join of the intra-op pool per operation, and operations large enough that handing the interpreter lock
+between the workers once per operation costs little. Measured on 2 cores, 2^20 float32 tokens, interleaved in
+one process: against the intra-op split of 2^16-element chunks used before, a fixed delta 1.7-2.6x faster
+(tv 48.7 -> 21.0 ms, js 65.9 -> 24.8 ms), the per-token delta path 1.3x (kl 61 -> 46 ms, js 81 -> 64 ms);
+2^16 is 1.1-1.2x faster than 2^15 and on par with 2^17. Not used under torch.compile (the kernel is fused) or
+on accelerators. Elementwise (a tensor delta is chunked alongside), so it never changes a result."""
 
 
-LOWP_CHUNK = 16000
-"""Elements per chunk of the float32/16 per-token tensor-delta path (:func:`_tabulated_band_lowp`): both sides
-stacked make (2, 16000) tensors, below the parallelisation threshold as for CHUNK. Elementwise, so it never
-changes a result."""
+LOWP_CHUNK = CHUNK
+"""Elements per chunk of the float32/16 per-token tensor-delta path (:func:`_tabulated_band_lowp`), whose two
+sides are stacked in (2, LOWP_CHUNK) tensors: the same count as CHUNK (2^16 and 2^17 measured on par)."""
 
 _POOL: "Optional[tuple[int, ThreadPoolExecutor]]" = None
 _POOL_LOCK = threading.Lock()
 
 
 def _executor(n_threads: int) -> ThreadPoolExecutor:
-    """The shared pool of ``n_threads`` workers (rebuilt when torch's thread count changes)."""
+    """The shared pool of ``n_threads`` workers (rebuilt when torch's thread count changes), each running torch
+    single-threaded (see :func:`_start_workers`)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL[0] != n_threads:
             if _POOL is not None:
                 _POOL[1].shutdown(wait=False)
-            _POOL = (n_threads, ThreadPoolExecutor(n_threads, thread_name_prefix="bandpo-band"))
+            _POOL = (n_threads, _start_workers(n_threads))
         return _POOL[1]
+
+
+def _start_workers(n_threads: int) -> ThreadPoolExecutor:
+    """A pool of ``n_threads`` started workers whose torch operations run single-threaded.
+
+    A chunk's operations must not fork/join torch's intra-op pool (2 workers x 2 intra-op threads on 2 cores
+    is slower than either alone), and must be large enough that handing the interpreter lock between workers
+    once per operation does not dominate: with chunks below the parallelisation threshold (2^15 elements)
+    two workers were no faster than one on 2 cores (measured; the lock changes hands ~100 times per chunk).
+    ``torch.set_num_threads(1)`` in each worker makes its operations serial whatever their size; it also
+    sets the count that threads started later inherit, so the caller's count is put back once every worker
+    has started (the caller's own count, which is per thread, is never changed)."""
+    ready = threading.Barrier(n_threads + 1)
+
+    def init() -> None:
+        torch.get_num_threads()  # torch's lazy per-thread setup first: it would later reset the count
+        torch.set_num_threads(1)
+        ready.wait()
+
+    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bandpo-band", initializer=init)
+    for _ in range(n_threads):
+        pool.submit(int)  # each submit starts a worker while fewer than n_threads exist
+    ready.wait()
+    torch.set_num_threads(n_threads)
+    return pool
 
 
 def _forget_pool_after_fork() -> None:
@@ -510,10 +535,8 @@ def _chunked(fn, old_logp: Tensor, delta: Delta, chunk: Optional[int] = None, wr
 
     A tensor delta is broadcast to ``old_logp``'s shape and chunked alongside. The chunk count depends only
     on the shape, never on the data. On the CPU, the chunks after the first run on ``torch.get_num_threads()``
-    Python threads (torch releases the GIL inside its kernels; a chunk is below torch's parallelisation
-    threshold, so each of its operations runs on the thread that owns it, with no fork/join of the intra-op
-    pool per operation, which costs more than it gains at this size: see CHUNK). Each chunk is computed by
-    exactly the same operations whichever thread runs it, so the result is the same bits as a serial loop.
+    Python threads (torch releases the GIL inside its kernels), each running its chunk's operations
+    single-threaded (see CHUNK). Each chunk is computed by the same operations whichever thread runs it.
     ``writes_out``: ``fn`` also takes ``out`` (two flat tensors of old_logp's dtype) and writes each chunk's
     result into its slices (no copy per chunk)."""
     if isinstance(delta, Tensor):
