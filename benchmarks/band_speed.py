@@ -25,7 +25,12 @@ Per divergence, side by side in one run, each against the same 50-step bisection
   bisection's time;
 * "compiled": torch.compile(band) with a fixed delta (compile time excluded).
 The timings are the best of ``--repeats`` interleaved rounds (band, schedule, tensor, bisection in turn), so a
-load spike on a shared machine hits all of them alike.
+load spike on a shared machine hits all of them alike. With glibc, the process first tells the allocator to keep
+freed memory (``mallopt``: no trimming, no fresh ``mmap`` per large buffer; ``--default-malloc`` turns this off):
+by default the bisection's 4-8 MB temporaries are returned to the system and page-faulted back on some calls and
+not on others (measured: 0 to 470 000 minor faults per call, its speed 0.4-2.7 M tokens/s from one run to the next),
+which moved every ratio by up to 2x. Kept memory makes the baseline as fast as it gets (the conservative
+comparison) and the ratios repeatable; both sides run under the same setting.
 
 Writes a JSON summary (``--out``, default benchmarks/results/band_speed.json) that the solver-speed figure reads.
 """
@@ -102,6 +107,18 @@ def bisection_band(old_logp: torch.Tensor, delta: float, divergence: str, max_it
     return lower, upper
 
 
+def keep_freed_memory() -> bool:
+    """glibc only: never trim the heap, never serve a buffer by its own mmap (True if it took effect)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def time_it(fn, repeats: int) -> float:
     fn()  # warm-up
     best = math.inf
@@ -153,9 +170,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CI has 2 cores)")
     ap.add_argument("--compile", nargs="*", default=["kl", "tv", "chi2"],
                     help="divergences also timed under torch.compile (compile time excluded); none: skip")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (freed memory returned to the system; noisier ratios)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "band_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = False if args.default_malloc else keep_freed_memory()
 
     logp = llm_like_logp(args.n_tokens)
     g = torch.Generator().manual_seed(1)
@@ -166,7 +186,9 @@ def main(argv=None) -> dict:
     rows = []
     head = (f"{'divergence':<12} {'path':<12} {'bisect tok/s':>12} {'fixed':>7} {'schedule':>9} {'tensor':>7} "
             f"{'compiled':>9} {'first call':>11} {'band err':>9} {'sched err':>9} {'tensor err':>10} {'bisect err':>10}")
-    print(f"{args.n_tokens} float32 tokens, delta={args.delta}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    allocator = "glibc, freed memory kept (mallopt)" if kept else "default"
+    print(f"{args.n_tokens} float32 tokens, delta={args.delta}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, allocator: {allocator}")
     print(head)
     print("-" * len(head))
     delta_t = torch.full_like(logp, args.delta)
@@ -253,6 +275,7 @@ def main(argv=None) -> dict:
         "timing": f"best of {args.repeats} interleaved rounds; first_call_s: band's first call in the process "
                   "(builds the start table and the per-delta table) vs the bisection's first call",
         "torch": torch.__version__,
+        "allocator": allocator,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

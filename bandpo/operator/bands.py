@@ -26,7 +26,7 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
 * the same with a divergence that saturates (``reverse_kl``, ``js``, user generators with f(0) finite): one
   lookup per side in a per-delta "kink table" indexed by the float64 bits of the distance of -old_logp to
   the side's saturation kink (or to 0), exact 0 and 1/p beyond the kinks, nodes again solved by the float64
-  path (:func:`bandpo.operator.tables.build_sat_table`, ~25 ms single-threaded);
+  path (:func:`bandpo.operator.tables.build_sat_table`, ~10 ms);
 * other float32/16 calls (a per-token tensor delta) take the start table + one Halley step (kl) or one
   Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in
   ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once); both sides stacked in one
