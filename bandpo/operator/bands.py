@@ -339,12 +339,14 @@ def _tabulated_band_lowp(
         sat_lo, sat_up = (None, None) if saturated is None else (saturated[0], saturated[1])
     inv_p = torch.reciprocal(p)  # of the clamped p: differs from e^{-logp} only where both overflow float32
     # s_up holds -s here; 1 + ((1-p)/p)(1 - e^{-s}) >= 1 for s >= 0, so no clamp at 1 is needed
-    upper = torch.minimum(torch.addcmul(one, rab_up, torch.expm1(s_up).neg_()), inv_p)
+    upper = torch.addcmul(one, rab_up, torch.expm1(s_up).neg_())
     if sat_lo is not None:
         lower = lower.masked_fill_(sat_lo, 0.0)  # 0 where saturated
-        upper = torch.where(sat_up, inv_p, upper)  # 1/p where saturated
+        upper = upper.masked_fill_(sat_up, math.inf)  # then 1/p by the minimum below (a select costs 3x more)
+    upper = torch.minimum(upper, inv_p, out=upper)
     if math.isinf(div.slope_at_inf):
-        lower = torch.maximum(lower, (log1mp == -math.inf).to(torch.float64))  # p = 1 exactly (see _tabulated_log_band)
+        # p = 1 exactly (see _tabulated_log_band); lower <= 1 elsewhere
+        lower = lower.masked_fill_(log1mp == -math.inf, 1.0)
     if out is None:
         return lower.add_(pad).to(old_logp.dtype), upper.add_(pad).to(old_logp.dtype)
     torch.add(lower, pad, out=out[0])  # computed in float64, cast once into old_logp's dtype
