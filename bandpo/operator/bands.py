@@ -309,31 +309,38 @@ def _tabulated_band_lowp(
         rab = a / b  # within [2^-1022, 2^1022]; with it given, the φ evaluators never read log a
         z = warp(torch.nan_to_num((lp - l1).to(torch.float32)))  # NaN (an unsanitised invalid input) -> 0
         zeta = torch.stack((z, z.neg()))  # warp is odd: the upper side's coordinate is -ζ
-        log_b = None
+        keep = None
         if table.saturating:
             log_b = torch.stack((l1, lp))
             phinf = side_phi_at_inf(div, None, log_b, a, b)  # closed forms (js, reverse_kl): a and log b only
             saturated = torch.ge(d, phinf)  # φ(∞) <= delta: no interior root (φ(∞) is NaN only for an invalid
             # input, whose result is NaN anyway)
+            # Only the unsaturated sides are solved (on LLM-like tokens ~40% of the sides saturate: the upper side
+            # of confident tokens, the lower side of rare ones): their flat indices, and their operands gathered
+            # into contiguous vectors; a saturated side's -s is 0 (its result is replaced below).
+            keep = saturated.logical_not().view(-1).nonzero().squeeze(1)
+            a, b, rab_k, zeta, phinf = (t.reshape(-1).index_select(0, keep) for t in (a, b, rab, zeta, phinf))
+            if d.dim():
+                d = d.expand(2, -1).reshape(-1).index_select(0, keep)
             # τ = log(log1p(δ/(φ(∞) - δ))), in float32 from the float64 quotient, clamped to [2^-60, 2^52]
-            # (δ/φ(∞) from ~1e-18 to 1 - 2^-52). Saturated elements (φ(∞) <= δ, quotient <= -1) take |quotient|:
-            # any finite start serves them (their result is replaced), and a moderate one keeps every later
-            # exp/log on ordinary arguments (denormal, infinite or NaN arguments take slow paths on the CPU).
+            # (δ/φ(∞) from ~1e-18 to 1 - 2^-52); NaN (an invalid input) -> a moderate finite start
             tau = torch.div(d, torch.sub(phinf, d)).to(torch.float32).abs_().nan_to_num_(nan=1.0)
             tau = tau.clamp_(2.0**-60, 2.0**52).log1p_().log_()  # finite: log1p of [2^-60, 2^52]
             coords = tau_coords(table, tau)
         else:
-            saturated = None
+            saturated, rab_k = None, rab
             coords = tau_coords(table, _finite_tau(log_d.to(torch.float32)))  # τ = log delta, both sides
         s = lookup_start32(table, zeta, coords).to(torch.float64).exp_()
         if div.phi in NEWTON_FINISH:
-            phi, d1, _ = halley(s, None, log_b, a, b, rab, second=False)
+            phi, d1, _ = halley(s, None, None, a, b, rab_k, second=False)
             ns = _safe_step_neg(s, phi.sub_(d).div_(d1))  # -s after the step
         else:
-            phi, d1, d2 = halley(s, None, log_b, a, b, rab)
+            phi, d1, d2 = halley(s, None, None, a, b, rab_k)
             t = phi.sub_(d).div_(d1)  # the Newton step; Halley divides it by 1 - t φ''/(2 φ') (kept in [1/2, 2])
             corr = torch.addcmul(one, t, d2.div_(d1), value=-0.5).clamp_(0.5, 2.0)
             ns = _safe_step_neg(s, t.div_(corr))
+        if keep is not None:
+            ns = torch.zeros(rab.numel(), dtype=ns.dtype, device=ns.device).index_copy_(0, keep, ns).view(rab.shape)
         s_lo, s_up, rab_up = None, ns[1], rab[1]
         lower = ns[0].exp()  # e^{-s} <= 1 (s >= 0, or NaN: carried to the pad), no clamp needed
         sat_lo, sat_up = (None, None) if saturated is None else (saturated[0], saturated[1])
