@@ -209,13 +209,11 @@ def test_float32_schedule_and_tensor_delta_within_one_ulp(name):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_threaded_tensor_delta_chunks_equal_serial_and_single_chunk_calls(dtype):
-    """float32/16 with a per-token tensor delta runs its chunks (LOWP_CHUNK elements) on Python threads when torch
+    """float32/16 with a per-token tensor delta runs its chunks (CHUNK elements) on Python threads when torch
     has more than one: bitwise the same as with one thread (a serial loop) and as calling each chunk alone, for a
     2-D non-contiguous input with a broadcast delta, every built-in divergence with a table path."""
-    from bandpo.operator.bands import LOWP_CHUNK
-
     g = torch.Generator().manual_seed(21)
-    n_rows = 2 * LOWP_CHUNK // 16 + 3  # 2 full chunks and a partial one (with 16 columns)
+    n_rows = 2 * CHUNK // 16 + 3  # 2 full chunks and a partial one (with 16 columns)
     x = -30 * torch.rand(16, n_rows, generator=g, dtype=torch.float64) ** 3
     x = x.to(dtype).t()  # (n_rows, 16), not contiguous
     delta = torch.exp(torch.empty(n_rows, 1, dtype=torch.float32).uniform_(math.log(1e-3), math.log(0.5), generator=g))
@@ -230,8 +228,8 @@ def test_threaded_tensor_delta_chunks_equal_serial_and_single_chunk_calls(dtype)
             torch.set_num_threads(threads)
         assert torch.equal(lo, lo1) and torch.equal(up, up1), name
         flat, flat_d = x.reshape(-1), delta.expand(x.shape).reshape(-1)
-        for start in (0, LOWP_CHUNK, 2 * LOWP_CHUNK):
-            part = slice(start, start + LOWP_CHUNK)
+        for start in (0, CHUNK, 2 * CHUNK):
+            part = slice(start, start + CHUNK)
             lo_c, up_c = bandpo.band(flat[part], flat_d[part], name, validate=False)
             assert torch.equal(lo.reshape(-1)[part], lo_c) and torch.equal(up.reshape(-1)[part], up_c), (name, start)
 
@@ -248,7 +246,9 @@ def test_worker_pool_leaves_the_thread_count_alone():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        bands._POOL = None  # a fresh pool: its workers start now
+        old, bands._POOL = bands._POOL, None  # a fresh pool: its workers start now
+        if old is not None:
+            old[1].shutdown()
         pool = bands._executor(2)
         seen = []
         t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
@@ -258,3 +258,28 @@ def test_worker_pool_leaves_the_thread_count_alone():
         assert set(pool.map(lambda _: torch.get_num_threads(), range(8))) == {1}
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "js"])
+def test_skipping_saturated_sides_changes_no_bit(name, monkeypatch):
+    """The eager CPU path of a saturating divergence with a tensor delta solves only the unsaturated sides; on
+    accelerators and under torch.compile every side is solved (no data-dependent shape). Both give the same bits
+    (the same operations per side), here forced on the CPU by making torch.compiler.is_compiling() true, on
+    inputs with both sides saturated somewhere, p = 1, invalid inputs and invalid deltas."""
+    from bandpo.operator.bands import _tabulated_band_lowp
+    from bandpo.operator.divergences import get_divergence
+
+    g = torch.Generator().manual_seed(23)
+    x = torch.cat([-torch.logspace(-9, 2.5, 3000, dtype=torch.float64), -40 * torch.rand(3000, generator=g,
+                   dtype=torch.float64), torch.tensor([0.0, math.nan, -math.inf, math.inf, -1e30, -0.01])])
+    x = x.to(torch.float32)
+    delta = torch.exp(torch.empty(x.numel()).uniform_(math.log(1e-3), math.log(2.0), generator=g))
+    delta[-6:] = torch.tensor([0.05, 0.05, 0.05, 0.05, 0.0, -1.0])
+    div = get_divergence(name)
+    skipped = _tabulated_band_lowp(x, delta, div)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    every = _tabulated_band_lowp(x, delta, div)
+    for a, b in zip(skipped, every):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+    lo = skipped[0]
+    assert bool((lo == 0).any()) and bool((skipped[1] == torch.exp(-x.double()).float()).any())  # both saturate

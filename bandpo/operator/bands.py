@@ -8,8 +8,9 @@
 g_f is convex in r with g_f(p, 1) = 0, so the band is an interval around 1: its two roots, saturated at 0
 and 1/p.
 
-How it is computed (everything in float64, elementwise, with a fixed amount of work per element: no
-host-device synchronisation with ``validate=False``, no data-dependent Python control flow, no ``.item()``):
+How it is computed (everything in float64, elementwise, with a fixed amount of work per element on
+accelerators and under torch.compile: no host-device synchronisation with ``validate=False``, no
+data-dependent Python control flow, no ``.item()``; the eager CPU path skips saturated sides, see below):
 
 * closed forms in log space for ``tv``, ``chi2`` and ``hellinger`` (and any divergence registered with its
   own ``log_band``);
@@ -30,8 +31,11 @@ host-device synchronisation with ``validate=False``, no data-dependent Python co
 * other float32/16 calls (a per-token tensor delta) take the start table + one Halley step (kl) or one
   Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in
   ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once); both sides stacked in one
-  (2, n) tensor, the table coordinates in float32, the step in float64, and on the CPU in chunks of
-  LOWP_CHUNK elements spread over a pool of single-threaded Python workers (:func:`_tabulated_band_lowp`).
+  (2, n) tensor, the table coordinates in float32, the step in float64; on the CPU (eager) only the
+  unsaturated sides are solved (:func:`_tabulated_band_lowp`).
+
+On the CPU (eager) every path runs in chunks of CHUNK elements on a pool of single-threaded Python workers
+(:func:`_chunked`).
 
 The result is a pure function of the input (values, dtype, device, delta, divergence): the same on every
 call, the first included, whatever ran before (tables are built deterministically, keyed on what they
@@ -265,7 +269,7 @@ def _tabulated_band_lowp(
     """(lower, upper) in old_logp's (float32/16) dtype by the start table + one float64 step, both sides
     stacked in one (2, n) tensor (row 0: the lower side, (a, b) = (p, 1 - p); row 1: the upper side,
     (a, b) = (1 - p, p)), so that every operation runs once on both (half the operations of two sides, which
-    matters with small chunks: see LOWP_CHUNK). Finished in ratio space: lower = e^{-s_lo},
+    matters with small chunks). Finished in ratio space: lower = e^{-s_lo},
     upper = 1 + ((1-p)/p)(1 - e^{-s_up}) (float64, then rounded once).
 
     Accuracy budget (float32 output, within 1 ulp of the float64 answer rounded): the step needs a start within
@@ -275,11 +279,12 @@ def _tabulated_band_lowp(
     δ/(φ(∞) - δ)) and the polynomial (float32 rounding moves the start by ~1e-7); its exp is float64 (log s*
     spans [-350, 710]). The saturation test δ < φ(∞) is float64, as on the float64 path.
 
-    Few operations per chunk (each costs a dispatch and, on the thread pool, a round trip of the GIL; ~140
-    for js): invalid inputs are not replaced but carried (every index is sanitised: nan_to_num on the table
-    coordinates) and marked at the end by adding ``pad`` (0, or NaN where old_logp or delta is invalid); the
-    saturated values are one masked fill (lower = 0) and one select (upper = 1/p), the p = 1 value an exact
-    max against 1. User generators (no closed-form
+    Few operations per chunk (each costs a dispatch and, on the thread pool, a round trip of the GIL): invalid
+    inputs are not replaced but carried (every index is sanitised: nan_to_num on the table coordinates) and
+    marked at the end by adding ``pad`` (0, or NaN where old_logp or delta is invalid); the saturated values
+    are masked fills (lower = 0; upper = inf, then 1/p by the minimum with 1/p), p = 1 a masked fill of the
+    lower bound with 1. On the eager CPU path only the unsaturated sides of a saturating divergence are looked
+    up and stepped (gathered, then scattered back). User generators (no closed-form
     φ'') take :func:`_tabulated_sides` (per side, Newton steps). ``out``: two tensors of old_logp's shape and
     dtype to write the result into (the rounding is the same as ``.to(dtype)``: one cast of the float64 sum)."""
     halley = HALLEY.get(div.phi)
@@ -309,26 +314,31 @@ def _tabulated_band_lowp(
         rab = a / b  # within [2^-1022, 2^1022]; with it given, the φ evaluators never read log a
         z = warp(torch.nan_to_num((lp - l1).to(torch.float32)))  # NaN (an unsanitised invalid input) -> 0
         zeta = torch.stack((z, z.neg()))  # warp is odd: the upper side's coordinate is -ζ
-        keep = None
+        keep, rab_k = None, rab  # the flat indices of the sides solved (None: all), and their a/b
         if table.saturating:
             log_b = torch.stack((l1, lp))
             phinf = side_phi_at_inf(div, None, log_b, a, b)  # closed forms (js, reverse_kl): a and log b only
             saturated = torch.ge(d, phinf)  # φ(∞) <= delta: no interior root (φ(∞) is NaN only for an invalid
             # input, whose result is NaN anyway)
-            # Only the unsaturated sides are solved (on LLM-like tokens ~40% of the sides saturate: the upper side
-            # of confident tokens, the lower side of rare ones): their flat indices, and their operands gathered
-            # into contiguous vectors; a saturated side's -s is 0 (its result is replaced below).
-            keep = saturated.logical_not().view(-1).nonzero().squeeze(1)
-            a, b, rab_k, zeta, phinf = (t.reshape(-1).index_select(0, keep) for t in (a, b, rab, zeta, phinf))
-            if d.dim():
-                d = d.expand(2, -1).reshape(-1).index_select(0, keep)
+            if x.device.type == "cpu" and not torch.compiler.is_compiling():
+                # On the CPU only the unsaturated sides are solved (on LLM-like tokens ~40% of the sides saturate:
+                # the upper side of confident tokens, the lower side of rare ones), their operands gathered into
+                # contiguous vectors; a saturated side's -s is 0 (its result is replaced below). Not on
+                # accelerators (nonzero synchronises with the host) nor under torch.compile (a data-dependent
+                # shape): there every side is solved, with the same operations per side.
+                keep = saturated.logical_not().view(-1).nonzero().squeeze(1)
+                a, b, rab_k, zeta, phinf = (t.reshape(-1).index_select(0, keep) for t in (a, b, rab, zeta, phinf))
+                if d.dim():
+                    d = d.expand(2, -1).reshape(-1).index_select(0, keep)
             # τ = log(log1p(δ/(φ(∞) - δ))), in float32 from the float64 quotient, clamped to [2^-60, 2^52]
-            # (δ/φ(∞) from ~1e-18 to 1 - 2^-52); NaN (an invalid input) -> a moderate finite start
+            # (δ/φ(∞) from ~1e-18 to 1 - 2^-52). Saturated sides, where solved (φ(∞) <= δ, quotient <= -1), and
+            # invalid inputs (NaN) take a moderate finite start: their result is replaced, and ordinary arguments
+            # keep every later exp/log off the CPU's slow paths (denormal, infinite or NaN arguments).
             tau = torch.div(d, torch.sub(phinf, d)).to(torch.float32).abs_().nan_to_num_(nan=1.0)
             tau = tau.clamp_(2.0**-60, 2.0**52).log1p_().log_()  # finite: log1p of [2^-60, 2^52]
             coords = tau_coords(table, tau)
         else:
-            saturated, rab_k = None, rab
+            saturated = None
             coords = tau_coords(table, _finite_tau(log_d.to(torch.float32)))  # τ = log delta, both sides
         s = lookup_start32(table, zeta, coords).to(torch.float64).exp_()
         if div.phi in NEWTON_FINISH:
@@ -460,7 +470,7 @@ def band(
     if lowp and div.log_band is None:
         with torch.no_grad():
             return _chunked(lambda x, d, out=None: _tabulated_band_lowp(x, d, div, out), old_logp, delta,
-                            LOWP_CHUNK, writes_out=True)
+                            writes_out=True)
 
     def one_pass(x: Tensor, d: Delta) -> "tuple[Tensor, Tensor]":
         log_lower, log_upper = _log_band_f64(x, d, div, lowp)
@@ -479,13 +489,10 @@ fork/join of the intra-op pool per operation, and operations large enough that h
 between the workers once per operation costs little. Measured on 2 cores, 2^20 float32 tokens, interleaved in
 one process: against the intra-op split of 2^16-element chunks used before, a fixed delta 1.7-2.6x faster
 (tv 48.7 -> 21.0 ms, js 65.9 -> 24.8 ms), the per-token delta path 1.3x (kl 61 -> 46 ms, js 81 -> 64 ms);
-2^16 is 1.1-1.2x faster than 2^15 and on par with 2^17. Not used under torch.compile (the kernel is fused) or
+2^16 is 1.1-1.2x faster than 2^15 and on par with 2^17 (also for the per-token path, whose two sides are
+stacked in (2, CHUNK) tensors). Not used under torch.compile (the kernel is fused) or
 on accelerators. Elementwise (a tensor delta is chunked alongside), so it never changes a result."""
 
-
-LOWP_CHUNK = CHUNK
-"""Elements per chunk of the float32/16 per-token tensor-delta path (:func:`_tabulated_band_lowp`), whose two
-sides are stacked in (2, LOWP_CHUNK) tensors: the same count as CHUNK (2^16 and 2^17 measured on par)."""
 
 _POOL: "Optional[tuple[int, ThreadPoolExecutor]]" = None
 _POOL_LOCK = threading.Lock()
@@ -539,8 +546,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def _chunked(fn, old_logp: Tensor, delta: Delta, chunk: Optional[int] = None, writes_out: bool = False) -> "tuple[Tensor, Tensor]":
-    """Apply the elementwise ``fn`` ((x, delta) -> (lower, upper)) in flat chunks of ``chunk`` elements.
+def _chunked(fn, old_logp: Tensor, delta: Delta, writes_out: bool = False) -> "tuple[Tensor, Tensor]":
+    """Apply the elementwise ``fn`` ((x, delta) -> (lower, upper)) in flat chunks of CHUNK elements.
 
     A tensor delta is broadcast to ``old_logp``'s shape and chunked alongside. The chunk count depends only
     on the shape, never on the data. On the CPU, the chunks after the first run on ``torch.get_num_threads()``
@@ -550,7 +557,7 @@ def _chunked(fn, old_logp: Tensor, delta: Delta, chunk: Optional[int] = None, wr
     result into its slices (no copy per chunk)."""
     if isinstance(delta, Tensor):
         delta = delta.detach().expand(old_logp.shape)
-    chunk = CHUNK if chunk is None else chunk
+    chunk = CHUNK
     n = old_logp.numel()
     if n <= chunk or old_logp.device.type != "cpu" or torch.compiler.is_compiling():
         return fn(old_logp, delta)
