@@ -187,6 +187,15 @@ def _parse_shard(text: str) -> tuple:
     return i, n
 
 
+def _run_options(args: argparse.Namespace) -> "tuple[dict, tuple]":
+    """(config overrides, (i, n)) from a runner's ``--set``, ``--max-steps`` (-> ``trainer.max_steps``) and
+    ``--shard`` options (both runners share them); ValueError naming the bad option."""
+    overrides = _parse_set(args.set)
+    if args.max_steps is not None:
+        overrides["trainer.max_steps"] = args.max_steps
+    return overrides, _parse_shard(args.shard)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bandpo.experiments.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
@@ -200,10 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--summary-only", action="store_true", help="only rewrite summary.csv and print the table")
     args = p.parse_args(argv)
     try:
-        overrides = _parse_set(args.set)
-        if args.max_steps is not None:
-            overrides["trainer.max_steps"] = args.max_steps
-        i, n = _parse_shard(args.shard)
+        overrides, (i, n) = _run_options(args)
         if args.summary_only:
             table = summarize(Path(args.out), args.methods, args.seeds)
         else:

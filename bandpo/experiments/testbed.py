@@ -59,7 +59,7 @@ import numpy as np
 from ..losses import get_method
 from ..losses.metrics import BUCKET_NAMES
 from ..training.config import load_config, preset_path
-from .reproduce import _parse_set, _parse_shard, is_finished
+from .reproduce import _run_options, is_finished
 
 __all__ = [
     "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "ENTROPY_COLLAPSE_FRACTION", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
@@ -556,10 +556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--summary-only", action="store_true", help="only rewrite summary.csv and print the table")
     args = p.parse_args(argv)
     try:
-        overrides = _parse_set(args.set)
-        if args.max_steps is not None:
-            overrides["trainer.max_steps"] = args.max_steps
-        i, n = _parse_shard(args.shard)
+        overrides, (i, n) = _run_options(args)
         if args.summary_only:
             table = summarize(Path(args.out))
         else:
