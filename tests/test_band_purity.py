@@ -235,6 +235,35 @@ def test_threaded_tensor_delta_chunks_equal_serial_and_single_chunk_calls(dtype)
 
 
 
+def test_start_table_built_once_before_the_workers_run(monkeypatch):
+    """Every chunk runs on the pool, the first included, so band builds the start table in the calling thread
+    first: on a call that finds no table, one build (not one per worker), and the result equals a serial
+    call's. A tensor delta (the start-table path) and float64 (log_band), 3 chunks on 2 workers."""
+    from bandpo.operator import tables
+
+    builds = []
+    real = tables.build_start_table
+    monkeypatch.setattr(tables, "build_start_table", lambda div: builds.append(div) or real(div))
+    g = torch.Generator().manual_seed(5)
+    x = -20 * torch.rand(3 * CHUNK, generator=g, dtype=torch.float64) ** 3
+    delta = torch.full((3 * CHUNK,), 0.05)
+    threads = torch.get_num_threads()
+    for name, call in [("kl", lambda: bandpo.band(x.float(), delta, "kl")),
+                       ("js", lambda: bandpo.log_band(x, delta.double(), "js"))]:
+        with tables._LOCK:
+            tables._CACHE.clear()  # rebuilt tables are bitwise the same (test_band_purity's fresh processes)
+        builds.clear()
+        try:
+            torch.set_num_threads(2)
+            threaded = call()
+            torch.set_num_threads(1)
+            serial = call()
+        finally:
+            torch.set_num_threads(threads)
+        assert len(builds) == 1, (name, len(builds))
+        assert all(torch.equal(a, b) for a, b in zip(threaded, serial)), name
+
+
 def test_worker_pool_leaves_the_thread_count_alone():
     """The band pool's workers run torch single-threaded (torch.set_num_threads(1) in each worker, which also
     sets the count that threads started later inherit): the caller's count and a new thread's count are as
