@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from .divergences import Divergence, get_divergence
-from .solvers import kl_log_band, kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
+from .solvers import kl_log_band, kl_phi, reverse_kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
 from .numerics import LOG_TINY
 from .solvers import HALLEY
 from .tables import NEWTON_FINISH, _eager_only, _finite_tau, _safe_step, _safe_step_neg, bits_band, get_bits_table, get_start_table
@@ -279,6 +279,35 @@ def _kl_halley_neg(s: Tensor, a: Tensor, b: Tensor, rab: Tensor, delta: Tensor, 
     return _safe_step_neg(s, t.div_(corr))
 
 
+def _compaction(kept: Tensor) -> "tuple[Tensor, Tensor]":
+    """(keep, slot) for a flat 0/1 int64 ``kept`` (CPU): ``keep`` the ascending indices where kept is 1 (what
+    ``kept.nonzero()`` gives), ``slot`` each element's position in ``keep``, or len(keep) (a spare slot) where
+    kept is 0, so that ``cat((v, spare)).index_select(0, slot)`` scatters a compacted ``v`` back. By a
+    cumulative sum and a scatter: 2.3x faster than ``nonzero`` on the CPU (2^17 elements, 64% kept: 209 vs
+    484 us measured), which reads its mask with a branch per element."""
+    pos = torch.cumsum(kept, 0)
+    k = int(pos[-1]) if pos.numel() else 0  # one host read: the CPU path only
+    slot = pos.sub_(1 + k).mul_(kept).add_(k)  # kept: its rank pos - 1; otherwise k
+    index = torch.arange(kept.numel(), device=kept.device)
+    keep = torch.empty(k + 1, dtype=torch.int64, device=kept.device).scatter_(0, slot, index)[:k]
+    return keep, slot
+
+
+def _reverse_kl_newton_neg(s: Tensor, a: Tensor, b: Tensor, rab: Tensor, delta: Tensor) -> Tensor:
+    """-s after one safeguarded Newton step on KL(new ‖ old)'s side equation φ(s) = delta from ``s`` (float64,
+    any shape; a, b the side's masses, rab = a/b, delta broadcastable): φ = (b + a x) log v - a w s and
+    φ' = a w (log v + s) with w = e^{-s}, x = 1 - w = -m, v = 1 + (a/b) x, as
+    :func:`~bandpo.operator.solvers.reverse_kl_phi2` in 14 operations instead of 16. (Not φ = log v - φ', which
+    a + b = 1 allows: 1 - a w loses the relative accuracy of b + a x when both are small, 8 ulps measured.)"""
+    ns = torch.neg(s)
+    m = torch.expm1(ns)  # -x
+    log_v = torch.mul(rab, m).neg_().log1p_()
+    aw = ns.exp_().mul_(a)  # a e^{-s}, in place on -s
+    d1 = torch.add(log_v, s).mul_(aw)
+    phi = torch.addcmul(b, a, m, value=-1.0).mul_(log_v).addcmul_(aw, s, value=-1.0)
+    return _safe_step_neg(s, phi.sub_(delta).div_(d1))  # (φ - delta)/φ', in place
+
+
 def _tabulated_band_lowp(
     old_logp: Tensor, delta: Delta, div: Divergence, out: "Optional[tuple[Tensor, Tensor]]" = None
 ) -> "tuple[Tensor, Tensor]":
@@ -298,9 +327,9 @@ def _tabulated_band_lowp(
     Few operations per chunk (each costs a dispatch and, on the thread pool, a round trip of the GIL): invalid
     inputs are not replaced but carried (every index is sanitised: nan_to_num on the table coordinates) and
     marked at the end by adding ``pad`` (0, or NaN where old_logp or delta is invalid); the saturated values
-    are masked fills (lower = 0; upper = inf, then 1/p by the minimum with 1/p), p = 1 a masked fill of the
-    lower bound with 1. On the eager CPU path only the unsaturated sides of a saturating divergence are looked
-    up and stepped (gathered, then scattered back). User generators (no closed-form
+    are lower = 0 and upper = inf, then 1/p by the minimum with 1/p; p = 1 a masked fill of the lower bound
+    with 1 (a mask that is almost never set: as cheap as a multiplication). On the eager CPU path only the
+    unsaturated sides of a saturating divergence are looked up and stepped (gathered, then scattered back). User generators (no closed-form
     φ'') take :func:`_tabulated_sides` (per side, Newton steps). ``out``: two tensors of old_logp's shape and
     dtype to write the result into (the rounding is the same as ``.to(dtype)``: one cast of the float64 sum)."""
     halley = HALLEY.get(div.phi)
@@ -319,7 +348,7 @@ def _tabulated_band_lowp(
         log1mp = torch.expm1(logp).neg_().log_()
         s_lo, sat_lo, s_up, sat_up, rab_up, p = _tabulated_sides(logp, log1mp, d, div, True)
         lower = torch.neg(s_lo).exp_().clamp_(max=1.0)
-        s_up = s_up.neg()
+        em = torch.neg(s_up).expm1_()
     else:
         table = get_start_table(div, x.device)
         q_raw = torch.expm1(logp).neg_()  # 1 - p to an ulp; 0 at p = 1
@@ -339,10 +368,11 @@ def _tabulated_band_lowp(
             if x.device.type == "cpu" and not torch.compiler.is_compiling():
                 # On the CPU only the unsaturated sides are solved (on LLM-like tokens ~40% of the sides saturate:
                 # the upper side of confident tokens, the lower side of rare ones), their operands gathered into
-                # contiguous vectors; a saturated side's -s is 0 (its result is replaced below). Not on
-                # accelerators (nonzero synchronises with the host) nor under torch.compile (a data-dependent
-                # shape): there every side is solved, with the same operations per side.
-                keep = saturated.logical_not().view(-1).nonzero().squeeze(1)
+                # contiguous vectors (see _compaction). Not on accelerators (the count of solved sides goes to
+                # the host) nor under torch.compile (a data-dependent shape): there every side is solved, with
+                # the same operations per side, and the saturated ones are replaced by masked fills.
+                kept = saturated.logical_not().view(-1).to(torch.int64)  # 1 where solved
+                keep, slot = _compaction(kept)
                 a, b, rab_k, zeta, phinf = (t.reshape(-1).index_select(0, keep) for t in (a, b, rab, zeta, phinf))
                 if d.dim():
                     d = d.expand(2, -1).reshape(-1).index_select(0, keep)
@@ -357,7 +387,9 @@ def _tabulated_band_lowp(
             saturated = None
             coords = tau_coords(table, _finite_tau(log_d.to(torch.float32)))  # τ = log delta, both sides
         s = lookup_start32(table, zeta, coords).to(torch.float64).exp_()
-        if div.phi in NEWTON_FINISH:
+        if div.phi is reverse_kl_phi:
+            ns = _reverse_kl_newton_neg(s, a, b, rab_k, d)
+        elif div.phi in NEWTON_FINISH:
             phi, d1, _ = halley(s, None, None, a, b, rab_k, second=False)
             ns = _safe_step_neg(s, phi.sub_(d).div_(d1))  # -s after the step
         elif div.phi is kl_phi:
@@ -367,14 +399,24 @@ def _tabulated_band_lowp(
             t = phi.sub_(d).div_(d1)  # the Newton step; Halley divides it by 1 - t φ''/(2 φ') (kept in [1/2, 2])
             corr = torch.addcmul(one, t, d2.div_(d1), value=-0.5).clamp_(0.5, 2.0)
             ns = _safe_step_neg(s, t.div_(corr))
+        rab_up, sat_lo, sat_up = rab[1], None, None
         if keep is not None:
-            ns = torch.zeros(rab.numel(), dtype=ns.dtype, device=ns.device).index_copy_(0, keep, ns).view(rab.shape)
-        s_lo, s_up, rab_up = None, ns[1], rab[1]
-        lower = ns[0].exp()  # e^{-s} <= 1 (s >= 0, or NaN: carried to the pad), no clamp needed
-        sat_lo, sat_up = (None, None) if saturated is None else (saturated[0], saturated[1])
+            # back to (2, n): each side's -s from its slot, a saturated side's from the spare slot (-1: any
+            # finite value), then zeroed by arithmetic: lower * 0 = 0, expm1(-1) / 0 = -inf, so upper = +inf and
+            # 1/p after the minimum. (A masked fill with ~40% of the mask set costs 5x a multiplication on the
+            # CPU: the branch on each element mispredicts.)
+            ns = torch.cat((ns, ns.new_full((1,), -1.0))).index_select(0, slot).view(rab.shape)
+            solved = kept.view(rab.shape).to(torch.float64)
+            lower = torch.exp(ns[0]).mul_(solved[0])
+            em = torch.expm1(ns[1]).div_(solved[1])
+        else:
+            lower = ns[0].exp()  # e^{-s} <= 1 (s >= 0, or NaN: carried to the pad), no clamp needed
+            em = torch.expm1(ns[1])
+            if saturated is not None:
+                sat_lo, sat_up = saturated[0], saturated[1]
     inv_p = torch.reciprocal(p)  # of the clamped p: differs from e^{-logp} only where both overflow float32
-    # s_up holds -s here; 1 + ((1-p)/p)(1 - e^{-s}) >= 1 for s >= 0, so no clamp at 1 is needed
-    upper = torch.addcmul(one, rab_up, torch.expm1(s_up), value=-1.0)
+    # em = expm1(-s_up); 1 + ((1-p)/p)(1 - e^{-s}) >= 1 for s >= 0, so no clamp at 1 is needed
+    upper = torch.addcmul(one, rab_up, em, value=-1.0)
     if sat_lo is not None:
         lower = lower.masked_fill_(sat_lo, 0.0)  # 0 where saturated
         upper = upper.masked_fill_(sat_up, math.inf)  # then 1/p by the minimum below (a select costs 3x more)
