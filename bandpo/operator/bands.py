@@ -53,7 +53,7 @@ import math
 import numbers
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Optional, Union
 
 import torch
@@ -651,8 +651,11 @@ def _chunked(
             with torch.no_grad():  # grad mode is per thread
                 part(start)
 
-        for _ in _executor(n_threads).map(work, starts):
-            pass
+        pool = _executor(n_threads)
+        futures = [pool.submit(work, start) for start in starts]
+        wait(futures)  # the caller wakes once, not once per chunk
+        for f in futures:
+            f.result()  # re-raises a worker's exception
     else:
         for start in starts:
             part(start)
