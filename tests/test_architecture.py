@@ -186,3 +186,21 @@ def test_layers_below_the_trainer_stay_light(module, tmp_path):
     out = _fresh(f"import sys, {module}; print(','.join(m for m in {heavy!r} if m in sys.modules))", tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"import {module} loaded {out.stdout.strip()}"
+
+
+def test_band_calls_stay_light(tmp_path):
+    """Calling the operator, not only importing it, loads none of the heavy modules: every path (closed form,
+    per-delta tables, a per-token tensor delta with its shape check, float64) on a first call in a fresh process.
+    (torch.broadcast_shapes, which the tensor-delta shape check used, imports sympy: 0.3 s of a first call.)"""
+    heavy = ("sympy", "cvxpy", "lightning", "transformers", "torch._dynamo")
+    code = (
+        "import sys, torch, bandpo\n"
+        "x = -torch.rand(4, 3)\n"
+        "for name in ('kl', 'tv', 'js'):\n"
+        "    bandpo.band(x, 0.05, name); bandpo.band(x, torch.full((3,), 0.05), name)\n"
+        "    bandpo.log_band(x.double(), torch.full((4, 1), 0.05, dtype=torch.float64), name)\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = _fresh(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"band calls loaded {out.stdout.strip()}"

@@ -125,6 +125,22 @@ def test_tensor_delta_matches_scalar_delta():
             assert torch.allclose(lo[i], lo1, rtol=1e-13, atol=0) and torch.allclose(up[i], up1, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_multidim_tensor_delta_matches_the_flat_call(dtype):
+    """A (B, T) input with a per-token or per-row tensor delta (fewer elements than one chunk, so the
+    operator sees the 2-D shape) gives bitwise the flat call's bounds, for every divergence. (The saturated-side
+    skip of the float32 path once expanded delta as 1-D: a RuntimeError for js and reverse_kl.)"""
+    g = torch.Generator().manual_seed(11)
+    x = (-25 * torch.rand(6, 7, generator=g, dtype=torch.float64) ** 3).to(dtype)
+    for delta in (torch.exp(torch.empty(6, 7).uniform_(-6, 0, generator=g)), torch.full((6, 1), 0.05)):
+        flat_d = delta.expand(6, 7).reshape(-1)
+        for name in bandpo.list_divergences():
+            lo, up = bandpo.band(x, delta, name)
+            lo1, up1 = bandpo.band(x.reshape(-1), flat_d, name)
+            assert lo.shape == x.shape and up.shape == x.shape, name
+            assert torch.equal(lo.reshape(-1), lo1) and torch.equal(up.reshape(-1), up1), (name, dtype)
+
+
 def test_shape_dtype_device_and_no_grad():
     x = torch.log(torch.rand(3, 5, 7, dtype=torch.float32).clamp(min=1e-6)).requires_grad_(True)
     lo, up = bandpo.band(x, 0.05)
@@ -150,6 +166,23 @@ def test_p_equal_one_is_the_documented_limit():
         lo, up = bandpo.band(zero, d, name)
         assert float(up) == 1.0
         assert abs(float(lo) - exp) <= 1e-15, (name, float(lo), exp)
+
+
+def test_kl_lower_bound_is_zero_where_its_log_overflows():
+    """KL at p below the smallest normal float64 (masses clamped to a = 2^-1022): the lower bound's log is
+    -(delta/a + ~1), beyond float64 for delta >~ 4, so the bound is 0 (and its log -inf or ~-1e308), on every
+    path. (The start table's nodes there used to hold 0, a start of s = 1, which gave e^-1 instead.)"""
+    logp = torch.tensor([-1000.0, -727.25, -717.0, -710.0, -708.5], dtype=torch.float64)
+    for d in (2.5, 4.5, 7.25, 20.0):
+        log_lo, _ = bandpo.log_band(logp, d, "kl")
+        if math.isfinite(d * 2.0**1022):  # representable: -delta/a to 1e-12 relative (the +1 is below its ulp)
+            assert torch.allclose(log_lo, torch.full_like(log_lo, -d * 2.0**1022), rtol=1e-12, atol=0.0), (d, log_lo)
+        else:
+            assert (log_lo == -math.inf).all(), (d, log_lo)
+        for delta in (d, torch.full((logp.numel(),), d)):  # the per-delta bits table, the per-token path
+            lo, up = bandpo.band(logp.float(), delta, "kl")
+            assert (lo == 0).all(), (d, lo)
+            assert torch.isfinite(up).all() or (up == math.inf).all()
 
 
 @pytest.mark.parametrize(

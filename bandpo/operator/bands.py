@@ -84,11 +84,9 @@ def _check_delta(delta: Delta, old_logp: Tensor, validate: bool) -> Delta:
     if isinstance(delta, Tensor):
         if not delta.is_floating_point():
             raise ValueError(f"delta must be a floating tensor, got dtype {delta.dtype}")
-        try:
-            shape = torch.broadcast_shapes(delta.shape, old_logp.shape)
-        except RuntimeError:
-            shape = None
-        if shape != old_logp.shape:
+        # by hand: torch.broadcast_shapes imports sympy on first use (0.3 s of a first call, measured)
+        ds, xs = tuple(delta.shape), tuple(old_logp.shape)
+        if len(ds) > len(xs) or any(d not in (1, x) for d, x in zip(reversed(ds), reversed(xs))):
             raise ValueError(
                 f"delta of shape {tuple(delta.shape)} must broadcast to old_logp's shape {tuple(old_logp.shape)}"
             )
@@ -375,7 +373,7 @@ def _tabulated_band_lowp(
                 keep, slot = _compaction(kept)
                 a, b, rab_k, zeta, phinf = (t.reshape(-1).index_select(0, keep) for t in (a, b, rab, zeta, phinf))
                 if d.dim():
-                    d = d.expand(2, -1).reshape(-1).index_select(0, keep)
+                    d = d.expand(rab.shape).reshape(-1).index_select(0, keep)  # (2, *shape): both sides
             # τ = log(log1p(δ/(φ(∞) - δ))), in float32 from the float64 quotient, clamped to [2^-60, 2^52]
             # (δ/φ(∞) from ~1e-18 to 1 - 2^-52). Saturated sides, where solved (φ(∞) <= δ, quotient <= -1), and
             # invalid inputs (NaN) take a moderate finite start: their result is replaced, and ordinary arguments

@@ -169,12 +169,18 @@ def _delta_from_tau(div: Divergence, sat: bool, log_a: Tensor, log_b: Tensor, ta
 
 
 def _solve_nodes(div: Divergence, sat: bool, zeta: Tensor, tau: Tensor) -> Tensor:
-    """log s* at the points (zeta, tau) (same shape), by the robust solver; non-finite values -> 0."""
+    """log s* at the points (zeta, tau) (same shape), by the robust solver.
+
+    Where s* overflows float64 (kl's shrinking side at the smallest masses, a <= ~1e-307, with delta >~ 2:
+    30 nodes at the ζ edge), log s* is its asymptote log(delta/a) = τ - log a (φ ≈ a s for f(u) ~ -log u),
+    not 0: a start of s = 1 there gave a lower bound of e^-1 instead of 0 (and the cubics of the cells next to
+    the edge would inherit the jump). Other non-finite values (none for the built-in generators) -> 0."""
     z = WARP_C * torch.sinh(zeta / WARP_C)
     log_a, log_b = _side_masses(z)
     delta = _delta_from_tau(div, sat, log_a, log_b, tau)
     s, _ = solve_side_robust(phi_fn(div), log_a, log_b, delta, bisect_iters=64, polish_steps=3)
     y = torch.log(s)
+    y = torch.where(s == math.inf, torch.log(delta) - log_a, y)
     return torch.where(torch.isfinite(y), y, torch.zeros_like(y))
 
 
@@ -441,7 +447,9 @@ def build_bits_table(solve, delta: float) -> BitsTable:
     x = (start[:, None] + width[:, None] * torch.tensor([-1.0, 0.0, 1.0, 2.0], dtype=torch.float64)).reshape(-1)
     log_lower, log_upper = solve(-x)
     coef = []
-    for y in (torch.log(-log_lower), torch.log(log_upper)):
+    # log(-log lower) is +inf where the lower bound's log overflows float64 (kl at masses below ~1e-307 with
+    # delta >~ 4): capped at 710 > log(max float64), so the cubics stay finite and e^{-e^y} is still 0 there
+    for y in (torch.log(-log_lower).clamp_(max=710.0), torch.log(log_upper)):
         ym1, y0, y1, y2 = y.reshape(-1, 4).unbind(1)
         coef.append(torch.stack([
             y0,
