@@ -66,6 +66,7 @@ from .solvers import HALLEY
 from .tables import NEWTON_FINISH, _eager_only, _finite_tau, _safe_step, _safe_step_neg, bits_band, get_bits_table, get_start_table
 from .tables import lookup_start32, phi_at_inf, phi_fn, saturates, side_phi_at_inf, tau_coords
 from .tables import delta_coords, get_sat_table, sat_band, tabulated_side, warp
+from .tables import FINE_HALLEY, FINE_NEWTON, fine_tau_coords, get_fine_table, lookup_fine32
 
 __all__ = ["band", "log_band", "prepare"]
 
@@ -261,6 +262,12 @@ def _log_band_f64(
     return torch.where(bad, math.nan, log_lower), torch.where(bad, math.nan, log_upper)
 
 
+def _fine_table(div: Divergence, device: torch.device):
+    """The fine start table of the float32/16 path with a tensor delta: refined for the step that follows
+    (FINE_NEWTON before one Newton step, NEWTON_FINISH; FINE_HALLEY before one Halley step)."""
+    return get_fine_table(div, device, FINE_NEWTON if div.phi in NEWTON_FINISH else FINE_HALLEY)
+
+
 def _kl_halley_neg(s: Tensor, a: Tensor, b: Tensor, rab: Tensor, delta: Tensor, one: Tensor) -> Tensor:
     """-s after one safeguarded Halley step on KL's side equation φ(s) = delta from ``s`` (float64, any shape;
     a, b the side's masses, rab = a/b, delta broadcastable), in fewer operations than the general evaluator
@@ -309,14 +316,16 @@ def _reverse_kl_newton_neg(s: Tensor, a: Tensor, b: Tensor, rab: Tensor, delta: 
 def _tabulated_band_lowp(
     old_logp: Tensor, delta: Delta, div: Divergence, out: "Optional[tuple[Tensor, Tensor]]" = None
 ) -> "tuple[Tensor, Tensor]":
-    """(lower, upper) in old_logp's (float32/16) dtype by the start table + one float64 step, both sides
+    """(lower, upper) in old_logp's (float32/16) dtype by the fine start table (:func:`_fine_table`; user
+    generators: the start table) + one float64 step, both sides
     stacked in one (2, n) tensor (row 0: the lower side, (a, b) = (p, 1 - p); row 1: the upper side,
     (a, b) = (1 - p, p)), so that every operation runs once on both (half the operations of two sides, which
     matters with small chunks). Finished in ratio space: lower = e^{-s_lo},
     upper = 1 + ((1-p)/p)(1 - e^{-s_up}) (float64, then rounded once).
 
     Accuracy budget (float32 output, within 1 ulp of the float64 answer rounded): the step needs a start within
-    ~1e-5 relative (Newton: js, reverse_kl, neyman_chi2, NEWTON_FINISH) or ~2e-4 (Halley: kl), and φ(s0) - δ in
+    ~1e-5 relative (Newton: js, reverse_kl, neyman_chi2, NEWTON_FINISH; hence their 8x finer τ grid) or ~2e-4
+    (Halley: kl, 4x), and φ(s0) - δ in
     float64 (it cancels to ~1e-5 of φ); what only places the start is float32: the table coordinates (ζ; τ = log
     delta, or τ = log log1p(δ/(φ(∞) - δ)) = log(-log(1 - δ/φ(∞))) for the saturating divergences, from a float64
     δ/(φ(∞) - δ)) and the polynomial (float32 rounding moves the start by ~1e-7); its exp is float64 (log s*
@@ -348,7 +357,7 @@ def _tabulated_band_lowp(
         lower = torch.neg(s_lo).exp_().clamp_(max=1.0)
         em = torch.neg(s_up).expm1_()
     else:
-        table = get_start_table(div, x.device)
+        table = _fine_table(div, x.device)
         q_raw = torch.expm1(logp).neg_()  # 1 - p to an ulp; 0 at p = 1
         log1mp = torch.log(q_raw)
         lp, l1 = torch.clamp(logp, min=LOG_TINY), torch.clamp(log1mp, min=LOG_TINY)  # as solvers.sides
@@ -380,11 +389,11 @@ def _tabulated_band_lowp(
             # keep every later exp/log off the CPU's slow paths (denormal, infinite or NaN arguments).
             tau = torch.div(d, torch.sub(phinf, d)).to(torch.float32).abs_().nan_to_num_(nan=1.0)
             tau = tau.clamp_(2.0**-60, 2.0**52).log1p_().log_()  # finite: log1p of [2^-60, 2^52]
-            coords = tau_coords(table, tau)
+            coords = fine_tau_coords(table, tau)
         else:
             saturated = None
-            coords = tau_coords(table, _finite_tau(log_d.to(torch.float32)))  # τ = log delta, both sides
-        s = lookup_start32(table, zeta, coords).to(torch.float64).exp_()
+            coords = fine_tau_coords(table, _finite_tau(log_d.to(torch.float32)))  # τ = log delta, both sides
+        s = lookup_fine32(table, zeta, coords).to(torch.float64).exp_()
         if div.phi is reverse_kl_phi:
             ns = _reverse_kl_newton_neg(s, a, b, rab_k, d)
         elif div.phi in NEWTON_FINISH:
@@ -435,13 +444,17 @@ def _tabulated_band_lowp(
 
 
 def prepare(divergence: "str | Divergence" = "kl", device: "Optional[torch.device | str]" = None) -> None:
-    """Build (and cache) the divergence's start table ahead of the first :func:`band` call on ``device``.
+    """Build (and cache) the divergence's start tables ahead of the first :func:`band` call on ``device``.
 
-    Optional: the first call builds it otherwise. The table does not depend on delta, so one call serves
-    fixed deltas, schedules and per-token tensor deltas alike. Nothing to do for closed forms."""
+    Optional: the first call builds them otherwise. They do not depend on delta, so one call serves fixed
+    deltas, schedules and per-token tensor deltas alike: the start table, and for the built-in generators
+    the fine table derived from it (float32/16 with a tensor delta). Nothing to do for closed forms."""
     div = get_divergence(divergence)
     if div.log_band is None:
-        get_start_table(div, torch.device(device if device is not None else "cpu"))
+        dev = torch.device(device if device is not None else "cpu")
+        get_start_table(div, dev)
+        if div.phi in HALLEY:
+            _fine_table(div, dev)
 
 
 def log_band(
@@ -527,9 +540,9 @@ def band(
             with torch.no_grad():
                 return _chunked(lambda x, d: sat_band(sat, x), old_logp, delta)
 
-    if div.log_band is None:
-        get_start_table(div, old_logp.device)  # built here, before the chunks run on the workers
     if lowp and div.log_band is None:
+        # the tables the chunks read, built here before the chunks run on the workers
+        _fine_table(div, old_logp.device) if div.phi in HALLEY else get_start_table(div, old_logp.device)
         with torch.no_grad():
             return _chunked(lambda x, d, out=None: _tabulated_band_lowp(x, d, div, out), old_logp, delta,
                             writes_out=True)
@@ -538,6 +551,8 @@ def band(
         log_lower, log_upper = _log_band_f64(x, d, div, lowp)
         return torch.exp(log_lower).to(x.dtype), torch.exp(log_upper).to(x.dtype)
 
+    if div.log_band is None:
+        get_start_table(div, old_logp.device)  # built here, before the chunks run on the workers
     with torch.no_grad():
         return _chunked(one_pass, old_logp, delta)
 
