@@ -61,7 +61,7 @@ from torch import Tensor
 
 from .divergences import Divergence, get_divergence
 from .solvers import kl_log_band, kl_phi, reverse_kl_phi, sides, solve_side_robust, upper_from_s, autograd_derivative
-from .numerics import LOG_TINY
+from .numerics import LOG_TINY, log1mexp
 from .solvers import HALLEY
 from .tables import NEWTON_FINISH, _eager_only, _finite_tau, _safe_step, _safe_step_neg, bits_band, get_bits_table, get_start_table
 from .tables import lookup_start32, phi_at_inf, phi_fn, saturates, side_phi_at_inf, tau_coords
@@ -239,9 +239,10 @@ def _sanitise(old_logp: Tensor, delta: Delta) -> "tuple[Tensor, Tensor, Tensor, 
     else:
         d = torch.full((), delta, dtype=torch.float64, device=x.device)  # a fill, not a host copy
     logp = torch.where(bad, -1.0, torch.clamp(x, max=0.0))
-    # log(1 - p) to an absolute error of ~1e-16, which is all its uses need (they add it to other logs or
-    # exponentiate it); -expm1 is accurate to an ulp relative everywhere. -inf at p = 1.
-    log1mp = torch.log(-torch.expm1(logp))
+    # log(1 - p) to a relative error of ~1e-16 (log1mexp: log1p(-p) for small p), which the saturating
+    # divergences' φ(∞) = -log(1 - p) on the lower side needs: log(-expm1(logp)) is accurate only to an
+    # absolute 1e-16, i.e. 1e-16/p relative, which moved the saturation kink delta = φ(∞) of rare tokens. -inf at p = 1.
+    log1mp = log1mexp(logp)
     return bad, logp, log1mp, d
 
 

@@ -12,7 +12,7 @@ lower side has a = p, the upper side a = 1 - p) and b = 1 - a. The root depends 
   (away from it, delta -> 0 gives log s* ≈ τ/2 + const, the small-delta band).
 
 One table per divergence, built once on first use (on the CPU, then copied to a device once), holds
-log s* on a uniform (ζ, τ) grid (575 x 145 nodes, ~0.1-0.5 s of CPU to build), solved at every node by the
+log s* on a uniform (ζ, τ) grid (575 x 201 nodes, ~0.1 s of CPU to build), solved at every node by the
 robust bisection + Newton solver, as the monomial coefficients of the bicubic Lagrange interpolant of each
 cell. Both sides of every element, whatever its delta (a Python number, a schedule, a per-token tensor),
 read the same table (16 gathers of one float32 coefficient, a Horner evaluation), and the start (relative
@@ -73,11 +73,15 @@ ZETA_MAX = WARP_C * math.asinh(Z_MAX / WARP_C)
 N_ZETA = int(math.ceil(2 * ZETA_MAX / 0.25)) + 1
 H_ZETA = 2 * ZETA_MAX / (N_ZETA - 1)  # ~0.25
 H_TAU = 0.25
-# τ = log delta for never-saturating divergences: delta in [e^-28, e^8] = [6.9e-13, 2981].
-TAU_RANGE_PLAIN = (-28.0, 8.0)
-# τ = log t, t = -log(1 - delta/φ(∞)), for saturating ones: delta/φ(∞) from 6.9e-13 to 1 - 2e-9 (closer to
-# the kink the node values are limited by the rounding of φ near φ(∞); the start is extrapolated there).
-TAU_RANGE_SAT = (-28.0, 3.0)
+# τ = log delta for never-saturating divergences: delta in [e^-42, e^8] = [5.7e-19, 2981]. Below ~1e-12
+# the small-delta asymptote (slope 1/2) sets in only once delta is small against the side's mass b, so a
+# table that stopped at e^-28 extrapolated wrongly for rare tokens: kl's log_band 18% off at delta = 1e-14,
+# p ~ 1e-10 (now ~1e-8 relative on the log bound, the float32 path within 0.5 ulp down to delta = 1e-16).
+TAU_RANGE_PLAIN = (-42.0, 8.0)
+# τ = log t, t = -log(1 - delta/φ(∞)), for saturating ones: delta/φ(∞) from 5.7e-19 (all the lowp path's
+# clamp at 2^-60 reaches) to 1 - 2e-9 (closer to the kink the node values are limited by the rounding of φ
+# near φ(∞); the start is extrapolated there).
+TAU_RANGE_SAT = (-42.0, 3.0)
 # Slopes d log s* / d τ used to extrapolate beyond the τ range (small-delta and near-kink asymptotes).
 SLOPE_BELOW, SLOPE_ABOVE = 0.5, 1.0
 
@@ -205,7 +209,10 @@ def _delta_from_tau(div: Divergence, sat: bool, log_a: Tensor, log_b: Tensor, ta
     if not sat:
         return torch.exp(tau)
     phinf = side_phi_at_inf(div, log_a, log_b, torch.exp(log_a), torch.exp(log_b))
-    return phinf * -torch.expm1(-torch.exp(tau))
+    # at the smallest masses (φ(∞) ~ a ~ 1e-308) and τ far below 0 the delta of a node would be subnormal or 0,
+    # no delta a caller can pass: kept at the smallest normal float64, so those nodes are flat in τ (instead of
+    # the noise of a subnormal delta, which the cubics of the reachable cells next to them would inherit)
+    return torch.clamp(phinf * -torch.expm1(-torch.exp(tau)), min=math.exp(LOG_TINY))
 
 
 def _solve_nodes(div: Divergence, sat: bool, zeta: Tensor, tau: Tensor) -> Tensor:
