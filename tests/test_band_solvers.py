@@ -226,6 +226,29 @@ def test_tiny_deltas_for_rare_tokens(name):
         assert ulp.max() <= 1.0, (name, side, ulp.max().item())
 
 
+@pytest.mark.parametrize("name", ["kl", "neyman_chi2", "reverse_kl", "js"])
+def test_small_python_deltas_float32_within_one_ulp(name):
+    """A Python delta below TABLE_DELTA_MIN (1e-5) takes the per-token path instead of the per-delta float32
+    tables, which were off by up to 3 ulps (kl's bits table at 3e-6) and thousands at 1e-13 (kink tables):
+    within 1 ulp of the table-free float64 solver at 3e-6, 1e-9 and 1e-13, p from 1e-300 to 1 (lower side of
+    js and reverse_kl for p > 1e-6, as in test_tiny_deltas_for_rare_tokens); at 1e-5 the tables still serve."""
+    from bandpo.operator.bands import TABLE_DELTA_MIN
+
+    g = torch.Generator().manual_seed(4)
+    logp = -torch.exp(torch.empty(20000, dtype=torch.float64).uniform_(math.log(1e-12), math.log(690), generator=g))
+    logp = logp.float().double()
+    assert TABLE_DELTA_MIN == 1e-5
+    for delta in (1e-5, 3e-6, 1e-9, 1e-13):
+        ref = [torch.exp(t) for t in _reference_log_band(logp, delta, name)]
+        f32 = bandpo.band(logp.float(), delta, name)
+        for side in (0, 1):
+            checked = logp > math.log(1e-6) if side == 0 and name in ("reverse_kl", "js") else torch.ones_like(logp, dtype=torch.bool)
+            r = ref[side][checked]
+            normal = (r > torch.finfo(torch.float32).tiny) & (r < torch.finfo(torch.float32).max)
+            ulp = (f32[side][checked].double() - r).abs()[normal] / (torch.finfo(torch.float32).eps * r[normal])
+            assert ulp.max() <= 1.0, (name, delta, side, ulp.max().item())
+
+
 def test_kl_lower_bound_is_zero_where_its_log_overflows():
     """KL at p below the smallest normal float64 (masses clamped to a = 2^-1022): the lower bound's log is
     -(delta/a + ~1), beyond float64 for delta >~ 4, so the bound is 0 (and its log -inf or ~-1e308), on every
