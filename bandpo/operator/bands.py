@@ -241,7 +241,8 @@ def _sanitise(old_logp: Tensor, delta: Delta) -> "tuple[Tensor, Tensor, Tensor, 
     logp = torch.where(bad, -1.0, torch.clamp(x, max=0.0))
     # log(1 - p) to a relative error of ~1e-16 (log1mexp: log1p(-p) for small p), which the saturating
     # divergences' φ(∞) = -log(1 - p) on the lower side needs: log(-expm1(logp)) is accurate only to an
-    # absolute 1e-16, i.e. 1e-16/p relative, which moved the saturation kink delta = φ(∞) of rare tokens. -inf at p = 1.
+    # absolute 1e-16, i.e. 1e-16/p relative, which moved the saturation kink delta = φ(∞) of rare tokens.
+    # -inf at p = 1.
     log1mp = log1mexp(logp)
     return bad, logp, log1mp, d
 
@@ -337,8 +338,8 @@ def _tabulated_band_lowp(
     marked at the end by adding ``pad`` (0, or NaN where old_logp or delta is invalid); the saturated values
     are lower = 0 and upper = inf, then 1/p by the minimum with 1/p; p = 1 a masked fill of the lower bound
     with 1 (a mask that is almost never set: as cheap as a multiplication). On the eager CPU path only the
-    unsaturated sides of a saturating divergence are looked up and stepped (gathered, then scattered back). User generators (no closed-form
-    φ'') take :func:`_tabulated_sides` (per side, Newton steps). ``out``: two tensors of old_logp's shape and
+    unsaturated sides of a saturating divergence are looked up and stepped (gathered, then scattered back).
+    User generators (no closed-form φ'') take :func:`_tabulated_sides` (per side, Newton steps). ``out``: two tensors of old_logp's shape and
     dtype to write the result into (the rounding is the same as ``.to(dtype)``: one cast of the float64 sum)."""
     halley = HALLEY.get(div.phi)
     x = old_logp.detach().to(torch.float64)

@@ -331,7 +331,8 @@ def build_fine_table(table: StartTable, fine: int) -> FineStartTable:
 @_eager_only
 def get_fine_table(div: Divergence, device: torch.device, fine: int) -> FineStartTable:
     """The divergence's :class:`FineStartTable` on ``device``, derived from its start table on first use."""
-    return _cached((div, "fine", fine), device, lambda: build_fine_table(get_start_table(div, torch.device("cpu")), fine))
+    cpu = torch.device("cpu")
+    return _cached((div, "fine", fine), device, lambda: build_fine_table(get_start_table(div, cpu), fine))
 
 
 def fine_tau_coords(table: FineStartTable, tau: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
