@@ -286,18 +286,20 @@ def _kl_halley_neg(s: Tensor, a: Tensor, b: Tensor, rab: Tensor, delta: Tensor, 
     return _safe_step_neg(s, t.div_(corr))
 
 
-def _compaction(kept: Tensor) -> "tuple[Tensor, Tensor]":
-    """(keep, slot) for a flat 0/1 int64 ``kept`` (CPU): ``keep`` the ascending indices where kept is 1 (what
-    ``kept.nonzero()`` gives), ``slot`` each element's position in ``keep``, or len(keep) (a spare slot) where
-    kept is 0, so that ``cat((v, spare)).index_select(0, slot)`` scatters a compacted ``v`` back. By a
-    cumulative sum and a scatter: 2.3x faster than ``nonzero`` on the CPU (2^17 elements, 64% kept: 209 vs
-    484 us measured), which reads its mask with a branch per element."""
+def _compaction(kept: Tensor, split: int) -> "tuple[Tensor, Tensor, int]":
+    """(keep, slot, k0) for a flat 0/1 int64 ``kept`` (CPU): ``keep`` the ascending indices where kept is 1
+    (what ``kept.nonzero()`` gives), ``slot`` each element's position in ``keep``, or len(keep) (a spare slot)
+    where kept is 0, so that ``cat((v, spare)).index_select(0, slot)`` scatters a compacted ``v`` back, and k0
+    the number kept among the first ``split`` elements (``keep[:k0]`` are those). By a cumulative sum and a
+    scatter: 2.3x faster than ``nonzero`` on the CPU (2^17 elements, 64% kept: 209 vs 484 us measured), which
+    reads its mask with a branch per element."""
     pos = torch.cumsum(kept, 0)
-    k = int(pos[-1]) if pos.numel() else 0  # one host read: the CPU path only
+    k = int(pos[-1]) if pos.numel() else 0  # host reads: the CPU path only
+    k0 = int(pos[split - 1]) if split else 0
     slot = pos.sub_(1 + k).mul_(kept).add_(k)  # kept: its rank pos - 1; otherwise k
     index = torch.arange(kept.numel(), device=kept.device)
     keep = torch.empty(k + 1, dtype=torch.int64, device=kept.device).scatter_(0, slot, index)[:k]
-    return keep, slot
+    return keep, slot, k0
 
 
 def _reverse_kl_newton_neg(s: Tensor, a: Tensor, b: Tensor, rab: Tensor, delta: Tensor) -> Tensor:
@@ -381,7 +383,7 @@ def _tabulated_band_lowp(
                 # the host) nor under torch.compile (a data-dependent shape): there every side is solved, with
                 # the same operations per side, and the saturated ones are replaced by masked fills.
                 kept = saturated.logical_not().view(-1).to(torch.int64)  # 1 where solved
-                keep, slot = _compaction(kept)
+                keep, slot, k0 = _compaction(kept, lp.numel())  # keep[:k0]: lower sides, keep[k0:]: upper
                 a, b, rab_k, zeta, phinf = (t.reshape(-1).index_select(0, keep) for t in (a, b, rab, zeta, phinf))
                 if d.dim():
                     d = d.expand(rab.shape).reshape(-1).index_select(0, keep)  # (2, *shape): both sides
@@ -410,14 +412,15 @@ def _tabulated_band_lowp(
             ns = _safe_step_neg(s, t.div_(corr))
         rab_up, sat_lo, sat_up = rab[1], None, None
         if keep is not None:
-            # back to (2, n): each side's -s from its slot, a saturated side's from the spare slot (-1: any
-            # finite value), then zeroed by arithmetic: lower * 0 = 0, expm1(-1) / 0 = -inf, so upper = +inf and
-            # 1/p after the minimum. (A masked fill with ~40% of the mask set costs 5x a multiplication on the
-            # CPU: the branch on each element mispredicts.)
-            ns = torch.cat((ns, ns.new_full((1,), -1.0))).index_select(0, slot).view(rab.shape)
-            solved = kept.view(rab.shape).to(torch.float64)
-            lower = torch.exp(ns[0]).mul_(solved[0])
-            em = torch.expm1(ns[1]).div_(solved[1])
+            # e^{-s} of the solved lower sides and expm1(-s) of the solved upper ones, then back to one value
+            # per token, a saturated side's from the spare slot: lower 0, expm1 -inf, so upper = +inf and 1/p
+            # after the minimum. (A masked fill with ~40% of the mask set costs 5x a multiplication on the CPU:
+            # the branch on each element mispredicts.)
+            n_tok = lp.numel()
+            lower = torch.cat((torch.exp(ns[:k0]), ns.new_zeros(1)))
+            lower = lower.index_select(0, slot[:n_tok].clamp(max=k0)).view(lp.shape)  # row 0: spare k0
+            em = torch.cat((torch.expm1(ns[k0:]), ns.new_full((1,), -math.inf)))
+            em = em.index_select(0, slot[n_tok:].sub(k0)).view(lp.shape)  # row 1: ranks - k0, spare k - k0
         else:
             lower = ns[0].exp()  # e^{-s} <= 1 (s >= 0, or NaN: carried to the pad), no clamp needed
             em = torch.expm1(ns[1])
