@@ -23,8 +23,9 @@ Halley steps with closed-form φ'' for the built-in generators (cubic convergenc
 reverse_kl and neyman_chi2 takes one Newton step (their starts are within 1.3e-5: ~1e-9 after it, see
 NEWTON_FINISH), Newton steps for user generators (two and three). Beyond the τ range the start is extrapolated linearly (slope 1/2 below, 1 above) and
 every step is safeguarded (an iterate is kept >= 1/16 of the previous one, the previous one is kept where
-a step is not finite). Accuracy is tested for delta in [1e-4, 2] (tests/test_band_reference.py,
-tests/test_band_properties.py).
+a step is not finite). Accuracy is tested for delta in [1e-4, 2] against 60-digit references
+(tests/test_band_reference.py, tests/test_band_properties.py) and for delta down to 1e-15 against the
+table-free solver (tests/test_band_solvers.py).
 
 The float32/16 path with a tensor delta reads a :class:`FineStartTable` derived from it instead: cubic in ζ,
 linear in τ on a grid 4x (kl, before a Halley step) or 8x (the NEWTON_FINISH generators) finer in τ, so a
