@@ -559,8 +559,11 @@ def band(
                 return _chunked(lambda x, d: sat_band(sat, x), old_logp, delta)
 
     if lowp and div.log_band is None:
-        # the tables the chunks read, built here before the chunks run on the workers
-        _fine_table(div, old_logp.device) if div.phi in HALLEY else get_start_table(div, old_logp.device)
+        # the table the chunks read, built here before the chunks run on the workers
+        if div.phi in HALLEY:
+            _fine_table(div, old_logp.device)
+        else:  # user generators: the start table
+            get_start_table(div, old_logp.device)
         with torch.no_grad():
             return _chunked(lambda x, d, out=None: _tabulated_band_lowp(x, d, div, out), old_logp, delta,
                             writes_out=True)

@@ -340,14 +340,7 @@ def fine_tau_coords(table: FineStartTable, tau: Tensor) -> "tuple[Tensor, Tensor
     """The τ part of :func:`lookup_fine32`: (m, w, extrapolation) in float32, as :func:`tau_coords` on the fine
     grid (the fine node m and the position w ∈ [0, 1] in its interval; linear extrapolation beyond the table
     with slope SLOPE_BELOW below and SLOPE_ABOVE above)."""
-    tau = tau.to(torch.float32)
-    tv_raw = torch.sub(tau, table.tau0).mul_(1.0 / table.h_tau)
-    tv = torch.clamp(tv_raw, 0.0, table.n_fine - 1.0)
-    m = torch.floor(tv).clamp_(0.0, table.n_fine - 2.0)
-    r = tv_raw.sub_(tv)
-    h = table.h_tau  # a power of two: every product below is exact, as in tau_coords
-    extra = torch.clamp(r, max=0.0).mul_(h * (SLOPE_BELOW - SLOPE_ABOVE)).add_(r, alpha=h * SLOPE_ABOVE)
-    return m, tv - m, extra
+    return _grid_coords(tau, table.tau0, table.h_tau, table.n_fine, 0.0, table.n_fine - 2.0)
 
 
 def lookup_fine32(table: FineStartTable, zeta: Tensor, coords: "tuple[Tensor, Tensor, Tensor]") -> Tensor:
@@ -355,10 +348,7 @@ def lookup_fine32(table: FineStartTable, zeta: Tensor, coords: "tuple[Tensor, Te
     (:func:`fine_tau_coords`) broadcastable to it: one gather of the 8 coefficient rows, q_k = q_k(m) + w Δq_k,
     then Horner in u."""
     m, w, extra = coords
-    tz = (zeta + ZETA_MAX) * (1.0 / H_ZETA)
-    i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
-    u = tz.sub_(i)
-    idx = torch.addcmul(m, i, torch.full((), float(table.n_fine))).long().reshape(-1)  # exact integers < 2^24
+    u, idx = _zeta_cell(zeta, m, table.n_fine)
     c = table.coef.index_select(1, idx).view(2, 4, *zeta.shape)
     q = c[0].addcmul_(w, c[1])
     return q[0].addcmul_(u, q[1].addcmul_(u, q[2].addcmul_(u, q[3]))).add_(extra)
@@ -380,16 +370,35 @@ def warp(z: Tensor) -> Tensor:
 def tau_coords(table: StartTable, tau: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
     """The τ part of a lookup: (j, v, extrapolation) in float32 for :func:`_lookup`, so that two sides that
     share τ (divergences that never saturate: τ = log delta) compute it once."""
+    return _grid_coords(tau, table.tau0, H_TAU, table.n_tau, 1.0, table.n_tau - 3.0)
+
+
+def _grid_coords(
+    tau: Tensor, tau0: float, h: float, n_nodes: int, first: float, last: float
+) -> "tuple[Tensor, Tensor, Tensor]":
+    """(cell, position in it, extrapolation) of τ on the grid tau0 + h·[0, n_nodes), float32: the cell index is
+    kept in [first, last] (the cells a lookup may use), the position is measured from it, and beyond the grid
+    the start is extrapolated linearly (slope SLOPE_BELOW below, SLOPE_ABOVE above)."""
     tau = tau.to(torch.float32)
-    tv_raw = torch.sub(tau, table.tau0).mul_(1.0 / H_TAU)
-    tv = torch.clamp(tv_raw, 0.0, table.n_tau - 1.0)
-    j = torch.floor(tv).clamp_(1.0, table.n_tau - 3.0)
+    tv_raw = torch.sub(tau, tau0).mul_(1.0 / h)
+    tv = torch.clamp(tv_raw, 0.0, n_nodes - 1.0)
+    j = torch.floor(tv).clamp_(first, last)
     # extrapolation: r = tv_raw - tv is the distance beyond the table in cells (< 0 below, > 0 above, else 0);
-    # H (SA r + (SB - SA) min(r, 0)) is H SB r below and H SA r above, with the same bits as summing the two
-    # clamped parts (H, SB, SA and SB - SA are powers of two or zero: every product is exact)
+    # h (SA r + (SB - SA) min(r, 0)) is h SB r below and h SA r above, with the same bits as summing the two
+    # clamped parts (h, SB, SA and SB - SA are powers of two or zero: every product is exact)
     r = tv_raw.sub_(tv)
-    extra = torch.clamp(r, max=0.0).mul_(H_TAU * (SLOPE_BELOW - SLOPE_ABOVE)).add_(r, alpha=H_TAU * SLOPE_ABOVE)
+    extra = torch.clamp(r, max=0.0).mul_(h * (SLOPE_BELOW - SLOPE_ABOVE)).add_(r, alpha=h * SLOPE_ABOVE)
     return j, tv - j, extra
+
+
+def _zeta_cell(zeta: Tensor, j: Tensor, n_tau_nodes: int) -> "tuple[Tensor, Tensor]":
+    """(u, column) of float32 ``zeta`` in a table laid out column i·n_tau_nodes + j: u the position in the ζ cell
+    i (kept in [1, N_ZETA - 3]), the column flat (int64) for a gather."""
+    tz = (zeta + ZETA_MAX) * (1.0 / H_ZETA)
+    i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
+    u = tz.sub_(i)
+    idx = torch.addcmul(j, i, torch.full((), float(n_tau_nodes))).long().reshape(-1)  # exact integers < 2^24
+    return u, idx
 
 
 def _finite_tau(tau: Tensor) -> Tensor:
@@ -418,10 +427,7 @@ def lookup_start32(table: StartTable, zeta: Tensor, coords: "tuple[Tensor, Tenso
     (a (16, n) index_select along the columns: one call instead of 16, measured ~20% faster, same values), then
     Horner in v and in u, in place on the gathered rows (c[4k + l] of the element's cell)."""
     j, v, extra = coords
-    tz = (zeta + ZETA_MAX) * (1.0 / H_ZETA)
-    i = torch.clamp(torch.floor(tz), 1.0, N_ZETA - 3.0)
-    u = tz.sub_(i)
-    idx = torch.addcmul(j, i, torch.full((), float(table.n_tau))).long().reshape(-1)  # exact integers < 2^24
+    u, idx = _zeta_cell(zeta, j, table.n_tau)
     c = table.coef.index_select(1, idx).view(4, 4, *zeta.shape)  # c[k, l]: contiguous rows
     # Horner in v for the four k at once (3 operations on (4, ...) views instead of 12: the same arithmetic
     # per element, so the same bits; fewer operations matter most on the threaded lowp path)
