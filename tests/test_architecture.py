@@ -126,6 +126,80 @@ def test_imports_point_down():
     assert not problems, "imports against the layering:\n" + "\n".join(problems)
 
 
+def _module_graph(package_dir: Path, package: str) -> dict:
+    """Module -> the package's modules it imports (module level and inside functions). ``from x import name``
+    counts as importing ``x``; ``from . import y`` as importing the submodule ``y``. Package ``__init__`` files are
+    left out: they only re-export, and ``import bandpo.x.y`` runs ``bandpo/x/__init__.py`` first whatever y imports."""
+    modules = {_module_name(p, package_dir, package): p for p in package_dir.rglob("*.py") if p.name != "__init__.py"}
+    graph: dict = {}
+    for name, path in modules.items():
+        targets = set()
+        for imp in _imports(path, package_dir, package):
+            target = imp.target
+            while target and target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]  # from x.y import name -> x.y; a name of a module -> the module
+            if target in modules and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _cycles(graph: dict) -> list:
+    """Every strongly connected component of more than one module (each holds a cycle), sorted."""
+    index: dict = {}
+    low: dict = {}
+    stack: list = []
+    on_stack: set = set()
+    out: list = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm; the graph is small enough for recursion
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_no_import_cycles():
+    """No two modules of the package import each other, directly or through others, not even inside functions
+    (an import moved into a function to dodge a cycle at load time is still a knot for a reader)."""
+    cycles = _cycles(_module_graph(PACKAGE, "bandpo"))
+    assert not cycles, "import cycles (each line a set of modules that import each other):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_catches_a_cycle(tmp_path):
+    pkg = tmp_path / "bandpo" / "training"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import a\n")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from .c import g\n")
+    (pkg / "c.py").write_text("from . import a\n")
+    (pkg / "d.py").write_text("from .a import x\n")
+    graph = _module_graph(tmp_path / "bandpo", "bandpo")
+    assert graph["bandpo.training.d"] == {"bandpo.training.a"}
+    assert _cycles(graph) == [["bandpo.training.a", "bandpo.training.b", "bandpo.training.c"]]
+
+
 def test_theory_uses_only_the_facade_registry_and_operator():
     problems = []
     for path in sorted(THEORY.glob("*.py")):

@@ -18,7 +18,7 @@ from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.evaluation import problem_scores
 from bandpo.training.rollout import warm_start
 from bandpo.training.tasks import REWARD_FUNCS, build_task
-from bandpo.training.testbed import COMMON, TAIL, WRONG, answer_of, heldout_prompts, probe_prompts
+from bandpo.training.rare_strategy import COMMON, TAIL, WRONG, answer_of, heldout_prompts, probe_prompts
 from bandpo.training.verifiers import get_verifier
 
 PRESET = CONFIG_DIR / "testbed.yaml"

@@ -4,6 +4,7 @@
 is used. Run it with ``python -m bandpo.training --preset tiny-cpu --out runs/tiny``.
 """
 
+from . import rare_strategy as _rare_strategy  # noqa: F401  (registers the rare_strategy task and its reward)
 from .config import TrainConfig, load_config
 
 __all__ = ["BandPOModule", "TrainConfig", "load_config"]

@@ -11,7 +11,7 @@ nested field (``reward_model.ground_truth``, as in verl's parquet files). Rows c
 ``{"prompt", "answer", "id", "source"}``.
 
 The prompt a model sees is ``render_prompt``: the task's template (``"none"``, ``"dapo"`` or a format string with
-``{prompt}``, ``bandpo.training.tasks.TEMPLATES``), then, with ``chat_template``, the tokenizer's own chat template
+``{prompt}``, :data:`TEMPLATES`), then, with ``chat_template``, the tokenizer's own chat template
 (``tokenizer.apply_chat_template(..., add_generation_prompt=True)``).
 
 Every failure is a one-line ``ValueError`` naming the file or column and what to do.
@@ -20,14 +20,28 @@ Every failure is a one-line ``ValueError`` naming the file or column and what to
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["Columns", "canonical_number", "gsm8k_final_answer", "load_problems", "missing_file_message",
-           "prepare_gsm8k", "read_table", "render_prompt", "render_prompts"]
+from ..registry import Registry
+from .answers import canonical_number
+
+__all__ = ["DAPO_TEMPLATE", "TEMPLATES", "Columns", "canonical_number", "gsm8k_final_answer", "load_problems",
+           "missing_file_message", "prepare_gsm8k", "read_table", "render_prompt", "render_prompts"]
+
+DAPO_TEMPLATE = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{prompt}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
+"""The DAPO-Math prompt template (the wording of the DAPO-Math-17k prompts the paper trains on)."""
+
+TEMPLATES: Registry[str] = Registry("prompt template")
+"""Template name -> format string with a ``{prompt}`` field (``task.template``; a config may also give the format
+string itself)."""
+TEMPLATES.register("none", "{prompt}")
+TEMPLATES.register("dapo", DAPO_TEMPLATE)
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -139,8 +153,6 @@ def load_problems(
     Raises:
         ValueError: a missing file or column, an empty file, a prompt that is neither text nor chat messages.
     """
-    from .tasks import TEMPLATES
-
     raw = read_table(path, split=split, what=what)
     if limit is not None:
         raw = raw[:limit]
@@ -197,45 +209,6 @@ def render_prompts(tokenizer: Any, prompts: Sequence[Any], *, chat_template: boo
 # ----------------------------------------------------------------------------------------------------------
 # Numbers and GSM8K (grade-school maths word problems, arXiv 2110.14168)
 # ----------------------------------------------------------------------------------------------------------
-
-_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
-_THOUSANDS_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])")
-_LATEX_NOISE = ("\\$", "$", "\\%", "%", "\\!", "\\,", "\\;", "\\ ")
-
-
-def canonical_number(text: Any) -> Optional[str]:
-    """The last number written in ``text``, in one canonical decimal form, or None if ``text`` holds no number.
-
-    Thousands separators (``1,000``), currency and percent signs (``$5``, ``\\$5``, ``5%``), ``\\boxed{}`` /
-    ``\\text{}`` wrappers, units and words around the number are ignored; trailing zeros go (``5.00`` -> ``5``,
-    ``0.50`` -> ``0.5``, ``-0`` -> ``0``, ``+7`` -> ``7``), never rounding. The *last* number counts, as in the usual
-    GSM8K answer extraction (``"5 + 3 = 8"`` -> ``8``). Fractions are not evaluated (``3/4`` -> ``4``): GSM8K's
-    answers are integers (arXiv 2110.14168).
-
-    Examples:
-        >>> [canonical_number(t) for t in ("1,000", "$5", "5.00", "\\boxed{72} apples", "-3.50", "none")]
-        ['1000', '5', '5', '72', '-3.5', None]
-    """
-    from .tasks import normalize_answer  # unwraps \\boxed{} / \\text{}
-
-    s = str(text)
-    for cmd in ("boxed", "text", "textbf", "mathrm", "mbox"):
-        if "\\" + cmd + "{" in s:
-            s = normalize_answer(s)
-            break
-    for noise in _LATEX_NOISE:
-        s = s.replace(noise, " ")
-    s = _THOUSANDS_RE.sub(lambda m: m.group(1).replace(",", ""), s)
-    found = _NUMBER_RE.findall(s)
-    if not found:
-        return None
-    try:
-        value = Decimal(found[-1].rstrip(".") or "0")
-    except InvalidOperation:  # pragma: no cover - the regex only matches valid decimals
-        return None
-    out = format(value.normalize(), "f")
-    return "0" if out in ("-0", "+0") else out
-
 
 def gsm8k_final_answer(solution: str) -> str:
     """The final answer of a GSM8K solution: the text after its last ``####`` (``"... #### 72"`` -> ``"72"``),

@@ -23,7 +23,7 @@ Three tasks are registered (``TASKS``; add one with :func:`register_task`):
   ``Answer:`` in the last 300 characters equals the ground truth after normalisation, else -1; the paper's
   DAPO-Math scoring). Rows are visited in a seeded random order, reshuffled each epoch. Nothing is downloaded.
 
-* ``rare_strategy`` (``bandpo.training.testbed``, the ``testbed`` preset): a decision between a rare
+* ``rare_strategy`` (``bandpo.training.rare_strategy``, the ``testbed`` preset): a decision between a rare
   high-reward strategy and a common middling one, where the clipping of rare tokens decides the outcome
   (``docs/testbed.md``).
 
@@ -35,11 +35,13 @@ from __future__ import annotations
 import functools
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from ..registry import Registry
+from .answers import canonical_number, extract_answer, normalize_answer
+from .data import DAPO_TEMPLATE, TEMPLATES, read_table
+from .verifiers import verify_math
 
 __all__ = [
     "DAPO_TEMPLATE",
@@ -88,53 +90,6 @@ def exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequ
     return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
-_ANSWER_RE = re.compile(r"Answer\s*:\s*([^\n]*)")
-
-
-def extract_answer(text: str, *, tail_chars: int = 300) -> Optional[str]:
-    """The value after the last ``Answer:`` in the last ``tail_chars`` characters, or None if there is none."""
-    found = _ANSWER_RE.findall(text[-tail_chars:])
-    return found[-1].strip() if found else None
-
-
-def _unwrap(s: str, command: str) -> str:
-    """Replace ``\\command{x}`` by ``x`` (balanced braces)."""
-    key = "\\" + command + "{"
-    while (i := s.find(key)) >= 0:
-        depth, j = 1, i + len(key)
-        while j < len(s) and depth:
-            depth += {"{": 1, "}": -1}.get(s[j], 0)
-            j += 1
-        if depth:  # unbalanced: leave as is
-            break
-        s = s[:i] + s[i + len(key) : j - 1] + s[j:]
-    return s
-
-
-def normalize_answer(s: str) -> str:
-    """A small Minerva-style normaliser for final answers (written for this package).
-
-    Unwraps ``\\boxed{}``/``\\text{}``/``\\mathrm{}``, drops ``$``, ``\\left``/``\\right``, LaTeX spacing,
-    ``^\\circ``, a trailing period and all whitespace, maps ``\\dfrac``/``\\tfrac`` to ``\\frac``, and removes
-    thousands separators from plain integers (``1,000`` -> ``1000``).
-
-    Examples:
-        >>> normalize_answer("$\\\\boxed{1,000}$."), normalize_answer("\\\\dfrac{1}{2}")
-        ('1000', '\\\\frac{1}{2}')
-    """
-    s = s.strip()
-    for cmd in ("boxed", "text", "textbf", "mathrm", "mbox"):
-        s = _unwrap(s, cmd)
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\ ", "")):
-        s = s.replace(old, new)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("^\\circ", "").replace("^{\\circ}", "")
-    s = s.replace("$", "")
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", s):
-        s = s.replace(",", "")
-    return s
-
-
 @register_reward("answer_line")
 def answer_line(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
     """+1.0 if the ``Answer:`` value (see :func:`extract_answer`) matches ``answer`` after
@@ -149,10 +104,8 @@ def answer_line(prompts: Sequence[str], completions: Sequence[str], answer: Sequ
 @register_reward("answer_number")
 def answer_number(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
     """+1.0 if the last number on the ``Answer:`` line (see :func:`extract_answer`) equals the number ``answer``
-    after :func:`bandpo.training.data.canonical_number` (``1,000`` = ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``),
+    after :func:`bandpo.training.answers.canonical_number` (``1,000`` = ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``),
     else -1.0 (also without an ``Answer:`` line or a number): the ``answer_line`` rule for numeric answers (GSM8K)."""
-    from .data import canonical_number
-
     out = []
     for c, a in zip(completions, answer, strict=True):
         got, want = extract_answer(c), canonical_number(a)
@@ -164,8 +117,6 @@ def answer_number(prompts: Sequence[str], completions: Sequence[str], answer: Se
 def math_verify_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str], **_: Any) -> list[float]:
     """1.0 if Hugging Face's ``math-verify`` finds the completion's final answer equal to ``answer``, else 0.0
     (:func:`bandpo.training.verifiers.verify_math`; needs ``pip install math-verify``)."""
-    from .verifiers import verify_math
-
     return [1.0 if verify_math(c, str(a)).correct else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
@@ -312,20 +263,6 @@ def _addition(cfg: Any, seed: int) -> Task:
     return Task("addition", rows, ("exact_match",), correct, sft_rows, heldout_rows if held else None, "exact")
 
 
-DAPO_TEMPLATE = (
-    "Solve the following math problem step by step. The last line of your response should be of the form "
-    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{prompt}\n\n"
-    'Remember to put your answer on its own line after "Answer:".'
-)
-"""The DAPO-Math prompt template (the wording of the DAPO-Math-17k prompts the paper trains on)."""
-
-TEMPLATES: Registry[str] = Registry("prompt template")
-"""Template name -> format string with a ``{prompt}`` field (``task.template``; a config may also give the format
-string itself)."""
-TEMPLATES.register("none", "{prompt}")
-TEMPLATES.register("dapo", DAPO_TEMPLATE)
-
-
 def _get(row: dict, column: str) -> Any:
     """``row[column]``, where a dotted column (``reward_model.ground_truth``) reads into nested dicts."""
     value: Any = row
@@ -339,8 +276,6 @@ def _get(row: dict, column: str) -> Any:
 def load_rows(path: str, split: str = "train") -> list:
     """Read all rows of a local ``.jsonl``/``.json``/``.parquet`` file or ``datasets.save_to_disk`` folder
     (through Hugging Face ``datasets``: :func:`bandpo.training.data.read_table`)."""
-    from .data import read_table
-
     return read_table(path, split=split, what="task.path")
 
 
@@ -404,5 +339,3 @@ def weighted_rewards(
         total = [t + w * s for t, s in zip(total, scores)]
     return total, per_func
 
-
-from . import testbed as _testbed  # noqa: E402,F401  (registers the rare_strategy task and reward)

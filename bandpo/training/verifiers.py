@@ -9,7 +9,7 @@ on keys, ``bandpo.training.evaluation``). Registered in ``VERIFIERS`` (``eval.se
 * ``dapo``: the DAPO-Math rule the paper trains and evaluates with (arXiv 2503.14476; arXiv 2603.04918,
   ``docs/paper-notes.md``): the value after the last ``Answer:`` in the last 300 characters (the prompt asks for it
   on the last line), compared with the ground truth after normalisation
-  (:func:`bandpo.training.tasks.normalize_answer`). The ``answer_line`` reward is the same rule as ±1.
+  (:func:`bandpo.training.answers.normalize_answer`). The ``answer_line`` reward is the same rule as ±1.
 * ``math_verify``: Hugging Face's ``math-verify`` (``pip install math-verify``): parses the LaTeX/expression answers
   of both sides (``\\boxed{}`` first) and compares them symbolically (``1/2`` equals ``0.5`` and ``\\frac12``).
   Optional: imported on first use, with a one-line error naming the package when it is missing. The
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..registry import Registry
+from .answers import canonical_number, extract_answer, normalize_answer
 
 __all__ = ["VERIFIERS", "Verdict", "get_verifier", "verify_dapo", "verify_exact", "verify_math", "verify_number"]
 
@@ -57,8 +58,6 @@ def verify_exact(completion: str, answer: str) -> Verdict:
 def verify_dapo(completion: str, answer: str) -> Verdict:
     """The DAPO-Math ``Answer:`` rule: the normalised value after the last ``Answer:`` in the last 300 characters
     equals the normalised ground truth. Key = that normalised value (None without an ``Answer:`` line)."""
-    from .tasks import extract_answer, normalize_answer
-
     got = extract_answer(completion)
     if got is None:
         return Verdict(False, None)
@@ -68,11 +67,8 @@ def verify_dapo(completion: str, answer: str) -> Verdict:
 
 def verify_number(completion: str, answer: str) -> Verdict:
     """The ``dapo`` rule for numeric answers (GSM8K): the last number on the last ``Answer:`` line in the last 300
-    characters equals the number ``answer``, both by :func:`bandpo.training.data.canonical_number` (``1,000`` =
+    characters equals the number ``answer``, both by :func:`bandpo.training.answers.canonical_number` (``1,000`` =
     ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``). Key = that canonical number (None without one)."""
-    from .data import canonical_number
-    from .tasks import extract_answer
-
     got = extract_answer(completion)
     key = canonical_number(got) if got is not None else None
     if key is None:
