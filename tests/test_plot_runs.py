@@ -78,3 +78,24 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 def test_moving_average_skips_missing_values():
     assert moving_average([1.0, 3.0, math.nan, 5.0], 2) == [1.0, 2.0, 2.0, 4.0]
     assert math.isnan(moving_average([math.nan, 1.0], 3)[0])
+
+
+def test_pass_at_k_lines_differ_in_the_legend_too(tmp_path, monkeypatch):
+    """pass@1, pass@4, pass@8 of one run share its colour and marker, so only the line style tells them apart; a
+    legend handle of matplotlib's default length (2 font sizes) shows a marker on a short stroke, too short for a
+    dash, and every k looked solid there. The legend's handles are long enough to show the dashes."""
+    import matplotlib.pyplot as plt
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _write(folder / "metrics.csv", [{"step": s, "reward/mean": 0.1} for s in range(5)])
+    _write(folder / "eval.csv", [{"step": s, "eval/heldout/pass@1": 0.1, "eval/heldout/pass@4": 0.2,
+                                  "eval/heldout/pass@8": 0.3} for s in (0, 2, 4)])
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figure to inspect it
+    assert main([str(folder), "--out", str(tmp_path / "f.png")]) == 0
+    (ax,) = [a for a in kept[0].axes if a.get_title().startswith("eval pass@k")]
+    legend = ax.get_legend()
+    styles = {t.get_text().rsplit(" ", 1)[1]: h.get_linestyle() for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert set(styles) == {"pass@1", "pass@4", "pass@8"} and len(set(styles.values())) == 3, styles
+    assert legend.handlelength >= 4

@@ -146,7 +146,7 @@ def plot_runs(paths: Sequence["str | Path"], out: "str | Path", *, smooth: int =
         ax.set_title(name, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
         if drawn:
-            ax.legend(fontsize=6, loc="lower right")
+            ax.legend(fontsize=6, loc="lower right", handlelength=4.5)  # long handles: the dashes show beside the marker
         else:
             ax.text(0.5, 0.5, "no eval.csv (set eval.sets)", ha="center", va="center", transform=ax.transAxes,
                     fontsize=8)
