@@ -5,7 +5,8 @@ transformers): `make test` installs the package alone (``pip install --no-deps o
 ``openrlhf.models.loss`` with stand-ins for the two GPU-side modules its import chain names (``deepspeed``,
 imported by ``openrlhf/models/utils.py`` and unused by the loss; and ``openrlhf.models``' package ``__init__``,
 which would import the model classes). The loss code itself is OpenRLHF's, unmodified. Not run here: a real
-OpenRLHF Ray job (``patch_openrlhf`` is checked on a stand-in ``ppo_actor`` module).
+OpenRLHF Ray job (``patch_openrlhf`` is checked on a stand-in ``ppo_actor`` module whose ``training_step`` does
+what OpenRLHF 0.11.2's does with the loss and ``experience.info``).
 """
 
 from __future__ import annotations
@@ -113,24 +114,101 @@ def test_clip_method_equals_openrlhf_policy_loss_with_importance_correction(orl)
     assert float(o2[1]) > 0 and float(o2[4]) > 0  # the clip and the correction both acted
 
 
-def test_patch_openrlhf_and_setup_hook(orl, monkeypatch):
-    ppo_actor = types.ModuleType("openrlhf.trainer.ray.ppo_actor")
-    ppo_actor.PolicyLoss = orl.loss.PolicyLoss
+class _StandInActorTrainer:
+    """The part of OpenRLHF 0.11.2's ``ActorPPOTrainer.training_step`` the plug-in relies on: it calls
+    ``self.actor_loss_fn(...)``, then logs every 0-d tensor of ``experience.info`` as a token-weighted metric."""
+
+    def __init__(self, loss_fn, scheduler_steps):
+        self.actor_loss_fn = loss_fn
+        self.actor_scheduler = types.SimpleNamespace(last_epoch=scheduler_steps)
+
+    def training_step(self, experience, kl_ctl, step, loss_batch_info=None):
+        loss, clip_ratio, ppo_kl, *_ = self.actor_loss_fn(
+            experience.logp, experience.old, experience.adv, action_mask=experience.mask, **(loss_batch_info or {})
+        )
+        experience.info["ppo_clip_ratio"] = clip_ratio.detach()
+        metrics = {"policy_loss": loss.detach()}
+        weights = {"policy_loss": "token"}
+        for k, v in experience.info.items():
+            if isinstance(v, torch.Tensor):
+                metrics[k] = v
+                weights[k] = "token" if v.dim() == 0 else "sample"
+        return {"metrics": metrics, "weights": weights, "loss": loss}
+
+
+@pytest.fixture
+def ppo_actor(orl, monkeypatch):
+    mod = types.ModuleType("openrlhf.trainer.ray.ppo_actor")
+    mod.PolicyLoss = orl.loss.PolicyLoss
+    mod.ActorPPOTrainer = type("ActorPPOTrainer", (_StandInActorTrainer,), {})
     for name in ("openrlhf.trainer", "openrlhf.trainer.ray"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "openrlhf.trainer.ray.ppo_actor", ppo_actor)
-    monkeypatch.setattr(sys.modules["openrlhf.trainer.ray"], "ppo_actor", ppo_actor, raising=False)
+    monkeypatch.setitem(sys.modules, "openrlhf.trainer.ray.ppo_actor", mod)
+    monkeypatch.setattr(sys.modules["openrlhf.trainer.ray"], "ppo_actor", mod, raising=False)
+    return mod
+
+
+def _build_as_openrlhf_does(ppo_actor, dual_clip=None, agg="token-mean"):
+    """ActorPPOTrainer.__init__'s call, with OpenRLHF's defaults (--actor.dual_clip None, --actor.loss_agg_mode token-mean)."""
+    return ppo_actor.PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip=dual_clip,
+                                token_level_loss=agg == "token-mean", policy_loss_type="ppo", is_correction_level="off")
+
+
+def test_setup_hook_trains_with_the_papers_dual_clip_and_aggregation(orl, ppo_actor, monkeypatch):
     monkeypatch.setenv(orl.plugin.ENV_VAR, json.dumps({"method": "band_tv", "delta": 0.1}))
     orl.plugin.setup_hook()
-    # Built as OpenRLHF's actor builds it (keyword arguments from its command line).
-    fn = ppo_actor.PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip=None, token_level_loss=True,
-                              policy_loss_type="ppo", is_correction_level="off")
+    with pytest.warns(UserWarning, match="BandPO trains with dual_clip=10.0, token_level_loss=False") as rec:
+        fn = _build_as_openrlhf_does(ppo_actor)
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
     assert isinstance(fn, orl.plugin.BandPOPolicyLoss)
-    assert fn.method == "band_tv" and fn.settings["delta"] == 0.1 and fn.dual_clip is None and fn.token_level_loss
+    assert fn.method == "band_tv" and fn.settings["delta"] == 0.1
+    assert fn.dual_clip == 10.0 and fn.token_level_loss is False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # flags that agree with BandPO's: no warning
+        _build_as_openrlhf_does(ppo_actor, dual_clip=10.0, agg="seq-mean-token-mean")
+
+    monkeypatch.setenv(orl.plugin.ENV_VAR, json.dumps({"method": "band_kl", "dual_clip": 3.0, "token_level_loss": True}))
+    orl.plugin.setup_hook()
+    fn = _build_as_openrlhf_does(ppo_actor, dual_clip=3.0)
+    assert fn.dual_clip == 3.0 and fn.token_level_loss is True
 
     monkeypatch.setenv(orl.plugin.ENV_VAR, "[1]")
     with pytest.raises(ValueError, match="JSON object"):
         orl.plugin.setup_hook()
+
+
+def test_training_step_logs_bandpo_metrics_and_passes_the_optimiser_step(orl, ppo_actor, monkeypatch):
+    """Through the patched training step: the δ schedule is evaluated at actor_scheduler.last_epoch, and bandpo's
+    token-weighted metrics reach the metrics OpenRLHF logs."""
+    from bandpo.integrations import _common
+
+    monkeypatch.setenv(orl.plugin.ENV_VAR, json.dumps(
+        {"method": "band_kl", "delta": 0.05, "delta_schedule": "linear", "delta_end": 0.25, "delta_steps": 8}
+    ))
+    orl.plugin.setup_hook()
+    old, logp, adv, mask = _tensors(seed=4)
+    for scheduler_steps, delta in ((0, 0.05), (4, 0.15), (100, 0.25)):
+        trainer = ppo_actor.ActorPPOTrainer(
+            _build_as_openrlhf_does(ppo_actor, dual_clip=10.0, agg="seq-mean-token-mean"), scheduler_steps
+        )
+        experience = types.SimpleNamespace(logp=logp, old=old, adv=adv, mask=mask, info={})
+        status = trainer.training_step(experience, 0.0, 0)
+        ref, ref_metrics = _common.policy_loss(logp, old, adv, mask, method="band_kl", dual_clip=10.0, delta=delta,
+                                               max_ratio=10.0)
+        torch.testing.assert_close(status["loss"], ref, rtol=1e-6, atol=1e-7)
+        assert trainer.actor_loss_fn.step == scheduler_steps and trainer.actor_loss_fn.info_sink is None
+        for key in orl.plugin.LOGGED_KEYS:
+            assert status["weights"][f"bandpo/{key}"] == "token"
+            assert float(status["metrics"][f"bandpo/{key}"]) == pytest.approx(float(ref_metrics[key])), key
+    assert {"clip_ratio/region_mean", "band_width/mean", "dual_clip_fraction"} <= set(orl.plugin.LOGGED_KEYS)
+    assert "num_tokens" not in orl.plugin.LOGGED_KEYS  # a count: OpenRLHF's token-weighted mean would garble it
+
+    loss_fn = orl.plugin.BandPOPolicyLoss("band_kl", delta_schedule="linear", delta_end=0.1, delta_steps=5)
+    with pytest.raises(ValueError, match="needs OpenRLHF's optimiser step") as info:
+        loss_fn(logp, old, adv, action_mask=mask)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -142,9 +220,29 @@ def test_patch_openrlhf_and_setup_hook(orl, monkeypatch):
         ({"dual_clip": 0.5}, "dual_clip"),
         ({"max_ratio": 0.5}, "max_ratio"),
         ({"method": "dppo_tv"}, "cannot mask tokens: method 'dppo_tv' uses DPPO's mask surrogate"),
+        ({"method": "band_kl", "divergence": "tv"}, "has divergence 'kl' but divergence='tv' was given: use 'band_tv'"),
+        ({"delta_schedule": "linear", "delta_steps": 5}, "needs an end value"),
     ],
 )
 def test_refusals(orl, kw, match):
     with pytest.raises(ValueError, match=match) as info:
         orl.plugin.BandPOPolicyLoss(**kw)
     assert "\n" not in str(info.value)
+
+
+def test_documented_command_line_uses_openrlhf_flags():
+    """The flags in docs/integrations.md's OpenRLHF command exist in OpenRLHF 0.11.2's train_ppo_ray parser."""
+    import re
+
+    import openrlhf
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "integrations.md").read_text()
+    section = doc[doc.index("## OpenRLHF"):doc.index("## What was tested")]
+    command = section[section.index("ray job submit"):]
+    command = command[:command.index("```")]
+    flags = re.findall(r"\s(--[a-z][\w.]*)", command.split("-- python3", 1)[1])
+    assert {"--actor.dual_clip", "--actor.loss_agg_mode"} <= set(flags)
+    cli = (Path(openrlhf.__file__).parent / "cli" / "train_ppo_ray.py").read_text()
+    for flag in flags:
+        assert f'"{flag}"' in cli, flag

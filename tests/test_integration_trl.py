@@ -210,6 +210,13 @@ def test_bounds_reach_trl_exactly(trainer, monkeypatch):
         ({"bandpo_delta": -1.0}, "delta"),
         ({"bandpo_dual_clip": 1.0}, "dual_clip"),
         ({"bandpo_method": "dppo_kl"}, "cannot mask tokens: method 'dppo_kl' uses DPPO's mask surrogate"),
+        ({"bandpo_method": "band_kl", "bandpo_divergence": "tv"}, "has divergence 'kl' but divergence='tv' was given: use 'band_tv'"),
+        ({"bandpo_delta_schedule": "linear", "bandpo_delta_end": 0.1}, "needs an end value and a number of steps"),
+        ({"bandpo_delta_schedule": "step"}, "schedule"),
+        ({"bandpo_delta_end": 0.1}, "need delta_schedule 'linear' or 'cosine'"),
+        ({"bandpo_method": "clip", "bandpo_delta_schedule": "linear", "bandpo_delta_end": 0.1, "bandpo_delta_steps": 5},
+         "no setting 'delta' to schedule"),
+        ({"bandpo_delta_schedule": "linear", "bandpo_delta_end": -0.1, "bandpo_delta_steps": 5}, "delta"),
     ],
 )
 def test_refuses_what_it_cannot_honour(tmp_path, kw, match):
@@ -223,3 +230,73 @@ def test_plain_grpo_config_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="BandPOConfig"):
         BandPOTrainer(model=None, reward_funcs=_reward_digits, args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+
+
+def test_trl_clip_ratio_keys_count_by_bandpos_definition(trainer, monkeypatch):
+    """A token with A > 0 above a capped upper bound (p = 0.002: upper = cap = 10, r = 30) is clipped high. TRL's own
+    count tests its ratio after clamping it at delta = 10 and missed it; the plug-in's keys count it."""
+    inputs, logp_now = _fixed_inputs(trainer, seed=5)
+    adv = inputs["advantages"]
+    adv[0] = adv[0].abs() + 0.5
+    old = inputs["old_per_token_logps"]
+    old[0, 0], logp_now[0, 0] = torch.log(torch.tensor(0.002)), torch.log(torch.tensor(0.06))
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
+    trainer._metrics["train"].clear()
+    trainer.model.train()
+    trainer._compute_loss(trainer.model, inputs)
+    logged = trainer._metrics["train"]
+
+    mask = inputs["completion_mask"].bool()
+    adv_bt = adv.unsqueeze(1).expand_as(old)
+    lower, upper = _common.bounds(old, trainer.args.bandpo_method, **trainer._bandpo_settings)
+    assert upper[0, 0] == 10.0
+    ratio = torch.exp(logp_now - old)
+    low = (adv_bt < 0) & (ratio < lower) & mask
+    high = (adv_bt > 0) & (ratio > upper) & mask
+    n = mask.sum()
+    assert logged["clip_ratio/high_mean"][-1] == pytest.approx(float(high.sum() / n), abs=1e-7)
+    assert logged["clip_ratio/low_mean"][-1] == pytest.approx(float(low.sum() / n), abs=1e-7)
+    assert logged["clip_ratio/region_mean"][-1] == pytest.approx(float((low | high).sum() / n), abs=1e-7)
+    per_seq_high = (high.sum(-1) / mask.sum(-1)).max()
+    per_seq_low = (low.sum(-1) / mask.sum(-1)).min()
+    assert logged["clip_ratio/high_max"][-1] == pytest.approx(float(per_seq_high), abs=1e-7)
+    assert logged["clip_ratio/low_min"][-1] == pytest.approx(float(per_seq_low), abs=1e-7)
+    # TRL's own test, (min(r, 10) > upper) & (A > 0), misses the token at r = 30: the counts differ here.
+    trl_high = (adv_bt > 0) & (ratio.clamp(max=10.0) > upper) & mask
+    assert int(trl_high.sum()) == int(high.sum()) - 1
+
+
+def test_kl_term_is_the_papers_plain_k3_by_default(tmp_path):
+    """TRL 1.16 multiplies its KL by the ratio unless use_bias_correction_kl=False; the plug-in defaults to False."""
+    assert _config(tmp_path).use_bias_correction_kl is False
+    assert _config(tmp_path, use_bias_correction_kl=True).use_bias_correction_kl is True
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    assert "`use_bias_correction_kl=False`" in doc
+
+
+def test_delta_schedule_follows_trls_optimiser_step(trainer, monkeypatch, tmp_path):
+    """A linear δ schedule reaches TRL's clamp at δ(state.global_step)."""
+    cfg = _config(tmp_path, bandpo_delta=0.05, bandpo_delta_schedule="linear", bandpo_delta_end=0.25, bandpo_delta_steps=8)
+    inputs, logp_now = _fixed_inputs(trainer, seed=7)
+    seen = {}
+    real_clamp = torch.clamp
+
+    def spy_clamp(x, *a, **kw):
+        if len(a) == 2 and isinstance(a[0], torch.Tensor):
+            seen["lower"], seen["upper"] = a
+        return real_clamp(x, *a, **kw)
+
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
+    monkeypatch.setattr(trainer, "_bandpo_settings", cfg.bandpo_settings())
+    valid = inputs["completion_mask"].bool()
+    old = inputs["old_per_token_logps"]
+    for step, delta in ((0, 0.05), (2, 0.1), (8, 0.25), (20, 0.25)):
+        monkeypatch.setattr(trainer.state, "global_step", step)
+        monkeypatch.setattr(torch, "clamp", spy_clamp)
+        trainer._compute_loss(trainer.model, inputs)
+        monkeypatch.setattr(torch, "clamp", real_clamp)
+        lower, upper = _common.bounds(old, "band_kl", delta=delta)
+        torch.testing.assert_close(seen["lower"][valid], lower[valid], rtol=1e-6, atol=0)
+        torch.testing.assert_close(seen["upper"][valid], upper[valid], rtol=1e-6, atol=0)

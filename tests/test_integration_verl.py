@@ -43,6 +43,8 @@ def _actor(*overrides):
 
 
 BANDPO_CFG = "actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPOPolicyLossConfig"
+VALID = ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2")
+"""The micro-batch sizes verl's validate_config insists on."""
 
 
 def _tensors(B=5, T=7, seed=0, dtype=torch.float32):
@@ -159,6 +161,118 @@ def test_aggregation_is_verls_agg_loss_with_global_batch_info():
     )
 
 
+def _worker_batch(B=3, Tp=2, T=4, seed=6, **non_tensor):
+    """(data, model_output, leaf, old, logp, adv, mask) as verl's worker hands them to ``ppo_loss``."""
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+
+    old, logp, adv, _ = _tensors(B=B, T=T, seed=seed)
+    resp_len = torch.tensor([4, 2, 3])
+    mask = torch.arange(T).unsqueeze(0) < resp_len.unsqueeze(1)
+    attention = torch.cat([torch.ones(B, Tp, dtype=torch.long), mask.long()], dim=1)
+    # Unpadded model output (one value per prompt+response token); a response token's log-prob sits one
+    # position before it, where the model predicted it.
+    leaf = logp.clone().requires_grad_(True)
+    flat = []
+    for b in range(B):
+        seq = torch.zeros(Tp + int(resp_len[b]), dtype=logp.dtype)
+        seq = torch.cat([seq[: Tp - 1], leaf[b, : int(resp_len[b])], seq[-1:]])
+        flat.append(seq)
+    data = TensorDict(
+        {
+            "prompts": torch.ones(B, Tp, dtype=torch.long),
+            "responses": torch.ones(B, T, dtype=torch.long),
+            "attention_mask": attention,
+            "response_mask": mask.long(),
+            "old_log_probs": old,
+            "advantages": adv,
+        },
+        batch_size=[B],
+    )
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None, **non_tensor)
+    return data, {"log_probs": torch.cat(flat)}, leaf, old, logp, adv, mask
+
+
+def test_worker_ppo_loss_passes_verls_step_to_a_delta_schedule():
+    """verl's trainer tags batches with global_steps (1 on the first step); a linear δ schedule in the mode is
+    evaluated at global_steps - 1, through verl's own worker loss entry."""
+    import verl.workers.utils.losses as losses
+
+    cfg = _actor(
+        "actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_band_kl", "actor_rollout_ref.actor.clip_ratio_c=10.0",
+        "actor_rollout_ref.actor.use_kl_loss=False", BANDPO_CFG,
+        "+actor_rollout_ref.actor.policy_loss.delta_schedule=linear",
+        "+actor_rollout_ref.actor.policy_loss.delta_end=0.25", "+actor_rollout_ref.actor.policy_loss.delta_steps=8",
+    )
+    for global_steps, delta in ((1, 0.05), (5, 0.15), (30, 0.25)):
+        data, out, leaf, old, logp, adv, mask = _worker_batch(global_steps=global_steps)
+        loss, metrics = losses.ppo_loss(cfg, out, data)
+        ref, ref_metrics = _common.policy_loss(
+            logp, old, adv, mask, method="band_kl", dual_clip=10.0, agg=cfg.loss_agg_mode, delta=delta, max_ratio=10.0
+        )
+        torch.testing.assert_close(loss.detach(), ref, rtol=1e-6, atol=1e-7)
+        assert metrics["actor/bandpo/band_width/mean"].values == [pytest.approx(float(ref_metrics["band_width/mean"]))]
+    data, out, *_ = _worker_batch()  # no global_steps with the batch
+    with pytest.raises(ValueError, match="needs verl's training step") as info:
+        losses.ppo_loss(cfg, out, data)
+    assert "\n" not in str(info.value)
+
+
+def _docstring_overrides(text):
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.strip().startswith(("actor_rollout_ref.", "+actor_rollout_ref."))]
+
+
+def test_documented_overrides_compose_through_hydra():
+    """The overrides in the module docstring and in docs/integrations.md parse with Hydra's override parser,
+    compose with verl's config, pass verl's validate_config and build BandPO's policy-loss config."""
+    import verl.utils.config as vcfg
+    from hydra.errors import ConfigCompositionException
+
+    import bandpo.integrations.verl as plugin
+
+    doc = (ROOT / "docs" / "integrations.md").read_text()
+    section = doc[doc.index("## verl"):doc.index("## OpenRLHF")]
+    for overrides in (_docstring_overrides(plugin.__doc__), _docstring_overrides(section.replace("\\\n", "\n"))):
+        assert any("_target_" in o for o in overrides) and any(o.startswith("+") for o in overrides)
+        cfg = _compose(tuple(overrides) + VALID)
+        vcfg.validate_config(cfg, use_reference_policy=False, use_critic=False)
+        pl = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).policy_loss
+        assert isinstance(pl, BandPOPolicyLossConfig) and (pl.loss_mode, pl.delta, pl.max_ratio) == ("bandpo_band_kl", 0.05, 10.0)
+    # the form the docstring used to show: Hydra refuses to append a key verl's config already has
+    with pytest.raises(ConfigCompositionException):
+        _compose(("+" + BANDPO_CFG,))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (("actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_band_kll",), "is no BandPO mode; known: bandpo, "),
+        (("actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_band_kl", "algorithm.rollout_correction.bypass_mode=true"),
+         "bypass_mode=true makes verl replace loss_mode='bandpo_band_kl'"),
+    ],
+)
+def test_validate_config_refuses_what_a_bandpo_mode_cannot_run(overrides, match):
+    """At configuration time (verl's validate_config, which main_ppo calls), not at the first loss call."""
+    import verl.utils.config as vcfg
+
+    cfg = _compose(overrides + VALID)
+    with pytest.raises(ValueError, match=match) as info:
+        vcfg.validate_config(cfg, use_reference_policy=False, use_critic=False)
+    assert "\n" not in str(info.value)
+    # verl's own modes are not ours to check
+    vcfg.validate_config(
+        _compose(VALID + ("algorithm.rollout_correction.bypass_mode=true",)),
+        use_reference_policy=False, use_critic=False,
+    )
+
+
+def test_apply_bypass_mode_refuses_to_replace_a_bandpo_mode():
+    from verl.trainer.ppo import rollout_corr_helper
+
+    with pytest.raises(ValueError, match="would replace loss_mode='bandpo_band_kl'"):
+        rollout_corr_helper.apply_bypass_mode(None, None, {"loss_mode": "bandpo_band_kl"})
+
+
 def test_worker_ppo_loss_runs_the_mode():
     """verl's worker entry (verl/workers/utils/losses.py::ppo_loss) picks the mode from the config and runs it."""
     losses = pytest.importorskip("verl.workers.utils.losses")
@@ -257,6 +371,9 @@ def test_paper_recipe_parses_with_verls_config():
         ({"loss_mode": "bandpo", "method": "clip", "delta": 0.1}, "does not use delta"),
         ({"loss_mode": "bandpo", "delta": -0.1}, "delta"),
         ({"loss_mode": "bandpo", "max_ratio": 0.5}, "max_ratio"),
+        ({"loss_mode": "bandpo_band_kl", "divergence": "tv"}, "has divergence 'kl' but divergence='tv' was given"),
+        ({"loss_mode": "bandpo", "delta_schedule": "linear", "delta_end": 0.1}, "needs an end value"),
+        ({"loss_mode": "bandpo", "delta_end": 0.1}, "need delta_schedule"),
     ],
 )
 def test_config_refuses_bad_settings(kw, match):

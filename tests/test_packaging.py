@@ -58,3 +58,68 @@ def test_import_bandpo_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+def test_wheel_install_line_of_docs_integrations(tmp_path):
+    """docs/integrations.md installs bandpo from a built wheel (it is not on the package index). Build the wheel as
+    written (``pip wheel . --no-deps``, here without build isolation: no network), then check that its metadata
+    declares every plug-in extra with its pins, that it carries the package data (presets, the verl recipe) and the
+    verl entry point, and that it installs (``--no-index --no-deps``) and imports from the install, not the checkout."""
+    import email
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("bandpo", "theory"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    doc = (ROOT / "docs" / "integrations.md").read_text()
+    assert "pip wheel . --no-deps -w dist" in doc and '"dist/bandpo-0.1.0-py3-none-any.whl[trl]"' in doc
+    assert "torch==2.13.0" in doc and "download.pytorch.org/whl/cpu" in doc
+
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)],
+        cwd=src, check=True, capture_output=True, text=True,
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (wheel,) = dist.glob("bandpo-*.whl")
+    assert wheel.name == f"bandpo-{project['version']}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        info = f"bandpo-{project['version']}.dist-info"
+        meta = email.message_from_string(zf.read(f"{info}/METADATA").decode())
+        entry_points = zf.read(f"{info}/entry_points.txt").decode()
+    assert set(meta.get_all("Provides-Extra")) == set(project["optional-dependencies"])
+    from packaging.requirements import Requirement
+
+    declared = [Requirement(r) for r in meta.get_all("Requires-Dist")]
+    for extra, reqs in project["optional-dependencies"].items():
+        for req in map(Requirement, reqs):
+            assert any(
+                d.name == req.name and d.specifier == req.specifier and d.extras == req.extras
+                and d.marker is not None and d.marker.evaluate({"extra": extra})
+                for d in declared
+            ), (extra, str(req))
+    assert "[verl.plugins]" in entry_points and "bandpo = bandpo.integrations.verl" in entry_points
+    assert {"bandpo/integrations/verl_bandpo_kl.sh", "bandpo/training/presets/paper-bandpo-kl.yaml",
+            "bandpo/integrations/trl.py", "bandpo_theory/__init__.py"} <= names
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True, capture_output=True, text=True,
+    )
+    code = (
+        "import bandpo, bandpo.integrations as m, pathlib; "
+        "print(bandpo.__file__); print(pathlib.Path(m.__file__).with_name('verl_bandpo_kl.sh').is_file())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={**__import__("os").environ, "PYTHONPATH": str(site)})
+    where, recipe = out.stdout.split()
+    assert where.startswith(str(site)) and recipe == "True"

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 import bandpo.losses as _losses
+from bandpo.losses.schedules import SCHEDULES, make_schedule
 
 __all__ = [
     "OneMinus",
@@ -29,15 +30,20 @@ __all__ = [
     "check_cap_and_dual_clip",
     "check_method",
     "check_settings",
+    "clipped_tokens",
     "list_methods",
     "method_form",
     "method_settings",
     "policy_loss",
+    "schedule_settings",
     "require_clip_surrogate",
     "surrogate",
 ]
 
 _SETTING_NAMES = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio", "tis_cap")
+
+_IDENTITY_SETTINGS = ("divergence",)
+"""Settings a method id names (``band_kl`` is the KL band): giving another value contradicts the id."""
 
 
 def list_methods(surrogate: Optional[str] = None) -> list[str]:
@@ -94,18 +100,57 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown BandPO setting(s) {sorted(unknown)}; allowed: {', '.join(_SETTING_NAMES)}")
     given = {k: v for k, v in settings.items() if v is not None}
-    allowed = set(_losses.method_settings(method))
-    extra = set(given) - allowed
+    own = _losses.get_method(method).settings()
+    extra = set(given) - set(own)
     if extra:
         raise ValueError(
-            f"method {method!r} does not use {', '.join(sorted(extra))}; its settings are: {', '.join(sorted(allowed))}"
+            f"method {method!r} does not use {', '.join(sorted(extra))}; its settings are: {', '.join(sorted(own))}"
         )
+    for name in _IDENTITY_SETTINGS:
+        if name in given and given[name] != own[name]:
+            same = [m for m in list_methods() if _losses.get_method(m).settings().get(name) == given[name]]
+            hint = f"use {' or '.join(map(repr, same))}" if same else "register a method with it"
+            raise ValueError(
+                f"method {method!r} has {name} {own[name]!r} but {name}={given[name]!r} was given: {hint} "
+                f"(or leave {name} unset)"
+            )
     return given
 
 
+def schedule_settings(
+    method: str,
+    settings: dict[str, Any],
+    delta_schedule: Optional[str] = None,
+    delta_end: Optional[float] = None,
+    delta_steps: Optional[int] = None,
+) -> dict[str, Any]:
+    """``settings`` with ``delta`` replaced by a schedule when ``delta_schedule`` is ``linear`` or ``cosine``.
+
+    The schedule runs from ``delta`` (or the method's own δ) to ``delta_end`` over ``delta_steps`` steps and holds
+    ``delta_end`` afterwards (:mod:`bandpo.losses.schedules`, the fields of :class:`bandpo.LossConfig`).
+    ``None`` or ``constant`` keeps δ fixed, and then ``delta_end``/``delta_steps`` must be unset.
+    """
+    if delta_schedule is not None:
+        SCHEDULES.get(delta_schedule)  # ValueError listing the schedule kinds
+    if delta_schedule in (None, "constant"):
+        if delta_end is not None or delta_steps is not None:
+            raise ValueError("delta_end and delta_steps need delta_schedule 'linear' or 'cosine'")
+        return settings
+    own = _losses.get_method(method).settings()
+    if "delta" not in own:
+        raise ValueError(f"method {method!r} has no setting 'delta' to schedule; its settings: {', '.join(own)}")
+    start = settings.get("delta", own["delta"])
+    return {**settings, "delta": make_schedule(delta_schedule, start, delta_end, delta_steps)}
+
+
 def check_settings(method: str, settings: dict[str, Any]) -> None:
-    """Let bandpo range-check the settings once (on a dummy token), so a bad value fails at configuration time."""
-    bounds(torch.full((1,), math.log(0.5)), method, **settings)
+    """Let bandpo range-check the settings once (on a dummy token, at step 0 and, for a schedule, at its end), so
+    a bad value fails at configuration time."""
+    token = torch.full((1,), math.log(0.5))
+    bounds(token, method, step=0, **settings)
+    steps = getattr(settings.get("delta"), "steps", None)
+    if steps is not None:
+        bounds(token, method, step=int(steps), **settings)
 
 
 def bounds(old_logp: Tensor, method: str, *, step: Optional[int] = None, **settings: Any) -> tuple[Tensor, Tensor]:
@@ -171,6 +216,14 @@ def band_metrics(
         return _losses.loss_metrics(
             torch.exp(log_ratio), adv, lower, upper, mask, old_logp, dual_clip=dual_clip, form=form, tis_cap=tis_cap
         )
+
+
+def clipped_tokens(logp: Tensor, old_logp: Tensor, adv: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """(low, high) bool (B, T): A < 0 and r < lower, A > 0 and r > upper, with bandpo's ratio (docs/metrics.md)."""
+    with torch.no_grad():
+        log_ratio = torch.clamp(logp.detach() - old_logp.detach(), -_losses.LOG_RATIO_CLAMP, _losses.LOG_RATIO_CLAMP)
+        ratio = torch.exp(log_ratio)
+        return (adv < 0) & (ratio < lower), (adv > 0) & (ratio > upper)
 
 
 BoundsGetter = Callable[[], "tuple[Tensor, Tensor]"]

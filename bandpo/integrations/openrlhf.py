@@ -12,21 +12,36 @@ For each call this class sets both attributes to proxies whose ``1 - ·`` / ``1 
 forward: its dual clip (``dual_clip=c`` for A < 0), train/rollout importance correction and aggregation
 (``token_level_loss``: token-mean or seq-mean-token-mean) are unchanged. Per token this is
 ``bandpo.policy_loss``'s ``max(-A·r, -A·clip(r, lower, upper))``, ``min(·, -A·c)`` where A < 0 (arXiv 2603.04918).
-Only clip methods: DPPO's mask methods (``dppo_kl``, ``dppo_tv``) are refused with a one-line error (OpenRLHF's
-surrogate can clip but not mask). bandpo's diagnostics of the last call (``bandpo.losses.METRIC_KEYS``, docs/metrics.md) are kept in
-``loss_fn.last_metrics``, since the return tuple is fixed.
+Methods: every id of ``bandpo.list_methods()`` whose surrogate is PPO's clip (any clip method added to bandpo's
+method table included); a method with another surrogate (DPPO's mask, ...) is refused with a one-line error
+(OpenRLHF's surrogate can clip but not mask or reweight). bandpo's diagnostics of the last call
+(``bandpo.losses.METRIC_KEYS``, docs/metrics.md) are kept in ``loss_fn.last_metrics``, since the return tuple is fixed.
 
 Installing it in OpenRLHF's actors (they run in Ray worker processes): :func:`patch_openrlhf` replaces the
-``PolicyLoss`` that ``ppo_actor`` builds; :func:`setup_hook` does that from the environment variable
-``BANDPO_OPENRLHF`` (JSON of keyword arguments, e.g. ``{"method": "band_kl", "delta": 0.05}``) and is meant for
-Ray's ``runtime_env={"worker_process_setup_hook": "bandpo.integrations.openrlhf.setup_hook", "env_vars": {...}}``
-(docs/integrations.md).
+``PolicyLoss`` that ``ppo_actor`` builds and wraps ``ActorPPOTrainer.training_step``; :func:`setup_hook` does that
+from the environment variable ``BANDPO_OPENRLHF`` (JSON of keyword arguments, e.g. ``{"method": "band_kl",
+"delta": 0.05}``) and is meant for Ray's ``runtime_env={"worker_process_setup_hook":
+"bandpo.integrations.openrlhf.setup_hook", "env_vars": {...}}`` (docs/integrations.md). The wrapped training step
+
+* gives the loss OpenRLHF's optimiser step, ``actor_scheduler.last_epoch`` (the LR scheduler steps once per
+  optimiser step and is restored with a checkpoint), for δ schedules (``delta_schedule``/``delta_end``/``delta_steps``);
+* puts bandpo's token-weighted metrics into ``experience.info`` as ``bandpo/<key>``, from where OpenRLHF's own
+  ``training_step`` merges them (weighted by action tokens, as its other per-token metrics) into the status it logs
+  to wandb/TensorBoard. Counts, min/max and per-bucket means, whose reduction is not a token-weighted mean, stay in
+  ``last_metrics``.
+
+The paper's dual clip (10) and seq-mean-token-mean are the defaults of the configured loss: the settings in
+``BANDPO_OPENRLHF`` (``dual_clip``, ``token_level_loss``) win over OpenRLHF's ``--actor.dual_clip`` /
+``--actor.loss_agg_mode`` (whose defaults are no dual clip and token-mean), and a disagreement is reported in one
+warning line.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -37,12 +52,21 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without OpenRLHF
     raise ImportError("bandpo.integrations.openrlhf needs OpenRLHF (openrlhf.models.loss.PolicyLoss)") from exc
 
+import bandpo.losses as _losses
+
 from . import _common
 
-__all__ = ["BandPOPolicyLoss", "ENV_VAR", "bandpo_policy_loss_class", "patch_openrlhf", "setup_hook"]
+__all__ = ["BandPOPolicyLoss", "ENV_VAR", "LOGGED_KEYS", "bandpo_policy_loss_class", "patch_openrlhf", "setup_hook"]
 
 ENV_VAR = "BANDPO_OPENRLHF"
 """Environment variable read by :func:`setup_hook`: JSON object of :class:`BandPOPolicyLoss` keyword arguments."""
+
+
+LOGGED_KEYS = tuple(k for k in _losses.METRIC_KEYS if _losses.metric_reduction(k) == _losses.Reduction("mean", "num_tokens"))
+"""bandpo's metrics that OpenRLHF's token-weighted reduction of ``experience.info`` reduces exactly (as bandpo would)."""
+
+_PAPER_LOSS = {"dual_clip": 10.0, "token_level_loss": False}
+"""The paper's dual clip and aggregation (seq-mean-token-mean), the configured loss's defaults (arXiv 2603.04918)."""
 
 
 class BandPOPolicyLoss(PolicyLoss):
@@ -51,6 +75,8 @@ class BandPOPolicyLoss(PolicyLoss):
     Args:
         method: bounds method id (``bandpo.list_methods()``); default ``band_kl``.
         divergence, delta, eps_low, eps_high, r_max: the method's settings (``None``: its defaults).
+        delta_schedule, delta_end, delta_steps: a δ schedule (``linear``/``cosine``, from ``delta`` to ``delta_end``
+            over ``delta_steps`` optimiser steps); the step is ``self.step``, set by the patched training step.
         max_ratio: cap >= 1 on the upper bound (the paper: 10).
         dual_clip: c > 1 for A < 0 (the paper: 10), or ``None``; OpenRLHF's own dual clip applies it.
         token_level_loss: ``True``: token-mean; ``False``: seq-mean-token-mean (the paper's).
@@ -68,6 +94,9 @@ class BandPOPolicyLoss(PolicyLoss):
         eps_low: Optional[float] = None,
         eps_high: Optional[float] = None,
         r_max: Optional[float] = None,
+        delta_schedule: Optional[str] = None,
+        delta_end: Optional[float] = None,
+        delta_steps: Optional[int] = None,
         max_ratio: Optional[float] = 10.0,
         dual_clip: Optional[float] = 10.0,
         token_level_loss: bool = False,
@@ -84,6 +113,7 @@ class BandPOPolicyLoss(PolicyLoss):
             method, divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, r_max=r_max,
             max_ratio=max_ratio,
         )
+        settings = _common.schedule_settings(method, settings, delta_schedule, delta_end, delta_steps)
         _common.check_settings(method, settings)  # delta / eps / r_max ranges: bandpo's
         kwargs.pop("clip_eps_low", None)
         kwargs.pop("clip_eps_high", None)
@@ -93,6 +123,10 @@ class BandPOPolicyLoss(PolicyLoss):
         self.method = method
         self.settings = settings
         self.last_metrics: dict[str, Tensor] = {}
+        self.step: Optional[int] = None
+        """OpenRLHF's optimiser step, for a δ schedule (set by the patched ``training_step``)."""
+        self.info_sink: Optional[dict] = None
+        """Where the next call puts ``bandpo/<key>`` metrics (the experience's ``info``; set by the patched step)."""
 
     def forward(
         self,
@@ -109,7 +143,12 @@ class BandPOPolicyLoss(PolicyLoss):
         mask = torch.ones_like(log_probs, dtype=torch.bool) if action_mask is None else action_mask.bool()
         # Padding may hold anything: the bounds are computed from p = 1 there (masked out of the loss anyway).
         old = torch.where(mask, old_log_probs.detach(), torch.zeros((), dtype=old_log_probs.dtype)).clamp(max=0)
-        lower, upper = _common.bounds(old, self.method, **self.settings)
+        if self.step is None and any(callable(v) for v in self.settings.values()):
+            raise ValueError(
+                "a BandPO delta schedule needs OpenRLHF's optimiser step: install the loss with patch_openrlhf or "
+                "setup_hook (which set loss_fn.step), or set loss_fn.step yourself"
+            )
+        lower, upper = _common.bounds(old, self.method, step=self.step, **self.settings)
         lower, upper = lower.to(log_probs.dtype), upper.to(log_probs.dtype)
         saved = (self.clip_eps_low, self.clip_eps_high)
         self.clip_eps_low = _common.OneMinus(lambda: (lower, upper))
@@ -123,6 +162,8 @@ class BandPOPolicyLoss(PolicyLoss):
             self.clip_eps_low, self.clip_eps_high = saved
         adv = advantages.expand_as(log_probs) if advantages.shape != log_probs.shape else advantages
         self.last_metrics = _common.band_metrics(log_probs, old, adv, mask, lower, upper, dual_clip=self.dual_clip)
+        if self.info_sink is not None:
+            self.info_sink.update({f"bandpo/{k}": self.last_metrics[k].detach() for k in LOGGED_KEYS})
         return out
 
 
@@ -131,16 +172,25 @@ def bandpo_policy_loss_class(**bandpo_kwargs: Any) -> type:
 
     OpenRLHF builds its loss as ``PolicyLoss(clip_eps_low=..., clip_eps_high=..., dual_clip=...,
     token_level_loss=..., policy_loss_type=..., is_correction_...=...)`` from its command line; the returned class
-    keeps those arguments (OpenRLHF's ``--dual_clip`` and loss aggregation included) unless ``bandpo_kwargs`` sets
-    them, and adds the BandPO method and settings. Checked once here, so a bad setting fails at patch time.
+    keeps those arguments (importance correction, ...) and adds the BandPO method and settings. ``dual_clip`` and
+    ``token_level_loss`` are BandPO's: ``bandpo_kwargs``'s, else the paper's (10, seq-mean-token-mean); where
+    OpenRLHF's flags (``--actor.dual_clip``, ``--actor.loss_agg_mode``) give other values, one warning line says
+    which value trains. Checked once here, so a bad setting fails at patch time.
     """
-    BandPOPolicyLoss(**bandpo_kwargs)  # validate now
+    fixed = {**_PAPER_LOSS, **{k: v for k, v in bandpo_kwargs.items() if k in _PAPER_LOSS}}
+    BandPOPolicyLoss(**{**bandpo_kwargs, **fixed})  # validate now
 
     class ConfiguredBandPOPolicyLoss(BandPOPolicyLoss):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             if args:
                 raise ValueError("OpenRLHF's PolicyLoss is built with keyword arguments; got positional ones")
-            super().__init__(**{**kwargs, **bandpo_kwargs})
+            clash = [f"{k}={kwargs[k]!r}" for k in fixed if k in kwargs and kwargs[k] != fixed[k]]
+            if clash:
+                warnings.warn(
+                    f"BandPO trains with dual_clip={fixed['dual_clip']!r}, token_level_loss={fixed['token_level_loss']!r}"
+                    f" (set them in {ENV_VAR}); OpenRLHF's flags gave {', '.join(clash)}", stacklevel=2,
+                )
+            super().__init__(**{**kwargs, **bandpo_kwargs, **fixed})
 
     ConfiguredBandPOPolicyLoss.__name__ = ConfiguredBandPOPolicyLoss.__qualname__ = "ConfiguredBandPOPolicyLoss"
     return ConfiguredBandPOPolicyLoss
@@ -155,7 +205,31 @@ def patch_openrlhf(**bandpo_kwargs: Any) -> type:
 
     cls = bandpo_policy_loss_class(**bandpo_kwargs)
     ppo_actor.PolicyLoss = cls
+    trainer = ppo_actor.ActorPPOTrainer
+    trainer.training_step = _with_step_and_metrics(trainer.training_step)
     return cls
+
+
+def _with_step_and_metrics(training_step: Any) -> Any:
+    """OpenRLHF's ``ActorPPOTrainer.training_step`` with the optimiser step and a metrics sink on a BandPO loss."""
+    if getattr(training_step, "_bandpo", False):
+        return training_step
+
+    @functools.wraps(training_step)
+    def wrapped(self, experience, *args, **kwargs):
+        loss_fn = getattr(self, "actor_loss_fn", None)
+        if not isinstance(loss_fn, BandPOPolicyLoss):
+            return training_step(self, experience, *args, **kwargs)
+        scheduler = getattr(self, "actor_scheduler", None)
+        loss_fn.step = int(scheduler.last_epoch) if scheduler is not None else None
+        loss_fn.info_sink = experience.info
+        try:
+            return training_step(self, experience, *args, **kwargs)
+        finally:
+            loss_fn.info_sink = None
+
+    wrapped._bandpo = True
+    return wrapped
 
 
 def setup_hook() -> None:

@@ -23,10 +23,17 @@ a multiple of ``steps_per_generation``, no vLLM importance correction) TRL keeps
 no bound can bite. The bounds are then computed from the current log-probs (detached), which is what π_old is
 there, so the metrics stay meaningful.
 
-Methods: the clip methods only (``clip``, ``clip_higher``, ``dcpo``, ``band_*``); DPPO's mask methods
-(``dppo_kl``, ``dppo_tv``) are refused with a one-line error, since TRL's surrogate can clip but not mask.
+Methods: every method of ``bandpo.list_methods()`` whose surrogate is PPO's clip (``clip``, ``clip_higher``,
+``dcpo``, ``band_*``, and any clip method registered later); a method with another surrogate (DPPO's mask, ...) is
+refused with a one-line error, since TRL's surrogate can clip but not mask or reweight.
 
-Metrics: TRL's own ``clip_ratio/*`` now count tokens outside BandPO's interval; bandpo's diagnostics
+δ schedules (``bandpo_delta_schedule``) are evaluated at TRL's optimiser step ``state.global_step`` (from 0).
+
+KL: ``use_bias_correction_kl`` defaults to ``False`` here (TRL 1.16: ``True``), so ``beta`` weighs the plain k3
+estimator, the paper's KL term.
+
+Metrics: TRL's own ``clip_ratio/*`` now count tokens outside BandPO's interval, by bandpo's definition (the ratio
+before TRL's clamp at ``delta``: A < 0 and r < lower, or A > 0 and r > upper); bandpo's diagnostics
 (``bandpo.losses.METRIC_KEYS``, docs/metrics.md: band width, per-probability-bucket clip fractions, dual-clip
 fraction, ...) are logged beside them under ``bandpo/<key>``; across processes counts are summed, means weighted
 by token counts, min/max reduced.
@@ -81,6 +88,21 @@ class BandPOConfig(GRPOConfig):
                   "Not TRL's `delta`, which is an upper clamp of the ratio."},
     )
     """Band radius δ > 0 (band methods; ``None``: bandpo's default, 0.05). Not TRL's ``delta`` (a ratio clamp)."""
+    bandpo_delta_schedule: Optional[str] = field(
+        default=None,
+        metadata={"help": "How delta moves with TRL's optimiser step (state.global_step): None/constant, linear, cosine "
+                  "(from bandpo_delta to bandpo_delta_end over bandpo_delta_steps steps)."},
+    )
+    """δ schedule over TRL's optimiser step (``state.global_step``, from 0): ``None``/``constant``, ``linear``,
+    ``cosine``, from ``bandpo_delta`` (or the method's δ) to ``bandpo_delta_end`` over ``bandpo_delta_steps``."""
+    bandpo_delta_end: Optional[float] = field(
+        default=None, metadata={"help": "delta after bandpo_delta_steps optimiser steps (linear/cosine schedules)."}
+    )
+    """δ reached after ``bandpo_delta_steps`` optimiser steps (linear/cosine schedules only)."""
+    bandpo_delta_steps: Optional[int] = field(
+        default=None, metadata={"help": "Length of the delta schedule in optimiser steps (linear/cosine schedules)."}
+    )
+    """Length of the δ schedule in TRL optimiser steps (linear/cosine schedules only)."""
     bandpo_eps_low: Optional[float] = field(
         default=None, metadata={"help": "eps_low of clip/clip_higher/dcpo (None: the method's default)."}
     )
@@ -116,13 +138,21 @@ class BandPOConfig(GRPOConfig):
     """TRL's aggregation (``grpo`` = seq-mean-token-mean, the paper's; also ``bnpo``, ``dr_grpo``, ``dapo``,
     ``luspo``). Here it defaults to ``grpo``, not TRL's ``dapo``."""
 
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={"help": "TRL's IS factor on the KL term; False (here the default) is the paper's plain k3 KL."},
+    )
+    """Multiply TRL's per-token KL by the ratio (TRL 1.16's default ``True``). ``False`` here: the paper's KL term
+    is the plain k3 estimator (verl's ``low_var_kl``, arXiv 2603.04918), which is what ``beta`` then weighs."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.bandpo_validate()
 
     def bandpo_settings(self) -> dict[str, Any]:
-        """The method's settings as ``bandpo.bounds`` takes them (``None`` fields left out)."""
-        return _common.method_settings(
+        """The method's settings as ``bandpo.bounds`` takes them (``None`` fields left out; δ a schedule when
+        ``bandpo_delta_schedule`` is ``linear`` or ``cosine``)."""
+        settings = _common.method_settings(
             self.bandpo_method,
             divergence=self.bandpo_divergence,
             delta=self.bandpo_delta,
@@ -130,6 +160,9 @@ class BandPOConfig(GRPOConfig):
             eps_high=self.bandpo_eps_high,
             r_max=self.bandpo_r_max,
             max_ratio=self.bandpo_max_ratio,
+        )
+        return _common.schedule_settings(
+            self.bandpo_method, settings, self.bandpo_delta_schedule, self.bandpo_delta_end, self.bandpo_delta_steps
         )
 
     def bandpo_validate(self) -> None:
@@ -223,21 +256,38 @@ class BandPOTrainer(GRPOTrainer):
             else:
                 del self._get_per_token_logps_and_entropies
 
-        if cfg.bandpo_log_metrics and "logps" in captured:
+        if "logps" in captured:
             lower, upper = get_bounds()
             self._bandpo_log(inputs, captured["logps"], old_logps(), lower, upper)
         return loss
 
     def _bandpo_log(self, inputs: dict, logps: Tensor, old: Tensor, lower: Tensor, upper: Tensor) -> None:
-        """bandpo's metrics of this micro-batch, reduced over processes (``bandpo.losses.reduce_metrics``)."""
+        """bandpo's metrics of this micro-batch, reduced over processes (``bandpo.losses.reduce_metrics``).
+
+        TRL's own ``clip_ratio/*`` entries of this call are replaced by the same counts under bandpo's definition:
+        TRL tests its ratio after clamping it at ``delta`` (the dual clip, = the cap), so a token with r above a
+        capped upper bound was not counted as clipped high.
+        """
         mask = _loss_mask(inputs)
         adv = inputs["advantages"]
         adv = (adv.unsqueeze(1) if adv.dim() == 1 else adv).expand_as(logps)
         metrics = _common.band_metrics(logps, old, adv, mask, lower, upper, dual_clip=self.args.bandpo_dual_clip)
         reduced = _losses.reduce_metrics([metrics])  # every process calls this loss, so the collective is safe
         mode = "train" if self.model.training else "eval"
-        for k, v in reduced.items():
-            self._metrics[mode][f"bandpo/{k}"].append(float(v))
+        logged = self._metrics[mode]
+        for key in ("low_mean", "high_mean", "region_mean"):
+            if logged.get(f"clip_ratio/{key}"):
+                logged[f"clip_ratio/{key}"][-1] = float(reduced[f"clip_ratio/{key}"])
+        low, high = _common.clipped_tokens(logps, old, adv, lower, upper)
+        m = mask.to(torch.float32)
+        for key, flags, pick in (("low_min", low, torch.min), ("high_max", high, torch.max)):
+            if logged.get(f"clip_ratio/{key}"):
+                per_seq = self.accelerator.gather((flags.float() * m).sum(-1) / m.sum(-1))
+                per_seq = per_seq[~torch.isnan(per_seq)]
+                logged[f"clip_ratio/{key}"][-1] = float(pick(per_seq)) if per_seq.numel() else float("nan")
+        if self.args.bandpo_log_metrics:
+            for k, v in reduced.items():
+                logged[f"bandpo/{k}"].append(float(v))
 
 
 def _loss_mask(inputs: dict) -> Tensor:

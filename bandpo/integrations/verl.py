@@ -3,12 +3,16 @@
 Installed bandpo declares this module in the entry-point group ``verl.plugins``, which verl imports when it is
 imported itself, so a run needs no code change, only (Hydra overrides, docs/integrations.md)::
 
-    actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_band_kl        # or bandpo (method from the config)
-    actor_rollout_ref.actor.clip_ratio_c=10.0                           # the dual clip (verl's own knob)
-    # optional, to change δ / cap / method settings:
-    +actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPOPolicyLossConfig
+    actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_band_kl
+    actor_rollout_ref.actor.clip_ratio_c=10.0
+    actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPOPolicyLossConfig
     +actor_rollout_ref.actor.policy_loss.delta=0.05
     +actor_rollout_ref.actor.policy_loss.max_ratio=10.0
+
+``loss_mode`` may be ``bandpo`` (method from the config) or ``bandpo_<method>``; ``clip_ratio_c`` is the dual clip
+(verl's own knob). The last three lines are optional, to change δ, the cap or other method settings:
+``_target_`` already exists in verl's config, so it takes no ``+`` (Hydra refuses to append an existing key); the
+settings are new keys and take one.
 
 A mode is a function with verl's policy-loss signature (written against verl 0.9.1). Per token, with
 r = exp(clamp(log_prob - old_log_prob, -20, 20)) and ``(lower, upper) = bandpo.bounds(old_log_prob, method, ...)``
@@ -31,12 +35,30 @@ C truncates (as verl's own ``dppo_*`` losses report). The threshold is the metho
 
 Settings: with the stock ``PolicyLossConfig`` a mode uses the paper's defaults (BandPO-KL: δ = 0.05, cap 10,
 arXiv 2603.04918); :class:`BandPOPolicyLossConfig` (select it with ``policy_loss._target_``) adds ``method``,
-``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max``, ``max_ratio`` and ``tis_cap``. verl's ``clip_ratio``,
-``clip_ratio_low`` and ``clip_ratio_high`` are not read by these modes (the method's own eps are).
+``divergence``, ``delta``, ``delta_schedule``/``delta_end``/``delta_steps``, ``eps_low``, ``eps_high``, ``r_max``,
+``max_ratio`` and ``tis_cap``. verl's ``clip_ratio``, ``clip_ratio_low`` and ``clip_ratio_high`` are not read by these
+modes (the method's own eps are).
+
+Methods: a mode per id of ``bandpo.list_methods()`` at import, so a row added to bandpo's method table is a mode
+without a change here; each computes its per-token loss with ``bandpo.losses.surrogate`` (the method's own form).
+
+Training step (δ schedules): verl calls a policy loss with tensors and the actor config only. verl's trainer keeps
+its step in ``global_steps`` (1 on the first step) and tags the batches it dispatches with it
+(``tu.assign_non_tensor_data(batch, "global_steps", ...)``); importing this module wraps the worker's loss entry
+``verl.workers.utils.losses.ppo_loss`` so that a mode sees ``global_steps - 1`` of the micro-batch it is computing
+(bandpo's steps count from 0). A schedule with no step available fails with a one-line error.
+
+Checks at configuration time: importing this module also wraps ``verl.utils.config.validate_config`` (which
+``verl.trainer.main_ppo`` calls before training): a ``bandpo*`` ``loss_mode`` that is not registered, and a BandPO mode
+together with ``algorithm.rollout_correction.bypass_mode=true`` (which makes verl replace ``loss_mode`` by its own
+``bypass_mode`` loss at the first step), are one-line errors there. verl's ``apply_bypass_mode`` is wrapped too and
+refuses to replace a BandPO mode, for trainers that skip ``validate_config``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -52,7 +74,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without verl
 from ..losses import LOG_RATIO_CLAMP
 from . import _common
 
-__all__ = ["BandPOPolicyLossConfig", "DEFAULT_METHOD", "MODE_PREFIX", "bandpo_policy_loss", "mode_names"]
+__all__ = [
+    "BandPOPolicyLossConfig",
+    "DEFAULT_METHOD",
+    "MODE_PREFIX",
+    "bandpo_policy_loss",
+    "check_run_config",
+    "install_hooks",
+    "mode_names",
+]
 
 MODE_PREFIX = "bandpo"
 """Mode ``bandpo`` reads the method from the config; ``bandpo_<method>`` fixes it (e.g. ``bandpo_band_kl``)."""
@@ -79,7 +109,14 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     divergence: Optional[str] = None
     """f-divergence of a band method; ``None`` takes the one its id names."""
     delta: Optional[float] = None
-    """Band radius δ > 0 (band methods); ``None``: bandpo's default, 0.05."""
+    """Band radius δ > 0 (band methods); ``None``: bandpo's default, 0.05 (the start of a schedule)."""
+    delta_schedule: Optional[str] = None
+    """``None``/``constant``, ``linear`` or ``cosine``: δ from ``delta`` to ``delta_end`` over ``delta_steps`` verl
+    training steps (``trainer.global_steps - 1``, from 0), then ``delta_end``."""
+    delta_end: Optional[float] = None
+    """δ after ``delta_steps`` steps (linear/cosine schedules only)."""
+    delta_steps: Optional[int] = None
+    """Length of the δ schedule in verl training steps (linear/cosine schedules only)."""
     eps_low: Optional[float] = None
     """ε_low of clip/clip_higher/dcpo; ``None``: the method's default."""
     eps_high: Optional[float] = None
@@ -103,10 +140,11 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     def bandpo_settings(self, method: str) -> dict[str, Any]:
         """The settings that apply to ``method`` (``None`` fields left out)."""
         _common.check_cap_and_dual_clip(self.max_ratio, None, prefix="policy_loss.")
-        return _common.method_settings(
+        settings = _common.method_settings(
             method, divergence=self.divergence, delta=self.delta, eps_low=self.eps_low, eps_high=self.eps_high,
             r_max=self.r_max, max_ratio=self.max_ratio, tis_cap=self.tis_cap,
         )
+        return _common.schedule_settings(method, settings, self.delta_schedule, self.delta_end, self.delta_steps)
 
 
 def _method_for_mode(loss_mode: str, method: Optional[str]) -> str:
@@ -184,7 +222,7 @@ def bandpo_policy_loss(
     old = torch.where(valid, old_log_prob.detach().to(log_prob.dtype), zero).clamp(max=0)
     adv = torch.where(valid, advantages.detach().to(log_prob.dtype), zero)
     logp = torch.where(valid, log_prob, zero)
-    lower, upper = _common.bounds(old, method, **settings)
+    lower, upper = _common.bounds(old, method, step=_step_for(settings), **settings)
     form, tis_cap = _common.method_form(method, **settings)
     if form == "mask":
         c = None  # DPPO has no dual clip
@@ -229,6 +267,131 @@ def _mode_function(mode: str) -> Callable[..., tuple[Tensor, dict[str, Any]]]:
     return policy_loss_fn
 
 
+_STEP: "contextvars.ContextVar[Optional[int]]" = contextvars.ContextVar("bandpo_verl_step", default=None)
+"""verl's training step of the micro-batch whose loss is being computed (set by the wrapped ``ppo_loss``)."""
+
+
+def _step_for(settings: dict[str, Any]) -> Optional[int]:
+    step = _STEP.get()
+    if step is None and any(callable(v) for v in settings.values()):
+        raise ValueError(
+            "a BandPO delta schedule needs verl's training step, but the batch reaching the loss carries no "
+            "'global_steps' (verl's trainer tags its batches with it; use a fixed delta otherwise)"
+        )
+    return step
+
+
+def _global_step_of(data: Any) -> Optional[int]:
+    """``global_steps - 1`` of a verl micro-batch (``TensorDict`` non-tensor data; one value or one per sample)."""
+    try:
+        from verl.utils import tensordict_utils as tu
+
+        raw = tu.get(data, "global_steps", default=None)
+    except (AttributeError, KeyError, TypeError):  # not a TensorDict
+        return None
+    if raw is None:
+        return None
+    values = [int(v) for v in (raw if isinstance(raw, (list, tuple)) else [raw]) if v is not None and int(v) >= 1]
+    return max(values) - 1 if values else None
+
+
+def _with_step(ppo_loss: Callable[..., Any]) -> Callable[..., Any]:
+    """verl's worker loss entry, with the micro-batch's training step visible to the BandPO modes."""
+    if getattr(ppo_loss, "_bandpo_step", False):
+        return ppo_loss
+
+    @functools.wraps(ppo_loss)
+    def wrapped(config, model_output, data, *args, **kwargs):
+        token = _STEP.set(_global_step_of(data))
+        try:
+            return ppo_loss(config, model_output, data, *args, **kwargs)
+        finally:
+            _STEP.reset(token)
+
+    wrapped._bandpo_step = True
+    return wrapped
+
+
+def _loss_mode_of(config: Any) -> Optional[str]:
+    try:
+        return config.actor_rollout_ref.actor.policy_loss.loss_mode
+    except (AttributeError, KeyError):
+        return None
+
+
+def check_run_config(config: Any) -> None:
+    """One-line ValueErrors for a verl run config (``DictConfig`` of ``ppo_trainer``) that a BandPO mode cannot run.
+
+    Checked: a ``bandpo*`` ``loss_mode`` that is not a registered mode (an unknown method id), and a BandPO mode with
+    ``algorithm.rollout_correction.bypass_mode=true`` (verl would replace the mode by its ``bypass_mode`` loss).
+    Other loss modes pass unchecked. Runs inside ``verl.utils.config.validate_config`` once this module is imported.
+    """
+    mode = _loss_mode_of(config)
+    if not (isinstance(mode, str) and mode.startswith(MODE_PREFIX)):
+        return
+    if mode not in POLICY_LOSS_REGISTRY:
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={mode!r} is no BandPO mode; known: {', '.join(mode_names())}"
+        )
+    try:
+        bypass = bool(config.algorithm.rollout_correction.bypass_mode)
+    except (AttributeError, KeyError):
+        bypass = False
+    if bypass:
+        raise ValueError(
+            f"algorithm.rollout_correction.bypass_mode=true makes verl replace loss_mode={mode!r} by its own "
+            "'bypass_mode' loss; set bypass_mode=false to train with BandPO (verl's rollout_is_weights still apply)"
+        )
+
+
+def _checked_validate(validate_config: Callable[..., Any]) -> Callable[..., Any]:
+    if getattr(validate_config, "_bandpo_checked", False):
+        return validate_config
+
+    @functools.wraps(validate_config)
+    def wrapped(config, *args, **kwargs):
+        check_run_config(config)
+        return validate_config(config, *args, **kwargs)
+
+    wrapped._bandpo_checked = True
+    return wrapped
+
+
+def _refusing_bypass(apply_bypass_mode: Callable[..., Any]) -> Callable[..., Any]:
+    if getattr(apply_bypass_mode, "_bandpo_checked", False):
+        return apply_bypass_mode
+
+    @functools.wraps(apply_bypass_mode)
+    def wrapped(batch, rollout_corr_config=None, policy_loss_config=None, *args, **kwargs):
+        mode = policy_loss_config.get("loss_mode", None) if policy_loss_config is not None else None
+        if isinstance(mode, str) and mode.startswith(MODE_PREFIX):
+            raise ValueError(
+                f"algorithm.rollout_correction.bypass_mode=true would replace loss_mode={mode!r} by verl's "
+                "'bypass_mode' loss; set bypass_mode=false to train with BandPO"
+            )
+        return apply_bypass_mode(batch, rollout_corr_config, policy_loss_config, *args, **kwargs)
+
+    wrapped._bandpo_checked = True
+    return wrapped
+
+
+def install_hooks() -> None:
+    """Wrap verl's ``validate_config``, ``apply_bypass_mode`` and worker ``ppo_loss`` (idempotent; see the module
+    docstring). A module that cannot be imported in this environment is left alone."""
+    import importlib
+
+    for module, name, wrap in (
+        ("verl.utils.config", "validate_config", _checked_validate),
+        ("verl.trainer.ppo.rollout_corr_helper", "apply_bypass_mode", _refusing_bypass),
+        ("verl.workers.utils.losses", "ppo_loss", _with_step),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # pragma: no cover - depends on what verl's optional dependencies provide
+            continue
+        setattr(mod, name, wrap(getattr(mod, name)))
+
+
 def mode_names() -> list[str]:
     """``bandpo`` and one ``bandpo_<method>`` per method id."""
     return [MODE_PREFIX] + [f"{MODE_PREFIX}_{m}" for m in _common.list_methods()]
@@ -244,3 +407,4 @@ def register_modes() -> list[str]:
 
 
 register_modes()
+install_hooks()
