@@ -404,30 +404,66 @@ def test_lockstep_pads_the_calls_and_needs_the_loop_sampler(tiny):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _gloo_sets(cfg):
+    held = build_task(cfg.task, 0).heldout_rows()
+    # 12 problems split 6 + 6; 5 split 3 + 2, so with one problem per call the ranks make different numbers of calls.
+    return [EvalSet("heldout", held, "test_even_first_char"), EvalSet("five", held[:5], "test_even_first_char")]
+
+
+_GLOO_EVAL = dict(n=8, ks=[1, 4], max_new_tokens=4, seed=3)
+
+
 def _gloo_main(rank: int, world: int, port: str, out: str) -> None:
-    """Run as a script: rank ``rank`` of ``world`` evaluates its share; rank 0 writes the reduced numbers."""
+    """Run as a script: rank ``rank`` of ``world`` evaluates its share of the tiny policy, then (world > 1) the same
+    policy sharded with torch's ``fully_shard`` (FSDP2, whose every forward pass is a collective) in lock-step; each
+    writes the reduced numbers and the gathered samples."""
+    import datetime
+
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(1)
     if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     from bandpo.training.cli import build_policy, build_tokenizer
 
     cfg = _tiny_cfg()
     cfg.task.heldout_size = 12
     tok = build_tokenizer(cfg)
     policy = build_policy(cfg, tok)
-    es = EvalSet("heldout", build_task(cfg.task, 0).heldout_rows(), "test_even_first_char")
+    sets = _gloo_sets(cfg)
 
     def reduce(t):
         dist.all_reduce(t)
         return t
 
-    res = evaluate(policy, tok, [es], n=8, ks=[1, 4], max_new_tokens=4, seed=3, rank=rank, world=world,
-                   all_reduce_sum=reduce if world > 1 else None)
-    Path(out, f"rank{rank}.json").write_text(json.dumps({k: v.hex() for k, v in res.items()}))
+    def gather(items):
+        parts = [None] * world
+        dist.all_gather_object(parts, items)
+        return [x for p in parts for x in p]
+
+    def all_ranks(flag):
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t)
+
+    def save(name, result):
+        metrics, samples = result
+        Path(out, f"{name}{rank}.json").write_text(json.dumps({"metrics": {k: v.hex() for k, v in metrics.items()},
+                                                               "samples": samples}))
+
+    dist_kw = dict(rank=rank, world=world, all_reduce_sum=reduce, all_gather=gather) if world > 1 else {}
+    save("plain", evaluate(policy, tok, sets, **_GLOO_EVAL, return_samples=True, **dist_kw))
     if world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in policy.model.layers:
+            fully_shard(layer)
+        fully_shard(policy)
+        local = sum(p.to_local().numel() for p in policy.parameters())
+        assert local < sum(p.numel() for p in policy.parameters())  # each rank holds a shard
+        save("fsdp", evaluate(policy, tok, sets, **_GLOO_EVAL, batch_size=8, lockstep=all_ranks, return_samples=True,
+                              **dist_kw))
         # Both ranks reach this point before either tears gloo down: without the barrier, one rank closing its
         # connections while the other's gloo threads still run can abort the other at exit ("terminate called
         # without an active exception"), a teardown race this test is not about.
@@ -435,21 +471,26 @@ def _gloo_main(rank: int, world: int, port: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_give_the_single_process_numbers_bit_for_bit(tmp_path):
+def test_two_gloo_processes_plain_and_sharded_give_the_single_process_results_bit_for_bit(tmp_path, tiny):
+    """Two processes, each evaluating its share (all-reduced numbers, gathered samples): the single process's numbers
+    (float.hex) and samples on both ranks; and the same with the policy sharded by fully_shard (FSDP2), where the
+    ranks must sample in lock-step (one problem per call: on the 5-problem set rank 1 pads with a discarded call)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     port = str(29500 + os.getpid() % 1000)
     procs = [subprocess.Popen([sys.executable, __file__, "--gloo", str(r), "2", port, str(tmp_path)], cwd=REPO,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
-    single = subprocess.run([sys.executable, __file__, "--gloo", "0", "1", port, str(tmp_path / "one")], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=300)
+    policy, tok, _ = tiny
+    cfg = _tiny_cfg()
+    cfg.task.heldout_size = 12
+    metrics, samples = evaluate(policy, tok, _gloo_sets(cfg), **_GLOO_EVAL, return_samples=True)
+    single = {"metrics": {k: v.hex() for k, v in metrics.items()}, "samples": samples}
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    assert single.returncode == 0, single.stdout + single.stderr
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
-    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
-    assert r0 == r1 == one  # float.hex: bit-identical on both ranks and to one process
-    assert float.fromhex(one["eval/heldout/mean@8"]) > 0
+    for name in ("plain", "fsdp"):
+        for r in range(2):
+            assert json.loads((tmp_path / f"{name}{r}.json").read_text()) == single, (name, r)
+    assert float.fromhex(single["metrics"]["eval/heldout/mean@8"]) > 0 and len(samples) == (12 + 5) * 8
 
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--gloo":
