@@ -1,5 +1,6 @@
 """Held-out evaluation (bandpo.training.evaluation): the pass@k / maj@k estimators, eval-set entries, the tiny
-task's held-out split, determinism, and the split over two gloo processes.
+task's held-out split, determinism, batching across problems, the per-sample files, and the split over two gloo
+processes (plain and sharded with torch's fully_shard).
 
 Run: .venv/bin/python -m pytest -q tests/test_train_eval.py
 """
@@ -19,18 +20,25 @@ import pytest
 import torch
 
 from bandpo.training.config import CONFIG_DIR, load_config
+from bandpo.training import rollout as rollout_module
 from bandpo.training.evaluation import (
+    SAMPLE_COLUMNS,
     EvalSet,
     EvalSetSpec,
+    SampleLog,
     build_eval_sets,
     evaluate,
     maj_at_k,
     metric_names,
+    metrics_from_samples,
     parse_eval_set,
     pass_at_k,
     problem_scores,
     problem_seed,
+    read_samples,
     sample_completions,
+    sample_problems,
+    write_samples,
 )
 from bandpo.training.tasks import build_task
 from bandpo.training.verifiers import VERIFIERS, Verdict
@@ -245,35 +253,217 @@ def test_ks_larger_than_n_are_refused(tiny):
         evaluate(policy, tok, [EvalSet("h", task.heldout_rows(), "exact")], n=8, ks=[1, 16], max_new_tokens=2)
 
 
+def test_eval_batch_settings_are_validated():
+    assert _tiny_cfg().eval.batch_size == 256 and _tiny_cfg().eval.save_samples is True
+    assert _tiny_cfg(**{"eval.n": 8, "eval.batch_size": 8}).eval.batch_size == 8
+    assert _tiny_cfg(**{"eval.n": 8, "eval.micro_batch_size": 2, "eval.batch_size": 2}).eval.batch_size == 2
+    for over, msg in [({"eval.batch_size": -1}, "config eval.batch_size = -1 is invalid: must be 0 or hold"),
+                      ({"eval.n": 8, "eval.batch_size": 5}, r"eval.batch_size = 5 is invalid: .*\(8: eval.n"),
+                      ({"eval.n": 8, "eval.micro_batch_size": 4, "eval.batch_size": 3}, r"= 3 is invalid: .*\(4: ")]:
+        with pytest.raises(ValueError, match=msg):
+            _tiny_cfg(**over)
+    # FSDP: evaluation runs in lock-step, which the loop sampler does.
+    fsdp = {"trainer.strategy": "fsdp", "trainer.accelerator": "gpu", "task.heldout_size": 10, "eval.sets": ["heldout"]}
+    assert _tiny_cfg(**fsdp).eval.sets == ["heldout"]
+    with pytest.raises(ValueError, match="config rollout.sampler = 'hf_generate' is invalid: held-out evaluation "
+                                         "under trainer.strategy 'fsdp'"):
+        _tiny_cfg(**fsdp, **{"rollout.sampler": "hf_generate"})
+
+
+def test_one_group_draws_what_sample_loop_draws(tiny):
+    """sample_loop_groups with one generator is sample_loop: batching keeps the rollout sampler's random stream."""
+    policy, tok, task = tiny
+    enc = tok(["12+7="] * 5, return_tensors="pt", add_special_tokens=False)
+    kw = dict(max_new_tokens=4, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    a = rollout_module.sample_loop(policy, enc["input_ids"], enc["attention_mask"],
+                                   generator=torch.Generator().manual_seed(5), **kw)
+    b = rollout_module.sample_loop_groups(policy, enc["input_ids"], enc["attention_mask"],
+                                          generators=[torch.Generator().manual_seed(5)], **kw)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="5 rows to split into len\\(generators\\) = 2 equal groups"):
+        rollout_module.sample_loop_groups(policy, enc["input_ids"], enc["attention_mask"],
+                                          generators=[torch.Generator()] * 2, **kw)
+
+
+@pytest.mark.parametrize("micro", [0, 3])
+def test_batch_sizes_give_identical_per_sample_results(tiny, monkeypatch, micro):
+    """One problem per sampler call, three, or all of them: the same completions, sample for sample, equal to each
+    problem sampled alone (with micro = 3 each problem's 8 samples go in chunks of 3, 3, 2 from its generator)."""
+    policy, tok, task = tiny
+    es = EvalSet("heldout", task.heldout_rows(), "test_even_first_char")
+    n = 8
+    chunk = micro or n
+    rows_per_call: list = []
+    grouped = rollout_module.sample_loop_groups
+
+    def counting(model, ids, mask, **kw):
+        rows_per_call.append(ids.shape[0])
+        return grouped(model, ids, mask, **kw)
+
+    monkeypatch.setattr(rollout_module, "sample_loop_groups", counting)
+    kw = dict(n=n, ks=[1, 4], max_new_tokens=4, seed=3, micro_batch_size=micro, return_samples=True)
+    results = {}
+    for problems in (1, 3, None):
+        rows_per_call.clear()
+        results[problems] = evaluate(policy, tok, [es], batch_size=(problems or 0) * chunk, **kw)
+        calls = -(-12 // (problems or 12)) * -(-n // chunk)
+        assert len(rows_per_call) == calls and max(rows_per_call) == (problems or 12) * chunk
+    assert results[1] == results[3] == results[None]
+    samples = results[1][1]
+    assert len(samples) == 12 * n and [list(r) for r in samples[:1]] == [list(SAMPLE_COLUMNS)]
+    for i, prob in enumerate(es.problems):
+        alone = sample_completions(policy, tok, prob["prompt"], n, max_new_tokens=4, seed=problem_seed(3, "heldout", i),
+                                   micro_batch_size=micro)
+        mine = [r for r in samples if r["problem"] == i]
+        assert ([r["completion"] for r in mine], [r["tokens"] for r in mine]) == alone
+        assert {r["seed"] for r in mine} == {problem_seed(3, "heldout", i)} and [r["sample"] for r in mine] == list(
+            range(n))
+    # The chunking is a sampling setting (it splits each problem's stream), so it does change the samples.
+    if micro:
+        assert samples != evaluate(policy, tok, [es], batch_size=0, **{**kw, "micro_batch_size": 0})[1]
+
+
+def test_samples_recompute_the_reported_numbers(tiny):
+    policy, tok, task = tiny
+    sets = [EvalSet("heldout", task.heldout_rows(), "test_even_first_char"),
+            EvalSet("few", task.heldout_rows()[:5], "exact")]
+    out, samples = evaluate(policy, tok, sets, n=8, ks=[1, 2, 4], max_new_tokens=4, seed=3, batch_size=24,
+                            return_samples=True)
+    assert metrics_from_samples(samples, [1, 2, 4]) == out  # bit for bit
+    assert [(r["set"], r["problem"], r["sample"]) for r in samples] == [
+        (es.name, i, j) for es in sets for i in range(len(es.problems)) for j in range(8)]
+    first = samples[0]
+    verdict = VERIFIERS.get("test_even_first_char")(first["completion"], first["answer"])
+    assert (first["correct"], first["extracted"]) == (verdict.correct, verdict.key)
+    assert first["id"] == sets[0].problems[0]["id"] == "0"
+    heldout = [r for r in samples if r["set"] == "heldout"]
+    assert out["eval/heldout/mean@8"] == pytest.approx(sum(r["correct"] for r in heldout) / len(heldout), abs=1e-15)
+    with pytest.raises(ValueError, match="problem 0: sample indices are not 0..6"):
+        metrics_from_samples([r for r in samples if r["sample"] != 3], [1])
+
+
+def test_sample_files_are_atomic_deterministic_and_checked(tmp_path):
+    rows = [{"set": "s", "problem": i // 2, "id": str(i // 2), "sample": i % 2, "seed": 7, "completion": f"{i} é",
+             "extracted": None if i == 3 else str(i), "answer": "1", "correct": i == 1, "tokens": i} for i in range(4)]
+    log = SampleLog(tmp_path / "eval_samples")
+    assert log.steps() == [] and log.keep_until(None) == 0
+    p = log.write(5, rows)
+    assert p.name == "step_000005.jsonl.gz" and log.read(5) == rows
+    first = p.read_bytes()
+    log.write(5, rows)
+    assert p.read_bytes() == first  # the same records, the same bytes (no time stamp in the header)
+
+    class Boom(dict):
+        def __getitem__(self, key):
+            raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        log.write(5, rows[:2] + [Boom(rows[2])])
+    assert p.read_bytes() == first  # a write that dies leaves the previous file whole
+    assert (log.folder / "step_000005.jsonl.gz.tmp").exists()
+    for step in (0, 10, 12):
+        log.write(step, rows)
+    assert log.steps() == [0, 5, 10, 12]
+    assert log.keep_until(5) == 2 and log.steps() == [0, 5] and not list(log.folder.glob("*.tmp"))
+    assert log.keep_until(None) == 2 and log.steps() == []
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="per-sample file '.*bad.jsonl.gz' is not readable gzip"):
+        read_samples(bad)
+    write_samples(bad, rows)
+    import gzip
+
+    with gzip.open(bad, "at") as f:
+        f.write('{"set": "s"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl.gz', line 5: expected the fields"):
+        read_samples(bad)
+
+
+def test_lockstep_pads_the_calls_and_needs_the_loop_sampler(tiny):
+    policy, tok, task = tiny
+    texts = [r["prompt"] for r in task.heldout_rows()[:2]]
+    flags: list = []
+
+    def all_ranks(flag):
+        flags.append(flag)
+        return flag
+
+    got = sample_problems(policy, tok, texts, [1, 2], 4, max_new_tokens=3, batch_size=4, all_ranks=all_ranks,
+                          min_calls=3)
+    assert got == [sample_completions(policy, tok, t, 4, max_new_tokens=3, seed=s) for t, s in zip(texts, [1, 2])]
+    assert flags  # asked the other ranks at every decoding step
+    empty = sample_problems(policy, tok, [], [], 4, max_new_tokens=3, all_ranks=all_ranks, min_calls=2,
+                            pad_text=texts[0])
+    assert empty == []
+    with pytest.raises(ValueError, match="lock-step evaluation \\(FSDP\\) needs the 'loop' sampler"):
+        sample_problems(policy, tok, texts, [1, 2], 4, max_new_tokens=3, sampler="hf_generate", all_ranks=all_ranks)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Two gloo processes
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _gloo_sets(cfg):
+    held = build_task(cfg.task, 0).heldout_rows()
+    # 12 problems split 6 + 6; 5 split 3 + 2, so with one problem per call the ranks make different numbers of calls.
+    return [EvalSet("heldout", held, "test_even_first_char"), EvalSet("five", held[:5], "test_even_first_char")]
+
+
+_GLOO_EVAL = dict(n=8, ks=[1, 4], max_new_tokens=4, seed=3)
+
+
 def _gloo_main(rank: int, world: int, port: str, out: str) -> None:
-    """Run as a script: rank ``rank`` of ``world`` evaluates its share; rank 0 writes the reduced numbers."""
+    """Run as a script: rank ``rank`` of ``world`` evaluates its share of the tiny policy, then (world > 1) the same
+    policy sharded with torch's ``fully_shard`` (FSDP2, whose every forward pass is a collective) in lock-step; each
+    writes the reduced numbers and the gathered samples."""
+    import datetime
+
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(1)
     if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     from bandpo.training.cli import build_policy, build_tokenizer
 
     cfg = _tiny_cfg()
     cfg.task.heldout_size = 12
     tok = build_tokenizer(cfg)
     policy = build_policy(cfg, tok)
-    es = EvalSet("heldout", build_task(cfg.task, 0).heldout_rows(), "test_even_first_char")
+    sets = _gloo_sets(cfg)
 
     def reduce(t):
         dist.all_reduce(t)
         return t
 
-    res = evaluate(policy, tok, [es], n=8, ks=[1, 4], max_new_tokens=4, seed=3, rank=rank, world=world,
-                   all_reduce_sum=reduce if world > 1 else None)
-    Path(out, f"rank{rank}.json").write_text(json.dumps({k: v.hex() for k, v in res.items()}))
+    def gather(items):
+        parts = [None] * world
+        dist.all_gather_object(parts, items)
+        return [x for p in parts for x in p]
+
+    def all_ranks(flag):
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t)
+
+    def save(name, result):
+        metrics, samples = result
+        Path(out, f"{name}{rank}.json").write_text(json.dumps({"metrics": {k: v.hex() for k, v in metrics.items()},
+                                                               "samples": samples}))
+
+    dist_kw = dict(rank=rank, world=world, all_reduce_sum=reduce, all_gather=gather) if world > 1 else {}
+    save("plain", evaluate(policy, tok, sets, **_GLOO_EVAL, return_samples=True, **dist_kw))
     if world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in policy.model.layers:
+            fully_shard(layer)
+        fully_shard(policy)
+        local = sum(p.to_local().numel() for p in policy.parameters())
+        assert local < sum(p.numel() for p in policy.parameters())  # each rank holds a shard
+        save("fsdp", evaluate(policy, tok, sets, **_GLOO_EVAL, batch_size=8, lockstep=all_ranks, return_samples=True,
+                              **dist_kw))
         # Both ranks reach this point before either tears gloo down: without the barrier, one rank closing its
         # connections while the other's gloo threads still run can abort the other at exit ("terminate called
         # without an active exception"), a teardown race this test is not about.
@@ -281,21 +471,26 @@ def _gloo_main(rank: int, world: int, port: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_give_the_single_process_numbers_bit_for_bit(tmp_path):
+def test_two_gloo_processes_plain_and_sharded_give_the_single_process_results_bit_for_bit(tmp_path, tiny):
+    """Two processes, each evaluating its share (all-reduced numbers, gathered samples): the single process's numbers
+    (float.hex) and samples on both ranks; and the same with the policy sharded by fully_shard (FSDP2), where the
+    ranks must sample in lock-step (one problem per call: on the 5-problem set rank 1 pads with a discarded call)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     port = str(29500 + os.getpid() % 1000)
     procs = [subprocess.Popen([sys.executable, __file__, "--gloo", str(r), "2", port, str(tmp_path)], cwd=REPO,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
-    single = subprocess.run([sys.executable, __file__, "--gloo", "0", "1", port, str(tmp_path / "one")], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=300)
+    policy, tok, _ = tiny
+    cfg = _tiny_cfg()
+    cfg.task.heldout_size = 12
+    metrics, samples = evaluate(policy, tok, _gloo_sets(cfg), **_GLOO_EVAL, return_samples=True)
+    single = {"metrics": {k: v.hex() for k, v in metrics.items()}, "samples": samples}
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    assert single.returncode == 0, single.stdout + single.stderr
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
-    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
-    assert r0 == r1 == one  # float.hex: bit-identical on both ranks and to one process
-    assert float.fromhex(one["eval/heldout/mean@8"]) > 0
+    for name in ("plain", "fsdp"):
+        for r in range(2):
+            assert json.loads((tmp_path / f"{name}{r}.json").read_text()) == single, (name, r)
+    assert float.fromhex(single["metrics"]["eval/heldout/mean@8"]) > 0 and len(samples) == (12 + 5) * 8
 
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--gloo":
@@ -326,9 +521,10 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
-def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training(tmp_path):
+def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training(tmp_path, monkeypatch):
     import lightning as L
 
+    from bandpo.training import runtime
     from bandpo.training.cli import run
 
     run(_run_cfg(), tmp_path / "a")
@@ -337,6 +533,14 @@ def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training
     assert {"eval/heldout/mean@4", "eval/heldout/pass@1", "eval/heldout/pass@2", "eval/heldout/pass@4",
             "eval/heldout/maj@2", "eval/heldout/maj@4", "eval/heldout/length", "eval/time_s"} <= set(ev[0])
     assert all(float(r["eval/heldout/problems"]) == 10 for r in ev)
+    # Every eval.csv row has its per-sample file, from which its numbers recompute exactly.
+    log = SampleLog(tmp_path / "a" / "eval_samples")
+    assert log.steps() == [0, 2, 4]
+    for row in ev:
+        samples = log.read(int(row["step"]))
+        assert len(samples) == 10 * 4 and {r["set"] for r in samples} == {"heldout"}
+        recount = metrics_from_samples(samples, [1, 2])
+        assert recount == {k: float(v) for k, v in row.items() if k.startswith("eval/heldout/")}
     # Evaluating does not change what training samples: the same run without evaluation logs the same rows.
     run(_run_cfg(**{"eval.sets": []}), tmp_path / "plain")
     assert not (tmp_path / "plain" / "eval.csv").exists()
@@ -345,15 +549,32 @@ def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training
         assert {k: v for k, v in ra.items() if not k.startswith(timing)} == {
             k: v for k, v in rb.items() if not k.startswith(timing)}
 
-    # A crash after step 3 (last checkpoint after step 2): the resumed run's eval rows equal the uninterrupted ones.
-    class Crash(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, *args):
-            if pl_module.rl_step == 3:
-                raise RuntimeError("simulated crash")
+    # A crash in the evaluation after step 4, between its per-sample file and its eval.csv row (last checkpoint after
+    # step 2): the resumed run drops the orphaned file, redoes steps 3-4, and ends with the uninterrupted run's rows
+    # and the same per-sample files, byte for byte (none duplicated, none lost).
+    append = runtime.EvalLog.append
 
+    def crash_at_4(self, step, metrics):
+        if step == 4:
+            raise RuntimeError("simulated crash")
+        return append(self, step, metrics)
+
+    monkeypatch.setattr(runtime.EvalLog, "append", crash_at_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(_run_cfg(), tmp_path / "b", extra_callbacks=[Crash()])
+        run(_run_cfg(), tmp_path / "b")
+    monkeypatch.setattr(runtime.EvalLog, "append", append)
     assert [int(r["step"]) for r in _csv(tmp_path / "b" / "eval.csv")] == [0, 2]
-    run(_run_cfg(), tmp_path / "b")
+    assert SampleLog(tmp_path / "b" / "eval_samples").steps() == [0, 2, 4]
+    seen = []
+
+    class AtResume(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            if not seen:
+                seen.append(SampleLog(tmp_path / "b" / "eval_samples").steps())
+
+    run(_run_cfg(), tmp_path / "b", extra_callbacks=[AtResume()])
+    assert seen == [[0, 2]]  # the file of the lost evaluation went when the run resumed from step 2
     strip = lambda rows: [{k: v for k, v in r.items() if k != "eval/time_s"} for r in rows]  # noqa: E731
     assert strip(_csv(tmp_path / "b" / "eval.csv")) == strip(ev)
+    files = lambda run_dir: {p.name: p.read_bytes() for p in (run_dir / "eval_samples").iterdir()}  # noqa: E731
+    assert files(tmp_path / "b") == files(tmp_path / "a") and len(files(tmp_path / "a")) == 3

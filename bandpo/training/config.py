@@ -374,7 +374,17 @@ class EvalConfig:
     max_new_tokens: int = 0
     """Longest evaluated completion; 0: rollout.max_new_tokens."""
     micro_batch_size: int = 0
-    """Completions sampled at once per problem; 0: all n."""
+    """Completions of one problem sampled per sampler call, one call after another from the problem's generator;
+    0: all n at once. A sampling setting: it splits the problem's random stream, so it changes the samples."""
+    batch_size: int = 256
+    """Most sequences per sampler call: whole problems (their n samples, or ``micro_batch_size`` of them) are packed
+    into one batch, each drawing from its own generator, so the samples and numbers do not depend on it (with the
+    ``loop`` sampler; other samplers take one problem per call); 0: all of a process's problems of a set at once.
+    A memory and speed knob (on CPU the default is several times faster than one problem per call:
+    ``docs/training.md``)."""
+    save_samples: bool = True
+    """Write every evaluation's per-sample results beside ``eval.csv``, to ``eval_samples/step_<step>.jsonl.gz``
+    (``bandpo.training.evaluation.SampleLog``)."""
     seed: int = 0
     """Seed of the evaluation samples: problem i of set s draws from a generator seeded by (seed, s, i), so a
     checkpoint and a seed always give the same numbers, on any number of processes."""
@@ -393,6 +403,10 @@ class EvalConfig:
         _check(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
         _check(self.max_new_tokens >= 0, "eval.max_new_tokens", self.max_new_tokens, "must be >= 0")
         _check(self.micro_batch_size >= 0, "eval.micro_batch_size", self.micro_batch_size, "must be >= 0")
+        chunk = self.micro_batch_size if 0 < self.micro_batch_size < self.n else self.n
+        _check(self.batch_size == 0 or self.batch_size >= chunk, "eval.batch_size", self.batch_size,
+               f"must be 0 or hold one problem's samples per call ({chunk}: eval.n, or eval.micro_batch_size when "
+               "smaller; a smaller eval.micro_batch_size splits each problem, which changes its samples)")
 
 
 SECTIONS = {
@@ -453,9 +467,9 @@ class TrainConfig:
                    f"task {self.task.name!r} has no supervised targets (tasks with targets: {sorted(SFT_TASKS)}); "
                    "set it to 0")
         if self.eval.sets and self.trainer.strategy == "fsdp":
-            _fail("eval.sets", self.eval.sets, "held-out evaluation is not supported with trainer.strategy 'fsdp' "
-                  "(ranks evaluate different problems, so their sharded forward passes would not match); set "
-                  "eval.sets to [] or use ddp")
+            _check(self.rollout.sampler == "loop", "rollout.sampler", self.rollout.sampler,
+                   "held-out evaluation under trainer.strategy 'fsdp' runs the processes' forward passes in lock-step, "
+                   "which the 'loop' sampler does; use it or set eval.sets to []")
         if self.model.name_or_path is None and self.model.tokenizer is not None:
             _fail("model.tokenizer", self.model.tokenizer, "the tiny model uses the built-in character tokenizer")
 

@@ -16,22 +16,39 @@ problem with n samples of which c are correct:
 
 Each is averaged over the problems of a set (every problem weighs the same).
 
-Determinism and processes. Problem ``i`` of a set is sampled from its own generator seeded by
-``(seed, set name, i)``, in batches of one prompt repeated (no padding), so its samples depend only on the model,
-the seed and the sampling settings: not on which process evaluates it, nor on the other problems. With W
-processes, rank r evaluates problems r, r + W, ...; each rank writes its problems' scores into a zero table
-(problems x metrics), one all-reduce sums the tables, and every rank averages the full table in problem order. The
-sum only adds zeros, so the numbers are bit-identical to a single process's (tested with two gloo processes).
+Determinism and batching. Problem ``i`` of a set is sampled from its own generator seeded by ``(seed, set name, i)``
+(:func:`problem_seed`). Problems are sampled together, up to ``batch_size`` sequences per sampler call, and each
+problem's rows draw from its own generator (``bandpo.training.rollout.sample_loop_groups``), exactly the draws they
+get when the problem is sampled alone; so a problem's samples depend only on the model, the seed and the sampling
+settings (``micro_batch_size`` included, which splits a problem's stream): not on the batch size, on the other
+problems, or on which process evaluates it. The one caveat is the model's own batch invariance: padding and batch
+shape may change logits in their last bits, which changes a draw only if its uniform falls that close to a token
+boundary (on CPU, 100 x 8 samples of the tiny and testbed presets equal those of one problem per call).
+
+Processes. With W processes, rank r evaluates problems r, r + W, ...; each rank writes its problems' scores into a
+zero table (problems x metrics), one all-reduce sums the tables, and every rank averages the full table in problem
+order. The sum only adds zeros, so the numbers are bit-identical to a single process's (tested with two gloo
+processes). A sharded model (FSDP) makes every forward pass a collective, so ranks then sample in lock-step
+(``lockstep``): the same number of sampler calls (a rank with fewer problems pads with discarded calls) and of
+decoding steps (until every rank's rows are done); tested with torch's ``fully_shard`` on two gloo processes.
+
+Per-sample results (:data:`SAMPLE_COLUMNS`, :class:`SampleLog`): every evaluation's samples, gathered to every rank
+and sorted by set, problem and sample, go to one gzip JSON-lines file per evaluation step, written atomically;
+:func:`metrics_from_samples` recomputes the reported numbers from it, bit for bit.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
+import os
 import zlib
 from collections import Counter
 from fractions import Fraction
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -41,15 +58,23 @@ from .verifiers import Verdict, get_verifier
 __all__ = [
     "EvalSet",
     "EvalSetSpec",
+    "SAMPLE_COLUMNS",
+    "SampleLog",
     "build_eval_sets",
     "evaluate",
     "maj_at_k",
     "metric_names",
+    "metrics_from_samples",
     "parse_eval_set",
     "pass_at_k",
     "problem_scores",
     "problem_seed",
+    "problems_per_batch",
+    "read_samples",
     "sample_completions",
+    "sample_problems",
+    "sampler_calls",
+    "write_samples",
 ]
 
 
@@ -241,7 +266,116 @@ def problem_seed(seed: int, set_name: str, index: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _chunk(n: int, micro_batch_size: int) -> int:
+    """Samples of one problem drawn per sampler call (its generator's stream depends on this)."""
+    return micro_batch_size if 0 < micro_batch_size < n else n
+
+
+def problems_per_batch(n: int, micro_batch_size: int, batch_size: int, sampler: str) -> int:
+    """How many problems share one sampler call: ``batch_size // chunk`` (at least 1) with the ``loop`` sampler, where
+    chunk = ``micro_batch_size`` if it is in (0, n), else n; 0 for ``batch_size = 0`` (all of them). Other samplers
+    draw a batch from one generator, so they sample one problem per call."""
+    from .rollout import SAMPLERS, sample_loop
+
+    if SAMPLERS.get(sampler) is not sample_loop:
+        return 1
+    return max(1, batch_size // _chunk(n, micro_batch_size)) if batch_size > 0 else 0
+
+
+def sampler_calls(problems: int, n: int, micro_batch_size: int, batch_size: int, sampler: str) -> int:
+    """Sampler calls that :func:`sample_problems` makes for ``problems`` problems (the lock-step count)."""
+    per = problems_per_batch(n, micro_batch_size, batch_size, sampler) or max(problems, 1)
+    return -(-problems // per) * -(-n // _chunk(n, micro_batch_size))
+
+
 @torch.no_grad()
+def sample_problems(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    seeds: Sequence[int],
+    n: int,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    sampler: str = "loop",
+    micro_batch_size: int = 0,
+    batch_size: int = 0,
+    all_ranks: Optional[Callable[[bool], bool]] = None,
+    min_calls: int = 0,
+    pad_text: Optional[str] = None,
+) -> list:
+    """``n`` completions of each prompt text; prompt i draws from its own generator seeded with ``seeds[i]``.
+
+    Problems are sampled together, up to ``batch_size`` sequences per sampler call (0: all in one call), shortest
+    prompts first (less padding); each problem's n samples go in chunks of ``micro_batch_size`` (0: all n at
+    once), one chunk per call, from its generator in order. With the ``loop`` sampler each problem's rows draw
+    from its own generator (:func:`bandpo.training.rollout.sample_loop_groups`), so its completions are those it
+    gets sampled alone (:func:`sample_completions`), whatever the batch size or the other problems (up to the
+    model's batch invariance); other samplers take one problem per call.
+
+    Args:
+        all_ranks, min_calls: lock-step for a sharded model (FSDP): decode until every process is done
+            (``all_ranks(flag)`` is True iff ``flag`` is on every process) and make at least ``min_calls`` sampler
+            calls (the extra ones sample ``pad_text``, default the first text, once and discard it), so every
+            process makes the same forward passes.
+    Returns:
+        ``[(completions, lengths), ...]`` per text, in order: n decoded strings (special tokens removed) and their
+        token counts.
+    """
+    from .rollout import SAMPLERS, sample_loop, sample_loop_groups
+
+    if len(texts) != len(seeds):
+        raise ValueError(f"sample_problems needs one seed per text; got {len(texts)} texts and {len(seeds)} seeds")
+    device = next(model.parameters()).device
+    sample = SAMPLERS.get(sampler)
+    grouped = sample is sample_loop
+    if all_ranks is not None and not grouped:
+        raise ValueError(f"lock-step evaluation (FSDP) needs the 'loop' sampler, not {sampler!r}")
+    chunk = _chunk(n, micro_batch_size)
+    if min_calls and pad_text is None and not texts:
+        raise ValueError("lock-step sampling without prompts needs a pad_text")
+    ids = tokenizer(list(texts) + ([pad_text] if pad_text is not None else []), add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    per = problems_per_batch(n, micro_batch_size, batch_size, sampler) or max(len(texts), 1)
+    pad = tokenizer.pad_token_id
+    kw = dict(max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id, pad_id=pad, temperature=temperature,
+              top_p=top_p)
+
+    def call(batch: list, m: int, gens: list) -> tuple:
+        rows = [ids[i] for i in batch for _ in range(m)]
+        width = max(len(r) for r in rows)
+        prompt = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
+        prompt_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long,
+                                   device=device)
+        if grouped:
+            return sample_loop_groups(model, prompt, prompt_mask, generators=gens, all_ranks=all_ranks, **kw)
+        return sample(model, prompt, prompt_mask, generator=gens[0], **kw)
+
+    results = [([], []) for _ in texts]
+    calls = 0
+    for b in range(0, len(order), per):
+        batch = order[b:b + per]
+        gens = []
+        for i in batch:
+            gens.append(torch.Generator(device=device))
+            gens[-1].manual_seed(seeds[i])
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            out_ids, out_mask = call(batch, m, gens)
+            calls += 1
+            decoded = tokenizer.batch_decode(out_ids.masked_fill(out_mask == 0, pad), skip_special_tokens=True)
+            lengths = out_mask.sum(1).tolist()
+            for j, i in enumerate(batch):
+                results[i][0].extend(decoded[j * m:(j + 1) * m])
+                results[i][1].extend(lengths[j * m:(j + 1) * m])
+    while calls < min_calls:  # lock-step padding: the same forward passes as the busiest process
+        call([len(texts) if pad_text is not None else 0], 1, [torch.Generator(device=device)])
+        calls += 1
+    return results
+
+
 def sample_completions(
     model: Any,
     tokenizer: Any,
@@ -255,29 +389,15 @@ def sample_completions(
     sampler: str = "loop",
     micro_batch_size: int = 0,
 ) -> tuple:
-    """``n`` completions of one prompt text, drawn from a generator seeded with ``seed``.
+    """``n`` completions of one prompt text alone, drawn from a generator seeded with ``seed``
+    (:func:`sample_problems` for one problem: what the problem gets in any batch).
 
     Returns:
         ``(completions, lengths)``: n decoded strings (special tokens removed) and their token counts.
     """
-    from .rollout import SAMPLERS
-
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    sample = SAMPLERS.get(sampler)
-    size = micro_batch_size if micro_batch_size > 0 else n
-    completions, lengths = [], []
-    for start in range(0, n, size):
-        m = min(size, n - start)
-        enc = tokenizer([text] * m, return_tensors="pt", add_special_tokens=False)
-        ids, mask = sample(model, enc["input_ids"].to(device), enc["attention_mask"].to(device),
-                           max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
-                           pad_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p, generator=gen)
-        completions += tokenizer.batch_decode(ids.masked_fill(mask == 0, tokenizer.pad_token_id),
-                                              skip_special_tokens=True)
-        lengths += mask.sum(1).tolist()
-    return completions, lengths
+    return sample_problems(model, tokenizer, [text], [seed], n, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, sampler=sampler,
+                           micro_batch_size=micro_batch_size)[0]
 
 
 def evaluate(
@@ -293,18 +413,32 @@ def evaluate(
     top_p: float = 1.0,
     sampler: str = "loop",
     micro_batch_size: int = 0,
+    batch_size: int = 0,
     rank: int = 0,
     world: int = 1,
     all_reduce_sum: Optional[Callable[[Tensor], Tensor]] = None,
-) -> dict:
+    lockstep: Optional[Callable[[bool], bool]] = None,
+    all_gather: Optional[Callable[[list], list]] = None,
+    return_samples: bool = False,
+) -> Any:
     """Evaluate ``model`` on every set; returns ``{"eval/<set>/<metric>": float}`` (same on every rank).
 
     Args:
         n: samples per problem. ks: the k of pass@k / maj@k (n is always added; each must be <= n).
+        micro_batch_size, batch_size: samples of a problem per sampler call (0: n) and sequences per sampler call
+            across problems (0: all of this rank's problems of a set); see :func:`sample_problems`. The numbers
+            depend on ``micro_batch_size`` (it splits a problem's stream), not on ``batch_size``.
         rank, world, all_reduce_sum: this process's share (problems ``rank::world``) and a function summing a
             tensor over processes (required when ``world > 1``).
-    Metrics per set: ``mean@n``, ``pass@k``, ``maj@k`` (means over problems), ``length`` (mean completion tokens)
-    and ``problems`` (how many).
+        lockstep: for a sharded model (FSDP): ``lockstep(flag)`` is True iff ``flag`` is True on every process;
+            every process then makes the same forward passes (:func:`sample_problems`).
+        all_gather: ``all_gather(list)`` is the concatenation of every process's list (required with
+            ``return_samples`` and ``world > 1``).
+        return_samples: also return the per-sample records (see :data:`SAMPLE_COLUMNS`) of every process, sorted
+            by set (in ``sets`` order), problem and sample.
+    Returns:
+        the metrics, or ``(metrics, samples)`` with ``return_samples``. Metrics per set: ``mean@n``, ``pass@k``,
+        ``maj@k`` (means over problems), ``length`` (mean completion tokens) and ``problems`` (how many).
     """
     from .data import render_prompt
 
@@ -312,25 +446,41 @@ def evaluate(
         raise ValueError(f"eval k values {list(ks)} must lie in [1, n = {n}]")
     if world > 1 and all_reduce_sum is None:
         raise ValueError("evaluate with world > 1 needs all_reduce_sum")
+    if world > 1 and return_samples and all_gather is None:
+        raise ValueError("evaluate with world > 1 and return_samples needs all_gather")
     names = metric_names(n, ks)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: dict = {}
+    samples: list = []
     try:
-        for es in sets:
+        for s, es in enumerate(sets):
             verify = get_verifier(es.verifier)
             table = torch.zeros(len(es.problems), len(names), dtype=torch.float64, device=device)
-            for i in range(rank, len(es.problems), world):
+            mine = list(range(rank, len(es.problems), world))
+            texts = [render_prompt(tokenizer, es.problems[i]["prompt"], chat_template=es.chat_template) for i in mine]
+            seeds = [problem_seed(seed, es.name, i) for i in mine]
+            lock: dict = {}
+            if lockstep is not None and es.problems:  # as many sampler calls as rank 0, which has the most problems
+                lock = dict(all_ranks=lockstep, pad_text=texts[0] if texts else render_prompt(
+                    tokenizer, es.problems[0]["prompt"], chat_template=es.chat_template), min_calls=sampler_calls(
+                    len(range(0, len(es.problems), world)), n, micro_batch_size, batch_size, sampler))
+            drawn = sample_problems(model, tokenizer, texts, seeds, n, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, sampler=sampler,
+                                    micro_batch_size=micro_batch_size, batch_size=batch_size, **lock)
+            for i, seed_i, (completions, lengths) in zip(mine, seeds, drawn):
                 prob = es.problems[i]
-                text = render_prompt(tokenizer, prob["prompt"], chat_template=es.chat_template)
-                completions, lengths = sample_completions(
-                    model, tokenizer, text, n, max_new_tokens=max_new_tokens, seed=problem_seed(seed, es.name, i),
-                    temperature=temperature, top_p=top_p, sampler=sampler, micro_batch_size=micro_batch_size)
                 verdicts: list[Verdict] = [verify(c, prob["answer"]) for c in completions]
                 scores = problem_scores([v.correct for v in verdicts], [v.key for v in verdicts], ks)
                 scores["length"] = sum(lengths) / n
                 table[i] = torch.tensor([scores[m] for m in names], dtype=torch.float64)
+                if return_samples:
+                    samples += [{"set": es.name, "problem": i, "id": prob.get("id"), "sample": j,
+                                 "seed": seed_i,
+                                 "completion": c, "extracted": v.key, "answer": prob["answer"],
+                                 "correct": bool(v.correct), "tokens": int(t)}
+                                for j, (c, v, t) in enumerate(zip(completions, verdicts, lengths))]
             if world > 1:
                 table = all_reduce_sum(table)
             values = table.cpu().tolist()
@@ -339,4 +489,138 @@ def evaluate(
             out[f"eval/{es.name}/problems"] = float(len(es.problems))
     finally:
         model.train(was_training)
+    if not return_samples:
+        return out
+    if world > 1:
+        samples = all_gather(samples)
+    order = {es.name: s for s, es in enumerate(sets)}
+    samples.sort(key=lambda r: (order[r["set"]], r["problem"], r["sample"]))
+    return out, samples
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-sample results
+# ----------------------------------------------------------------------------------------------------------
+
+SAMPLE_COLUMNS = ("set", "problem", "id", "sample", "seed", "completion", "extracted", "answer", "correct", "tokens")
+"""The fields of one per-sample record, in file order: eval set name; problem index in the set; the problem's id
+(the set's ``id_column``; the index as text otherwise); sample index j in [0, n); the seed of the problem's generator
+(:func:`problem_seed`: sample j is the j-th of the n that :func:`sample_completions` draws from it); the decoded
+completion; the verifier's extracted answer (its vote in maj@k; null: no answer); the ground truth; the verdict;
+the completion's length in tokens."""
+
+
+def write_samples(path: Union[str, Path], samples: Sequence[dict]) -> Path:
+    """Write per-sample records as gzip-compressed JSON lines (fields :data:`SAMPLE_COLUMNS`), atomically.
+
+    The file is written to ``<path>.tmp``, flushed to disk and renamed over ``path``, so a reader (or a run resumed
+    after a kill) sees the whole previous file or the whole new one, never a part. The gzip header carries no time
+    or name, so the same records give the same bytes.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as f:
+            for r in samples:
+                f.write((json.dumps({k: r[k] for k in SAMPLE_COLUMNS}, ensure_ascii=False) + "\n").encode())
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_samples(path: Union[str, Path]) -> list:
+    """The records of a file written by :func:`write_samples`.
+
+    Raises:
+        ValueError: the file is not gzip JSON lines with the fields of :data:`SAMPLE_COLUMNS` (naming the file
+            and, for a bad row, its line).
+    """
+    path = Path(path)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise ValueError(f"per-sample file '{path}' is not readable gzip text: {e}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"per-sample file '{path}', line {number}: not JSON ({e})") from None
+        if not isinstance(row, dict) or set(row) != set(SAMPLE_COLUMNS):
+            raise ValueError(f"per-sample file '{path}', line {number}: expected the fields {list(SAMPLE_COLUMNS)}")
+        rows.append(row)
+    return rows
+
+
+class SampleLog:
+    """The per-sample files of a run: ``<folder>/step_<step, 6 digits>.jsonl.gz``, one per evaluation (``folder``
+    is ``eval_samples/`` beside ``eval.csv``).
+
+    Resume-safe: an evaluation replaces its step's file atomically (:func:`write_samples`), so repeating one after a
+    kill does not duplicate rows, and :meth:`keep_until` drops the files of evaluations newer than the checkpoint
+    being resumed (they are redone), like the rows of ``eval.csv``.
+    """
+
+    def __init__(self, folder: Union[str, Path]) -> None:
+        self.folder = Path(folder)
+
+    def path(self, step: int) -> Path:
+        return self.folder / f"step_{step:06d}.jsonl.gz"
+
+    def write(self, step: int, samples: Sequence[dict]) -> Path:
+        """Write (or replace) the file of the evaluation after RL step ``step``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return write_samples(self.path(step), samples)
+
+    def read(self, step: int) -> list:
+        return read_samples(self.path(step))
+
+    def steps(self) -> list:
+        """The steps that have a file, ascending."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(p.name[5:-9]) for p in self.folder.glob("step_*.jsonl.gz") if p.name[5:-9].isdigit())
+
+    def keep_until(self, step: Optional[int]) -> int:
+        """Delete the files of steps after ``step`` (every file for None: a fresh start) and any partly written
+        ``.tmp`` file. Returns how many step files were deleted."""
+        dropped = [s for s in self.steps() if step is None or s > step]
+        for s in dropped:
+            self.path(s).unlink()
+        if self.folder.is_dir():
+            for tmp in self.folder.glob("step_*.jsonl.gz.tmp"):
+                tmp.unlink()
+        return len(dropped)
+
+
+def metrics_from_samples(samples: Sequence[dict], ks: Sequence[int] = (1,)) -> dict:
+    """Recompute an evaluation's numbers from its per-sample records: ``{"eval/<set>/<metric>": float}`` with the
+    metrics of :func:`evaluate` (mean@n, pass@k, maj@k for each k and n, length, problems), each problem's n samples
+    in sample order, problems weighing the same. Equal, bit for bit, to what :func:`evaluate` reported (and
+    ``eval.csv`` holds) for the same records: an audit needs only the file.
+
+    Raises:
+        ValueError: problems with different numbers of samples, or sample indices that are not 0..n-1.
+    """
+    by_problem: dict = {}
+    for r in samples:
+        by_problem.setdefault(r["set"], {}).setdefault(r["problem"], []).append(r)
+    out: dict = {}
+    for name, problems in by_problem.items():
+        rows = []
+        for index in sorted(problems):
+            recs = sorted(problems[index], key=lambda r: r["sample"])
+            n = len(recs)
+            if [r["sample"] for r in recs] != list(range(n)):
+                raise ValueError(f"eval set {name!r}, problem {index}: sample indices are not 0..{n - 1}")
+            scores = problem_scores([r["correct"] for r in recs], [r["extracted"] for r in recs], ks)
+            scores["length"] = sum(r["tokens"] for r in recs) / n
+            rows.append(scores)
+        if len({len(r) for r in rows}) != 1 or len({next(iter(r)) for r in rows}) != 1:
+            raise ValueError(f"eval set {name!r}: problems have different numbers of samples")
+        for metric in rows[0]:
+            out[f"eval/{name}/{metric}"] = math.fsum(r[metric] for r in rows) / len(rows)
+        out[f"eval/{name}/problems"] = float(len(rows))
     return out

@@ -14,7 +14,8 @@ One ``training_step`` is one RL step:
    by ``bandpo.losses.reduce_metrics`` (the same function the bandit uses);
 4. **evaluate** (with ``eval.sets``): before the first step, every ``eval.every`` steps and after the last,
    ``bandpo.training.evaluation.evaluate`` samples ``eval.n`` completions per held-out problem (each rank its
-   share, reduced exactly) and appends mean@n / pass@k / maj@k per set to ``eval.csv`` (``step`` = RL steps done).
+   share, reduced exactly; in lock-step under FSDP) and appends mean@n / pass@k / maj@k per set to ``eval.csv``
+   (``step`` = RL steps done), after writing every sample to ``eval_samples/step_<step>.jsonl.gz``.
    Evaluation draws from its own generators, so it does not change what training samples.
 
 The module only wires pure functions (``bandpo.training.rollout``, ``bandpo.policy_loss``); its own state is the RL step
@@ -79,6 +80,15 @@ class _Clock(IterableDataset):
     def __iter__(self):
         while True:
             yield 0
+
+
+def _all_gather_lists(items: list) -> list:
+    """Every process's ``items``, concatenated in rank order (``torch.distributed.all_gather_object``)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -152,10 +162,12 @@ class BandPOModule(L.LightningModule):
         if self.rl_step >= self.cfg.trainer.max_steps:  # resumed a finished run: nothing to do
             self.trainer.should_stop = True
         if self.trainer.is_global_zero:
+            from .evaluation import SampleLog
             from .runtime import EvalLog
 
             # Evaluations after the checkpoint being resumed belong to lost work (a fresh run: all of them).
             EvalLog(self._eval_path()).keep_until(self.rl_step if self.rl_step > 0 else None)
+            SampleLog(self._samples_path()).keep_until(self.rl_step if self.rl_step > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Clock(), batch_size=None)
@@ -231,25 +243,41 @@ class BandPOModule(L.LightningModule):
     def _eval_path(self) -> Path:
         return Path(self.trainer.default_root_dir) / "eval.csv"
 
+    def _samples_path(self) -> Path:
+        return Path(self.trainer.default_root_dir) / "eval_samples"
+
     def evaluate_now(self, step: int) -> dict:
         """Evaluate the current policy on ``eval_sets`` (every rank its share; the numbers are reduced exactly),
-        append a row ``step`` to ``eval.csv`` (rank 0) and return the metrics (``eval/<set>/<metric>``)."""
-        from .evaluation import evaluate
+        write the per-sample file ``eval_samples/step_<step>.jsonl.gz`` (with ``eval.save_samples``) and then append a
+        row ``step`` to ``eval.csv`` (rank 0), and return the metrics (``eval/<set>/<metric>``).
+
+        Under FSDP every forward pass is a collective, so the ranks sample in lock-step (the same sampler calls and
+        decoding steps; ``bandpo.training.evaluation.sample_problems``). Evaluation runs inside ``training_step``,
+        where Lightning's FSDP root unit is gathered."""
+        from .evaluation import SampleLog, evaluate
 
         e, world = self.cfg.eval, self.trainer.world_size
+        strategy = self.trainer.strategy
+        lockstep = None
+        if world > 1 and self.cfg.trainer.strategy == "fsdp":
+            lockstep = lambda flag: bool(strategy.reduce_boolean_decision(flag, all=True))  # noqa: E731
         t0 = time.perf_counter()
-        out = evaluate(
+        result = evaluate(
             self.policy, self.tokenizer, self.eval_sets, n=e.n, ks=e.k, seed=e.seed, temperature=e.temperature,
             top_p=e.top_p, max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens,
-            sampler=self.cfg.rollout.sampler, micro_batch_size=e.micro_batch_size, rank=self.global_rank,
-            world=world,
-            all_reduce_sum=(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None,
+            sampler=self.cfg.rollout.sampler, micro_batch_size=e.micro_batch_size, batch_size=e.batch_size,
+            rank=self.global_rank, world=world,
+            all_reduce_sum=(lambda t: strategy.reduce(t, reduce_op="sum")) if world > 1 else None,
+            lockstep=lockstep, all_gather=_all_gather_lists if world > 1 else None, return_samples=e.save_samples,
         )
+        out, samples = result if e.save_samples else (result, None)
         out["eval/time_s"] = time.perf_counter() - t0
         self.last_eval = out
         if self.trainer.is_global_zero:
             from .runtime import EvalLog
 
+            if samples is not None:  # first: an eval.csv row always has its samples file
+                SampleLog(self._samples_path()).write(step, samples)
             EvalLog(self._eval_path()).append(step, out)
         return out
 

@@ -50,6 +50,7 @@ __all__ = [
     "rollout",
     "sample_hf_generate",
     "sample_loop",
+    "sample_loop_groups",
     "selective_logp",
     "sft_loss",
     "token_entropy",
@@ -199,6 +200,77 @@ def sample_loop(
         tokens.append(nxt)
         done = done | (nxt == eos_id)
         if t == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
+                    **{cache_kw: cache})
+    return _stack_and_mask_after_eos(tokens, eos_id, pad_id)
+
+
+@torch.no_grad()
+def sample_loop_groups(
+    model: Any,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    generators: Sequence[torch.Generator],
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    all_ranks: Optional[Callable[[bool], bool]] = None,
+) -> tuple:
+    """:func:`sample_loop` for ``S = len(generators)`` independent streams sampled in one batch.
+
+    The B rows are S contiguous groups of ``B // S`` rows; group s draws its tokens from ``generators[s]`` exactly as
+    :func:`sample_loop` draws for those rows alone (one ``torch.multinomial`` call per group and token, made only
+    while one of the group's rows is still running, so the generator ends where it would alone). A group's
+    completions therefore depend on its prompt, its generator and the model, not on the other groups, up to the
+    model's batch invariance: padding and batch shape may change logits in their last bits, which changes a draw
+    only when its uniform falls that close to a boundary between two tokens' cumulative probabilities.
+
+    Args:
+        prompt_ids, prompt_mask: (B, P), left-padded; B divisible by S.
+        all_ranks: for a sharded model (FSDP), whose every forward pass is a collective over the processes:
+            ``all_ranks(flag)`` is True iff ``flag`` is True on every process. Decoding then goes on until every
+            process's rows are done, so all processes make the same number of forward passes.
+    Returns:
+        ``(completion_ids, completion_mask)``, both (B, T) with T <= max_new_tokens.
+    """
+    from transformers import DynamicCache
+
+    B, S = prompt_ids.shape[0], len(generators)
+    if S < 1 or B % S:
+        raise ValueError(f"sample_loop_groups needs the {B} rows to split into len(generators) = {S} equal groups")
+    size = B // S
+    params = _forward_params(type(model))
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    mask = prompt_mask.long()
+    pos = position_ids(mask)
+    first = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache},
+                **first)
+    last_pos = pos[:, -1:]
+    done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+    running = [True] * S
+    tokens = []
+    for t in range(max_new_tokens):
+        probs = torch.softmax(top_p_filter(out.logits[:, -1].float() / temperature, top_p), dim=-1)
+        nxt = torch.full((B,), pad_id, dtype=torch.long, device=prompt_ids.device)
+        for s in (s for s in range(S) if running[s]):
+            rows = slice(s * size, (s + 1) * size)
+            nxt[rows] = torch.multinomial(probs[rows], 1, generator=generators[s]).squeeze(1)
+        nxt = nxt.masked_fill(done, pad_id)
+        tokens.append(nxt)
+        done = done | (nxt == eos_id)
+        running = (~done.view(S, size).all(1)).tolist()
+        finished = not any(running)
+        if all_ranks is not None:
+            finished = all_ranks(finished)
+        if t == max_new_tokens - 1 or finished:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last_pos = last_pos + 1
