@@ -169,14 +169,22 @@ def sample_loop(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: Optional[torch.Generator] = None,
+    share_prompts: bool = True,
 ) -> tuple:
     """Sample completions token by token with a KV cache, drawing from ``generator``.
 
     Next token ~ softmax(top_p_filter(z / temperature)). Rows stop after EOS (later tokens are ``pad_id``); the loop
     ends when every row has stopped or after ``max_new_tokens``.
 
+    With ``share_prompts``, a prompt that occurs in several rows (a group's G completions, the n samples of an
+    evaluated problem) goes through the model once: the prompt forward runs on the distinct rows and their KV cache
+    and last logits are copied to the repeats. Rows of a batch never interact, so the cache and the logits, hence
+    the draws, are those of the forward over every row (bitwise on CPU, ``tests/test_train_speed.py``); the
+    prompt forward costs 1/G of its FLOPs.
+
     Args:
         prompt_ids, prompt_mask: (B, P), left-padded.
+        share_prompts: run each distinct prompt row once (False: every row, the reference).
     Returns:
         ``(completion_ids, completion_mask)``, both (B, T) with T <= max_new_tokens.
     """
@@ -188,13 +196,25 @@ def sample_loop(
     mask = prompt_mask.long()
     pos = position_ids(mask)
     first = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache},
-                **first)
+    first_ids, first_mask, first_pos, repeat = prompt_ids, mask, pos, None
+    if share_prompts and prompt_ids.shape[0] > 1:
+        P = prompt_ids.shape[1]
+        distinct, inverse = torch.unique(torch.cat([prompt_ids, mask], dim=1), dim=0, return_inverse=True)
+        # One distinct row of one token would be a matrix-vector product, whose rounding differs: keep every row.
+        if distinct.shape[0] < prompt_ids.shape[0] and distinct.shape[0] * P >= 2:
+            first_ids, first_mask, repeat = distinct[:, :P], distinct[:, P:], inverse
+            first_pos = position_ids(first_mask)
+    out = model(input_ids=first_ids, attention_mask=first_mask, position_ids=first_pos, use_cache=True,
+                **{cache_kw: cache}, **first)
+    logits = out.logits[:, -1]
+    if repeat is not None:
+        cache.reorder_cache(repeat)
+        logits = logits[repeat]
     last_pos = pos[:, -1:]
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     tokens = []
     for t in range(max_new_tokens):
-        logits = top_p_filter(out.logits[:, -1].float() / temperature, top_p)
+        logits = top_p_filter(logits.float() / temperature, top_p)
         nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
         nxt = nxt.masked_fill(done, pad_id)
         tokens.append(nxt)
@@ -205,6 +225,7 @@ def sample_loop(
         last_pos = last_pos + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
                     **{cache_kw: cache})
+        logits = out.logits[:, -1]
     return _stack_and_mask_after_eos(tokens, eos_id, pad_id)
 
 
@@ -579,7 +600,7 @@ def warm_start(
     ``{"loss", "token_accuracy", "sequence_accuracy"}``.
     """
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, foreach=True)  # = the per-tensor loop
     stats = {"loss": float("nan"), "token_accuracy": 0.0, "sequence_accuracy": 0.0, "steps": steps}
     for step in range(steps):
         loss, tok_acc, seq_acc = sft_loss(model, tokenizer, sft_rows(step, batch_size))
