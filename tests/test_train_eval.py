@@ -493,6 +493,29 @@ def test_two_gloo_processes_plain_and_sharded_give_the_single_process_results_bi
     assert float.fromhex(single["metrics"]["eval/heldout/mean@8"]) > 0 and len(samples) == (12 + 5) * 8
 
 
+_DDP_EVAL = {"rollout.prompts_per_step": 4, "trainer.max_steps": 1, "eval.every": 0, "eval.at_end": False,
+             "trainer.accelerator": "cpu"}
+
+
+@pytest.mark.slow
+def test_trainer_evaluation_under_ddp_equals_one_process(tmp_path):
+    """A 2-process DDP run (Lightning's launcher, gloo): its evaluation before training (after the same warm-start)
+    has the single-process run's eval.csv numbers and, gathered from both ranks, the same per-sample file bytes."""
+    from bandpo.training.cli import run
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, __file__, "--ddp-eval", str(tmp_path / "ddp")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run(_run_cfg(**_DDP_EVAL), tmp_path / "one")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "MEMBER: 2/2" in out
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "eval/time_s"} for r in rows]  # noqa: E731
+    assert strip(_csv(tmp_path / "ddp" / "eval.csv")) == strip(_csv(tmp_path / "one" / "eval.csv"))
+    one, ddp = (SampleLog(tmp_path / d / "eval_samples").path(0).read_bytes() for d in ("one", "ddp"))
+    assert one == ddp and len(SampleLog(tmp_path / "ddp" / "eval_samples").read(0)) == 10 * 4
+
+
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--gloo":
     Path(sys.argv[5]).mkdir(parents=True, exist_ok=True)
     _gloo_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
@@ -572,9 +595,16 @@ def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training
             if not seen:
                 seen.append(SampleLog(tmp_path / "b" / "eval_samples").steps())
 
-    run(_run_cfg(), tmp_path / "b", extra_callbacks=[AtResume()])
+    # Resumed with one problem per sampler call instead of 256 sequences (a speed setting a resume may change).
+    run(_run_cfg(**{"eval.batch_size": 4}), tmp_path / "b", extra_callbacks=[AtResume()])
     assert seen == [[0, 2]]  # the file of the lost evaluation went when the run resumed from step 2
     strip = lambda rows: [{k: v for k, v in r.items() if k != "eval/time_s"} for r in rows]  # noqa: E731
     assert strip(_csv(tmp_path / "b" / "eval.csv")) == strip(ev)
     files = lambda run_dir: {p.name: p.read_bytes() for p in (run_dir / "eval_samples").iterdir()}  # noqa: E731
     assert files(tmp_path / "b") == files(tmp_path / "a") and len(files(tmp_path / "a")) == 3
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp-eval":
+    from bandpo.training.cli import run
+
+    run(_run_cfg(**_DDP_EVAL, **{"trainer.devices": 2, "trainer.strategy": "ddp"}), sys.argv[2])

@@ -26,8 +26,8 @@ and the command exits with 128 + the signal number (143, 130). Bad paths, config
 one line (``bandpo.training: error: ...``, exit status 2).
 
 Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` (only
-``trainer.max_steps``, ``progress_bar``, ``num_threads``, ``checkpoint_every``, ``eval.every`` and ``eval.at_end``
-may differ from the saved config: ``RESUMABLE_CHANGES``). Rows of steps after the checkpoint (done by a killed process, whose updates were lost) are dropped and
+``trainer.max_steps``, ``progress_bar``, ``num_threads``, ``checkpoint_every``, ``eval.every``, ``eval.at_end``,
+``eval.batch_size`` and ``eval.save_samples`` may differ from the saved config: ``RESUMABLE_CHANGES``). Rows of steps after the checkpoint (done by a killed process, whose updates were lost) are dropped and
 recomputed; every earlier row is kept and new rows are appended. On CPU with a fixed seed the resumed metrics
 equal those of an uninterrupted run (timing columns aside).
 """
@@ -51,7 +51,7 @@ from .config import SECTIONS, TrainConfig, field_docs, list_presets, load_config
 __all__ = ["build_policy", "build_tokenizer", "check_inputs", "dry_run_config", "main", "run"]
 
 RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every",
-                     "eval.every", "eval.at_end"}
+                     "eval.every", "eval.at_end", "eval.batch_size", "eval.save_samples"}
 """Config keys that may differ between a run and its resumption."""
 
 ALIASES = {
