@@ -246,3 +246,19 @@ def test_documented_command_line_uses_openrlhf_flags():
     cli = (Path(openrlhf.__file__).parent / "cli" / "train_ppo_ray.py").read_text()
     for flag in flags:
         assert f'"{flag}"' in cli, flag
+
+
+def test_a_new_row_of_the_method_table_flows_through_by_id(orl):
+    from bandpo.integrations import _common
+    from bandpo.losses import Clip, Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_clip", Clip(0.1, 0.3), 10.0, "test", "a row added after import"))
+    try:
+        loss_fn = orl.plugin.BandPOPolicyLoss("plugin_test_clip", dual_clip=10.0, token_level_loss=False)
+        old, logp, adv, mask = _tensors(seed=9)
+        loss = loss_fn(logp, old, adv, action_mask=mask)[0]
+        ref, metrics = _common.policy_loss(logp, old, adv, mask, method="plugin_test_clip", dual_clip=10.0)
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+        assert float(metrics["clip_ratio/region_mean"]) > 0
+    finally:
+        unregister_method("plugin_test_clip")

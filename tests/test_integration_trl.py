@@ -300,3 +300,16 @@ def test_delta_schedule_follows_trls_optimiser_step(trainer, monkeypatch, tmp_pa
         lower, upper = _common.bounds(old, "band_kl", delta=delta)
         torch.testing.assert_close(seen["lower"][valid], lower[valid], rtol=1e-6, atol=0)
         torch.testing.assert_close(seen["upper"][valid], upper[valid], rtol=1e-6, atol=0)
+
+
+def test_a_new_row_of_the_method_table_flows_through_by_id(trainer, monkeypatch):
+    """The plug-in names no method list of its own: a clip method registered later trains by its id."""
+    from bandpo.losses import Clip, Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_clip", Clip(0.1, 0.3), 10.0, "test", "a row added after import"))
+    try:
+        test_loss_gradient_and_clip_metrics_match_bandpo_policy_loss(
+            trainer, monkeypatch, "plugin_test_clip", {}, "grpo", "seq-mean-token-mean"
+        )
+    finally:
+        unregister_method("plugin_test_clip")

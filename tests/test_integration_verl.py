@@ -387,3 +387,26 @@ def test_dual_clip_must_be_a_dual_clip():
     old, logp, adv, mask = _tensors()
     with pytest.raises(ValueError, match="dual_clip"):
         get_policy_loss_fn("bandpo")(old_log_prob=old, log_prob=logp, advantages=adv, response_mask=mask, config=cfg)
+
+
+def test_a_new_row_of_the_method_table_becomes_a_mode():
+    """Modes are made from bandpo.list_methods(): a method registered later is a mode after register_modes()."""
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    from bandpo.integrations.verl import register_modes
+    from bandpo.losses import Band, Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_band", Band("js", 0.1), 10.0, "test", "a row added after import"))
+    try:
+        assert "bandpo_plugin_test_band" in register_modes()
+        cfg = _actor("actor_rollout_ref.actor.clip_ratio_c=10.0")
+        old, logp, adv, mask = _tensors(seed=8)
+        loss, _ = get_policy_loss_fn("bandpo_plugin_test_band")(
+            old_log_prob=old, log_prob=logp, advantages=adv, response_mask=mask, loss_agg_mode="token-mean", config=cfg,
+        )
+        ref, metrics = _common.policy_loss(logp, old, adv, mask, method="band_js", dual_clip=10.0, agg="token-mean", delta=0.1)
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+        assert float(metrics["clip_ratio/region_mean"]) > 0
+    finally:
+        unregister_method("plugin_test_band")
+        POLICY_LOSS_REGISTRY.pop("bandpo_plugin_test_band", None)
