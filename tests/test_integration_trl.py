@@ -266,14 +266,35 @@ def test_trl_clip_ratio_keys_count_by_bandpos_definition(trainer, monkeypatch):
     assert int(trl_high.sum()) == int(high.sum()) - 1
 
 
-def test_kl_term_is_the_papers_plain_k3_by_default(tmp_path):
-    """TRL 1.16 multiplies its KL by the ratio unless use_bias_correction_kl=False; the plug-in defaults to False."""
-    assert _config(tmp_path).use_bias_correction_kl is False
-    assert _config(tmp_path, use_bias_correction_kl=True).use_bias_correction_kl is True
+def test_kl_term_is_the_papers_plain_k3_by_default(trainer, monkeypatch, tmp_path):
+    """TRL 1.16 multiplies its KL by the ratio unless use_bias_correction_kl=False; the plug-in defaults to False,
+    so TRL's loss is bandpo's plus beta times the plain k3 estimator (seq-mean-token-mean, as loss_type grpo)."""
     from pathlib import Path
 
+    from bandpo.losses import aggregate
+
+    assert _config(tmp_path).use_bias_correction_kl is False and trainer.args.use_bias_correction_kl is False
+    assert _config(tmp_path, use_bias_correction_kl=True).use_bias_correction_kl is True
     doc = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
     assert "`use_bias_correction_kl=False`" in doc
+
+    inputs, logp_now = _fixed_inputs(trainer, seed=11)
+    ref_logp = (logp_now + torch.empty_like(logp_now).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))).clamp(max=0)
+    inputs["ref_per_token_logps"] = ref_logp
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
+    monkeypatch.setattr(trainer, "beta", 0.1)
+    loss = trainer._compute_loss(trainer.model, inputs)
+    mask = inputs["completion_mask"]
+    adv = inputs["advantages"].unsqueeze(1).expand_as(logp_now)
+    ref, _ = _common.policy_loss(logp_now, inputs["old_per_token_logps"], adv, mask, method="band_kl", dual_clip=10.0,
+                                 max_ratio=10.0)
+    k3 = torch.exp(ref_logp - logp_now) - (ref_logp - logp_now) - 1
+    torch.testing.assert_close(loss, ref + 0.1 * aggregate(k3, mask, "seq-mean-token-mean"), rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(trainer.args, "use_bias_correction_kl", True)  # TRL's default: k3 times the ratio
+    ratio = torch.exp(logp_now - inputs["old_per_token_logps"])
+    weighted = ref + 0.1 * aggregate(k3 * ratio, mask, "seq-mean-token-mean")
+    assert float((weighted - loss).abs()) > 1e-4
+    torch.testing.assert_close(trainer._compute_loss(trainer.model, inputs), weighted, rtol=1e-6, atol=1e-7)
 
 
 def test_delta_schedule_follows_trls_optimiser_step(trainer, monkeypatch, tmp_path):
