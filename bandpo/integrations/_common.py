@@ -4,6 +4,10 @@ The plug-ins name a bounds method by its id (``bandpo.list_methods()``: ``clip``
 ``band_kl``, ``band_tv``, ...) and pass the method's settings (``bandpo.losses.method_settings(method)``:
 ``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max``, ``max_ratio``, and ``tis_cap`` for DPPO's mask
 methods). The numbers come from bandpo's own ``bounds``, ``surrogate`` and ``loss_metrics``, never from a copy here.
+No list of ids is kept here: whatever ``bandpo.list_methods()`` holds at the call is accepted, so a row added to the
+method table reaches every plug-in that can express its surrogate. A setting the id names (``divergence``: ``band_kl``
+is the KL band) cannot be overridden to another value (:func:`method_settings`), and a δ schedule is built from the
+``delta_schedule``/``delta_end``/``delta_steps`` fields every plug-in shares (:func:`schedule_settings`).
 
 Mask methods (``dppo_kl``, ``dppo_tv``: DPPO, arXiv 2602.04879) need bandpo's own per-token surrogate: the verl
 plug-in computes it and supports them; the TRL and OpenRLHF plug-ins drive their framework's own clipped surrogate
@@ -93,7 +97,9 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
     """The settings given for ``method``, ``None`` values dropped (the method's defaults then apply).
 
     A setting the method does not use (``bandpo.losses.method_settings(method)`` lists the ones it does) is
-    refused, so a typo or a mismatched recipe fails loudly.
+    refused, so a typo or a mismatched recipe fails loudly; so is a ``divergence`` other than the one the id names
+    (``band_kl`` with ``divergence="tv"`` would train the TV band under the KL band's name), naming the ids of the
+    same kind that have it.
     """
     check_method(method)
     unknown = set(settings) - set(_SETTING_NAMES)
@@ -108,7 +114,12 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
         )
     for name in _IDENTITY_SETTINGS:
         if name in given and given[name] != own[name]:
-            same = [m for m in list_methods() if _losses.get_method(m).settings().get(name) == given[name]]
+            spec = _losses.get_method(method)
+            same = [
+                m for m in list_methods()
+                if _losses.get_method(m).settings().get(name) == given[name]
+                and type(_losses.get_method(m).bounds) is type(spec.bounds) and _losses.get_method(m).surrogate == spec.surrogate
+            ]
             hint = f"use {' or '.join(map(repr, same))}" if same else "register a method with it"
             raise ValueError(
                 f"method {method!r} has {name} {own[name]!r} but {name}={given[name]!r} was given: {hint} "
