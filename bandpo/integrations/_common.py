@@ -37,6 +37,7 @@ __all__ = [
     "clipped_tokens",
     "list_methods",
     "method_form",
+    "merge_settings",
     "method_settings",
     "policy_loss",
     "schedule_settings",
@@ -44,7 +45,8 @@ __all__ = [
     "surrogate",
 ]
 
-_SETTING_NAMES = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio", "tis_cap")
+NAMED_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio", "tis_cap")
+"""Settings each plug-in has a field or argument for; any other setting of a method goes in its ``settings`` dict."""
 
 _IDENTITY_SETTINGS = ("divergence",)
 """Settings a method id names (``band_kl`` is the KL band): giving another value contradicts the id."""
@@ -102,9 +104,6 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
     same kind that have it.
     """
     check_method(method)
-    unknown = set(settings) - set(_SETTING_NAMES)
-    if unknown:
-        raise ValueError(f"unknown BandPO setting(s) {sorted(unknown)}; allowed: {', '.join(_SETTING_NAMES)}")
     given = {k: v for k, v in settings.items() if v is not None}
     own = _losses.get_method(method).settings()
     extra = set(given) - set(own)
@@ -126,6 +125,20 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
                 f"(or leave {name} unset)"
             )
     return given
+
+
+def merge_settings(named: dict[str, Any], extra: Optional[dict[str, Any]], field: str, prefix: str = "") -> dict[str, Any]:
+    """``named`` (a plug-in's own fields) plus ``extra`` (its dict field ``field``, for a method's other settings).
+
+    A one-line ValueError if ``extra`` is not a dict of names or repeats a named setting (then set ``prefix + name``)."""
+    if extra is None:
+        return dict(named)
+    if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+        raise ValueError(f"{field} must be a dict of method settings by name, got {extra!r}")
+    clash = sorted(set(extra) & set(NAMED_SETTINGS))
+    if clash:
+        raise ValueError(f"{field} repeats {', '.join(clash)}: set {' and '.join(prefix + c for c in clash)} instead")
+    return {**named, **extra}
 
 
 def schedule_settings(
