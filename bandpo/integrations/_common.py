@@ -114,10 +114,10 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
     for name in _IDENTITY_SETTINGS:
         if name in given and given[name] != own[name]:
             spec = _losses.get_method(method)
+            kind = (type(spec.bounds), spec.surrogate)
             same = [
-                m for m in list_methods()
-                if _losses.get_method(m).settings().get(name) == given[name]
-                and type(_losses.get_method(m).bounds) is type(spec.bounds) and _losses.get_method(m).surrogate == spec.surrogate
+                m for m, other in ((m, _losses.get_method(m)) for m in list_methods())
+                if other.settings().get(name) == given[name] and (type(other.bounds), other.surrogate) == kind
             ]
             hint = f"use {' or '.join(map(repr, same))}" if same else "register a method with it"
             raise ValueError(

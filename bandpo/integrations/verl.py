@@ -36,8 +36,8 @@ C truncates (as verl's own ``dppo_*`` losses report). The threshold is the metho
 Settings: with the stock ``PolicyLossConfig`` a mode uses the paper's defaults (BandPO-KL: δ = 0.05, cap 10,
 arXiv 2603.04918); :class:`BandPOPolicyLossConfig` (select it with ``policy_loss._target_``) adds ``method``,
 ``divergence``, ``delta``, ``delta_schedule``/``delta_end``/``delta_steps``, ``eps_low``, ``eps_high``, ``r_max``,
-``max_ratio``, ``tis_cap`` and ``settings`` (a dict of any other setting of the method, by name). verl's ``clip_ratio``, ``clip_ratio_low`` and ``clip_ratio_high`` are not read by these
-modes (the method's own eps are).
+``max_ratio``, ``tis_cap`` and ``settings`` (a dict of any other setting of the method, by name). verl's
+``clip_ratio``, ``clip_ratio_low`` and ``clip_ratio_high`` are not read by these modes (the method's own eps are).
 
 Methods: a mode per id of ``bandpo.list_methods()`` at import, so a row added to bandpo's method table is a mode
 without a change here; each computes its per-token loss with ``bandpo.losses.surrogate`` (the method's own form).
