@@ -11,6 +11,7 @@ what OpenRLHF 0.11.2's does with the loss and ``experience.info``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -246,3 +247,50 @@ def test_documented_command_line_uses_openrlhf_flags():
     cli = (Path(openrlhf.__file__).parent / "cli" / "train_ppo_ray.py").read_text()
     for flag in flags:
         assert f'"{flag}"' in cli, flag
+
+
+def test_a_new_row_of_the_method_table_flows_through_by_id(orl):
+    from bandpo.integrations import _common
+    from bandpo.losses import Clip, Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_clip", Clip(0.1, 0.3), 10.0, "test", "a row added after import"))
+    try:
+        loss_fn = orl.plugin.BandPOPolicyLoss("plugin_test_clip", dual_clip=10.0, token_level_loss=False)
+        old, logp, adv, mask = _tensors(seed=9)
+        loss = loss_fn(logp, old, adv, action_mask=mask)[0]
+        ref, metrics = _common.policy_loss(logp, old, adv, mask, method="plugin_test_clip", dual_clip=10.0)
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+        assert float(metrics["clip_ratio/region_mean"]) > 0
+    finally:
+        unregister_method("plugin_test_clip")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Width:
+    """A bounds rule with a setting no plug-in has a field for: [1 - width, 1 + width]."""
+
+    width: float = 0.3
+
+    def __call__(self, old_logp, *, step=None):
+        ones = torch.ones_like(old_logp)
+        return ones * (1 - self.width), ones * (1 + self.width)
+
+
+@pytest.fixture
+def width_method():
+    from bandpo.losses import Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_width", _Width(), 10.0, "test", "a row with its own setting"))
+    yield "plugin_test_width"
+    unregister_method("plugin_test_width")
+
+
+def test_a_rows_own_settings_go_through_settings(orl, width_method):
+    from bandpo.integrations import _common
+
+    loss_fn = orl.plugin.BandPOPolicyLoss(width_method, settings={"width": 0.1}, dual_clip=10.0)
+    old, logp, adv, mask = _tensors(seed=12)
+    ref, _ = _common.policy_loss(logp, old, adv, mask, method=width_method, dual_clip=10.0, width=0.1)
+    torch.testing.assert_close(loss_fn(logp, old, adv, action_mask=mask)[0], ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="settings repeats delta: set delta instead"):
+        orl.plugin.BandPOPolicyLoss(width_method, settings={"delta": 0.1})

@@ -3,6 +3,7 @@ and the refusals (docs/integrations.md). Skipped when TRL is not installed (`mak
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -266,14 +267,35 @@ def test_trl_clip_ratio_keys_count_by_bandpos_definition(trainer, monkeypatch):
     assert int(trl_high.sum()) == int(high.sum()) - 1
 
 
-def test_kl_term_is_the_papers_plain_k3_by_default(tmp_path):
-    """TRL 1.16 multiplies its KL by the ratio unless use_bias_correction_kl=False; the plug-in defaults to False."""
-    assert _config(tmp_path).use_bias_correction_kl is False
-    assert _config(tmp_path, use_bias_correction_kl=True).use_bias_correction_kl is True
+def test_kl_term_is_the_papers_plain_k3_by_default(trainer, monkeypatch, tmp_path):
+    """TRL 1.16 multiplies its KL by the ratio unless use_bias_correction_kl=False; the plug-in defaults to False,
+    so TRL's loss is bandpo's plus beta times the plain k3 estimator (seq-mean-token-mean, as loss_type grpo)."""
     from pathlib import Path
 
+    from bandpo.losses import aggregate
+
+    assert _config(tmp_path).use_bias_correction_kl is False and trainer.args.use_bias_correction_kl is False
+    assert _config(tmp_path, use_bias_correction_kl=True).use_bias_correction_kl is True
     doc = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
     assert "`use_bias_correction_kl=False`" in doc
+
+    inputs, logp_now = _fixed_inputs(trainer, seed=11)
+    ref_logp = (logp_now + torch.empty_like(logp_now).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))).clamp(max=0)
+    inputs["ref_per_token_logps"] = ref_logp
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
+    monkeypatch.setattr(trainer, "beta", 0.1)
+    loss = trainer._compute_loss(trainer.model, inputs)
+    mask = inputs["completion_mask"]
+    adv = inputs["advantages"].unsqueeze(1).expand_as(logp_now)
+    ref, _ = _common.policy_loss(logp_now, inputs["old_per_token_logps"], adv, mask, method="band_kl", dual_clip=10.0,
+                                 max_ratio=10.0)
+    k3 = torch.exp(ref_logp - logp_now) - (ref_logp - logp_now) - 1
+    torch.testing.assert_close(loss, ref + 0.1 * aggregate(k3, mask, "seq-mean-token-mean"), rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(trainer.args, "use_bias_correction_kl", True)  # TRL's default: k3 times the ratio
+    ratio = torch.exp(logp_now - inputs["old_per_token_logps"])
+    weighted = ref + 0.1 * aggregate(k3 * ratio, mask, "seq-mean-token-mean")
+    assert float((weighted - loss).abs()) > 1e-4
+    torch.testing.assert_close(trainer._compute_loss(trainer.model, inputs), weighted, rtol=1e-6, atol=1e-7)
 
 
 def test_delta_schedule_follows_trls_optimiser_step(trainer, monkeypatch, tmp_path):
@@ -300,3 +322,46 @@ def test_delta_schedule_follows_trls_optimiser_step(trainer, monkeypatch, tmp_pa
         lower, upper = _common.bounds(old, "band_kl", delta=delta)
         torch.testing.assert_close(seen["lower"][valid], lower[valid], rtol=1e-6, atol=0)
         torch.testing.assert_close(seen["upper"][valid], upper[valid], rtol=1e-6, atol=0)
+
+
+def test_a_new_row_of_the_method_table_flows_through_by_id(trainer, monkeypatch):
+    """The plug-in names no method list of its own: a clip method registered later trains by its id."""
+    from bandpo.losses import Clip, Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_clip", Clip(0.1, 0.3), 10.0, "test", "a row added after import"))
+    try:
+        test_loss_gradient_and_clip_metrics_match_bandpo_policy_loss(
+            trainer, monkeypatch, "plugin_test_clip", {}, "grpo", "seq-mean-token-mean"
+        )
+    finally:
+        unregister_method("plugin_test_clip")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Width:
+    """A bounds rule with a setting no plug-in has a field for: [1 - width, 1 + width]."""
+
+    width: float = 0.3
+
+    def __call__(self, old_logp, *, step=None):
+        ones = torch.ones_like(old_logp)
+        return ones * (1 - self.width), ones * (1 + self.width)
+
+
+@pytest.fixture
+def width_method():
+    from bandpo.losses import Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_width", _Width(), 10.0, "test", "a row with its own setting"))
+    yield "plugin_test_width"
+    unregister_method("plugin_test_width")
+
+
+def test_a_rows_own_settings_go_through_bandpo_extra_settings(tmp_path, width_method):
+    cfg = _config(tmp_path, bandpo_method=width_method, bandpo_extra_settings='{"width": 0.1}')
+    assert cfg.bandpo_settings() == {"width": 0.1, "max_ratio": 10.0}
+    assert _config(tmp_path, bandpo_method=width_method, bandpo_extra_settings={"width": 0.2}).bandpo_settings()["width"] == 0.2
+    for extra, match in (({"delta": 0.1}, "bandpo_extra_settings repeats delta: set bandpo_delta instead"),
+                         ({"widht": 0.1}, "does not use widht"), ("{", "must be a JSON object")):
+        with pytest.raises(ValueError, match=match):
+            _config(tmp_path, bandpo_method=width_method, bandpo_extra_settings=extra)

@@ -5,6 +5,7 @@ Skipped when verl is not installed (`make test` installs it with ``pip install -
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import subprocess
@@ -387,3 +388,71 @@ def test_dual_clip_must_be_a_dual_clip():
     old, logp, adv, mask = _tensors()
     with pytest.raises(ValueError, match="dual_clip"):
         get_policy_loss_fn("bandpo")(old_log_prob=old, log_prob=logp, advantages=adv, response_mask=mask, config=cfg)
+
+
+def test_a_new_row_of_the_method_table_becomes_a_mode():
+    """Modes are made from bandpo.list_methods(): a method registered later is a mode after register_modes()."""
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    from bandpo.integrations.verl import register_modes
+    from bandpo.losses import Band, Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_band", Band("js", 0.1), 10.0, "test", "a row added after import"))
+    try:
+        assert "bandpo_plugin_test_band" in register_modes()
+        cfg = _actor("actor_rollout_ref.actor.clip_ratio_c=10.0")
+        old, logp, adv, mask = _tensors(seed=8)
+        loss, _ = get_policy_loss_fn("bandpo_plugin_test_band")(
+            old_log_prob=old, log_prob=logp, advantages=adv, response_mask=mask, loss_agg_mode="token-mean", config=cfg,
+        )
+        ref, metrics = _common.policy_loss(logp, old, adv, mask, method="band_js", dual_clip=10.0, agg="token-mean", delta=0.1)
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+        assert float(metrics["clip_ratio/region_mean"]) > 0
+    finally:
+        unregister_method("plugin_test_band")
+        POLICY_LOSS_REGISTRY.pop("bandpo_plugin_test_band", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Width:
+    """A bounds rule with a setting no plug-in has a field for: [1 - width, 1 + width]."""
+
+    width: float = 0.3
+
+    def __call__(self, old_logp, *, step=None):
+        ones = torch.ones_like(old_logp)
+        return ones * (1 - self.width), ones * (1 + self.width)
+
+
+@pytest.fixture
+def width_method():
+    from bandpo.losses import Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_width", _Width(), 10.0, "test", "a row with its own setting"))
+    yield "plugin_test_width"
+    unregister_method("plugin_test_width")
+
+
+def test_a_rows_own_settings_go_through_policy_loss_settings(width_method):
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    from bandpo.integrations.verl import register_modes
+
+    register_modes()
+    try:
+        cfg = _actor(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_{width_method}", BANDPO_CFG,
+            "+actor_rollout_ref.actor.policy_loss.settings.width=0.1", "actor_rollout_ref.actor.clip_ratio_c=10.0",
+        )
+        old, logp, adv, mask = _tensors(seed=10)
+        loss, _ = get_policy_loss_fn(f"bandpo_{width_method}")(
+            old_log_prob=old, log_prob=logp, advantages=adv, response_mask=mask, loss_agg_mode="token-mean", config=cfg,
+        )
+        ref, _ = _common.policy_loss(logp, old, adv, mask, method=width_method, dual_clip=10.0, agg="token-mean", width=0.1)
+        other, _ = _common.policy_loss(logp, old, adv, mask, method=width_method, dual_clip=10.0, agg="token-mean")
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(ref, other)  # the setting changed the loss
+        with pytest.raises(ValueError, match="policy_loss.settings repeats delta: set policy_loss.delta instead"):
+            BandPOPolicyLossConfig(loss_mode="bandpo", settings={"delta": 0.1})
+    finally:
+        POLICY_LOSS_REGISTRY.pop(f"bandpo_{width_method}", None)

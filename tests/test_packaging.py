@@ -10,6 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,44 +61,52 @@ def test_import_bandpo_stays_light():
     assert out.stdout.strip() == ""
 
 
-def test_wheel_install_line_of_docs_integrations(tmp_path):
-    """docs/integrations.md installs bandpo from a built wheel (it is not on the package index). Build the wheel as
-    written (``pip wheel . --no-deps``, here without build isolation: no network), then check that its metadata
-    declares every plug-in extra with its pins, that it carries the package data (presets, the verl recipe) and the
-    verl entry point, and that it installs (``--no-index --no-deps``) and imports from the install, not the checkout."""
-    import email
+
+@pytest.fixture(scope="module")
+def built_wheel(tmp_path_factory):
+    """The wheel built as docs/integrations.md says (``pip wheel . --no-deps``), here without build isolation (no
+    network), from a copy of the sources (setuptools writes build/ and *.egg-info next to them)."""
     import shutil
     import subprocess
     import sys
-    import zipfile
 
-    src = tmp_path / "src"
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("bandpo", "theory"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
-    doc = (ROOT / "docs" / "integrations.md").read_text()
-    assert "pip wheel . --no-deps -w dist" in doc and '"dist/bandpo-0.1.0-py3-none-any.whl[trl]"' in doc
-    assert "torch==2.13.0" in doc and "download.pytorch.org/whl/cpu" in doc
-
-    dist = tmp_path / "dist"
+    dist = tmp / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)],
         cwd=src, check=True, capture_output=True, text=True,
     )
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     (wheel,) = dist.glob("bandpo-*.whl")
-    assert wheel.name == f"bandpo-{project['version']}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel) as zf:
+    return wheel
+
+
+def test_wheel_of_docs_integrations_declares_extras_entry_point_and_data(built_wheel):
+    """bandpo is not on the package index: docs/integrations.md installs a built wheel with extras, keeping torch on
+    the same line. The wheel's metadata declares every extra with its pins, the verl entry point, and it carries
+    the package data (presets, the verl recipe)."""
+    import email
+    import zipfile
+
+    from packaging.requirements import Requirement
+
+    doc = (ROOT / "docs" / "integrations.md").read_text()
+    assert "pip wheel . --no-deps -w dist" in doc and '"dist/bandpo-0.1.0-py3-none-any.whl[trl]"' in doc
+    assert "torch==2.13.0" in doc and "download.pytorch.org/whl/cpu" in doc
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert built_wheel.name == f"bandpo-{project['version']}-py3-none-any.whl"
+    with zipfile.ZipFile(built_wheel) as zf:
         names = set(zf.namelist())
         info = f"bandpo-{project['version']}.dist-info"
         meta = email.message_from_string(zf.read(f"{info}/METADATA").decode())
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
     assert set(meta.get_all("Provides-Extra")) == set(project["optional-dependencies"])
-    from packaging.requirements import Requirement
-
     declared = [Requirement(r) for r in meta.get_all("Requires-Dist")]
     for extra, reqs in project["optional-dependencies"].items():
         for req in map(Requirement, reqs):
@@ -110,9 +119,18 @@ def test_wheel_install_line_of_docs_integrations(tmp_path):
     assert {"bandpo/integrations/verl_bandpo_kl.sh", "bandpo/training/presets/paper-bandpo-kl.yaml",
             "bandpo/integrations/trl.py", "bandpo_theory/__init__.py"} <= names
 
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_from_the_install(built_wheel, tmp_path):
+    """``pip install --no-index --no-deps`` of the wheel, then bandpo imports from there (not the checkout) and the
+    documented command finds the shipped verl recipe."""
+    import os
+    import subprocess
+    import sys
+
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target", str(site), str(built_wheel)],
         check=True, capture_output=True, text=True,
     )
     code = (
@@ -120,6 +138,6 @@ def test_wheel_install_line_of_docs_integrations(tmp_path):
         "print(bandpo.__file__); print(pathlib.Path(m.__file__).with_name('verl_bandpo_kl.sh').is_file())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
-                         env={**__import__("os").environ, "PYTHONPATH": str(site)})
+                         env={**os.environ, "PYTHONPATH": str(site)})
     where, recipe = out.stdout.split()
     assert where.startswith(str(site)) and recipe == "True"

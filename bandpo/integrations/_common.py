@@ -4,6 +4,10 @@ The plug-ins name a bounds method by its id (``bandpo.list_methods()``: ``clip``
 ``band_kl``, ``band_tv``, ...) and pass the method's settings (``bandpo.losses.method_settings(method)``:
 ``divergence``, ``delta``, ``eps_low``, ``eps_high``, ``r_max``, ``max_ratio``, and ``tis_cap`` for DPPO's mask
 methods). The numbers come from bandpo's own ``bounds``, ``surrogate`` and ``loss_metrics``, never from a copy here.
+No list of ids is kept here: whatever ``bandpo.list_methods()`` holds at the call is accepted, so a row added to the
+method table reaches every plug-in that can express its surrogate. A setting the id names (``divergence``: ``band_kl``
+is the KL band) cannot be overridden to another value (:func:`method_settings`), and a δ schedule is built from the
+``delta_schedule``/``delta_end``/``delta_steps`` fields every plug-in shares (:func:`schedule_settings`).
 
 Mask methods (``dppo_kl``, ``dppo_tv``: DPPO, arXiv 2602.04879) need bandpo's own per-token surrogate: the verl
 plug-in computes it and supports them; the TRL and OpenRLHF plug-ins drive their framework's own clipped surrogate
@@ -33,6 +37,7 @@ __all__ = [
     "clipped_tokens",
     "list_methods",
     "method_form",
+    "merge_settings",
     "method_settings",
     "policy_loss",
     "schedule_settings",
@@ -40,7 +45,8 @@ __all__ = [
     "surrogate",
 ]
 
-_SETTING_NAMES = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio", "tis_cap")
+NAMED_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "max_ratio", "tis_cap")
+"""Settings each plug-in has a field or argument for; any other setting of a method goes in its ``settings`` dict."""
 
 _IDENTITY_SETTINGS = ("divergence",)
 """Settings a method id names (``band_kl`` is the KL band): giving another value contradicts the id."""
@@ -93,12 +99,11 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
     """The settings given for ``method``, ``None`` values dropped (the method's defaults then apply).
 
     A setting the method does not use (``bandpo.losses.method_settings(method)`` lists the ones it does) is
-    refused, so a typo or a mismatched recipe fails loudly.
+    refused, so a typo or a mismatched recipe fails loudly; so is a ``divergence`` other than the one the id names
+    (``band_kl`` with ``divergence="tv"`` would train the TV band under the KL band's name), naming the ids of the
+    same kind that have it.
     """
     check_method(method)
-    unknown = set(settings) - set(_SETTING_NAMES)
-    if unknown:
-        raise ValueError(f"unknown BandPO setting(s) {sorted(unknown)}; allowed: {', '.join(_SETTING_NAMES)}")
     given = {k: v for k, v in settings.items() if v is not None}
     own = _losses.get_method(method).settings()
     extra = set(given) - set(own)
@@ -108,13 +113,32 @@ def method_settings(method: str, **settings: Any) -> dict[str, Any]:
         )
     for name in _IDENTITY_SETTINGS:
         if name in given and given[name] != own[name]:
-            same = [m for m in list_methods() if _losses.get_method(m).settings().get(name) == given[name]]
+            spec = _losses.get_method(method)
+            kind = (type(spec.bounds), spec.surrogate)
+            same = [
+                m for m, other in ((m, _losses.get_method(m)) for m in list_methods())
+                if other.settings().get(name) == given[name] and (type(other.bounds), other.surrogate) == kind
+            ]
             hint = f"use {' or '.join(map(repr, same))}" if same else "register a method with it"
             raise ValueError(
                 f"method {method!r} has {name} {own[name]!r} but {name}={given[name]!r} was given: {hint} "
                 f"(or leave {name} unset)"
             )
     return given
+
+
+def merge_settings(named: dict[str, Any], extra: Optional[dict[str, Any]], field: str, prefix: str = "") -> dict[str, Any]:
+    """``named`` (a plug-in's own fields) plus ``extra`` (its dict field ``field``, for a method's other settings).
+
+    A one-line ValueError if ``extra`` is not a dict of names or repeats a named setting (then set ``prefix + name``)."""
+    if extra is None:
+        return dict(named)
+    if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+        raise ValueError(f"{field} must be a dict of method settings by name, got {extra!r}")
+    clash = sorted(set(extra) & set(NAMED_SETTINGS))
+    if clash:
+        raise ValueError(f"{field} repeats {', '.join(clash)}: set {' and '.join(prefix + c for c in clash)} instead")
+    return {**named, **extra}
 
 
 def schedule_settings(

@@ -62,8 +62,10 @@ ENV_VAR = "BANDPO_OPENRLHF"
 """Environment variable read by :func:`setup_hook`: JSON object of :class:`BandPOPolicyLoss` keyword arguments."""
 
 
-LOGGED_KEYS = tuple(k for k in _losses.METRIC_KEYS if _losses.metric_reduction(k) == _losses.Reduction("mean", "num_tokens"))
-"""bandpo's metrics that OpenRLHF's token-weighted reduction of ``experience.info`` reduces exactly (as bandpo would)."""
+LOGGED_KEYS = tuple(
+    k for k in _losses.METRIC_KEYS if _losses.metric_reduction(k) == _losses.Reduction("mean", "num_tokens")
+)
+"""bandpo's metrics that OpenRLHF's token-weighted reduction of ``experience.info`` reduces as bandpo would."""
 
 _PAPER_LOSS = {"dual_clip": 10.0, "token_level_loss": False}
 """The paper's dual clip and aggregation (seq-mean-token-mean), the configured loss's defaults (arXiv 2603.04918)."""
@@ -75,6 +77,8 @@ class BandPOPolicyLoss(PolicyLoss):
     Args:
         method: bounds method id (``bandpo.list_methods()``); default ``band_kl``.
         divergence, delta, eps_low, eps_high, r_max: the method's settings (``None``: its defaults).
+        settings: other settings of the method by name (rows of bandpo's method table with settings that have no
+            argument here).
         delta_schedule, delta_end, delta_steps: a δ schedule (``linear``/``cosine``, from ``delta`` to ``delta_end``
             over ``delta_steps`` optimiser steps); the step is ``self.step``, set by the patched training step.
         max_ratio: cap >= 1 on the upper bound (the paper: 10).
@@ -97,6 +101,7 @@ class BandPOPolicyLoss(PolicyLoss):
         delta_schedule: Optional[str] = None,
         delta_end: Optional[float] = None,
         delta_steps: Optional[int] = None,
+        settings: Optional[dict] = None,
         max_ratio: Optional[float] = 10.0,
         dual_clip: Optional[float] = 10.0,
         token_level_loss: bool = False,
@@ -109,10 +114,10 @@ class BandPOPolicyLoss(PolicyLoss):
             )
         _common.require_clip_surrogate(method, "OpenRLHF")  # DPPO's mask methods need their own loss
         _common.check_cap_and_dual_clip(max_ratio, dual_clip)
-        settings = _common.method_settings(
-            method, divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, r_max=r_max,
-            max_ratio=max_ratio,
+        named = dict(
+            divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, r_max=r_max, max_ratio=max_ratio
         )
+        settings = _common.method_settings(method, **_common.merge_settings(named, settings, "settings"))
         settings = _common.schedule_settings(method, settings, delta_schedule, delta_end, delta_steps)
         _common.check_settings(method, settings)  # delta / eps / r_max ranges: bandpo's
         kwargs.pop("clip_eps_low", None)

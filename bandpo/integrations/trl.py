@@ -41,8 +41,9 @@ by token counts, min/max reduced.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -115,6 +116,13 @@ class BandPOConfig(GRPOConfig):
         default=None, metadata={"help": "DCPO's own cap on its upper bound (dcpo only; None: 10)."}
     )
     """DCPO's own cap on its upper bound (``dcpo`` only; ``None``: 10)."""
+    bandpo_extra_settings: Optional[Union[dict, str]] = field(
+        default=None,
+        metadata={"help": "Other settings of the method by name, as a dict or a JSON object (settings of method "
+                  "table rows that have no bandpo_* field)."},
+    )
+    """Other settings of the method by name (a dict, or a JSON object on the command line), for rows of bandpo's
+    method table whose settings have no ``bandpo_*`` field; a setting that has one is refused here."""
     bandpo_max_ratio: Optional[float] = field(
         default=10.0, metadata={"help": "Cap >= 1 on every method's upper bound (the paper: 10); None: no cap."}
     )
@@ -152,14 +160,22 @@ class BandPOConfig(GRPOConfig):
     def bandpo_settings(self) -> dict[str, Any]:
         """The method's settings as ``bandpo.bounds`` takes them (``None`` fields left out; δ a schedule when
         ``bandpo_delta_schedule`` is ``linear`` or ``cosine``)."""
-        settings = _common.method_settings(
-            self.bandpo_method,
+        extra = self.bandpo_extra_settings
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"bandpo_extra_settings must be a JSON object, got {extra!r}") from exc
+        named = dict(
             divergence=self.bandpo_divergence,
             delta=self.bandpo_delta,
             eps_low=self.bandpo_eps_low,
             eps_high=self.bandpo_eps_high,
             r_max=self.bandpo_r_max,
             max_ratio=self.bandpo_max_ratio,
+        )
+        settings = _common.method_settings(
+            self.bandpo_method, **_common.merge_settings(named, extra, "bandpo_extra_settings", "bandpo_")
         )
         return _common.schedule_settings(
             self.bandpo_method, settings, self.bandpo_delta_schedule, self.bandpo_delta_end, self.bandpo_delta_steps

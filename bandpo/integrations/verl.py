@@ -36,8 +36,8 @@ C truncates (as verl's own ``dppo_*`` losses report). The threshold is the metho
 Settings: with the stock ``PolicyLossConfig`` a mode uses the paper's defaults (BandPO-KL: δ = 0.05, cap 10,
 arXiv 2603.04918); :class:`BandPOPolicyLossConfig` (select it with ``policy_loss._target_``) adds ``method``,
 ``divergence``, ``delta``, ``delta_schedule``/``delta_end``/``delta_steps``, ``eps_low``, ``eps_high``, ``r_max``,
-``max_ratio`` and ``tis_cap``. verl's ``clip_ratio``, ``clip_ratio_low`` and ``clip_ratio_high`` are not read by these
-modes (the method's own eps are).
+``max_ratio``, ``tis_cap`` and ``settings`` (a dict of any other setting of the method, by name). verl's
+``clip_ratio``, ``clip_ratio_low`` and ``clip_ratio_high`` are not read by these modes (the method's own eps are).
 
 Methods: a mode per id of ``bandpo.list_methods()`` at import, so a row added to bandpo's method table is a mode
 without a change here; each computes its per-token loss with ``bandpo.losses.surrogate`` (the method's own form).
@@ -128,6 +128,9 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     methods (``dppo_*``), whose trust region is uncapped as DPPO defines it."""
     tis_cap: Optional[float] = None
     """DPPO's truncation cap C on the importance weight (mask methods ``dppo_kl``/``dppo_tv`` only); ``None``: 20."""
+    settings: Optional[dict] = None
+    """Other settings of the method by name (``+...policy_loss.settings.<name>=<value>``), for rows of bandpo's method
+    table whose settings have no field here; a setting that has one is refused here."""
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -140,9 +143,13 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     def bandpo_settings(self, method: str) -> dict[str, Any]:
         """The settings that apply to ``method`` (``None`` fields left out)."""
         _common.check_cap_and_dual_clip(self.max_ratio, None, prefix="policy_loss.")
-        settings = _common.method_settings(
-            method, divergence=self.divergence, delta=self.delta, eps_low=self.eps_low, eps_high=self.eps_high,
+        named = dict(
+            divergence=self.divergence, delta=self.delta, eps_low=self.eps_low, eps_high=self.eps_high,
             r_max=self.r_max, max_ratio=self.max_ratio, tis_cap=self.tis_cap,
+        )
+        extra = dict(self.settings) if self.settings is not None else None  # an OmegaConf DictConfig from Hydra
+        settings = _common.method_settings(
+            method, **_common.merge_settings(named, extra, "policy_loss.settings", "policy_loss.")
         )
         return _common.schedule_settings(method, settings, self.delta_schedule, self.delta_end, self.delta_steps)
 
