@@ -36,10 +36,23 @@ RTOL, ATOL = 1e-7, 1e-12
 
 
 @functools.lru_cache(maxsize=None)
-def _actor(*overrides):
+def _base_actor():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(config_name="ppo_trainer", overrides=[f"{ACTOR}ppo_micro_batch_size_per_gpu=2", *(ACTOR + o for o in overrides)])
+        cfg = compose(config_name="ppo_trainer", overrides=[f"{ACTOR}ppo_micro_batch_size_per_gpu=2"])
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+
+@functools.lru_cache(maxsize=None)
+def _actor(*overrides):
+    """verl's actor config (Hydra-composed once, then ``dataclasses.replace`` on its own config classes, which
+    validate again): ``"clip_ratio_low=0.2"`` sets an actor field, ``"policy_loss.kl_cov_ratio=0.1"`` a policy-loss one."""
+    actor = _base_actor()
+    top, loss = {}, {}
+    for item in overrides:
+        key, value = item.split("=")
+        value = value if key.endswith("loss_mode") else float(value)
+        (loss if key.startswith("policy_loss.") else top)[key.removeprefix("policy_loss.")] = value
+    return dataclasses.replace(actor, policy_loss=dataclasses.replace(actor.policy_loss, **loss), **top)
 
 
 def _tensors(B=8, T=11, seed=0, empty_row=False):
