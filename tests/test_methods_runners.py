@@ -22,7 +22,8 @@ def test_bandit_runs_every_new_method_by_id(method):
     kwargs = dict(method=method, dro_beta=0.1) if method == "dro" else None
     h = B.run_bandit(method, TINY, kwargs)
     assert h.p_rare.shape == (4, 2) and torch.isfinite(h.p_rare).all() and torch.isfinite(h.entropy).all()
-    assert not torch.equal(h.p_rare[0], h.p_rare[-1])  # it trained
+    if get_method(method).surrogate != "geo_mean":  # GMPO's sequence (a seed's mini-batch) has mean advantage 0
+        assert (h.p_rare[0] - h.p_rare[-1]).abs().max() > 1e-3  # it trained
     rows = B.seed_rows(h, TINY)
     assert [r["seed"] for r in rows] == [0, 1] and set(B.SEED_METRICS) <= set(rows[0])
 

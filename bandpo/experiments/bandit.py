@@ -21,7 +21,9 @@ numbers), and a seed's run does not depend on which other seeds run with it.
 ``python -m bandpo.experiments.bandit`` prints the summary table; :func:`run_bandit` returns per-step histories for
 figures. Every method id runs here, the surrogates of ``bandpo.losses.surrogates`` too (GSPO, CISPO, SAPO, GPG,
 Clip-Cov, KL-Cov, GMPO, VESPO; DRO needs ``--dro-beta``); for the sequence-level ones (GSPO, GMPO, VESPO) a
-"sequence" is one seed's mini-batch, as the seed axis is the loss's B axis. ``--baseline ID`` adds the paired
+"sequence" is one seed's mini-batch, as the seed axis is the loss's B axis: GMPO, whose advantage is the sequence's
+mean, then sees the mini-batch mean of group-normalised advantages, 0, and does not learn here (it runs, nothing
+more; compare GMPO on the testbed). ``--baseline ID`` adds the paired
 per-seed differences of every other method against that one, with 95 % bootstrap intervals
 (:func:`seed_rows`, ``bandpo.experiments.stats``).
 """

@@ -18,7 +18,24 @@ id                     bounds                                                   
 ``dppo_kl``            Band("kl", δ = 0.05), no cap, **mask** surrogate, C = 20     DPPO Binary-KL, arXiv 2602.04879
 ``dppo_tv``            Band("tv", δ = 0.15), no cap, **mask** surrogate, C = 20     DPPO Binary-TV, arXiv 2602.04879
 ``no_clip``            Clip(1, 1e6): bounds [0, 1e6] (a reference, not a method)    importance-weighted PG
+``gspo``               Clip(3e-4, 4e-4), **gspo** surrogate (sequence ratio)         GSPO, arXiv 2507.18071
+``cispo``              Clip(1, 4): weight clip(r, 0, 5), **cispo** surrogate        CISPO, arXiv 2506.13585
+``sapo``               Unbounded, **sapo** soft gate, tau 1.0 / 1.05                SAPO, arXiv 2511.20347
+``gpg``                Unbounded, **gpg**: -A·log π                                  GPG, arXiv 2504.02546
+``clip_cov``           Clip(0.2, 0.2), **clip_cov** (2e-4 of tokens detached)        Clip-Cov, arXiv 2505.22617
+``kl_cov``             Unbounded, **kl_cov** (0.1·|log r| on top 2e-4 by cov)        KL-Cov, arXiv 2505.22617
+``gmpo``               LogClip(0.4, 0.4), **geo_mean** surrogate                     GMPO, arXiv 2507.20673
+``dro``                Unbounded, **dro** (dro_beta must be given)                   verl 0.9.1's ``dro``
+``vespo``              Unbounded, **vespo** Gamma weight, k/λ 2/3 and 3/2            VESPO, arXiv 2602.10693
+``cispo_band_kl``      Band("kl", 0.05), cap 10, **cispo** surrogate                 CISPO with the KL band
+``gmpo_band_kl``       Band("kl", 0.05), cap 10, **geo_mean** surrogate              GMPO with the KL band
 =====================  ===========================================================  ================================
+
+The surrogates beyond ``clip`` and ``mask`` (formulas, sources, the sequence-level interval of GSPO) are in
+:mod:`bandpo.losses.surrogates`; their settings (``tau_pos``, ``cov_fraction``, ``kl_coef``, ``dro_beta``,
+``k_pos``, ...) are settings of the method, like its bounds rule's. A surrogate that clips nothing (sapo, gpg,
+kl_cov, dro, vespo) takes the rule :class:`~bandpo.losses.rules.Unbounded` and refuses any other. Which default
+follows the paper and which the framework: ``docs/paper-notes.md``, "The field".
 
 Surrogates (:mod:`bandpo.losses.policy`): ``"clip"`` is PPO's max(-A·r, -A·clip(r, lower, upper)) (with the
 optional dual clip); ``"mask"`` is DPPO's (arXiv 2602.04879): a token whose ratio left [lower, upper] on the side
