@@ -108,7 +108,7 @@ CASES = [
     ("gpg", (), "gpg", {}, "seq-mean-token-sum-norm"),
     ("kl_cov", (), "kl_cov", {}, "token-mean"),
     ("kl_cov", ("policy_loss.kl_cov_ratio=0.1", "policy_loss.ppo_kl_coef=0.7"), "kl_cov",
-     {"cov_fraction": 0.1, "kl_coef": 0.7}, "seq-mean-token-mean"),
+     {"cov_fraction": 0.1, "kl_cov_coef": 0.7}, "seq-mean-token-mean"),
     ("dro", ("policy_loss.dro_beta=0.3",), "dro", {"dro_beta": 0.3}, "token-mean"),
     ("geo_mean", ("clip_ratio_low=0.4", "clip_ratio_high=0.4"), "gmpo", {}, "seq-mean-token-mean"),
     ("geo_mean", ("clip_ratio_low=0.2", "clip_ratio_high=0.28"), "gmpo", {"eps_low": 0.2, "eps_high": 0.28}, "seq-mean-token-mean"),

@@ -54,7 +54,7 @@ def test_every_new_method_is_a_row_with_its_form():
     assert method_settings("sapo") == ["tau_pos", "tau_neg"]
     assert method_settings("gspo") == ["eps_low", "eps_high", "max_ratio"]
     assert method_settings("clip_cov") == ["eps_low", "eps_high", "max_ratio", "cov_fraction", "cov_low", "cov_high", "cov_seed"]
-    assert method_settings("kl_cov") == ["cov_fraction", "kl_coef"]
+    assert method_settings("kl_cov") == ["cov_fraction", "kl_cov_coef"]
     assert method_settings("gmpo_band_kl") == ["divergence", "delta", "max_ratio"]
 
 
@@ -177,7 +177,7 @@ def test_clip_cov_is_deterministic_and_its_pick_moves_with_the_step():
 def test_kl_cov_penalises_exactly_the_top_covariance_tokens():
     old, logp, adv, mask = _tensors(seed=7)
     adv = adv + 0.2 * torch.randn(adv.shape, generator=torch.Generator().manual_seed(0), dtype=adv.dtype)
-    loss, _, _ = _grad("kl_cov", old, logp, adv, mask, cov_fraction=0.1, kl_coef=0.5, agg="token-mean")
+    loss, _, _ = _grad("kl_cov", old, logp, adv, mask, cov_fraction=0.1, kl_cov_coef=0.5, agg="token-mean")
     v = mask
     cov = (adv - adv[v].mean()) * (logp - logp[v].mean())
     k = int(0.1 * int(v.sum()))

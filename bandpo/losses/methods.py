@@ -32,7 +32,7 @@ id                     bounds                                                   
 =====================  ===========================================================  ================================
 
 The surrogates beyond ``clip`` and ``mask`` (formulas, sources, the sequence-level interval of GSPO) are in
-:mod:`bandpo.losses.surrogates`; their settings (``tau_pos``, ``cov_fraction``, ``kl_coef``, ``dro_beta``,
+:mod:`bandpo.losses.surrogates`; their settings (``tau_pos``, ``cov_fraction``, ``kl_cov_coef``, ``dro_beta``,
 ``k_pos``, ...) are settings of the method, like its bounds rule's. A surrogate that clips nothing (sapo, gpg,
 kl_cov, dro, vespo) takes the rule :class:`~bandpo.losses.rules.Unbounded` and refuses any other. Which default
 follows the paper and which the framework: ``docs/paper-notes.md``, "The field".

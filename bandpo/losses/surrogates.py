@@ -18,7 +18,7 @@ surrogate      per-token loss ℓ                                               
 ``clip_cov``   PPO's clip; a random cov_fraction of the unclipped tokens with           PPO's clip
                cov = (A - mean A)(logp - mean logp) in (cov_low, cov_high) get ℓ = 0
                (their gradient detached)  (Clip-Cov, arXiv 2505.22617)
-``kl_cov``     ℓ = -A r, plus kl_coef·|log r| on the top cov_fraction of tokens by cov   none (a penalty)
+``kl_cov``     ℓ = -A r, plus kl_cov_coef·|log r| on the top cov_fraction of tokens by cov   none (a penalty)
                (KL-Cov, arXiv 2505.22617)
 ``geo_mean``   per sequence: L_b = -Ā_b·exp(Σ_t m·clipped log r / n_b), clipped log r =   the tokens' [lower, upper]
                sign(A)·min(sign(A) log r, sign(A) clamp(log r, log lower, log upper)),  in log space
@@ -151,12 +151,12 @@ class KLCovSettings:
 
     cov_fraction: float = 2e-4
     """Fraction of the valid tokens (at least one), those with the largest covariance, that get the penalty."""
-    kl_coef: float = 0.1
+    kl_cov_coef: float = 0.1
     """Coefficient of |log r| on the selected tokens; verl's ``ppo_kl_coef``."""
 
     def __post_init__(self) -> None:
         _real("cov_fraction", self.cov_fraction, high=1.0)
-        _real("kl_coef", self.kl_coef, strict=False)
+        _real("kl_cov_coef", self.kl_cov_coef, strict=False)
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,7 @@ def _kl_cov(x: SurrogateInputs, s: KLCovSettings) -> Tensor:
         picked = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
         picked[top] = True
         picked = picked.reshape(cov.shape)
-    return torch.where(picked, per_token + s.kl_coef * x.log_ratio.abs(), per_token)
+    return torch.where(picked, per_token + s.kl_cov_coef * x.log_ratio.abs(), per_token)
 
 
 def _geo_mean(x: SurrogateInputs, settings: None) -> Tensor:
