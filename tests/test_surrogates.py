@@ -218,3 +218,25 @@ def test_unbounded_has_no_interval():
     lower, upper = bandpo.bounds(old, "sapo")
     assert (lower == 0).all() and (upper == math.exp(20)).all()
     assert Unbounded()(old)[1].isinf().all()
+
+
+@pytest.mark.parametrize("method", ["gspo", "cispo_band_kl", "sapo", "clip_cov", "kl_cov", "gmpo", "vespo"])
+def test_per_token_loss_is_what_policy_loss_aggregates(method):
+    """For frameworks with their own aggregation: the per-token loss, aggregated, is policy_loss's (value and
+    gradient), NaN padding included."""
+    from bandpo.losses import aggregate
+    from bandpo.losses.surrogates import per_token_loss
+
+    old, logp, adv, mask = _tensors(seed=11)
+    logp = logp.clone()
+    logp[~mask] = math.nan
+    spec = get_method(method)
+    leaf = logp.clone().requires_grad_(True)
+    per_token = per_token_loss(spec.surrogate, leaf, old, adv, mask, *bandpo.bounds(old, method),
+                               settings=spec.surrogate_settings, step=2)
+    loss = aggregate(per_token, mask, "seq-mean-token-mean")
+    (g,) = torch.autograd.grad(loss, leaf)
+    want, g_want, _ = _grad(method, old, logp, adv, mask, agg="seq-mean-token-mean", step=2)
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-14, atol=1e-16)
+    torch.testing.assert_close(g, g_want, rtol=1e-14, atol=1e-16)
+    assert (per_token[~mask] == 0).all()

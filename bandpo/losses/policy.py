@@ -108,7 +108,7 @@ def _check_form(form: str, tis_cap: Optional[float]) -> None:
     if form in SURROGATE_FORMS.names():
         raise ValueError(
             f"form {form!r} needs the log-probabilities and the padding mask, not only the ratio: use "
-            "bandpo.policy_loss(..., method=...) for it; surrogate() computes 'clip' and 'mask'"
+            "bandpo.losses.surrogates.per_token_loss (or policy_loss) for it; surrogate() computes 'clip' and 'mask'"
         )
     if form not in SURROGATES:
         raise ValueError(f"form must be one of {', '.join(SURROGATES)}, got {form!r}")

@@ -64,6 +64,7 @@ __all__ = [
     "SurrogateInputs",
     "VESPOSettings",
     "geometric_interval",
+    "per_token_loss",
     "surrogate_settings",
 ]
 
@@ -330,6 +331,35 @@ for _s in (
     Surrogate("vespo", _vespo, VESPOSettings, False, "VESPO's Gamma-weighted sequence IS weight (arXiv 2602.10693)"),
 ):
     SURROGATE_FORMS.register(_s.name, _s)
+
+
+def per_token_loss(
+    form: str, logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, lower: Tensor, upper: Tensor, *,
+    settings: Any = None, step: Optional[int] = None, log_ratio_clamp: float = 20.0,
+) -> Tensor:
+    """The (B, T) per-token loss of surrogate ``form`` before aggregation, 0 at masked tokens: for frameworks that
+    aggregate themselves (verl's ``agg_loss``). Exactly what :func:`bandpo.policy_loss` aggregates for a method
+    with this surrogate, given its interval (``bandpo.bounds(old_logp, method)``) and settings
+    (``method.surrogate_settings``).
+
+    Args:
+        form: a surrogate id (:data:`SURROGATE_FORMS`).
+        logp: (B, T) log π_θ, differentiable. old_logp, adv: (B, T), no gradient. mask: (B, T) bool or 0/1.
+        lower, upper: (B, T) the interval.
+        settings: the form's settings object (None: its defaults).
+        step: the training step (Clip-Cov's pick).
+        log_ratio_clamp: |log r| is clamped there before exp (the loss's 20).
+    """
+    spec = SURROGATE_FORMS.get(form)
+    settings = surrogate_settings(form, settings)
+    valid = mask if mask.dtype == torch.bool else mask != 0
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    logp_c = torch.where(valid, logp, zero)
+    old_c = torch.where(valid, old_logp.detach().to(logp.dtype), zero).clamp(max=0)
+    adv_c = torch.where(valid, adv.detach().to(logp.dtype), zero)
+    log_ratio = torch.clamp(logp_c - old_c, -log_ratio_clamp, log_ratio_clamp)
+    x = SurrogateInputs(logp_c, log_ratio, torch.exp(log_ratio), adv_c, valid, lower.to(logp.dtype), upper.to(logp.dtype), step)
+    return torch.where(valid, spec.loss(x, settings), zero)
 
 
 def surrogate_settings(form: str, settings: Any) -> Any:
