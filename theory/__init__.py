@@ -5,6 +5,8 @@
 * :mod:`bandpo_theory.asymptotics`: the limits p -> 0, p -> 1 and the unified small-delta expansion;
 * :mod:`bandpo_theory.dppo`: DPPO's binary TV/KL mask against BandPO's clip (same region, same gradient but for
   cap, dual clip and truncation);
+* :mod:`bandpo_theory.sequence`: the sequence-level band of GSPO's ratio (the geometric mean of the token bands)
+  and why the band of a whole sequence's probability is vacuous;
 * :func:`certify` (:mod:`bandpo_theory.certify`, needs cvxpy): the full-vocabulary problem solved by a conic solver;
 * ``python -m bandpo_theory.report`` writes ``theory/REPORT.md``; ``python -m bandpo_theory.certify`` prints the certification table.
 

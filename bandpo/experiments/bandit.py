@@ -19,7 +19,13 @@ seed draws its uniforms from its own generator once: all methods see the same ra
 numbers), and a seed's run does not depend on which other seeds run with it.
 
 ``python -m bandpo.experiments.bandit`` prints the summary table; :func:`run_bandit` returns per-step histories for
-figures.
+figures. Every method id runs here, the surrogates of ``bandpo.losses.surrogates`` too (GSPO, CISPO, SAPO, GPG,
+Clip-Cov, KL-Cov, GMPO, VESPO; DRO needs ``--dro-beta``); for the sequence-level ones (GSPO, GMPO, VESPO) a
+"sequence" is one seed's mini-batch, as the seed axis is the loss's B axis: GMPO, whose advantage is the sequence's
+mean, then sees the mini-batch mean of group-normalised advantages, 0, and does not learn here (it runs, nothing
+more; compare GMPO on the testbed). ``--baseline ID`` adds the paired
+per-seed differences of every other method against that one, with 95 % bootstrap intervals
+(:func:`seed_rows`, ``bandpo.experiments.stats``).
 """
 
 from __future__ import annotations
@@ -34,8 +40,16 @@ import torch
 from torch import Tensor
 
 from ..losses import BUCKET_NAMES, get_method, list_methods, policy_loss, reduce_metrics
+from .stats import compare
 
-__all__ = ["BanditConfig", "BanditHistory", "METHODS", "grpo_advantages", "run_bandit", "run_all", "summarize", "format_table", "main"]
+__all__ = [
+    "BanditConfig", "BanditHistory", "METHODS", "grpo_advantages", "run_bandit", "run_all", "summarize", "format_table",
+    "seed_rows", "paired_table", "main",
+]
+
+SEED_METRICS = ("discovered", "discovery_step", "p_rare_end", "entropy_end", "reward_end")
+"""Per-seed statistics of :func:`seed_rows` (``discovery_step``: nan when never, so a paired difference uses only
+the seeds both methods discovered)."""
 
 METHODS: tuple = ("clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "no_clip")
 """The methods compared by default: ids of the method table ``bandpo.losses.METHODS``, each with its own
@@ -269,6 +283,32 @@ def summarize(h: BanditHistory, cfg: BanditConfig) -> "dict[str, float]":
     return row
 
 
+def seed_rows(h: BanditHistory, cfg: BanditConfig, setting: str = "default") -> "list[dict]":
+    """One row per seed (keys ``method``, ``setting``, ``seed`` and :data:`SEED_METRICS`), for the paired
+    statistics of ``bandpo.experiments.stats`` (seeds share their random numbers across methods: a matched pair)."""
+    t = h.steps_to_discover(cfg.discover_at)
+    tail = max(1, len(h.reward) // 10)
+    return [
+        {"method": h.method, "setting": setting, "seed": int(seed), "discovered": float(math.isfinite(float(t[i]))),
+         "discovery_step": float(t[i]) if math.isfinite(float(t[i])) else math.nan,
+         "p_rare_end": float(h.p_rare[-1, i]), "entropy_end": float(h.entropy[-1, i]),
+         "reward_end": float(h.reward[-tail:, i].mean())}
+        for i, seed in enumerate(cfg.seeds)
+    ]
+
+
+def paired_table(rows: "list[dict]", baseline: str, metrics: "tuple[str, ...]" = SEED_METRICS) -> str:
+    """A Markdown table of the per-seed paired differences (method - ``baseline``) with 95 % bootstrap intervals."""
+    others = list(dict.fromkeys(r["method"] for r in rows if r["method"] != baseline))
+    out = compare(rows, metrics, [{"method": m, "setting": "default"} for m in others], {"method": baseline, "setting": "default"})
+    lines = [f"| method - {baseline} | metric | n | mean difference | 95 % interval | method mean | {baseline} mean |",
+             "|---|---|---|---|---|---|---|"]
+    for c in out:
+        lines.append(f"| {c['method']} | {c['metric']} | {c['n']} | {c['diff']:+.4g} | [{c['low']:+.4g}, {c['high']:+.4g}] "
+                     f"| {c['candidate_mean']:.4g} | {c['baseline_mean']:.4g} |")
+    return "\n".join(lines)
+
+
 def format_table(rows: "dict[str, dict[str, float]]", cfg: BanditConfig) -> str:
     """A Markdown table of :func:`summarize` rows."""
     buckets = " | ".join(f"high-clip % {b}" for b in BUCKET_NAMES)
@@ -299,6 +339,8 @@ def main(argv: "Optional[list[str]]" = None) -> str:
     parser.add_argument("--epochs", type=int, default=d.epochs, help="passes over the mini-batches per rollout")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="optimiser on the logits")
     parser.add_argument("--methods", type=str, default=",".join(METHODS), help="comma-separated method ids")
+    parser.add_argument("--baseline", type=str, default=None, help="a method id of --methods: add the paired differences against it")
+    parser.add_argument("--dro-beta", type=float, default=None, help="dro_beta of the 'dro' method (it has no default)")
     args = parser.parse_args(argv)
     cfg = replace(
         d, steps=args.steps, seeds=tuple(range(args.seeds)), lr=args.lr, rare_prob=args.rare_prob,
@@ -308,7 +350,12 @@ def main(argv: "Optional[list[str]]" = None) -> str:
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(list_methods())}")
-    rows = {m: summarize(run_bandit(m, cfg), cfg) for m in methods}
+    if args.baseline is not None and args.baseline not in methods:
+        parser.error(f"--baseline {args.baseline!r} must be one of --methods {methods}")
+    if "dro" in methods and args.dro_beta is None:
+        parser.error("method 'dro' needs --dro-beta (verl, where it comes from, has no default)")
+    histories = {m: run_bandit(m, cfg, dict(method=m, dro_beta=args.dro_beta) if m == "dro" else None) for m in methods}
+    rows = {m: summarize(h, cfg) for m, h in histories.items()}
     lo, hi = cfg.common_success
     text = (
         f"Rare-arm bandit: K = {cfg.n_arms} arms, π0(rare) = {cfg.rare_prob}, success rare {cfg.rare_success} vs common "
@@ -317,6 +364,9 @@ def main(argv: "Optional[list[str]]" = None) -> str:
         f"{cfg.steps} steps, {len(cfg.seeds)} seeds, dual-clip {cfg.dual_clip}.\n\n" + format_table(rows, cfg)
         + f"\n\n(total {sum(r['seconds'] for r in rows.values()):.1f} s)"
     )
+    if args.baseline is not None:
+        per_seed = [r for h in histories.values() for r in seed_rows(h, cfg)]
+        text += "\n\nPaired per-seed differences (common random numbers per seed):\n\n" + paired_table(per_seed, args.baseline)
     print(text)
     return text
 

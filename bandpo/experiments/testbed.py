@@ -3,6 +3,7 @@ per-run statistics of ``summary.csv``.
 
     python -m bandpo.experiments.testbed                                  # grid main, seeds 0..7, preset testbed
     python -m bandpo.experiments.testbed --grid all                       # main, delta, lr, ablation and rare
+    python -m bandpo.experiments.testbed --grid field                     # GSPO, CISPO, SAPO, GPG, Clip-Cov, ... vs clip
     python -m bandpo.experiments.testbed --grid main --methods clip band_kl --seeds 0 1   # a smoke subset
     python -m bandpo.experiments.testbed --shard 0/2 & python -m bandpo.experiments.testbed --shard 1/2
     python -m bandpo.experiments.testbed --summary-only                   # rewrite summary.csv from the run folders
@@ -145,14 +146,22 @@ RARE_TAIL = 0.005
 """``task.tail_freq`` of the ``rare`` grid: a third of the preset's, so a rollout of 64 draws the tail about 0.3 times."""
 RARE_METHODS = ("clip", "clip_higher", "band_kl", "band_kl_upper")
 """Methods of the ``rare`` grid (its baseline is ``clip`` at the same tail frequency)."""
+FIELD_METHODS = ("clip", "gspo", "cispo", "cispo_band_kl", "sapo", "gpg", "clip_cov", "kl_cov", "gmpo", "gmpo_band_kl",
+                 "vespo")
+"""Methods of the ``field`` grid: the policy losses of ``bandpo.losses.surrogates`` with their own defaults, the
+band as CISPO's and GMPO's interval, and GRPO clip as the baseline (``dro`` has no default and is left out)."""
 GRIDS: dict = {
     "main": tuple(Variant("main", m, delta=MAIN_DELTAS.get(m)) for m in MAIN_METHODS),
     "delta": tuple(Variant("delta", "band_kl", delta=d) for d in (0.01, 0.02, 0.1, 0.2)),
     "lr": tuple(Variant("lr", m, lr_factor=f) for m in ("clip", "band_kl") for f in (0.25, 4.0)),
     "ablation": (Variant("ablation", "band_kl_upper"), Variant("ablation", "band_kl_lower")),
     "rare": tuple(Variant("rare", m, tail_freq=RARE_TAIL) for m in RARE_METHODS),
+    "field": tuple(Variant("field", m) for m in FIELD_METHODS),
 }
-"""The named grids (``--grid all`` is every one of them, in this order)."""
+"""The named grids (``--grid all`` is every one of them but ``field``, in this order)."""
+ALL_GRIDS = tuple(g for g in GRIDS if g != "field")
+"""What ``--grid all`` runs: the comparisons of ``docs/testbed-report.md`` (``field``, the other policy losses, is
+run by name: ``--grid field``)."""
 
 SUMMARY_COLUMNS = (
     "grid", "run", "method", "setting", "seed", "steps", "max_steps",
@@ -174,8 +183,8 @@ def run_dir(out: Path, variant: Variant, seed: int) -> Path:
 
 
 def select(grids: Sequence[str], methods: Optional[Sequence[str]] = None) -> list:
-    """The variants of ``grids`` (``all``: every grid), restricted to ``methods`` when given."""
-    names = list(GRIDS) if "all" in grids else list(grids)
+    """The variants of ``grids`` (``all``: every grid of :data:`ALL_GRIDS`), restricted to ``methods`` when given."""
+    names = list(dict.fromkeys((list(ALL_GRIDS) if "all" in grids else []) + [g for g in grids if g != "all"]))
     unknown = [g for g in names if g not in GRIDS]
     if unknown:
         raise ValueError(f"unknown grid {unknown[0]!r}; grids: {', '.join(GRIDS)}, all")

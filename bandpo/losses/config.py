@@ -21,6 +21,8 @@ from .schedules import SCHEDULES, make_schedule
 __all__ = ["LossConfig"]
 
 _RULE_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "tis_cap")
+_SURROGATE_SETTINGS = ("tau_pos", "tau_neg", "cov_fraction", "cov_low", "cov_high", "cov_seed", "kl_cov_coef", "dro_beta",
+                       "k_pos", "lambda_pos", "k_neg", "lambda_neg")
 
 
 def _check_dual_clip(x) -> None:
@@ -37,7 +39,7 @@ class LossConfig:
     method: str = "band_kl"
     """Method id from :func:`bandpo.list_methods`: clip, clip_higher, dcpo, band_kl, band_tv, band_chi2,
     band_hellinger, band_js, band_reverse_kl, band_neyman_chi2, band_kl_relax, band_kl_upper, band_kl_lower,
-    dppo_kl, dppo_tv, no_clip."""
+    dppo_kl, dppo_tv, no_clip, gspo, cispo, sapo, gpg, clip_cov, kl_cov, gmpo, dro, vespo, cispo_band_kl, gmpo_band_kl."""
     divergence: Optional[str] = None
     """f-divergence of a band method (:func:`bandpo.list_divergences`); None: the method's own (band_kl: 'kl')."""
     delta: Optional[float] = None
@@ -58,6 +60,30 @@ class LossConfig:
     tis_cap: Optional[float] = None
     """DPPO's truncation cap C >= 1 on the importance weight (mask methods dppo_kl/dppo_tv only; inf: none);
     None: the method's own (20)."""
+    tau_pos: Optional[float] = None
+    """SAPO's temperature of tokens with A > 0 (method sapo); None: its own (1.0)."""
+    tau_neg: Optional[float] = None
+    """SAPO's temperature of tokens with A <= 0; None: its own (1.05)."""
+    cov_fraction: Optional[float] = None
+    """Clip-Cov/KL-Cov: fraction of the valid tokens selected by covariance; None: their own (2e-4)."""
+    cov_low: Optional[float] = None
+    """Clip-Cov: lower end of the covariance window; None: its own (1)."""
+    cov_high: Optional[float] = None
+    """Clip-Cov: upper end of the covariance window; None: its own (5)."""
+    cov_seed: Optional[int] = None
+    """Clip-Cov: seed of its random pick (with the step added); None: its own (0)."""
+    kl_cov_coef: Optional[float] = None
+    """KL-Cov: coefficient of |log r| on the selected tokens; None: its own (0.1)."""
+    dro_beta: Optional[float] = None
+    """DRO: weight of its (log r)^2 penalty; required by method dro (no default)."""
+    k_pos: Optional[float] = None
+    """VESPO: k of sequences with A >= 0; None: its own (2)."""
+    lambda_pos: Optional[float] = None
+    """VESPO: lambda of sequences with A >= 0; None: its own (3)."""
+    k_neg: Optional[float] = None
+    """VESPO: k of sequences with A < 0; None: its own (3)."""
+    lambda_neg: Optional[float] = None
+    """VESPO: lambda of sequences with A < 0; None: its own (2)."""
     max_ratio: Optional[float] = None
     """Cap >= 1 on the upper ratio bound; None: the method's own (band_*: 10, dcpo/clip: none); inf (YAML ``.inf``):
     no cap, e.g. to train a band method uncapped."""
@@ -83,7 +109,7 @@ class LossConfig:
     def settings(self) -> "dict[str, Any]":
         """The rule settings and ``max_ratio`` that differ from the method's own (the non-None fields), with a
         δ schedule built from ``delta``/``delta_schedule``/``delta_end``/``delta_steps``."""
-        out = {k: getattr(self, k) for k in _RULE_SETTINGS if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in _RULE_SETTINGS + _SURROGATE_SETTINGS if getattr(self, k) is not None}
         if self.delta_schedule not in (None, "constant"):
             start = self.delta
             if start is None:

@@ -18,7 +18,24 @@ id                     bounds                                                   
 ``dppo_kl``            Band("kl", δ = 0.05), no cap, **mask** surrogate, C = 20     DPPO Binary-KL, arXiv 2602.04879
 ``dppo_tv``            Band("tv", δ = 0.15), no cap, **mask** surrogate, C = 20     DPPO Binary-TV, arXiv 2602.04879
 ``no_clip``            Clip(1, 1e6): bounds [0, 1e6] (a reference, not a method)    importance-weighted PG
+``gspo``               Clip(3e-4, 4e-4), **gspo** surrogate (sequence ratio)         GSPO, arXiv 2507.18071
+``cispo``              Clip(1, 4): weight clip(r, 0, 5), **cispo** surrogate        CISPO, arXiv 2506.13585
+``sapo``               Unbounded, **sapo** soft gate, tau 1.0 / 1.05                SAPO, arXiv 2511.20347
+``gpg``                Unbounded, **gpg**: -A·log π                                  GPG, arXiv 2504.02546
+``clip_cov``           Clip(0.2, 0.2), **clip_cov** (2e-4 of tokens detached)        Clip-Cov, arXiv 2505.22617
+``kl_cov``             Unbounded, **kl_cov** (0.1·|log r| on top 2e-4 by cov)        KL-Cov, arXiv 2505.22617
+``gmpo``               LogClip(0.4, 0.4), **geo_mean** surrogate                     GMPO, arXiv 2507.20673
+``dro``                Unbounded, **dro** (dro_beta must be given)                   verl 0.9.1's ``dro``
+``vespo``              Unbounded, **vespo** Gamma weight, k/λ 2/3 and 3/2            VESPO, arXiv 2602.10693
+``cispo_band_kl``      Band("kl", 0.05), cap 10, **cispo** surrogate                 CISPO with the KL band
+``gmpo_band_kl``       Band("kl", 0.05), cap 10, **geo_mean** surrogate              GMPO with the KL band
 =====================  ===========================================================  ================================
+
+The surrogates beyond ``clip`` and ``mask`` (formulas, sources, the sequence-level interval of GSPO) are in
+:mod:`bandpo.losses.surrogates`; their settings (``tau_pos``, ``cov_fraction``, ``kl_cov_coef``, ``dro_beta``,
+``k_pos``, ...) are settings of the method, like its bounds rule's. A surrogate that clips nothing (sapo, gpg,
+kl_cov, dro, vespo) takes the rule :class:`~bandpo.losses.rules.Unbounded` and refuses any other. Which default
+follows the paper and which the framework: ``docs/paper-notes.md``, "The field".
 
 Surrogates (:mod:`bandpo.losses.policy`): ``"clip"`` is PPO's max(-A·r, -A·clip(r, lower, upper)) (with the
 optional dual clip); ``"mask"`` is DPPO's (arXiv 2602.04879): a token whose ratio left [lower, upper] on the side
@@ -47,7 +64,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from ..registry import Registry
-from .rules import DCPO, Band, BoundsRule, Clip, Split, Union as UnionRule, replace_settings, rule_settings
+from .rules import DCPO, Band, BoundsRule, Clip, LogClip, Split, Unbounded, Union as UnionRule, replace_settings, rule_settings
+from .surrogates import SURROGATE_FORMS, ClipCovSettings, KLCovSettings, SAPOSettings, VESPOSettings, surrogate_settings
 
 __all__ = [
     "METHODS",
@@ -62,8 +80,9 @@ __all__ = [
 ]
 
 
-SURROGATES = ("clip", "mask")
-"""The loss forms a method can train with: PPO's clipped surrogate, or DPPO's mask with truncated IS weights."""
+SURROGATES = ("clip", "mask", *SURROGATE_FORMS.names())
+"""The loss forms a method can train with: PPO's clipped surrogate, DPPO's mask with truncated IS weights, and the
+forms of :mod:`bandpo.losses.surrogates` (cispo, clip_cov, geo_mean, gpg, gspo, kl_cov, sapo, vespo)."""
 
 DEFAULT_TIS_CAP = 20.0
 """DPPO's truncation cap C (the default of verl's ``dppo_kl``/``dppo_tv`` losses)."""
@@ -100,6 +119,10 @@ class Method:
     tis_cap: Optional[float] = None
     """Mask methods only: DPPO's truncation cap C >= 1 on the stop-gradient IS weight (inf: none); None takes 20
     (verl's default). Must stay None for clip methods."""
+    surrogate_settings: Any = None
+    """The settings object of a surrogate that has some (:class:`~bandpo.losses.surrogates.SAPOSettings`,
+    ``ClipCovSettings``, ``KLCovSettings``, ``VESPOSettings``); None takes its defaults. Its fields are settings of
+    the method (``tau_pos=1.2``, ``cov_fraction=1e-3``, ...)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -114,15 +137,36 @@ class Method:
                 object.__setattr__(self, "tis_cap", DEFAULT_TIS_CAP)
             _check_tis_cap(self.tis_cap)
         elif self.tis_cap is not None:
-            raise ValueError(f"method {self.name!r}: tis_cap applies to surrogate 'mask' only (DPPO); got tis_cap={self.tis_cap!r} with surrogate 'clip'")
+            raise ValueError(f"method {self.name!r}: tis_cap applies to surrogate 'mask' only (DPPO); got tis_cap={self.tis_cap!r} with surrogate {self.surrogate!r}")
+        if self.surrogate in ("clip", "mask"):
+            if self.surrogate_settings is not None:
+                raise ValueError(f"method {self.name!r}: surrogate {self.surrogate!r} has no surrogate_settings, got {self.surrogate_settings!r}")
+            return
+        try:
+            object.__setattr__(self, "surrogate_settings", surrogate_settings(self.surrogate, self.surrogate_settings))
+        except ValueError as e:
+            raise ValueError(f"method {self.name!r}: {e}") from None
+        if not SURROGATE_FORMS.get(self.surrogate).uses_bounds and (
+            not isinstance(self.bounds, Unbounded) or self.max_ratio is not None
+        ):
+            raise ValueError(
+                f"method {self.name!r}: surrogate {self.surrogate!r} clips no ratio, so a trust region cannot act on "
+                f"it: its bounds must be Unbounded() and max_ratio None, got {self.bounds!r} and {self.max_ratio!r}"
+            )
+
+    def _uses_bounds(self) -> bool:
+        return self.surrogate in ("clip", "mask") or SURROGATE_FORMS.get(self.surrogate).uses_bounds
 
     def settings(self) -> "dict[str, Any]":
         """The method's settings and their values: the bounds rule's settings (:func:`rule_settings`), then
         ``max_ratio``, then ``tis_cap`` for mask methods."""
         out = rule_settings(self.bounds)
-        out["max_ratio"] = self.max_ratio
+        if self._uses_bounds():
+            out["max_ratio"] = self.max_ratio
         if self.surrogate == "mask":
             out["tis_cap"] = self.tis_cap
+        if self.surrogate_settings is not None:
+            out.update({f.name: getattr(self.surrogate_settings, f.name) for f in dataclasses.fields(self.surrogate_settings)})
         return out
 
     def with_settings(self, **settings: Any) -> "Method":
@@ -139,11 +183,16 @@ class Method:
                 f"its settings: {', '.join(allowed)}"
             )
         settings = {k: v for k, v in settings.items() if v is not None}
-        rule_kw = {k: v for k, v in settings.items() if k not in ("max_ratio", "tis_cap")}
+        own = set(rule_settings(self.bounds))
+        rule_kw = {k: v for k, v in settings.items() if k in own}
+        form_kw = {k: v for k, v in settings.items() if k not in own and k not in ("max_ratio", "tis_cap")}
         bounds = replace_settings(self.bounds, **rule_kw) if rule_kw else self.bounds
+        form_settings = self.surrogate_settings
+        if form_kw:
+            form_settings = dataclasses.replace(form_settings, **form_kw)
         return dataclasses.replace(
             self, bounds=bounds, max_ratio=settings.get("max_ratio", self.max_ratio),
-            tis_cap=settings.get("tis_cap", self.tis_cap),
+            tis_cap=settings.get("tis_cap", self.tis_cap), surrogate_settings=form_settings,
         )
 
 
@@ -227,5 +276,36 @@ for _m in (
            "truncated IS weight C = 20 (arXiv 2602.04879)", surrogate="mask"),
     Method("no_clip", Clip(1.0, 1e6), None, "no clip (reference)",
            "bounds [0, 1e6]: the importance-weighted policy gradient (a reference, not a method)"),
+    Method("gspo", Clip(3e-4, 4e-4), None, "GSPO",
+           "GSPO: the sequence ratio (geometric mean of the token ratios) clipped to [1 - 3e-4, 1 + 4e-4] "
+           "(arXiv 2507.18071)", surrogate="gspo"),
+    Method("cispo", Clip(1.0, 4.0), None, "CISPO",
+           "CISPO: -sg(clip(r, 0, 5))·A·log pi, the IS weight truncated at 5, no lower bound (arXiv 2506.13585; "
+           "TRL's recommended eps_max 5 from arXiv 2510.13786)", surrogate="cispo"),
+    Method("sapo", Unbounded(), None, "SAPO",
+           "SAPO: soft gate (4/tau)·sigmoid(tau(r - 1)), tau 1.0 (A > 0) / 1.05 (A <= 0) (arXiv 2511.20347)",
+           surrogate="sapo"),
+    Method("gpg", Unbounded(), None, "GPG", "GPG: -A·log pi, no ratio, no clip (arXiv 2504.02546)", surrogate="gpg"),
+    Method("clip_cov", Clip(0.2, 0.2), None, "Clip-Cov",
+           "Clip-Cov: PPO clip 0.2/0.2, a random 2e-4 of the tokens with covariance in (1, 5) detached "
+           "(arXiv 2505.22617)", surrogate="clip_cov"),
+    Method("kl_cov", Unbounded(), None, "KL-Cov",
+           "KL-Cov: -A·r, plus 0.1·|log r| on the top 2e-4 of the tokens by covariance (arXiv 2505.22617)",
+           surrogate="kl_cov"),
+    Method("gmpo", LogClip(0.4, 0.4), None, "GMPO",
+           "GMPO: geometric mean of the token ratios, log r clipped to [-0.4, 0.4] (arXiv 2507.20673)",
+           surrogate="geo_mean"),
+    Method("dro", Unbounded(), None, "DRO (verl)",
+           "verl's DRO loss: -A·log pi + (dro_beta/2)·(log r)^2; dro_beta has no default and must be set",
+           surrogate="dro"),
+    Method("vespo", Unbounded(), None, "VESPO",
+           "VESPO: -sg(phi(w))·A·log pi, phi a Gamma weight of the sequence IS weight w (arXiv 2602.10693)",
+           surrogate="vespo"),
+    Method("cispo_band_kl", Band("kl", 0.05), 10.0, "CISPO, KL band",
+           "CISPO with its IS weight truncated to the KL band (delta 0.05, upper capped at 10) instead of [0, 5]",
+           surrogate="cispo"),
+    Method("gmpo_band_kl", Band("kl", 0.05), 10.0, "GMPO, KL band",
+           "GMPO with each token's log r clipped to the log of its KL band (delta 0.05, capped at 10) instead of "
+           "[-0.4, 0.4]", surrogate="geo_mean"),
 ):
     register_method(_m)

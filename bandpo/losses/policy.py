@@ -32,8 +32,10 @@ from torch import Tensor
 
 from .aggregation import Number, aggregate, get_aggregation
 from .config import LossConfig, _check_dual_clip
+from .correction import RolloutCorrection, check_correction, rollout_weights
 from .methods import SURROGATES, Method, _check_tis_cap, resolve_method
 from .metrics import _metrics_from_parts
+from .surrogates import SURROGATE_FORMS, SurrogateInputs
 
 __all__ = ["LOG_RATIO_CLAMP", "bounds", "policy_loss", "surrogate"]
 
@@ -103,6 +105,11 @@ def bounds(
 
 
 def _check_form(form: str, tis_cap: Optional[float]) -> None:
+    if form in SURROGATE_FORMS.names():
+        raise ValueError(
+            f"form {form!r} needs the log-probabilities and the padding mask, not only the ratio: use "
+            "bandpo.losses.surrogates.per_token_loss (or policy_loss) for it; surrogate() computes 'clip' and 'mask'"
+        )
     if form not in SURROGATES:
         raise ValueError(f"form must be one of {', '.join(SURROGATES)}, got {form!r}")
     if form == "mask":
@@ -236,6 +243,8 @@ def policy_loss(
     validate: bool = True,
     step: Optional[int] = None,
     config: Optional[LossConfig] = None,
+    rollout_logp: Optional[Tensor] = None,
+    correction: "Union[str, RolloutCorrection, None]" = None,
     **settings: Any,
 ) -> "tuple[Tensor, dict[str, Tensor]]":
     """Clipped policy-gradient loss with per-token bounds from ``method``, and its diagnostics.
@@ -266,6 +275,11 @@ def policy_loss(
             Shapes, dtypes and hyperparameters are always checked (no sync).
         step: the training step (needed when a setting such as ``delta`` is a schedule).
         config: a :class:`LossConfig` replacing ``method``, ``dual_clip``, ``agg`` and ``settings``.
+        rollout_logp: (B, T) log π_rollout of the sampled tokens under the behaviour policy that generated them
+            (a separate inference engine); needed by, and only with, ``correction``.
+        correction: rollout correction (:mod:`bandpo.losses.correction`): a preset id (``tis``, ``seq_tis``,
+            ``mis``, ``seq_mis``, ``icepop``) or a :class:`RolloutCorrection`; each token's loss is multiplied by
+            its truncated or masked weight π_old/π_rollout (no gradient). Composes with every method.
         settings: the method's settings (``delta=0.1``, ``divergence="tv"``, ``eps_high=0.28``, ``r_max=5``,
             ``max_ratio=...``); an unknown one is a ValueError naming the accepted settings.
 
@@ -292,6 +306,8 @@ def policy_loss(
     valid = mask if mask.dtype == torch.bool else mask != 0
     if validate:
         _check_values(logp, old_logp, adv, mask, valid)
+    if correction is not None or rollout_logp is not None:
+        correction = check_correction(correction, rollout_logp, logp, valid, validate=validate)
 
     cdtype = _compute_dtype(logp.dtype, old_logp.dtype, adv.dtype)
     zero = torch.zeros((), dtype=cdtype, device=logp.device)
@@ -311,8 +327,14 @@ def policy_loss(
         with torch.no_grad():
             trunc = keep & (ratio > spec.tis_cap) & (adv_c != 0)
         dual_clip = None
-    else:
+    elif spec.surrogate == "clip":
         per_token = torch.maximum(-adv_c * ratio, -adv_c * torch.clamp(ratio, lower, upper))
+    else:  # a form of bandpo.losses.surrogates (no dual clip)
+        x = SurrogateInputs(logp_c, log_ratio, ratio, adv_c, valid, lower, upper, step)
+        per_token = SURROGATE_FORMS.get(spec.surrogate).loss(x, spec.surrogate_settings)
+        dual_clip = None
+    if correction is not None:
+        per_token = per_token * rollout_weights(old_c, rollout_logp, valid, correction, step=step)
     if dual_clip is not None:
         floor = -adv_c * dual_clip
         neg = adv_c < 0

@@ -10,6 +10,10 @@ r = π_θ/π_old to [lower, upper] (see :mod:`bandpo.losses.policy`). The rules:
 * :class:`Band` ``(divergence, delta)``: BandPO's Band_{f,δ}(p) (arXiv 2603.04918): the ratios r ∈ [0, 1/p]
   with g_f(p, r) = p f(r) + (1 - p) f((1 - p r)/(1 - p)) <= δ, from :func:`bandpo.band`. ``delta`` may be a
   number, a :class:`~bandpo.losses.schedules.Schedule` or any callable step -> float.
+* :class:`LogClip` ``(eps_low, eps_high)``: [e^{-ε_low}, e^{ε_high}], a clip of log r to [-ε_low, ε_high] (GMPO,
+  arXiv 2507.20673, clips the log-ratio; its paper's range is (e^{-0.4}, e^{0.4})).
+* :class:`Unbounded` ``()``: [0, inf), no interval: the rule of methods whose surrogate has no ratio interval
+  (SAPO's soft gate, GPG, KL-Cov, VESPO; see :mod:`bandpo.losses.surrogates`).
 * :class:`Union` ``(a, b)``: the union of two intervals, [min(lower_a, lower_b), max(upper_a, upper_b)] (BandPO's
   "relax" ablation: the band united with Clip-Higher's [0.8, 1.28]).
 * :class:`Split` ``(lower, upper)``: the lower bound of one rule with the upper bound of another (the one-sided
@@ -43,7 +47,9 @@ from ..operator.bands import band
 from ..operator.divergences import Divergence, get_divergence
 from .schedules import Schedule, resolve_setting
 
-__all__ = ["Band", "BoundsRule", "Clip", "DCPO", "Split", "Union", "replace_settings", "rule_settings"]
+__all__ = [
+    "Band", "BoundsRule", "Clip", "DCPO", "LogClip", "Split", "Unbounded", "Union", "replace_settings", "rule_settings",
+]
 
 
 def _is_real(x) -> bool:
@@ -85,6 +91,39 @@ class Clip:
     @torch.no_grad()
     def __call__(self, old_logp: Tensor, *, step: Optional[int] = None) -> "tuple[Tensor, Tensor]":
         return torch.full_like(old_logp, 1 - self.eps_low), torch.full_like(old_logp, 1 + self.eps_high)
+
+
+@dataclass(frozen=True)
+class LogClip:
+    """Fixed interval on log r: [e^{-ε_low}, e^{ε_high}] (GMPO, arXiv 2507.20673, clips log r to [-ε_low, ε_high];
+    the paper trains with ε = 0.4; verl's ``geo_mean`` loss reads ``clip_ratio_low``/``clip_ratio_high`` this way)."""
+
+    eps_low: float = 0.4
+    """ε_low >= 0: lower = e^{-ε_low} (inf: lower = 0)."""
+    eps_high: float = 0.4
+    """ε_high >= 0: upper = e^{ε_high} (finite)."""
+
+    SIDE_SETTINGS = {"lower": ("eps_low",), "upper": ("eps_high",)}
+
+    def __post_init__(self) -> None:
+        if not (_is_real(self.eps_low) and self.eps_low >= 0):
+            raise ValueError(f"eps_low must be a number >= 0 (lower = exp(-eps_low)), got {self.eps_low!r}")
+        if not (_is_real(self.eps_high) and math.isfinite(self.eps_high) and 0 <= self.eps_high <= 20):
+            raise ValueError(f"eps_high must be a number in [0, 20] (upper = exp(eps_high)), got {self.eps_high!r}")
+
+    @torch.no_grad()
+    def __call__(self, old_logp: Tensor, *, step: Optional[int] = None) -> "tuple[Tensor, Tensor]":
+        return torch.full_like(old_logp, math.exp(-self.eps_low)), torch.full_like(old_logp, math.exp(self.eps_high))
+
+
+@dataclass(frozen=True)
+class Unbounded:
+    """No interval: [0, inf) (capped at e^20 by the loss). The bounds rule of a method whose surrogate clips
+    nothing (a soft gate or weight: SAPO, VESPO; no ratio at all: GPG; a penalty: KL-Cov); it has no settings."""
+
+    @torch.no_grad()
+    def __call__(self, old_logp: Tensor, *, step: Optional[int] = None) -> "tuple[Tensor, Tensor]":
+        return torch.zeros_like(old_logp), torch.full_like(old_logp, math.inf)
 
 
 @dataclass(frozen=True)
