@@ -292,7 +292,7 @@ def test_method_table_and_registry():
     assert list_methods() == sorted([
         "clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "band_hellinger", "band_js",
         "band_reverse_kl", "band_neyman_chi2", "band_kl_relax", "band_kl_upper", "band_kl_lower", "dppo_kl",
-        "dppo_tv", "no_clip",
+        "dppo_tv", "no_clip", "band_kl_upper_rare",
     ])
     assert get_method("clip").bounds == Clip(0.2, 0.2) and get_method("clip").max_ratio is None
     assert get_method("clip_higher").bounds == Clip(0.2, 0.28)
@@ -649,7 +649,7 @@ def _good():
 
 BAD_ARGS = [
     (dict(method="ppo"), "unknown method 'ppo'; known methods: band_chi2, band_hellinger, band_js, band_kl, "
-     "band_kl_lower, band_kl_relax, band_kl_upper, band_neyman_chi2, band_reverse_kl, band_tv, clip, clip_higher, "
+     "band_kl_lower, band_kl_relax, band_kl_upper, band_kl_upper_rare, band_neyman_chi2, band_reverse_kl, band_tv, clip, clip_higher, "
      "dcpo, dppo_kl, dppo_tv, no_clip"),
     (dict(agg="mean"), "unknown aggregation 'mean'; known aggregations: seq-mean-token-mean"),
     (dict(divergence="kl2"), "unknown divergence 'kl2'"),

@@ -2,9 +2,9 @@
 aggregation and metrics.
 
 * :mod:`~bandpo.losses.rules`: bounds rules carrying their settings (:class:`Clip`, :class:`DCPO`, :class:`Band`,
-  and the composites :class:`Union`, :class:`Split`);
+  and the composites :class:`Union`, :class:`Split`, :class:`ByProbability`);
 * :mod:`~bandpo.losses.methods`: the method table :data:`METHODS` (ids ``clip``, ``clip_higher``, ``dcpo``,
-  ``band_<divergence>``, ``band_kl_relax``, ``band_kl_upper``, ``band_kl_lower``, ``dppo_kl``, ``dppo_tv``,
+  ``band_<divergence>``, ``band_kl_relax``, ``band_kl_upper``, ``band_kl_lower``, ``band_kl_upper_rare``, ``dppo_kl``, ``dppo_tv``,
   ``no_clip``);
 * :mod:`~bandpo.losses.schedules`: :class:`Constant`, :class:`Linear`, :class:`Cosine` (e.g. for δ);
 * :mod:`~bandpo.losses.aggregation`: :func:`aggregate`, :func:`aggregation_denominator`;
@@ -17,7 +17,7 @@ with a module of this package, so ``import bandpo.losses.rules as rules`` is alw
 """
 
 from .aggregation import AGGREGATIONS, Aggregation, aggregate, aggregation_denominator, get_aggregation, list_aggregations
-from .rules import DCPO, Band, BoundsRule, Clip, Split, Union, replace_settings, rule_settings
+from .rules import DCPO, Band, BoundsRule, ByProbability, Clip, Split, Union, replace_settings, rule_settings
 from .config import LossConfig
 from .methods import (
     METHODS,
@@ -40,6 +40,7 @@ __all__ = [
     "BUCKET_EDGES",
     "BUCKET_NAMES",
     "Band",
+    "ByProbability",
     "BoundsRule",
     "Clip",
     "Constant",

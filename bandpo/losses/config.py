@@ -20,7 +20,7 @@ from .schedules import SCHEDULES, make_schedule
 
 __all__ = ["LossConfig"]
 
-_RULE_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "tis_cap")
+_RULE_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "tis_cap", "rare_p")
 
 
 def _check_dual_clip(x) -> None:
@@ -37,7 +37,7 @@ class LossConfig:
     method: str = "band_kl"
     """Method id from :func:`bandpo.list_methods`: clip, clip_higher, dcpo, band_kl, band_tv, band_chi2,
     band_hellinger, band_js, band_reverse_kl, band_neyman_chi2, band_kl_relax, band_kl_upper, band_kl_lower,
-    dppo_kl, dppo_tv, no_clip."""
+    band_kl_upper_rare, dppo_kl, dppo_tv, no_clip."""
     divergence: Optional[str] = None
     """f-divergence of a band method (:func:`bandpo.list_divergences`); None: the method's own (band_kl: 'kl')."""
     delta: Optional[float] = None
@@ -58,6 +58,9 @@ class LossConfig:
     tis_cap: Optional[float] = None
     """DPPO's truncation cap C >= 1 on the importance weight (mask methods dppo_kl/dppo_tv only; inf: none);
     None: the method's own (20)."""
+    rare_p: Optional[float] = None
+    """Old-probability threshold in (0, 1] below which ``band_kl_upper_rare`` takes the band's upper bound (GRPO's
+    clip above it); None: the method's own (0.05). Other methods have no such setting."""
     max_ratio: Optional[float] = None
     """Cap >= 1 on the upper ratio bound; None: the method's own (band_*: 10, dcpo/clip: none); inf (YAML ``.inf``):
     no cap, e.g. to train a band method uncapped."""
