@@ -1,7 +1,17 @@
+import importlib.util
 import os
+from pathlib import Path
 
-import pytest
-import torch
+# The test process runs in the pinned numerical mode of the CPU presets (bandpo/training/pinning.py), so that a test
+# may train a pinned config in-process. Its variables must be set before torch (and MKL) load: the module is loaded
+# by path, since importing the bandpo package already runs torch kernels.
+_spec = importlib.util.spec_from_file_location("_bandpo_pinning", Path(__file__).parents[1] / "bandpo/training/pinning.py")
+_pinning = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_pinning)
+os.environ.update(_pinning.PINNED_ENV)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Deterministic, quiet, and quick on CI's 2 cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

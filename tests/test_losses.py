@@ -292,7 +292,7 @@ def test_method_table_and_registry():
     assert list_methods() == sorted([
         "clip", "clip_higher", "dcpo", "band_kl", "band_tv", "band_chi2", "band_hellinger", "band_js",
         "band_reverse_kl", "band_neyman_chi2", "band_kl_relax", "band_kl_upper", "band_kl_lower", "dppo_kl",
-        "dppo_tv", "no_clip",
+        "dppo_tv", "no_clip", "band_kl_upper_rare",
         # tests/test_parity_verl_methods.py, tests/test_surrogates.py
         "gspo", "cispo", "sapo", "gpg", "clip_cov", "kl_cov", "gmpo", "dro", "vespo", "cispo_band_kl", "gmpo_band_kl",
     ])

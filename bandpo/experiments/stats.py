@@ -9,6 +9,13 @@ have. :func:`bootstrap_mean` gives their mean and a percentile bootstrap interva
 with replacement, take the mean, repeat, and read the 2.5 % and 97.5 % quantiles. The same applies to rates: for a
 0/1 statistic (``collapsed``, ``discovered``) the mean difference is the difference of the two rates.
 
+The tests of the pre-registered protocol (``docs/protocol-rare-tail.md``) are here too, as pure functions checked
+against hand-computed values (``tests/test_stats_tests.py``): :func:`mcnemar` (exact, paired binary), :func:`holm`
+(step-down adjusted p-values), :func:`sign_flip` (exact paired randomisation test of a mean difference),
+:func:`rmst` / :func:`paired_rmst` (restricted mean time to an event under censoring), and the intervals
+:func:`t_interval` (Student t, :func:`t_quantile` computed here without scipy) and :func:`bca_mean` (bias-corrected
+and accelerated bootstrap).
+
 Everything is a pure function: the resamples come from a NumPy generator seeded by ``seed`` (default 0), so the
 same numbers always give the same interval. Resamples are drawn in antithetic pairs: the differences are sorted,
 and each resample of indices i_1..i_n is paired with its mirror n-1-i_1..n-1-i_n (itself a uniform resample, so the
@@ -22,6 +29,7 @@ import argparse
 import math
 import re
 import shlex
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +37,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Interval", "RESAMPLES", "baseline_of", "bootstrap_mean", "candidates", "compare", "markdown_table", "render_report", "paired_differences", "select_rows", "seed_mean"]
+__all__ = ["Interval", "McNemar", "RESAMPLES", "SignFlip", "baseline_of", "bca_mean", "bootstrap_mean", "candidates",
+           "compare", "holm", "markdown_table", "mcnemar", "paired_differences", "paired_rmst", "render_report",
+           "rmst", "select_rows", "seed_mean", "sign_flip", "t_interval", "t_quantile"]
 
 RESAMPLES = 10_000
 """Bootstrap resamples per interval (5 000 antithetic pairs)."""
@@ -80,6 +90,271 @@ def bootstrap_mean(values: Sequence[float], *, resamples: int = RESAMPLES, level
     means = np.concatenate([x[idx].mean(axis=1), x[n - 1 - idx].mean(axis=1)])
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return Interval(estimate, float(low), float(high), n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tests and intervals of the pre-registered protocol (docs/protocol-rare-tail.md)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """The exact McNemar test of paired binary outcomes."""
+
+    n: int
+    """Pairs."""
+    a_only: int
+    """Pairs where only the first arm had the event (b of the 2x2 table)."""
+    b_only: int
+    """Pairs where only the second arm had it (c)."""
+    p_value: float
+    """Two-sided exact p-value: 2 P(X <= min(b, c)), X ~ Binomial(b + c, 1/2), at most 1 (1 without discordant pairs)."""
+
+
+def mcnemar(a: Sequence[float], b: Sequence[float]) -> McNemar:
+    """Exact two-sided McNemar test of paired 0/1 outcomes ``a[i]``, ``b[i]`` (pair i: the same seed).
+
+    Under H0 (the two arms have the event equally often) each discordant pair is a fair coin, so with b pairs where
+    only ``a`` had it and c where only ``b`` had it, p = min(1, 2 sum_{k <= min(b, c)} C(b + c, k) / 2^(b + c)),
+    computed in exact integer arithmetic. Raises ValueError for unequal lengths or values other than 0 and 1.
+    """
+    x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"mcnemar needs paired outcomes of equal length, got {x.size} and {y.size}")
+    if not (np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all()):
+        raise ValueError("mcnemar needs outcomes 0 or 1 (a nan or another value is not a paired binary outcome)")
+    n10, n01 = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    m = n10 + n01
+    tail = sum(math.comb(m, k) for k in range(min(n10, n01) + 1))
+    return McNemar(int(x.size), n10, n01, min(1.0, 2 * tail / 2 ** m) if m else 1.0)
+
+
+def holm(p_values: Sequence[float]) -> list:
+    """Holm's step-down adjusted p-values, in the input order: with p_(1) <= ... <= p_(m),
+    adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)). Reject H_i at level α iff adj_i <= α (family-wise error <= α
+    under any dependence). Raises ValueError for a p-value outside [0, 1] or nan."""
+    p = np.asarray(p_values, dtype=float).ravel()
+    if p.size and not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError(f"holm needs p-values in [0, 1], got {p.tolist()}")
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out.tolist()
+
+
+@dataclass(frozen=True)
+class SignFlip:
+    """The exact sign-flip (paired randomisation) test of a mean difference."""
+
+    n: int
+    """Paired differences (nan dropped)."""
+    mean: float
+    """Their mean."""
+    p_value: float
+    """Two-sided: the fraction of the 2^n sign patterns whose |mean| is at least the observed |mean|."""
+    method: str
+    """'enumeration' (all 2^n patterns) or 'lattice' (exact distribution of the sum on the grid ``resolution``)."""
+
+
+ENUMERATION_MAX = 20
+"""Largest n whose 2^n sign patterns :func:`sign_flip` enumerates; above it the values must lie on a grid."""
+
+
+def sign_flip(diffs: Sequence[float], resolution: Optional[float] = None) -> SignFlip:
+    """Exact two-sided sign-flip test of H0: the paired differences are symmetric about 0.
+
+    Under H0 every sign pattern s in {-1, +1}^n is equally likely, so p = #{s : |sum s_i d_i| >= |sum d_i|} / 2^n.
+    With n <= :data:`ENUMERATION_MAX` all patterns are enumerated. Larger n need ``resolution``: every difference
+    must be an integer multiple k_i of it (held-out mean@8 over 100 prompts: 1/800; discovery steps: 1), and the
+    distribution of sum s_i k_i is built exactly by convolution, one difference at a time (probabilities in float64:
+    exact up to rounding, ~1e-15). A difference off the grid by more than 1e-9 of the resolution is a ValueError.
+    """
+    d = np.asarray(diffs, dtype=float).ravel()
+    d = d[np.isfinite(d)]
+    n = d.size
+    if n == 0:
+        return SignFlip(0, math.nan, math.nan, "enumeration")
+    mean = float(d.mean())
+    if resolution is None:
+        if n > ENUMERATION_MAX:
+            raise ValueError(f"sign_flip of n = {n} > {ENUMERATION_MAX} differences needs resolution= (the grid the "
+                             "values lie on, e.g. 1/800 for mean@8 over 100 prompts)")
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        sums = np.abs(signs @ d)
+        observed = abs(d.sum())
+        return SignFlip(n, mean, float((sums >= observed - 1e-12 * max(1.0, observed)).mean()), "enumeration")
+    if not (math.isfinite(resolution) and resolution > 0):
+        raise ValueError(f"resolution must be a finite number > 0, got {resolution!r}")
+    k = np.rint(d / resolution)
+    if np.abs(k * resolution - d).max() > 1e-9 * resolution:
+        raise ValueError(f"the differences are not multiples of resolution {resolution!r}")
+    k = np.abs(k).astype(np.int64)
+    total = int(k.sum())
+    dist = np.zeros(2 * total + 1)
+    dist[total] = 1.0
+    for ki in k:
+        if ki:
+            dist = 0.5 * (np.roll(dist, ki) + np.roll(dist, -ki))
+    observed = abs(int(np.rint(d / resolution).sum()))
+    support = np.arange(-total, total + 1)
+    return SignFlip(n, mean, float(min(1.0, dist[np.abs(support) >= observed].sum())), "lattice")
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The q-quantile of Student's t with ``df`` > 0 degrees of freedom (no scipy): the CDF through the regularised
+    incomplete beta function, F(t) = 1 - I_{df/(df + t²)}(df/2, 1/2)/2 for t >= 0, inverted by bisection to 1e-13."""
+    if not (0 < q < 1) or not (df > 0):
+        raise ValueError(f"t_quantile needs 0 < q < 1 and df > 0, got q={q!r}, df={df!r}")
+    if q < 0.5:
+        return -t_quantile(1 - q, df)
+    if q == 0.5:
+        return 0.0
+
+    def cdf(t: float) -> float:
+        return 1 - 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < q:
+        lo, hi = hi, hi * 2
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if cdf(mid) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) by its continued fraction (modified Lentz), using the symmetry
+    I_x(a, b) = 1 - I_{1-x}(b, a) where the fraction converges slowly."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1 - x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 10_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-16:
+            break
+    return math.exp(log_front) * f / a
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean of ``values`` (nan dropped) with the Student t interval mean ± t_{(1+level)/2, n-1} s/√n (s with
+    n - 1). Fewer than 2 values: nan ends. Its coverage at the protocol's n is checked by simulation
+    (``bandpo.experiments.power``)."""
+    if not (0 < level < 1):
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    m = float(x.mean())
+    if n == 1:
+        return Interval(m, math.nan, math.nan, 1)
+    half = t_quantile((1 + level) / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    return Interval(m, m - half, m + half, n)
+
+
+def bca_mean(values: Sequence[float], *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> Interval:
+    """Mean of ``values`` with the bias-corrected and accelerated (BCa) bootstrap interval (Efron 1987): the
+    percentile interval's ends moved to the quantiles Φ(z0 + (z0 + z)/(1 - a(z0 + z))) of the bootstrap means, z0 =
+    Φ⁻¹(share of bootstrap means below the mean), a = Σ(θ̄ - θ_i)³ / (6 (Σ(θ̄ - θ_i)²)^1.5) over the jackknife
+    means θ_i. Same resamples as :func:`bootstrap_mean` (seeded, antithetic pairs). Constant values: a zero-width
+    interval; fewer than 2 values: nan ends."""
+    base = bootstrap_mean(values, resamples=resamples, level=level, seed=seed)
+    x = np.asarray(values, dtype=float).ravel()
+    x = np.sort(x[np.isfinite(x)])
+    n = x.size
+    if n < 2 or base.low == base.high:
+        return base
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples // 2, n))
+    means = np.concatenate([x[idx].mean(axis=1), x[n - 1 - idx].mean(axis=1)])
+    est = float(x.mean())
+    below = (np.sum(means < est) + 0.5 * np.sum(means == est)) / means.size
+    nd = statistics.NormalDist()
+    z0 = nd.inv_cdf(min(max(below, 1 / means.size), 1 - 1 / means.size))
+    jack = (x.sum() - x) / (n - 1)
+    u = jack.mean() - jack
+    denom = 6 * float((u ** 2).sum()) ** 1.5
+    a = float((u ** 3).sum()) / denom if denom > 0 else 0.0
+    ends = []
+    for z in (nd.inv_cdf((1 - level) / 2), nd.inv_cdf((1 + level) / 2)):
+        ends.append(nd.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    low, high = np.quantile(means, ends)
+    return Interval(est, float(low), float(high), n)
+
+
+def rmst(times: Sequence[float], events: Sequence[float], tau: float) -> Interval:
+    """Restricted mean time to the event up to ``tau``, ∫_0^tau S(t) dt, with S the Kaplan-Meier estimate from
+    ``times`` (event or censoring time of each unit) and ``events`` (1: the event happened at that time, 0: censored
+    then); with a 95 % normal interval from the Greenwood-type variance
+    Σ_{t_j < tau} A_j² d_j / (n_j (n_j - d_j)), A_j = ∫_{t_j}^tau S(t) dt (d_j events among n_j at risk at t_j).
+
+    When no unit is censored before ``tau`` this is the mean of min(T_i, tau), a censored unit counting as ``tau``
+    (the testbed's ``discovery_step``, censored at the last step). ValueError for unequal lengths, events other than
+    0/1, negative times or tau <= 0."""
+    t, e = np.asarray(times, dtype=float).ravel(), np.asarray(events, dtype=float).ravel()
+    if t.shape != e.shape or not np.isin(e, (0.0, 1.0)).all() or (t < 0).any() or not tau > 0:
+        raise ValueError("rmst needs equal-length times >= 0 and events 0/1, and tau > 0")
+    n = t.size
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    grid = np.unique(t[(e == 1) & (t < tau)])
+    surv, s = [], 1.0
+    risk, deaths = [], []
+    for tj in grid:
+        nj = int((t >= tj).sum())
+        dj = int(((t == tj) & (e == 1)).sum())
+        s *= 1 - dj / nj
+        surv.append(s)
+        risk.append(nj)
+        deaths.append(dj)
+    knots = np.concatenate([[0.0], grid, [tau]])
+    levels = np.concatenate([[1.0], surv])
+    area = float((levels * np.diff(knots)).sum())
+    var = 0.0
+    for j in range(grid.size):
+        a_j = float((levels[j + 1:] * np.diff(knots[j + 1:])).sum())  # ∫_{t_j}^tau S
+        if risk[j] > deaths[j]:
+            var += a_j ** 2 * deaths[j] / (risk[j] * (risk[j] - deaths[j]))
+    half = 1.959963984540054 * math.sqrt(var)
+    return Interval(area, area - half, area + half, n)
+
+
+def paired_rmst(times_a: Sequence[float], events_a: Sequence[float], times_b: Sequence[float],
+                events_b: Sequence[float], tau: float) -> "tuple[Interval, SignFlip]":
+    """Paired difference of restricted mean times (a - b) up to ``tau`` with its t interval and the exact
+    sign-flip test of the per-pair differences of min(T, tau), for data censored only at or after ``tau``
+    (then rmst(a) - rmst(b) is exactly the mean of those differences). Times must be integers (RL steps).
+    ValueError when a unit is censored before ``tau`` (a pair's difference would be unknown)."""
+    ta, ea, tb, eb = (np.asarray(v, dtype=float).ravel() for v in (times_a, events_a, times_b, events_b))
+    if not (ta.shape == ea.shape == tb.shape == eb.shape):
+        raise ValueError("paired_rmst needs four sequences of equal length (one entry per pair)")
+    for t, e in ((ta, ea), (tb, eb)):
+        if ((e == 0) & (t < tau)).any():
+            raise ValueError(f"paired_rmst: a unit is censored before tau = {tau}; its paired difference is unknown")
+    d = np.minimum(ta, tau) - np.minimum(tb, tau)
+    return t_interval(d), sign_flip(d, resolution=1.0)
 
 
 def select_rows(rows: Sequence[Mapping], spec: Mapping) -> list:

@@ -2,13 +2,14 @@
 aggregation and metrics.
 
 * :mod:`~bandpo.losses.rules`: bounds rules carrying their settings (:class:`Clip`, :class:`DCPO`, :class:`Band`,
-  :class:`LogClip`, :class:`Unbounded`, and the composites :class:`Union`, :class:`Split`);
+  :class:`LogClip`, :class:`Unbounded`, and the composites :class:`Union`, :class:`Split`, :class:`ByProbability`);
 * :mod:`~bandpo.losses.surrogates`: the loss forms beyond PPO's clip and DPPO's mask (GSPO, CISPO, SAPO, GPG,
   Clip-Cov, KL-Cov, GMPO, VESPO), :data:`SURROGATE_FORMS`;
 * :mod:`~bandpo.losses.correction`: rollout correction (TIS, MIS, IcePop; token or sequence level),
   :class:`RolloutCorrection`, :func:`rollout_weights`, :data:`CORRECTIONS`;
 * :mod:`~bandpo.losses.methods`: the method table :data:`METHODS` (ids ``clip``, ``clip_higher``, ``dcpo``,
-  ``band_<divergence>``, ``band_kl_relax``, ``band_kl_upper``, ``band_kl_lower``, ``dppo_kl``, ``dppo_tv``,
+  ``band_<divergence>``, ``band_kl_relax``, ``band_kl_upper``, ``band_kl_lower``,
+  ``band_kl_upper_rare``, ``dppo_kl``, ``dppo_tv``,
   ``no_clip``, ``gspo``, ``cispo``, ``sapo``, ``gpg``, ``clip_cov``, ``kl_cov``, ``gmpo``, ``vespo``,
   ``cispo_band_kl``, ``gmpo_band_kl``);
 * :mod:`~bandpo.losses.schedules`: :class:`Constant`, :class:`Linear`, :class:`Cosine` (e.g. for δ);
@@ -22,7 +23,7 @@ with a module of this package, so ``import bandpo.losses.rules as rules`` is alw
 """
 
 from .aggregation import AGGREGATIONS, Aggregation, aggregate, aggregation_denominator, get_aggregation, list_aggregations
-from .rules import DCPO, Band, BoundsRule, Clip, LogClip, Split, Unbounded, Union, replace_settings, rule_settings
+from .rules import DCPO, Band, BoundsRule, ByProbability, Clip, LogClip, Split, Unbounded, Union, replace_settings, rule_settings
 from .surrogates import SURROGATE_FORMS, ClipCovSettings, KLCovSettings, SAPOSettings, VESPOSettings, geometric_interval
 from .correction import CORRECTIONS, RolloutCorrection, get_correction, rollout_weights
 from .config import LossConfig
@@ -47,6 +48,7 @@ __all__ = [
     "BUCKET_EDGES",
     "BUCKET_NAMES",
     "Band",
+    "ByProbability",
     "CORRECTIONS",
     "ClipCovSettings",
     "KLCovSettings",

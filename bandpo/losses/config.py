@@ -20,7 +20,7 @@ from .schedules import SCHEDULES, make_schedule
 
 __all__ = ["LossConfig"]
 
-_RULE_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "tis_cap")
+_RULE_SETTINGS = ("divergence", "delta", "eps_low", "eps_high", "r_max", "tis_cap", "rare_p")
 _SURROGATE_SETTINGS = ("tau_pos", "tau_neg", "cov_fraction", "cov_low", "cov_high", "cov_seed", "kl_cov_coef", "dro_beta",
                        "k_pos", "lambda_pos", "k_neg", "lambda_neg")
 
@@ -60,6 +60,9 @@ class LossConfig:
     tis_cap: Optional[float] = None
     """DPPO's truncation cap C >= 1 on the importance weight (mask methods dppo_kl/dppo_tv only; inf: none);
     None: the method's own (20)."""
+    rare_p: Optional[float] = None
+    """Old-probability threshold in (0, 1] below which ``band_kl_upper_rare`` takes the band's upper bound (GRPO's
+    clip above it); None: the method's own (0.05). Other methods have no such setting."""
     tau_pos: Optional[float] = None
     """SAPO's temperature of tokens with A > 0 (method sapo); None: its own (1.0)."""
     tau_neg: Optional[float] = None

@@ -15,6 +15,8 @@ id                     bounds                                                   
 ``band_kl_relax``      Union(Band("kl", 0.05), Clip(0.2, 0.28)), cap 10             BandPO's "relax" ablation
 ``band_kl_upper``      Split(lower=Clip(0.2, 0.2), upper=Band("kl", 0.05)), cap 10  ablation: the band's upper only
 ``band_kl_lower``      Split(lower=Band("kl", 0.05), upper=Clip(0.2, 0.2)), no cap  ablation: the band's lower only
+``band_kl_upper_rare`` Split(lower=Clip(0.2, 0.2), upper=ByProbability(              the band's upper bound only for
+                       Band("kl", 0.05), Clip(0.2, 0.2), rare_p=0.05)), cap 10      tokens below p = 0.05
 ``dppo_kl``            Band("kl", δ = 0.05), no cap, **mask** surrogate, C = 20     DPPO Binary-KL, arXiv 2602.04879
 ``dppo_tv``            Band("tv", δ = 0.15), no cap, **mask** surrogate, C = 20     DPPO Binary-TV, arXiv 2602.04879
 ``no_clip``            Clip(1, 1e6): bounds [0, 1e6] (a reference, not a method)    importance-weighted PG
@@ -64,7 +66,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from ..registry import Registry
-from .rules import DCPO, Band, BoundsRule, Clip, LogClip, Split, Unbounded, Union as UnionRule, replace_settings, rule_settings
+from .rules import DCPO, Band, BoundsRule, ByProbability, Clip, LogClip, Split, Unbounded, Union as UnionRule, replace_settings, rule_settings
 from .surrogates import SURROGATE_FORMS, ClipCovSettings, KLCovSettings, SAPOSettings, VESPOSettings, surrogate_settings
 
 __all__ = [
@@ -268,6 +270,11 @@ for _m in (
            "ablation: the KL band's upper bound (delta 0.05, capped at 10) with GRPO's fixed lower bound 1 - 0.2"),
     Method("band_kl_lower", Split(lower=Band("kl", 0.05), upper=Clip(0.2, 0.2)), None, "BandPO KL lower only",
            "ablation: the KL band's lower bound (delta 0.05) with GRPO's fixed upper bound 1 + 0.2"),
+    Method("band_kl_upper_rare",
+           Split(lower=Clip(0.2, 0.2), upper=ByProbability(Band("kl", 0.05), Clip(0.2, 0.2), rare_p=0.05)), 10.0,
+           "BandPO KL upper, rare tokens only",
+           "the KL band's upper bound (delta 0.05, capped at 10) for tokens of old probability below rare_p = 0.05, "
+           "GRPO's clip [1 - 0.2, 1 + 0.2] everywhere else (docs/protocol-rare-tail.md)"),
     Method("dppo_kl", Band("kl", 0.05), None, "DPPO Binary-KL",
            "DPPO Binary-KL: mask tokens outside the binary-KL region (delta 0.05) on their advantage's side, "
            "truncated IS weight C = 20 (arXiv 2602.04879)", surrogate="mask"),

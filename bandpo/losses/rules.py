@@ -18,6 +18,8 @@ r = π_θ/π_old to [lower, upper] (see :mod:`bandpo.losses.policy`). The rules:
   "relax" ablation: the band united with Clip-Higher's [0.8, 1.28]).
 * :class:`Split` ``(lower, upper)``: the lower bound of one rule with the upper bound of another (the one-sided
   band ablations: e.g. the band's upper bound with GRPO's fixed lower bound 0.8).
+* :class:`ByProbability` ``(rare, common, rare_p)``: one rule's interval for tokens whose old probability is below
+  ``rare_p``, another's for the rest (e.g. the band only for rare tokens, GRPO's clip elsewhere).
 
 Settings. A rule's settings are its dataclass fields, or, for a composite rule (:class:`Union`, :class:`Split`),
 the settings of its parts, flattened (:func:`rule_settings`; :func:`replace_settings` applies overrides). A
@@ -48,7 +50,7 @@ from ..operator.divergences import Divergence, get_divergence
 from .schedules import Schedule, resolve_setting
 
 __all__ = [
-    "Band", "BoundsRule", "Clip", "DCPO", "LogClip", "Split", "Unbounded", "Union", "replace_settings", "rule_settings",
+    "Band", "BoundsRule", "ByProbability", "Clip", "DCPO", "LogClip", "Split", "Unbounded", "Union", "replace_settings", "rule_settings",
 ]
 
 
@@ -335,3 +337,58 @@ class Split(_Composite):
         lo, _ = self.lower(old_logp, step=step)
         _, up = self.upper(old_logp, step=step)
         return lo, up.to(lo.dtype)
+
+
+def _check_rare_p(x) -> None:
+    if not (_is_real(x) and 0 < x <= 1):
+        raise ValueError(f"rare_p must be a number in (0, 1] (the old probability below which a token is rare, e.g. "
+                         f"0.05), got {x!r}")
+
+
+@dataclass(frozen=True)
+class ByProbability(_Composite):
+    """One rule for rare tokens, another for the rest, by the token's old probability p = exp(old_logp):
+
+        (lower, upper) = rare(old_logp)   where p < rare_p,
+                         common(old_logp) where p >= rare_p.
+
+    ``Split(lower=Clip(0.2, 0.2), upper=ByProbability(Band("kl", 0.05), Clip(0.2, 0.2), 0.05))`` is the band's upper
+    bound for tokens below 5 % and GRPO's [0.8, 1.2] everywhere else (the method ``band_kl_upper_rare``): the
+    band's claim concerns rare tokens with positive advantage (arXiv 2603.04918), so this keeps only that part of
+    it. Settings: ``rare_p`` and both parts' (``divergence``, ``delta``, ``eps_low``, ``eps_high`` there; inside a
+    :class:`Split`, those acting on the side it takes). The comparison is made in log space, old_logp < log(rare_p).
+    """
+
+    rare: BoundsRule = dataclasses.field(default_factory=lambda: Band("kl", 0.05))
+    """Rule of the tokens with old probability below ``rare_p``."""
+    common: BoundsRule = dataclasses.field(default_factory=lambda: Clip(0.2, 0.2))
+    """Rule of the other tokens."""
+    rare_p: float = 0.05
+    """Old-probability threshold in (0, 1]: a token is rare when p < rare_p (the trainer's rare-token metrics use
+    0.05 too)."""
+
+    def __post_init__(self) -> None:
+        _check_rule("ByProbability's rare", self.rare)
+        _check_rule("ByProbability's common", self.common)
+        _check_rare_p(self.rare_p)
+
+    def _parts(self):
+        return ((self.rare, None), (self.common, None))
+
+    @staticmethod
+    def _part_names():
+        return ("rare", "common")
+
+    def settings(self, side: Optional[str] = None) -> "dict[str, Any]":
+        return {**super().settings(side), "rare_p": self.rare_p}
+
+    def with_settings(self, **settings: Any):
+        out = super().with_settings(**{k: v for k, v in settings.items() if k != "rare_p"})
+        return dataclasses.replace(out, rare_p=settings["rare_p"]) if "rare_p" in settings else out
+
+    @torch.no_grad()
+    def __call__(self, old_logp: Tensor, *, step: Optional[int] = None) -> "tuple[Tensor, Tensor]":
+        lo_r, up_r = self.rare(old_logp, step=step)
+        lo_c, up_c = self.common(old_logp, step=step)
+        is_rare = old_logp < math.log(self.rare_p)
+        return (torch.where(is_rare, lo_r, lo_c.to(lo_r.dtype)), torch.where(is_rare, up_r, up_c.to(up_r.dtype)))

@@ -19,7 +19,13 @@ What a run writes in ``--out`` (DIR):
 * ``DIR/checkpoints/last.ckpt``: written atomically every ``trainer.checkpoint_every`` steps and at the end;
 * ``DIR/warmstart.json``: the supervised warm-start's final loss/accuracy (when there is one);
 * ``DIR/eval.csv``: with ``eval.sets``, one row per held-out evaluation (mean@n, pass@k, maj@k per set);
-* ``DIR/summary.json``: written when the run reaches ``max_steps`` (the last row, wall time).
+* ``DIR/summary.json``: written when the run reaches ``max_steps`` (the last row, wall time);
+* ``DIR/machine.json``: per process that trained it, the CPU (model, ISA flags), the numerical mode
+  (``trainer.numerics``: what torch and MKL actually chose) and the library versions (``bandpo.training.pinning``).
+
+With ``trainer.numerics: pinned`` (the CPU presets) the command restarts itself with the pinned environment before any
+work, so that its numbers are the same bits on every x86-64 CPU with AVX2 (docs/reproducibility.md); ``--no-pin``
+runs with this CPU's own code paths.
 
 SIGTERM or SIGINT (Ctrl-C): the current RL step finishes, ``last.ckpt`` is written, one line says how to resume,
 and the command exits with 128 + the signal number (143, 130). Bad paths, configs and checkpoints are reported as
@@ -348,7 +354,18 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         raise
     except ValueError as e:
         raise UserError(str(e)) from None
-    torch.set_num_threads(cfg.trainer.num_threads or min(4, os.cpu_count() or 1))
+    from . import pinning
+
+    if cfg.trainer.numerics == "pinned":
+        found = pinning.problems()
+        if found:
+            raise UserError("trainer.numerics is 'pinned' but this process is not: " + "; ".join(found) + ". "
+                            "python -m bandpo.training and the experiment runners restart themselves pinned; from "
+                            "Python, start under `python -m bandpo.training.pinning python ...`, or set "
+                            "trainer.numerics 'native' (--no-pin)")
+        pinning.apply(cfg.trainer.num_threads)
+    else:
+        torch.set_num_threads(cfg.trainer.num_threads or min(4, os.cpu_count() or 1))
 
     import lightning as L
 
@@ -369,6 +386,7 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
     out.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
         cfg.to_yaml(out / "config.yaml")
+        pinning.write_machine_record(out, cfg.trainer.numerics, resumed=ckpt is not None)
     if ckpt is None and cfg.warmstart.steps > 0:
         w = cfg.warmstart
         _log(f"supervised warm-start: {w.steps} steps of {w.batch_size} examples, lr {w.lr}")
@@ -509,6 +527,9 @@ def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default"
                    help="substitute the tiny model and CPU-sized batches and run 2 steps (checks a GPU config)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     g = p.add_argument_group("shortcuts")
+    g.add_argument("--no-pin", dest="trainer.numerics", action="store_const", const="native",
+                   help="= --trainer.numerics native: this CPU's fastest code paths instead of the pinned mode of the "
+                        "CPU presets (docs/reproducibility.md)")
     for flag, key in ALIASES.items():
         section, _, name = key.partition(".")
         tp = typing.get_type_hints(SECTIONS[section]).get(name, str)
@@ -550,10 +571,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .runtime import UserError, check_out_dir, dry_run_report
 
+    entry_point = argv is None  # the process's own command line: it may restart itself in the pinned mode
     argv = list(sys.argv[1:] if argv is None else argv)
     missing: list = []
     try:
         cfg, args = parse_args(argv)
+        if entry_point and cfg.trainer.numerics == "pinned" and not args.print_config:
+            from .pinning import PinningError, reexec_pinned
+
+            try:
+                reexec_pinned()
+            except PinningError as e:
+                raise ValueError(f"{e} (run with --no-pin for this machine's native numerics)") from None
         if args.dry_run:
             lines, missing = dry_run_report(cfg)
             if _is_main_process():

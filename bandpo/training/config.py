@@ -52,6 +52,8 @@ CONFIG_DIR = Path(__file__).parent / "presets"
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 ARCHS = ("qwen2", "llama")
+OPTIMIZERS = ("adamw", "sgd")
+NUMERICS = ("native", "pinned")
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -145,6 +147,12 @@ class TaskConfig:
     """rare_strategy: warm-start frequency of each wrong strategy 'X', 'Y' (reward 0) among whole targets."""
     common_reward: float = 0.5
     """rare_strategy: reward of the common strategy 'C' carried out correctly (the tail strategy earns 1)."""
+    middle_freq: float = 0.0
+    """rare_strategy: warm-start frequency of a middle-probability competitor 'M' (reward ``middle_reward``), taken
+    from the common strategy's share (e.g. 0.35: 'C' then has about 0.6); 0: no such strategy (the task as in
+    docs/testbed.md, where 'M' earns 0 like any other first token)."""
+    middle_reward: float = 0.4
+    """rare_strategy: reward of the middle strategy 'M' carried out correctly (only with ``middle_freq`` > 0)."""
 
     def __post_init__(self) -> None:
         from .tasks import REWARD_FUNCS, TASKS, TEMPLATES
@@ -153,6 +161,8 @@ class TaskConfig:
         _check(0 < self.tail_freq < 1, "task.tail_freq", self.tail_freq, "must be in (0, 1)")
         _check(0 <= self.wrong_freq < 1, "task.wrong_freq", self.wrong_freq, "must be in [0, 1)")
         _check(math.isfinite(self.common_reward), "task.common_reward", self.common_reward, "must be finite")
+        _check(0 <= self.middle_freq < 1, "task.middle_freq", self.middle_freq, "must be in [0, 1)")
+        _check(math.isfinite(self.middle_reward), "task.middle_reward", self.middle_reward, "must be finite")
 
         _check(self.name in TASKS, "task.name", self.name, f"one of {sorted(TASKS)}")
         _check(1 <= self.min_digits <= self.max_digits <= 18, "task.min_digits/max_digits",
@@ -243,14 +253,20 @@ def _build_loss(values: dict) -> LossConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the off-policy update schedule: several optimiser steps per rollout batch."""
+    """The RL optimiser (AdamW or SGD) and the off-policy update schedule: several optimiser steps per rollout batch."""
 
+    optimizer: str = "adamw"
+    """'adamw' (``torch.optim.AdamW``, the paper's) or 'sgd' (``torch.optim.SGD`` with ``momentum``: no
+    per-parameter normalisation, so a parameter moves in proportion to its gradient). The warm-start always uses
+    AdamW."""
     lr: float = 1e-6
     """Learning rate (the paper: 1e-6, constant)."""
     weight_decay: float = 0.01
-    """AdamW weight decay."""
+    """Weight decay: decoupled for AdamW, an L2 term added to the gradient for SGD (torch's definitions)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    """AdamW (β₁, β₂)."""
+    """AdamW (β₁, β₂); unused by SGD."""
+    momentum: float = 0.0
+    """SGD's momentum in [0, 1) (heavy ball, dampening 0); must stay 0 with AdamW, which has its own β₁."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
     warmup_steps: int = 0
@@ -266,6 +282,10 @@ class OptimConfig:
     """Shuffle prompt groups between mini-batches (seeded)."""
 
     def __post_init__(self) -> None:
+        _check(self.optimizer in OPTIMIZERS, "optim.optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "must be in [0, 1)")
+        _check(self.optimizer == "sgd" or self.momentum == 0, "optim.momentum", self.momentum,
+               "applies to optim.optimizer 'sgd' only (AdamW's momentum is optim.betas[0])")
         _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", self.lr, "must be > 0")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
@@ -327,6 +347,11 @@ class TrainerConfig:
     """torch CPU threads; 0: min(4, available cores)."""
     deterministic: bool = False
     """``torch.use_deterministic_algorithms`` (Lightning's ``deterministic``)."""
+    numerics: str = "native"
+    """CPU numerical mode: 'native' (torch, MKL and oneDNN take the fastest code path of this CPU, so numbers differ
+    between machines) or 'pinned' (the same code path, so the same bits, on every x86-64 CPU with AVX2:
+    ``bandpo.training.pinning``, docs/reproducibility.md; needs accelerator 'cpu' and a fixed num_threads >= 1).
+    The CPU presets use 'pinned'; ``--no-pin`` on the command line sets 'native'."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "trainer.max_steps", self.max_steps, "must be >= 1")
@@ -341,6 +366,13 @@ class TrainerConfig:
         _check(self.checkpoint_every >= 1, "trainer.checkpoint_every", self.checkpoint_every, "must be >= 1")
         _check(self.nonfinite in ("stop", "skip"), "trainer.nonfinite", self.nonfinite, "'stop' or 'skip'")
         _check(self.num_threads >= 0, "trainer.num_threads", self.num_threads, "must be >= 0")
+        _check(self.numerics in NUMERICS, "trainer.numerics", self.numerics, f"one of {NUMERICS}")
+        if self.numerics == "pinned":
+            _check(self.accelerator == "cpu", "trainer.accelerator", self.accelerator,
+                   "trainer.numerics 'pinned' is for CPU runs: set accelerator 'cpu', or numerics 'native' (--no-pin)")
+            _check(self.num_threads >= 1, "trainer.num_threads", self.num_threads,
+                   "trainer.numerics 'pinned' needs a fixed thread count >= 1 (0 means min(4, cores), which depends "
+                   "on the machine)")
 
     @property
     def world_size(self) -> Optional[int]:
