@@ -240,3 +240,10 @@ def test_per_token_loss_is_what_policy_loss_aggregates(method):
     torch.testing.assert_close(loss.detach(), want, rtol=1e-14, atol=1e-16)
     torch.testing.assert_close(g, g_want, rtol=1e-14, atol=1e-16)
     assert (per_token[~mask] == 0).all()
+
+
+def test_rollout_correction_keeps_the_compute_dtype():
+    old, logp, adv, mask = _tensors(seed=12)
+    loss, _ = bandpo.policy_loss(logp.float(), old.float(), adv.float(), mask, method="cispo", correction="icepop",
+                                 rollout_logp=old - 0.1)
+    assert loss.dtype == torch.float32

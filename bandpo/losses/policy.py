@@ -334,7 +334,7 @@ def policy_loss(
         per_token = SURROGATE_FORMS.get(spec.surrogate).loss(x, spec.surrogate_settings)
         dual_clip = None
     if correction is not None:
-        per_token = per_token * rollout_weights(old_c, rollout_logp, valid, correction, step=step)
+        per_token = per_token * rollout_weights(old_c, rollout_logp, valid, correction, step=step).to(per_token.dtype)
     if dual_clip is not None:
         floor = -adv_c * dual_clip
         neg = adv_c < 0
