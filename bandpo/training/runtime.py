@@ -59,8 +59,11 @@ def check_out_dir(out: Any) -> Path:
     """``out`` as a Path, after making sure it is a folder this process can write in (created if needed).
 
     Raises:
-        UserError: ``out`` is a file, lies under a file, or cannot be created or written.
+        UserError: ``out`` is empty (it would mean the current folder), is a file, lies under a file, or cannot be
+            created or written.
     """
+    if not str(out).strip():
+        raise UserError("--out is empty; give a folder for the run (it is created if needed)")
     p = Path(out).expanduser()
     if p.exists() and not p.is_dir():
         raise UserError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run (it is created if "
