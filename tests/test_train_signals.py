@@ -1,5 +1,6 @@
 """Preemption and non-finite values: SIGTERM/SIGINT to a real training process (checkpoint, one line, non-zero
-exit, bit-exact resume), and a NaN in the old log-probs reaching the trainer's nonfinite policy.
+exit, bit-exact resume), also during the supervised warm-start, and a NaN in the old log-probs reaching the
+trainer's nonfinite policy.
 
 Run: .venv/bin/python -m pytest -q tests/test_train_signals.py
 """
@@ -7,6 +8,7 @@ Run: .venv/bin/python -m pytest -q tests/test_train_signals.py
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -92,6 +94,76 @@ def test_sigterm_and_sigint_checkpoint_exit_nonzero_and_resume_bit_exactly(tmp_p
     sa = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     sb = torch.load(tmp_path / "term" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(v, sb[k]) for k, v in sa.items())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Signals during the supervised warm-start
+# ----------------------------------------------------------------------------------------------------------
+
+WARM = ["--preset", "tiny-cpu", "--max-steps", "2", "--warmstart.steps", "8", "--warmstart.batch_size", "8",
+        "--rollout.prompts_per_step", "4", "--optim.prompts_per_minibatch", "2", "--model.num_layers", "1",
+        "--model.hidden_size", "32", "--model.num_heads", "2", "--model.intermediate_size", "64",
+        "--trainer.progress_bar", "false", "--trainer.num_threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def warm_whole(tmp_path_factory):
+    """The uninterrupted run the interrupted ones must end equal to."""
+    from bandpo.training.cli import main
+
+    out = tmp_path_factory.mktemp("warm") / "whole"
+    assert main([*WARM, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("sig, at_call, code", [(signal.SIGINT, 3, 130), (signal.SIGTERM, 6, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_during_the_warm_start_checkpoints_it_and_the_rerun_ends_the_same(tmp_path, capsys, monkeypatch,
+                                                                                warm_whole, sig, at_call, code):
+    import bandpo.training.rollout as rollout_mod
+    from bandpo.training.cli import main
+
+    real, calls = rollout_mod.sft_loss, {"n": 0}
+
+    def signalled(*args, **kwargs):  # a real signal to this process while warm-start step `at_call` runs
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            handler = signal.getsignal(sig)
+            assert handler not in (signal.SIG_DFL, signal.default_int_handler), "nothing handles the signal"
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(rollout_mod, "sft_loss", signalled)
+    capsys.readouterr()
+    assert main([*WARM, "--out", str(out)]) == code
+    log = capsys.readouterr().out
+    ckpt = out / "checkpoints" / "warmstart.ckpt"
+    name = signal.Signals(sig).name
+    assert (f"[bandpo] stopped by {name} after warm-start step {at_call} of 8; checkpoint {ckpt}; resume with: "
+            f"python -m bandpo.training {' '.join(WARM)} --out {out}") in log.splitlines(), log
+    assert ckpt.is_file() and (out / "checkpoints" / "warmstart.ckpt.sha256").is_file()
+    assert not (out / "warmstart.json").exists() and not _rows(out / "metrics.csv")
+    monkeypatch.setattr(rollout_mod, "sft_loss", real)
+
+    assert main([*WARM, "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert f"resuming the supervised warm-start at step {at_call} of 8" in log, log
+    assert not ckpt.exists()  # the first RL checkpoint holds the warm-started weights from then on
+    drop = {"wall_s"}
+    whole = json.loads((warm_whole / "warmstart.json").read_text())
+    again = json.loads((out / "warmstart.json").read_text())
+    assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in whole.items() if k not in drop}
+    a, b = _rows(warm_whole / "metrics.csv"), _rows(out / "metrics.csv")
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if not k.startswith(TIMING)} == {
+            k: v for k, v in rb.items() if not k.startswith(TIMING)}
+    sa = torch.load(warm_whole / "checkpoints" / "last.ckpt", weights_only=False)
+    sb = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(torch.equal(v, sb["state_dict"][k]) for k, v in sa["state_dict"].items())
+    ra, rb = sa["bandpo"]["ref_state"], sb["bandpo"]["ref_state"]  # the reference is the warm-started policy
+    assert all(torch.equal(v, rb[k]) for k, v in ra.items())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .correction import RolloutCorrection, check_correction, rollout_weights
 from .methods import SURROGATES, Method, _check_tis_cap, resolve_method
 from .metrics import _metrics_from_parts
 from .surrogates import SURROGATE_FORMS, SurrogateInputs
+from ..operator.bands import _check_logp
 
 __all__ = ["LOG_RATIO_CLAMP", "bounds", "policy_loss", "surrogate"]
 
@@ -72,6 +73,7 @@ def bounds(
     method: "Union[str, Method, Any]" = _DEFAULTS.method,
     *,
     step: Optional[int] = None,
+    validate: bool = True,
     **settings: Any,
 ) -> "tuple[Tensor, Tensor]":
     """The ratio interval [lower, upper] that :func:`policy_loss` clips each token's ratio to.
@@ -85,6 +87,9 @@ def bounds(
         method: a method id (:func:`bandpo.list_methods`), a :class:`~bandpo.losses.Method` or a bounds rule
             (e.g. ``bandpo.losses.Band("tv", 0.1)``).
         step: the training step (needed when a setting is a schedule).
+        validate: check that ``old_logp`` holds finite log-probabilities <= 0 (up to rounding), with
+            :func:`bandpo.band`'s one-line error, at the cost of one host-device synchronisation; ``False`` skips it
+            (as ``band`` does): then a NaN gives NaN bounds and a value above 0 is taken as p = 1.
         settings: fields of the method's bounds rule (``delta``, ``divergence``, ``eps_low``, ``eps_high``,
             ``r_max``) and ``max_ratio``; an unknown one is a ValueError naming the accepted settings.
 
@@ -98,6 +103,8 @@ def bounds(
     """
     if not isinstance(old_logp, Tensor) or not old_logp.is_floating_point():
         raise ValueError(f"old_logp must be a floating torch.Tensor, got {getattr(old_logp, 'dtype', type(old_logp).__name__)}")
+    if validate:
+        _check_logp(old_logp, True)
     spec = resolve_method(method, **settings)
     cdtype = _compute_dtype(old_logp.dtype)
     old_c = old_logp.detach().to(cdtype).clamp(max=0)

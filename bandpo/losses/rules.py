@@ -185,6 +185,11 @@ class Band:
         get_divergence(self.divergence)  # ValueError listing the known names
         if _is_real(self.delta):
             _check_delta_value(self.delta)
+        elif isinstance(self.delta, Schedule):  # checked over every step now, not at the step that leaves the range
+            lowest, _ = self.delta.value_range()
+            if not (math.isfinite(lowest) and lowest > 0):
+                raise ValueError(f"delta must be > 0 at every step, but the schedule {self.delta!r} reaches "
+                                 f"{lowest!r}; give a schedule whose values stay > 0 (e.g. its end)")
         elif not callable(self.delta):
             raise ValueError(f"delta must be a finite number > 0, a Schedule or a callable step -> delta, got {self.delta!r}")
 

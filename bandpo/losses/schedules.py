@@ -7,6 +7,10 @@ passes the RL step (``policy_loss(..., step=k)``). ``step`` counts from 0. Every
 * :class:`Constant`: ``value`` at every step;
 * :class:`Linear`: ``start + (end - start)·min(step / steps, 1)``;
 * :class:`Cosine`: ``end + (start - end)·(1 + cos(π·min(step / steps, 1)))/2``.
+
+:meth:`Schedule.value_range` gives the lowest and highest value over the steps a run will ask for (or over every
+step), so a setting can be checked over its whole range before training starts (``Band`` refuses a δ schedule
+that reaches 0 or below at any step) instead of failing at the step where it leaves the range.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ class Schedule:
             raise ValueError(f"a schedule's step must be an integer >= 0, got {step!r}")
         return self.at(int(step))
 
+    def value_range(self, steps: Optional[int] = None) -> "tuple[float, float]":
+        """``(lowest, highest)`` value over steps ``0 .. steps - 1`` (None: over every step >= 0).
+
+        The base class evaluates every step (so ``steps`` is needed); the built-in schedules answer in closed form.
+        """
+        if steps is None:
+            raise ValueError(f"{type(self).__name__} cannot bound its values over every step; pass steps=")
+        _check_steps(steps)
+        values = [self(s) for s in range(steps)]
+        return min(values), max(values)
+
 
 def _check_finite(name: str, x) -> None:
     if not (_is_real(x) and math.isfinite(x)):
@@ -60,6 +75,9 @@ class Constant(Schedule):
     def at(self, step: int) -> float:
         return float(self.value)
 
+    def value_range(self, steps: Optional[int] = None) -> "tuple[float, float]":
+        return float(self.value), float(self.value)
+
 
 @dataclass(frozen=True)
 class _Ramp(Schedule):
@@ -80,6 +98,14 @@ class _Ramp(Schedule):
 
     def _t(self, step: int) -> float:
         return min(step / self.steps, 1.0)
+
+    def value_range(self, steps: Optional[int] = None) -> "tuple[float, float]":
+        """Both ramps are monotone from ``start`` to ``end``: the extremes are at step 0 and at the last step asked
+        for (``end`` itself when every step is)."""
+        if steps is not None:
+            _check_steps(steps)
+        first, last = self.at(0), (float(self.end) if steps is None else self.at(steps - 1))
+        return min(first, last), max(first, last)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ What a run writes in ``--out`` (DIR):
 
 * ``DIR/config.yaml``: the resolved config (every field, after the preset/file/flags);
 * ``DIR/metrics.csv``: one row per RL step (Lightning ``CSVLogger``), column ``step`` = RL step index from 0;
-* ``DIR/checkpoints/last.ckpt``: written atomically every ``trainer.checkpoint_every`` steps and at the end;
+* ``DIR/checkpoints/last.ckpt``: written atomically every ``trainer.checkpoint_every`` steps and at the end, with
+  its SHA-256 in ``last.ckpt.sha256``; the one before it is kept as ``prev.ckpt`` (``prev.ckpt.sha256``);
 * ``DIR/warmstart.json``: the supervised warm-start's final loss/accuracy (when there is one);
 * ``DIR/eval.csv``: with ``eval.sets``, one row per held-out evaluation (mean@n, pass@k, maj@k per set);
 * ``DIR/summary.json``: written when the run reaches ``max_steps`` (the last row, wall time);
@@ -27,14 +28,19 @@ With ``trainer.numerics: pinned`` (the CPU presets) the command restarts itself 
 work, so that its numbers are the same bits on every x86-64 CPU with AVX2 (docs/reproducibility.md); ``--no-pin``
 runs with this CPU's own code paths.
 
-SIGTERM or SIGINT (Ctrl-C): the current RL step finishes, ``last.ckpt`` is written, one line says how to resume,
-and the command exits with 128 + the signal number (143, 130). Bad paths, configs and checkpoints are reported as
-one line (``bandpo.training: error: ...``, exit status 2).
+SIGTERM or SIGINT (Ctrl-C): the current RL step (or supervised warm-start step) finishes, ``last.ckpt`` (or
+``checkpoints/warmstart.ckpt``) is written, one line says how to resume, and the command exits with 128 + the signal
+number (143, 130). Bad paths, configs and checkpoints are reported as one line (``bandpo.training: error: ...``,
+exit status 2).
 
-Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` (only
-``trainer.max_steps``, ``progress_bar``, ``num_threads``, ``checkpoint_every``, ``eval.every``, ``eval.at_end``,
-``eval.batch_size`` and ``eval.save_samples`` may differ from the saved config: ``RESUMABLE_CHANGES``). Rows of steps after the checkpoint (done by a killed process, whose updates were lost) are dropped and
-recomputed; every earlier row is kept and new rows are appended. On CPU with a fixed seed the resumed metrics
+Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` after checking its SHA-256
+(a damaged one: from ``prev.ckpt``, the checkpoint before it, with a warning). Only ``trainer.max_steps``,
+``progress_bar``, ``num_threads``, ``checkpoint_every``, ``nonfinite``, ``eval.every``, ``eval.at_end``, ``eval.batch_size`` and
+``eval.save_samples`` may
+differ from the config saved in the checkpoint and in config.yaml (``RESUMABLE_CHANGES``). One process at a time
+owns DIR (a lock on ``DIR/.lock``): a second run into it stops at once, naming the first. Rows of steps after the
+checkpoint (done by a killed process, whose updates were lost) are dropped and recomputed; every earlier row is kept
+and new rows are appended. On CPU with a fixed seed the resumed metrics
 equal those of an uninterrupted run (timing columns aside).
 """
 
@@ -57,8 +63,12 @@ from .config import SECTIONS, TrainConfig, field_docs, list_presets, load_config
 __all__ = ["build_policy", "build_tokenizer", "check_inputs", "dry_run_config", "main", "run"]
 
 RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every",
-                     "eval.every", "eval.at_end", "eval.batch_size", "eval.save_samples"}
-"""Config keys that may differ between a run and its resumption."""
+                     "trainer.nonfinite", "eval.every", "eval.at_end", "eval.batch_size",
+                     "eval.save_samples"}
+"""Config keys that may differ between a run and its resumption: how long it runs, what it logs and how often it
+checkpoints, evaluates or saves evaluation samples, threads, and what to do on a non-finite loss (to resume a run stopped by one with
+``skip``). Everything else (method, loss settings, seed, lr, model, data, batch sizes, hardware layout) changes
+the run and is refused."""
 
 ALIASES = {
     "method": "loss.method", "divergence": "loss.divergence", "delta": "loss.delta",
@@ -216,11 +226,15 @@ def _lightning_pieces() -> tuple:
             trainer.save_checkpoint(tmp)
             trainer.strategy.barrier()
             if trainer.is_global_zero:
-                os.replace(tmp, self.dirpath / "last.ckpt")
+                # last.ckpt with its SHA-256; the checkpoint it replaces becomes prev.ckpt
+                commit_checkpoint(tmp, self.dirpath / "last.ckpt", previous=self.dirpath / "prev.ckpt")
+                for stale in (self.dirpath / "warmstart.ckpt", self.dirpath / "warmstart.ckpt.sha256"):
+                    if stale.exists():  # the RL checkpoint holds the warm-started weights from now on
+                        stale.unlink()
             trainer.strategy.barrier()
             self._saved_at = pl_module.rl_step
 
-    from .runtime import progress_bar_class
+    from .runtime import commit_checkpoint, progress_bar_class
 
     return AppendingCSVLogger, RLCheckpoint, progress_bar_class()
 
@@ -295,12 +309,62 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list:
     return keys
 
 
-def _check_resume(cfg: TrainConfig, out: Path) -> Optional[Path]:
-    """The checkpoint to resume from (None for a fresh run); raises if ``out`` holds a different run."""
-    from .runtime import UserError, check_checkpoint
+def _differing_keys(old: Any, cfg: TrainConfig) -> list:
+    """Keys of a saved config that differ from ``cfg``'s, besides ``RESUMABLE_CHANGES``."""
+    try:  # a config saved by an earlier version: its missing keys take their defaults
+        old = TrainConfig.from_dict(old).to_dict()
+    except (ValueError, TypeError):
+        pass
+    return [k for k in _diff(old if isinstance(old, dict) else {}, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
 
+
+def _saved_config(ckpt: Path, key: str) -> dict:
+    """The config stored in a checkpoint (``ckpt[key]["config"]``), reading only its pickle (tensors are mapped)."""
+    import torch
+
+    from .runtime import UserError
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        return state[key]["config"]
+    except Exception as e:  # noqa: BLE001 - a verified file that is not ours: one line naming it
+        raise UserError(f"cannot resume from {str(ckpt)!r}: it holds no bandpo run state ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); delete it to restart the run from "
+                        "scratch") from None
+
+
+class _Resume(typing.NamedTuple):
+    """Where a run continues: an RL checkpoint, or (before the first one) an interrupted warm-start."""
+
+    ckpt: Optional[Path]
+    warmstart: Optional[Path]
+
+
+def _check_resume(cfg: TrainConfig, out: Path) -> _Resume:
+    """The checkpoint to resume from (none for a fresh run); raises if ``out`` holds a different run.
+
+    The RL checkpoint is ``last.ckpt`` if its SHA-256 matches, else ``prev.ckpt`` with a warning
+    (``runtime.find_resume_checkpoint``); without one, an interrupted warm-start's ``warmstart.ckpt`` (a damaged
+    one is set aside with a warning: the warm-start reruns from its start, to the same weights). The config saved
+    in the checkpoint and ``config.yaml`` (each when there) must equal ``cfg`` up to ``RESUMABLE_CHANGES``.
+    """
+    from .runtime import UserError, find_resume_checkpoint, verify_checkpoint, warn
+
+    folder = out / "checkpoints"
+    ckpt = find_resume_checkpoint(folder, main=_is_main_process())
+    warm = None
+    if ckpt is None and (folder / "warmstart.ckpt").exists():
+        warm = folder / "warmstart.ckpt"
+        why = verify_checkpoint(warm)
+        if why is not None:
+            if _is_main_process():
+                os.replace(warm, folder / "warmstart.ckpt.damaged")
+            warn(f"{warm} {why}; the warm-start starts again from step 0 (it is deterministic: same result)")
+            warm = None
+    differ: list = []
+    if ckpt is not None or warm is not None:
+        differ += _differing_keys(_saved_config(ckpt or warm, "bandpo" if ckpt else "bandpo_warmstart"), cfg)
     saved = out / "config.yaml"
-    ckpt = out / "checkpoints" / "last.ckpt"
     if saved.is_file():
         import yaml
 
@@ -309,18 +373,11 @@ def _check_resume(cfg: TrainConfig, out: Path) -> Optional[Path]:
         except yaml.YAMLError:
             raise UserError(f"{saved} is not valid YAML; delete it (and {out / 'checkpoints'}) to restart the run "
                             "or choose another --out") from None
-        try:  # a config saved by an earlier version: its missing keys take their defaults
-            old = TrainConfig.from_dict(old).to_dict()
-        except (ValueError, TypeError):
-            pass
-        differ = [k for k in _diff(old or {}, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
-        if differ:
-            raise UserError(f"{out} holds a run with a different config (keys {differ}); resume it with the same "
-                            f"settings or choose another --out")
-    if ckpt.is_file():
-        check_checkpoint(ckpt)
-        return ckpt
-    return None
+        differ += [k for k in _differing_keys(old or {}, cfg) if k not in differ]
+    if differ:
+        raise UserError(f"{out} holds a run with a different config (keys {sorted(differ)}); resume it with the same "
+                        f"settings or choose another --out")
+    return _Resume(ckpt, warm)
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -338,22 +395,34 @@ def check_inputs(cfg: TrainConfig) -> None:
 def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[Any] = ()) -> dict:
     """Train (or resume) the run described by ``cfg`` into the folder ``out``; returns ``summary.json``'s dict.
 
-    Checks paths and the output folder before any work, builds tokenizer, policy, task, the warm-start (fresh
-    runs only), reference policy, module and trainer, then fits.
+    Checks the output folder and takes its lock (``runtime.RunLock``; the main process only, other DDP ranks are
+    its children), checks paths and the checkpoint to resume before any work, builds tokenizer, policy, task, the
+    warm-start (before the first RL checkpoint only), reference policy, module and trainer, then fits. SIGTERM and
+    SIGINT end the warm-start or the RL step under way with a checkpoint (``summary["stopped_by"]``).
     """
+    import contextlib
+
+    from .runtime import RunLock, check_out_dir
+
+    out = check_out_dir(out)
+    with RunLock(out) if _is_main_process() else contextlib.nullcontext():
+        return _run_in_locked_folder(cfg, out, extra_callbacks)
+
+
+def _run_in_locked_folder(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any]) -> dict:
     import torch
 
-    from .runtime import StopRequest, UserError, check_accelerator, check_out_dir
+    from .runtime import StopRequest, UserError, check_accelerator
 
     try:
-        out = check_out_dir(out)
         check_inputs(cfg)
         check_accelerator(cfg.trainer.accelerator)
-        ckpt = _check_resume(cfg, out)
+        resume = _check_resume(cfg, out)
     except UserError:
         raise
     except ValueError as e:
         raise UserError(str(e)) from None
+    ckpt = resume.ckpt
     from . import pinning
 
     if cfg.trainer.numerics == "pinned":
@@ -367,11 +436,13 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
     else:
         torch.set_num_threads(cfg.trainer.num_threads or min(4, os.cpu_count() or 1))
 
+    import warnings
+
     import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from .evaluation import build_eval_sets
     from .module import BandPOModule
-    from .rollout import warm_start
     from .tasks import build_task
 
     t_start = time.time()
@@ -381,31 +452,25 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         eval_sets = build_eval_sets(cfg.eval.sets, task, cfg.task)
     except ValueError as e:
         raise UserError(str(e)) from None
-    tokenizer = build_tokenizer(cfg)
-    policy = build_policy(cfg, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
-        cfg.to_yaml(out / "config.yaml")
-        pinning.write_machine_record(out, cfg.trainer.numerics, resumed=ckpt is not None)
-    if ckpt is None and cfg.warmstart.steps > 0:
-        w = cfg.warmstart
-        _log(f"supervised warm-start: {w.steps} steps of {w.batch_size} examples, lr {w.lr}")
-        t0 = time.time()
-        stats = warm_start(policy, tokenizer, task.sft_rows, steps=w.steps, lr=w.lr, batch_size=w.batch_size,
-                           log=_log)
-        stats["wall_s"] = time.time() - t0
-        if _is_main_process():
-            (out / "warmstart.json").write_text(json.dumps(stats, indent=1) + "\n")
-    ref = copy.deepcopy(policy) if cfg.objective.kl_coef > 0 else None
-    module = BandPOModule(policy, tokenizer, cfg, task, ref_policy=ref, store_ref=cfg.warmstart.steps > 0,
-                          eval_sets=eval_sets)
-    if ckpt is not None:
-        _log(f"resuming from {ckpt}")
-    import warnings
-
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     with StopRequest() as stop, warnings.catch_warnings():
+        tokenizer = build_tokenizer(cfg)
+        policy = build_policy(cfg, tokenizer)
+        out.mkdir(parents=True, exist_ok=True)
+        if _is_main_process():
+            cfg.to_yaml(out / "config.yaml")
+            pinning.write_machine_record(out, cfg.trainer.numerics, resumed=ckpt is not None)
+        if ckpt is None and cfg.warmstart.steps > 0:
+            done = _warm_start(cfg, out, policy, tokenizer, task, resume.warmstart, stop)
+            if done < cfg.warmstart.steps:  # stopped by a signal, with a checkpoint
+                return {"completed_steps": 0, "max_steps": cfg.trainer.max_steps,
+                        "wall_s_this_process": time.time() - t_start, "stopped_by": stop.name,
+                        "signal": int(stop.signum), "checkpoint": str(out / "checkpoints" / "warmstart.ckpt"),
+                        "stopped_after": f"warm-start step {done} of {cfg.warmstart.steps}"}
+        ref = copy.deepcopy(policy) if cfg.objective.kl_coef > 0 else None
+        module = BandPOModule(policy, tokenizer, cfg, task, ref_policy=ref, store_ref=cfg.warmstart.steps > 0,
+                              eval_sets=eval_sets)
+        if ckpt is not None:
+            _log(f"resuming from {ckpt}")
         trainer = build_trainer(cfg, out, extra_callbacks, stop=stop)
         try:
             trainer.fit(module, ckpt_path=str(ckpt) if ckpt is not None else None)
@@ -420,6 +485,7 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         summary["stopped_by"] = stop.name
         summary["signal"] = int(stop.signum)
         summary["checkpoint"] = str(out / "checkpoints" / "last.ckpt")
+        summary["stopped_after"] = f"RL step {module.rl_step} of {cfg.trainer.max_steps}"
     if trainer.is_global_zero and module.rl_step >= cfg.trainer.max_steps:
         with open(out / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -427,6 +493,47 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
         summary["rows"] = len(rows)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _warm_start(cfg: TrainConfig, out: Path, policy: Any, tokenizer: Any, task: Any, resume: Optional[Path],
+                stop: Any) -> int:
+    """The supervised warm-start (``rollout.warm_start``), continued from the checkpoint ``resume`` when given.
+
+    A SIGTERM/SIGINT (``stop``) ends it after the step under way: the weights, the optimiser state and the step go
+    to ``checkpoints/warmstart.ckpt`` (with its SHA-256), from which a rerun continues bit for bit. At the end,
+    ``warmstart.json`` is written. Returns the number of warm-start steps done.
+    """
+    import torch
+
+    from .rollout import warm_start
+    from .runtime import commit_checkpoint
+
+    w = cfg.warmstart
+    state, wall_before = None, 0.0
+    if resume is not None:
+        saved = torch.load(resume, map_location="cpu", weights_only=False)["bandpo_warmstart"]
+        policy.load_state_dict(saved["model"])
+        state, wall_before = saved["state"], float(saved["wall_s"])
+        _log(f"resuming the supervised warm-start at step {state['step']} of {w.steps} from {resume}")
+    else:
+        _log(f"supervised warm-start: {w.steps} steps of {w.batch_size} examples, lr {w.lr}")
+    t0 = time.time()
+    stats = warm_start(policy, tokenizer, task.sft_rows, steps=w.steps, lr=w.lr, batch_size=w.batch_size,
+                       log=_log, state=state, should_stop=lambda: stop.signum is not None)
+    wall = wall_before + time.time() - t0
+    if "state" in stats:
+        if _is_main_process():
+            folder = out / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / "warmstart.ckpt.tmp"
+            torch.save({"bandpo_warmstart": {"state": stats["state"], "model": policy.state_dict(),
+                                             "config": cfg.to_dict(), "wall_s": wall}}, tmp)
+            commit_checkpoint(tmp, folder / "warmstart.ckpt")
+        return int(stats["state"]["step"])
+    stats["wall_s"] = wall
+    if _is_main_process():
+        (out / "warmstart.json").write_text(json.dumps(stats, indent=1) + "\n")
+    return w.steps
 
 
 def dry_run_config(cfg: TrainConfig, workdir: Union[str, Path], max_steps: int = 2) -> TrainConfig:
@@ -608,9 +715,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if _is_main_process():
             import shlex
 
-            _log(f"stopped by {summary['stopped_by']} after RL step {summary['completed_steps']} of "
-                 f"{summary['max_steps']}; checkpoint {summary['checkpoint']}; resume with: python -m "
-                 f"bandpo.training {shlex.join(argv)}")
+            _log(f"stopped by {summary['stopped_by']} after {summary['stopped_after']}; checkpoint "
+                 f"{summary['checkpoint']}; resume with: python -m bandpo.training {shlex.join(argv)}")
         return 128 + summary["signal"]
     if summary["completed_steps"] < summary["max_steps"]:
         _log(f"stopped at step {summary['completed_steps']} of {summary['max_steps']}; run the same command again "

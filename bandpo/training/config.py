@@ -243,11 +243,12 @@ def _build_loss(values: dict) -> LossConfig:
         hints = typing.get_type_hints(LossConfig)
         coerced = {k: _coerce(v, hints[k], f"loss.{k}") for k, v in values.items()}
         method = coerced.get("method", LossConfig.method)
-        for key, value in coerced.items():
+        for key, value in coerced.items():  # blame one key only if it alone gives this error
             try:
                 LossConfig(**{"method": method, key: value})
             except ValueError as one:
-                _fail(f"loss.{key}", value, str(one))
+                if str(one) == str(exc):
+                    _fail(f"loss.{key}", value, str(one))
         raise ValueError(f"config section 'loss' is invalid: {exc}") from None
 
 

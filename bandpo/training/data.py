@@ -28,7 +28,8 @@ from ..registry import Registry
 from .answers import canonical_number
 
 __all__ = ["DAPO_TEMPLATE", "TEMPLATES", "Columns", "canonical_number", "gsm8k_final_answer", "load_problems",
-           "missing_file_message", "prepare_gsm8k", "read_table", "render_prompt", "render_prompts"]
+           "missing_file_message", "prepare_gsm8k", "read_table", "render_prompt", "render_prompts",
+           "row_answer"]
 
 DAPO_TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
@@ -136,6 +137,48 @@ def _get(row: dict, column: str, what: str) -> Any:
     return value
 
 
+def _row_place(path: Any, i: int) -> str:
+    """Where row ``i`` (from 0) of a data file is, for messages: ``line N`` of a ``.jsonl`` file (blank lines are
+    skipped, as the reader skips them), else ``row i``."""
+    p = Path(path).expanduser()
+    if p.suffix == ".jsonl" and p.is_file():
+        with open(p, "rb") as f:
+            n = -1
+            for number, line in enumerate(f, 1):
+                n += bool(line.strip())
+                if n == i:
+                    return f"line {number}"
+    return f"row {i}"
+
+
+def row_answer(row: dict, column: str, what: str, path: Any, i: int) -> str:
+    """The ground-truth answer of row ``i`` as text. A row without one is refused, naming the file and line: a
+    missing key, null, an empty list or an empty (or all-blank) string. An empty answer cannot be verified (an
+    empty completion would match it), so it is an error, not a problem nobody can solve."""
+    parts = column.split(".")
+    value: Any = row
+    for part in parts:
+        if not isinstance(value, dict) or part not in value:
+            if i == 0:  # the first row lacks the column: name the columns the rows have
+                _get(row, column, what)
+            value = None
+            break
+        value = value[part]
+    if isinstance(value, list) and len(value) == 1:  # some exports wrap the answer in a list
+        value = value[0]
+    why = None
+    if value is None:
+        why = "has no answer (the key is missing or null)"
+    elif isinstance(value, list) and not value:
+        why = "has an empty answer list"
+    elif isinstance(value, str) and not value.strip():
+        why = "has an empty answer (an empty answer cannot be verified)"
+    if why:
+        raise ValueError(f"{what} {str(path)!r} {_row_place(path, i)}: column {column!r} {why}; give every problem "
+                         "its ground-truth answer or remove the row")
+    return str(value)
+
+
 def load_problems(
     path: Any,
     *,
@@ -151,7 +194,8 @@ def load_problems(
         columns: the column mapping. template: a ``TEMPLATES`` name or a format string with ``{prompt}`` (applied
             to string prompts; chat-message prompts are kept as they are). limit: keep the first ``limit`` rows.
     Raises:
-        ValueError: a missing file or column, an empty file, a prompt that is neither text nor chat messages.
+        ValueError: a missing file or column, an empty file, a prompt that is neither text nor chat messages, a row
+            without an answer (missing, null, empty), named by file and line.
     """
     raw = read_table(path, split=split, what=what)
     if limit is not None:
@@ -170,12 +214,10 @@ def load_problems(
         elif not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
             raise ValueError(f"{what}: column {columns.prompt!r} must hold text or a list of chat messages "
                              f"(row {i} holds {type(prompt).__name__})")
-        answer = _get(r, columns.answer, what)
-        if isinstance(answer, list) and len(answer) == 1:  # some exports wrap the answer in a list
-            answer = answer[0]
+        answer = row_answer(r, columns.answer, what, path, i)
         out.append({
             "prompt": prompt,
-            "answer": str(answer),
+            "answer": answer,
             "id": str(_get(r, columns.id, what)) if columns.id else str(i),
             "source": str(_get(r, columns.source, what)) if columns.source else None,
         })

@@ -593,16 +593,32 @@ def warm_start(
     lr: float,
     batch_size: int,
     log: Optional[Callable[[str], None]] = None,
+    state: Optional[dict] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> dict:
     """Train ``model`` in place for ``steps`` AdamW steps on ``sft_rows(step, batch_size)`` (constant ``lr``).
 
     Deterministic for a deterministic ``sft_rows`` (no sampling). Returns the last step's
-    ``{"loss", "token_accuracy", "sequence_accuracy"}``.
+    ``{"loss", "token_accuracy", "sequence_accuracy"}`` (and ``"steps"``).
+
+    It can be interrupted and continued: ``should_stop()`` is asked before every step; when it answers True the
+    loop ends there and the returned dict also holds ``"state"`` (``{"step", "optimizer", "stats"}``: the steps
+    done, the AdamW state and the last stats). Calling again with ``state=`` that dict and the model's weights at
+    that point continues bit for bit as if never stopped.
     """
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, foreach=True)  # = the per-tensor loop
     stats = {"loss": float("nan"), "token_accuracy": 0.0, "sequence_accuracy": 0.0, "steps": steps}
-    for step in range(steps):
+    first = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        stats.update(state["stats"])
+        first = int(state["step"])
+    for step in range(first, steps):
+        if should_stop is not None and should_stop():
+            saved = {k: stats[k] for k in ("loss", "token_accuracy", "sequence_accuracy")}
+            opt.zero_grad(set_to_none=True)
+            return {**stats, "state": {"step": step, "optimizer": opt.state_dict(), "stats": saved}}
         loss, tok_acc, seq_acc = sft_loss(model, tokenizer, sft_rows(step, batch_size))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -286,15 +286,17 @@ def _math_file(cfg: Any, seed: int) -> Task:
     raw = load_rows(cfg.path, cfg.split)
     if not raw:
         raise ValueError(f"task.path {cfg.path!r} has no rows")
+    from .data import row_answer
+
     template = TEMPLATES.find(cfg.template) or cfg.template
     data = []
-    for r in raw:
+    for i, r in enumerate(raw):
         prompt = _get(r, cfg.prompt_column)
         if isinstance(prompt, str):
             prompt = template.format(prompt=prompt)
         elif not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
             raise ValueError(f"column {cfg.prompt_column!r} must hold a string or a list of chat messages")
-        data.append({"prompt": prompt, "answer": str(_get(r, cfg.answer_column))})
+        data.append({"prompt": prompt, "answer": row_answer(r, cfg.answer_column, "task.path", cfg.path, i)})
     n_rows = len(data)
 
     @functools.lru_cache(maxsize=2)
