@@ -379,6 +379,21 @@ def test_sample_files_are_atomic_deterministic_and_checked(tmp_path):
         read_samples(bad)
 
 
+def test_a_rank_without_problems(tiny):
+    """More processes than problems: rank 1 of 2 has nothing to sample in a one-problem set, and adds zeros."""
+    policy, tok, task = tiny
+    es = EvalSet("one", task.heldout_rows()[:1], "test_even_first_char")
+    kw = dict(n=4, ks=[1], max_new_tokens=3, seed=2, return_samples=True)
+    tables = []
+
+    def keep(t):
+        tables.append(t.clone())
+        return t
+
+    out, samples = evaluate(policy, tok, [es], rank=1, world=2, all_reduce_sum=keep, all_gather=lambda x: x, **kw)
+    assert samples == [] and float(tables[0].abs().sum()) == 0.0 and out["eval/one/problems"] == 1.0
+
+
 def test_lockstep_pads_the_calls_and_needs_the_loop_sampler(tiny):
     policy, tok, task = tiny
     texts = [r["prompt"] for r in task.heldout_rows()[:2]]

@@ -336,7 +336,8 @@ def sample_problems(
     chunk = _chunk(n, micro_batch_size)
     if min_calls and pad_text is None and not texts:
         raise ValueError("lock-step sampling without prompts needs a pad_text")
-    ids = tokenizer(list(texts) + ([pad_text] if pad_text is not None else []), add_special_tokens=False)["input_ids"]
+    prompts = list(texts) + ([pad_text] if pad_text is not None else [])
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     per = problems_per_batch(n, micro_batch_size, batch_size, sampler) or max(len(texts), 1)
     pad = tokenizer.pad_token_id
