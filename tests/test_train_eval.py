@@ -379,6 +379,21 @@ def test_sample_files_are_atomic_deterministic_and_checked(tmp_path):
         read_samples(bad)
 
 
+def test_a_rank_without_problems(tiny):
+    """More processes than problems: rank 1 of 2 has nothing to sample in a one-problem set, and adds zeros."""
+    policy, tok, task = tiny
+    es = EvalSet("one", task.heldout_rows()[:1], "test_even_first_char")
+    kw = dict(n=4, ks=[1], max_new_tokens=3, seed=2, return_samples=True)
+    tables = []
+
+    def keep(t):
+        tables.append(t.clone())
+        return t
+
+    out, samples = evaluate(policy, tok, [es], rank=1, world=2, all_reduce_sum=keep, all_gather=lambda x: x, **kw)
+    assert samples == [] and float(tables[0].abs().sum()) == 0.0 and out["eval/one/problems"] == 1.0
+
+
 def test_lockstep_pads_the_calls_and_needs_the_loop_sampler(tiny):
     policy, tok, task = tiny
     texts = [r["prompt"] for r in task.heldout_rows()[:2]]
@@ -491,6 +506,42 @@ def test_two_gloo_processes_plain_and_sharded_give_the_single_process_results_bi
         for r in range(2):
             assert json.loads((tmp_path / f"{name}{r}.json").read_text()) == single, (name, r)
     assert float.fromhex(single["metrics"]["eval/heldout/mean@8"]) > 0 and len(samples) == (12 + 5) * 8
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_module_wires_lockstep_under_fsdp_only(tmp_path, monkeypatch, strategy):
+    """BandPOModule.evaluate_now with 2 processes: the strategy's sum and gather always; lock-step (the strategy's
+    boolean all-reduce) only under FSDP. Lightning's FSDP needs CUDA, so the trainer is a stand-in here."""
+    from types import SimpleNamespace
+
+    from bandpo.training import evaluation
+    from bandpo.training.module import BandPOModule
+
+    cfg = _run_cfg(**{"trainer.strategy": strategy, "trainer.accelerator": "gpu", "objective.kl_coef": 0.0})
+    task = build_task(cfg.task, 0)
+    seen: dict = {}
+
+    def fake_evaluate(*args, **kw):
+        seen.update(kw)
+        return {"eval/heldout/mean@4": 0.5}, []
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    decisions = []
+    strat = SimpleNamespace(reduce=lambda t, reduce_op: t,
+                            reduce_boolean_decision=lambda flag, all: decisions.append((flag, all)) or flag)
+    module = BandPOModule(torch.nn.Linear(1, 1), None, cfg, task, eval_sets=build_eval_sets(["heldout"], task,
+                                                                                             cfg.task))
+    trainer = SimpleNamespace(world_size=2, strategy=strat, is_global_zero=False, global_rank=1,
+                              default_root_dir=str(tmp_path))
+    monkeypatch.setattr(BandPOModule, "trainer", property(lambda self: trainer))
+    monkeypatch.setattr(BandPOModule, "global_rank", property(lambda self: 1))
+    module.evaluate_now(0)
+    assert (seen["rank"], seen["world"], seen["return_samples"], seen["batch_size"]) == (1, 2, True, 256)
+    assert seen["all_reduce_sum"] is not None and seen["all_gather"] is not None
+    if strategy == "fsdp":
+        assert seen["lockstep"](True) is True and decisions == [(True, True)]
+    else:
+        assert seen["lockstep"] is None
 
 
 _DDP_EVAL = {"rollout.prompts_per_step": 4, "trainer.max_steps": 1, "eval.every": 0, "eval.at_end": False,

@@ -336,7 +336,8 @@ def sample_problems(
     chunk = _chunk(n, micro_batch_size)
     if min_calls and pad_text is None and not texts:
         raise ValueError("lock-step sampling without prompts needs a pad_text")
-    ids = tokenizer(list(texts) + ([pad_text] if pad_text is not None else []), add_special_tokens=False)["input_ids"]
+    prompts = list(texts) + ([pad_text] if pad_text is not None else [])
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     per = problems_per_batch(n, micro_batch_size, batch_size, sampler) or max(len(texts), 1)
     pad = tokenizer.pad_token_id
@@ -455,17 +456,21 @@ def evaluate(
     out: dict = {}
     samples: list = []
     try:
-        for s, es in enumerate(sets):
+        for es in sets:
             verify = get_verifier(es.verifier)
             table = torch.zeros(len(es.problems), len(names), dtype=torch.float64, device=device)
             mine = list(range(rank, len(es.problems), world))
             texts = [render_prompt(tokenizer, es.problems[i]["prompt"], chat_template=es.chat_template) for i in mine]
             seeds = [problem_seed(seed, es.name, i) for i in mine]
             lock: dict = {}
-            if lockstep is not None and es.problems:  # as many sampler calls as rank 0, which has the most problems
-                lock = dict(all_ranks=lockstep, pad_text=texts[0] if texts else render_prompt(
-                    tokenizer, es.problems[0]["prompt"], chat_template=es.chat_template), min_calls=sampler_calls(
-                    len(range(0, len(es.problems), world)), n, micro_batch_size, batch_size, sampler))
+            if lockstep is not None and es.problems:
+                # As many sampler calls as rank 0, which has the most problems; a rank without any pads with the
+                # set's first problem.
+                busiest = len(range(0, len(es.problems), world))
+                pad_text = texts[0] if texts else render_prompt(tokenizer, es.problems[0]["prompt"],
+                                                                chat_template=es.chat_template)
+                lock = dict(all_ranks=lockstep, pad_text=pad_text,
+                            min_calls=sampler_calls(busiest, n, micro_batch_size, batch_size, sampler))
             drawn = sample_problems(model, tokenizer, texts, seeds, n, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, sampler=sampler,
                                     micro_batch_size=micro_batch_size, batch_size=batch_size, **lock)
