@@ -11,7 +11,6 @@ Palette: Okabe & Ito's colour-blind-safe set, with one colour per method and one
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,8 @@ OUT = HERE / "out"
 
 if str(ROOT) not in sys.path:  # run as ``python paper_figures/figX.py`` from a fresh clone
     sys.path.insert(0, str(ROOT))
+
+from bandpo.cli import ArgumentParser  # noqa: E402  (one-line usage errors, as every command of the package)
 
 # Okabe-Ito
 BLUE, VERMILLION, ORANGE, GREEN = "#0072B2", "#D55E00", "#E69F00", "#009E73"
@@ -115,9 +116,9 @@ def apply_style() -> None:
     )
 
 
-def out_parser(description: str, default_name: str) -> argparse.ArgumentParser:
+def out_parser(description: str, default_name: str) -> ArgumentParser:
     """An argument parser with the shared ``--out`` flag (a .png path, or a folder to put ``default_name`` in)."""
-    ap = argparse.ArgumentParser(description=description)
+    ap = ArgumentParser(prog=f"python paper_figures/{Path(default_name).stem}.py", description=description)
     ap.add_argument(
         "--out",
         type=Path,

@@ -22,8 +22,8 @@ What a run writes in ``--out`` (DIR):
 * ``DIR/summary.json``: written when the run reaches ``max_steps`` (the last row, wall time).
 
 SIGTERM or SIGINT (Ctrl-C): the current RL step finishes, ``last.ckpt`` is written, one line says how to resume,
-and the command exits with 128 + the signal number (143, 130). Bad paths, configs and checkpoints are reported as
-one line (``bandpo.training: error: ...``, exit status 2).
+and the command exits with 128 + the signal number (143, 130). Bad flags, paths, configs and checkpoints are reported as
+one line (``bandpo.training: error: ...``, exit status 2; ``bandpo.cli``); usage is printed only by ``--help``.
 
 Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` (only
 ``trainer.max_steps``, ``progress_bar``, ``num_threads``, ``checkpoint_every``, ``eval.every`` and ``eval.at_end``
@@ -46,6 +46,7 @@ import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from ..cli import ArgumentParser
 from .config import SECTIONS, TrainConfig, field_docs, list_presets, load_config, preset_path
 
 __all__ = ["build_policy", "build_tokenizer", "check_inputs", "dry_run_config", "main", "run"]
@@ -495,9 +496,9 @@ def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default"
 
     ``--help`` shows each field's value in ``defaults`` (the config named by ``--preset``/``--config`` when it
     is given before ``--help``), else the built-in default; prefixes of flags are not accepted."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m bandpo.training", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets: {', '.join(list_presets())}. The values in [brackets] are those of {source}; "
                "`--preset NAME --help` shows a preset's.",
     )
@@ -529,7 +530,7 @@ def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default"
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
     """(config, args): the preset/file with flag overrides applied and validated."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = ArgumentParser(prog="python -m bandpo.training", add_help=False)
     pre.add_argument("--preset")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
