@@ -325,6 +325,25 @@ def test_paper_figures_reproduce(files, capsys, monkeypatch):
         f"--out {str(files / 'afile')!r} is a file; give a folder path")
 
 
+def test_figure_scripts(files, capsys, monkeypatch):
+    """A figure script: counts and --out checked before drawing; unreadable data is one line (``style.run_cli``)."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(ROOT / "paper_figures"))
+    fig1 = importlib.import_module("fig1_bounds").main
+    name = "paper_figures/fig1_bounds.py"
+    assert one_line_error(capsys, fig1, ["--n", "0"], name) == "argument --n: 0 is below 2; give an integer >= 2"
+    under = files / "afile" / "x.png"
+    assert one_line_error(capsys, fig1, ["--out", str(under)], name) == (
+        f"argument --out: {str(under)!r} lies under {str(files / 'afile')!r}, which is a file; choose a path in a "
+        "folder")
+    fig5 = importlib.import_module("fig5_bandit")
+    monkeypatch.setattr(sys, "argv", ["fig5_bandit.py", "--data", str(files / "afile"), "--out", str(files)])
+    assert one_line_error(capsys, lambda argv: importlib.import_module("style").run_cli(fig5.main), [],
+                          "paper_figures/fig5_bandit.py").startswith(
+        f"{str(files / 'afile')!r} is not a UTF-8 JSON file (Expecting value")
+    assert not list(files.glob("*.png"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Verifiers
 # ---------------------------------------------------------------------------------------------------------------
