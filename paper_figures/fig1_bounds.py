@@ -18,7 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from style import THEORY, apply_style, divergence_style, method_style, out_parser, panel_label, resolve_out, save
+from style import (
+    THEORY, apply_style, divergence_style, int_at_least, method_style, out_parser, panel_label, resolve_out, run_cli,
+    save,
+)
 
 import bandpo
 
@@ -120,7 +123,7 @@ def make_figure(out, n: int = 1500, delta: float = DELTA):
 
 def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
-    ap.add_argument("--n", type=int, default=1500, help="grid points on p in [1e-3, 1]")
+    ap.add_argument("--n", type=int_at_least(2), default=1500, help="grid points on p in [1e-3, 1]")
     args = ap.parse_args(argv)
     path = make_figure(args.out, n=args.n)
     print(f"wrote {path}")
@@ -128,4 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

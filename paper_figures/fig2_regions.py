@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from style import GREEN, SKY, apply_style, out_parser, panel_label, resolve_out, save
+from style import GREEN, SKY, apply_style, int_at_least, out_parser, panel_label, resolve_out, run_cli, save
 
 import bandpo
 
@@ -90,7 +90,7 @@ def make_figure(out, n: int = 700, delta: float = DELTA):
 
 def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
-    ap.add_argument("--n", type=int, default=700, help="grid points per axis")
+    ap.add_argument("--n", type=int_at_least(2), default=700, help="grid points per axis")
     args = ap.parse_args(argv)
     path = make_figure(args.out, n=args.n)
     print(f"wrote {path}")
@@ -98,4 +98,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -17,7 +17,9 @@ import math
 import numpy as np
 import torch
 
-from style import THEORY, apply_style, divergence_style, out_parser, panel_label, resolve_out, save
+from style import (
+    THEORY, apply_style, divergence_style, int_at_least, out_parser, panel_label, resolve_out, run_cli, save,
+)
 
 import bandpo
 
@@ -75,7 +77,7 @@ def make_figure(out, n: int = 600, delta: float = DELTA, sweep=SWEEP):
 
 def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
-    ap.add_argument("--n", type=int, default=600, help="grid points on p")
+    ap.add_argument("--n", type=int_at_least(2), default=600, help="grid points on p")
     args = ap.parse_args(argv)
     path = make_figure(args.out, n=args.n)
     print(f"wrote {path}")
@@ -83,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

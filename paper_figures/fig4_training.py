@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from style import DATA, OUT, apply_style, method_style, out_parser, panel_label, resolve_out, save
+from style import (
+    DATA, OUT, apply_style, int_at_least, method_style, out_parser, panel_label, resolve_out, run_cli, save,
+)
 
 NAME = "fig4_training.png"
 RUNS = DATA / "runs"
@@ -216,7 +218,7 @@ def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
     ap.add_argument("--runs", type=Path, default=None,
                     help="folder of <method>-seed<k>/metrics.csv runs (default data/runs, with --testbed data/testbed/main)")
-    ap.add_argument("--smooth", type=int, default=None, help="moving-average window in steps (default: run/25)")
+    ap.add_argument("--smooth", type=int_at_least(1), default=None, help="moving-average window in steps (default: run/25)")
     ap.add_argument("--clip-stat", default="clip_high_mean",
                     choices=["clip_high_mean", "clip_low_mean", "clip_region_mean"],
                     help="bucket statistic (bottom row)")
@@ -241,4 +243,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from style import DATA, apply_style, method_style, out_parser, panel_label, resolve_out, save
+from style import (
+    DATA, apply_style, int_at_least, method_style, out_parser, panel_label, read_json, resolve_out, run_cli, save,
+)
 
 NAME = "fig5_bandit.png"
 BANDIT = DATA / "bandit"
@@ -55,7 +57,7 @@ def data_complete(path: Path = DEFAULT_DATA) -> bool:
         return False
     from bandpo.experiments.bandit import BanditConfig
 
-    saved = json.loads(path.read_text()).get("config")
+    saved = read_json(path).get("config")
     if saved != _config_dict(BanditConfig()):
         print(f"{path}: made with other BanditConfig settings than bandpo.experiments.bandit's current defaults")
         return False
@@ -91,7 +93,7 @@ def load(path: Path = DEFAULT_DATA) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python paper_figures/fig5_bandit.py --regenerate`")
-    data = json.loads(path.read_text())
+    data = read_json(path)
     for key in ("config", "buckets", "methods"):
         if key not in data:
             raise ValueError(f"{path}: missing key {key!r}; expected config, buckets, methods")
@@ -170,8 +172,8 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="bandit JSON to read (and to write with --regenerate)")
     ap.add_argument("--regenerate", action="store_true", help="run bandpo.experiments.bandit and rewrite --data first")
-    ap.add_argument("--steps", type=int, default=None, help="with --regenerate: steps per run (default: BanditConfig)")
-    ap.add_argument("--seeds", type=int, default=None, help="with --regenerate: number of seeds")
+    ap.add_argument("--steps", type=int_at_least(1), default=None, help="with --regenerate: steps per run (default: BanditConfig)")
+    ap.add_argument("--seeds", type=int_at_least(1), default=None, help="with --regenerate: number of seeds")
     ap.add_argument("--methods", nargs="*", default=None, help="with --regenerate: bandpo.experiments.bandit.METHODS keys")
     args = ap.parse_args(argv)
     if args.regenerate or not Path(args.data).is_file():
@@ -191,4 +193,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

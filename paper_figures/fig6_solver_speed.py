@@ -17,12 +17,13 @@ bandpo took), "band_compiled_tokens_per_s" and "speedup_compiled" (torch.compile
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from style import GREY, ROOT, apply_style, divergence_style, out_parser, panel_label, resolve_out, save
+from style import (
+    GREY, ROOT, apply_style, divergence_style, out_parser, panel_label, read_json, resolve_out, run_cli, save,
+)
 
 NAME = "fig6_solver_speed.png"
 DEFAULT_DATA = ROOT / "benchmarks" / "results" / "band_speed.json"
@@ -36,7 +37,7 @@ def load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python benchmarks/band_speed.py --out {path}` first")
-    data = json.loads(path.read_text())
+    data = read_json(path)
     missing = [k for k in TOP_KEYS if k not in data]
     if missing:
         raise ValueError(f"{path}: missing top-level keys {missing}; expected {list(TOP_KEYS)}")
@@ -132,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from style import GREY, apply_style, method_style, out_parser, resolve_out, save
+from style import GREY, apply_style, method_style, out_parser, resolve_out, run_cli, save
 from testbed_common import TESTBED, load_summary, metric_label, skip
 
 NAME = "fig7_testbed_forest.png"
@@ -99,4 +99,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

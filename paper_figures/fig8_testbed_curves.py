@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fig4_training import stack_seeds
-from style import apply_style, method_style, out_parser, panel_label, resolve_out, save
+from style import apply_style, int_at_least, method_style, out_parser, panel_label, resolve_out, run_cli, save
 from testbed_common import TESTBED, skip
 
 NAME = "fig8_testbed_curves.png"
@@ -100,7 +100,7 @@ def main(argv=None):
     ap = out_parser(__doc__.splitlines()[0], NAME)
     ap.add_argument("--data", type=Path, default=TESTBED, help="testbed root holding main/<method>-seed<k>/")
     ap.add_argument("--methods", nargs="+", default=None, help="only these method ids (default: every one present)")
-    ap.add_argument("--smooth", type=int, default=None, help="moving-average window in steps (default: run/25)")
+    ap.add_argument("--smooth", type=int_at_least(1), default=None, help="moving-average window in steps (default: run/25)")
     args = ap.parse_args(argv)
     paths = make_figure(args.out, args.data, args.methods, args.smooth)
     for p in paths:
@@ -109,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from style import GREY, apply_style, method_style, out_parser, resolve_out, save
+from style import GREY, apply_style, method_style, out_parser, resolve_out, run_cli, save
 from testbed_common import TESTBED, load_summary, metric_label, skip
 
 NAME = "fig9_testbed_sweeps.png"
@@ -146,4 +146,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

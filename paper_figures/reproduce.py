@@ -22,7 +22,6 @@ It ends by listing the files it wrote, with their sizes.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import subprocess
 import sys
@@ -33,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from style import DATA, OUT, ROOT  # noqa: E402
+
+from bandpo.cli import ArgumentParser, check_out_path, int_at_least  # noqa: E402
 
 FIGURES = (
     "fig1_bounds",
@@ -56,7 +57,9 @@ def _run(cmd: list[str], what: str) -> None:
     """Run a data-producing command with its output streaming to this terminal; stop on failure."""
     print(f"\n==> {what}\n    $ {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code:
+        raise SystemExit(f"paper_figures/reproduce.py: error: {what} failed (exit status {code}): {' '.join(cmd)}")
     print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -132,7 +135,7 @@ def ensure_testbed(n_jobs: int = 1) -> None:
     procs = [subprocess.Popen(cmd + ["--shard", f"{i}/{n_jobs}"], cwd=ROOT) for i in range(n_jobs)]
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise SystemExit(f"testbed shards exited with {codes}")
+        raise SystemExit(f"paper_figures/reproduce.py: error: testbed shards exited with {codes}")
     _run(cmd + ["--summary-only"], "testbed summary.csv")
     print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -155,16 +158,21 @@ def draw(names, out: Path) -> "tuple[list[Path], dict[str, str]]":
 
 
 def main(argv=None) -> list[Path]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python paper_figures/reproduce.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT, help="output folder (default: paper_figures/out)")
     ap.add_argument("--only", nargs="*", default=None, help="figure name prefixes, e.g. fig1 fig4")
     ap.add_argument("--no-data", action="store_true", help="do not produce missing data; draw from what exists")
-    ap.add_argument("--testbed-jobs", type=int, default=1, help="processes for the testbed grid (default 1)")
+    ap.add_argument("--testbed-jobs", type=int_at_least(1), default=1,
+                    help="processes for the testbed grid (default 1)")
     args = ap.parse_args(argv)
 
     names = [n for n in FIGURES if args.only is None or any(n.startswith(o) for o in args.only)]
     if not names:
-        raise SystemExit(f"--only {args.only} matches none of {', '.join(FIGURES)}")
+        ap.error(f"--only {' '.join(args.only)} matches none of {', '.join(FIGURES)}")
+    try:
+        check_out_path(args.out, folder=True)
+    except ValueError as e:
+        ap.error(e)
     t0 = time.perf_counter()
     if not args.no_data:
         if "fig4_training" in names:
@@ -182,7 +190,7 @@ def main(argv=None) -> list[Path]:
         print(f"  {path}  ({path.stat().st_size / 1024:.0f} KiB)")
     print(f"data: {DATA}")
     if missing:
-        raise SystemExit(f"{len(missing)} figure(s) not drawn for lack of data: {', '.join(missing)}")
+        raise SystemExit(f"paper_figures/reproduce.py: error: {len(missing)} figure(s) not drawn for lack of data: {', '.join(missing)}")
     return written
 
 

@@ -12,6 +12,7 @@ Palette: Okabe & Ito's colour-blind-safe set, with one colour per method and one
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ OUT = HERE / "out"
 
 if str(ROOT) not in sys.path:  # run as ``python paper_figures/figX.py`` from a fresh clone
     sys.path.insert(0, str(ROOT))
+
+from bandpo.cli import ArgumentParser, UsageError, check_out_path, int_at_least, one_line  # noqa: E402,F401
 
 # Okabe-Ito
 BLUE, VERMILLION, ORANGE, GREEN = "#0072B2", "#D55E00", "#E69F00", "#009E73"
@@ -115,12 +118,43 @@ def apply_style() -> None:
     )
 
 
-def out_parser(description: str, default_name: str) -> argparse.ArgumentParser:
+def _out_path(text: str) -> Path:
+    """``--out``: a .png file or a folder that can be written (checked before the figure is computed)."""
+    try:
+        return check_out_path(text, suffixes=(".png",)) if Path(text).suffix.lower() == ".png" else check_out_path(
+            text, folder=True)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--out ")) from None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ValueError naming the file when it is not UTF-8 JSON holding an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not a UTF-8 JSON file ({one_line(e)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+def run_cli(main) -> None:
+    """Run a figure script's ``main`` as a command: missing or unreadable data becomes one line on stderr and exit
+    status 2 (``bandpo.cli``'s convention), not a traceback. (``reproduce.py`` calls ``main`` itself and catches
+    ``FileNotFoundError`` to report a figure without data.)"""
+    try:
+        main()
+    except (OSError, ValueError) as e:
+        print(f"paper_figures/{Path(sys.argv[0]).name}: error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def out_parser(description: str, default_name: str) -> ArgumentParser:
     """An argument parser with the shared ``--out`` flag (a .png path, or a folder to put ``default_name`` in)."""
-    ap = argparse.ArgumentParser(description=description)
+    ap = ArgumentParser(prog=f"python paper_figures/{Path(default_name).stem}.py", description=description)
     ap.add_argument(
         "--out",
-        type=Path,
+        type=_out_path,
         default=OUT / default_name,
         help=f"output PNG, or a folder to write {default_name} into (default: paper_figures/out/{default_name})",
     )

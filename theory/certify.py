@@ -36,7 +36,6 @@ Command line (prints a table; see :func:`main`)::
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -48,6 +47,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import cvxpy as cp
 import numpy as np
 
+from bandpo.cli import ArgumentParser, check_out_path, float_in, int_at_least
 from bandpo.registry import Registry
 
 # Solver attempts, in order, until one reports "optimal". Clarabel's defaults stop at 1e-8 relative gap and
@@ -621,14 +621,14 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m bandpo_theory.certify",
         description="Certify bandpo.band against the full-vocabulary problem solved by Clarabel (SCS fallback).",
     )
     parser.add_argument("--divergence", default="all", help=f"one of {', '.join(list_certifiable())}, or 'all'")
-    parser.add_argument("--delta", type=float, default=0.05, help="trust-region radius")
-    parser.add_argument("--vocab", type=int, default=50, help="vocabulary size V")
-    parser.add_argument("--trials", type=int, default=100, help="random vocabularies per divergence")
+    parser.add_argument("--delta", type=float_in(0, low_open=True), default=0.05, help="trust-region radius (> 0)")
+    parser.add_argument("--vocab", type=int_at_least(2), default=50, help="vocabulary size V (>= 2)")
+    parser.add_argument("--trials", type=int_at_least(1), default=100, help="random vocabularies per divergence")
     parser.add_argument("--seed", type=int, default=0, help="numpy seed (each divergence restarts from it)")
     parser.add_argument("--variables", default="ratio", choices=("ratio", "probability"), help="formulation")
     parser.add_argument("--out", default=None, help="also write the table (Markdown) to this file")
@@ -637,6 +637,11 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     for name in names:
         if name not in DCP_DIVERGENCES:
             parser.error(f"unknown divergence {name!r}; known: {', '.join(list_certifiable())}, all")
+    if args.out is not None:
+        try:
+            check_out_path(args.out)  # before the solves, not after them
+        except ValueError as e:
+            parser.error(e)
     rows = []
     for name in names:
         rows.append(summarize(name, run_trials(name, args.delta, args.vocab, args.trials, args.seed, args.variables)))
@@ -646,7 +651,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     print(header)
     print(table)
     if args.out:
-        with open(args.out, "w") as fh:
+        with open(args.out, "w", encoding="utf-8") as fh:
             fh.write(f"# Certification: cvxpy (full simplex) vs bandpo.band\n\n`python -m bandpo_theory.certify "
                      f"--divergence {args.divergence} --delta {args.delta} --vocab {args.vocab} --trials {args.trials} "
                      f"--seed {args.seed} --variables {args.variables}`\n\n{header}\n\n{table}\n")

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import sympy as sp
+
+from bandpo.cli import ArgumentParser
 
 from .generators import g_of, get_symbolic, m, p, r, t
 
@@ -174,7 +176,9 @@ CASES: "tuple[Case, ...]" = (
 """The cases, by sign of A and where r lies (M = 10 BandPO's cap, c = 10 its dual clip, C = 20 DPPO's cap)."""
 
 
-def main() -> int:  # pragma: no cover - a printout
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m bandpo_theory.dppo``: print the identities and the case table (no options)."""
+    ArgumentParser(prog="python -m bandpo_theory.dppo", description=__doc__.splitlines()[0]).parse_args(argv)
     for d in DPPO_DIVERGENCES:
         print(d, "region identity:", region_identity(d), "monotone factor:", monotone_sides(d))
     print("gradients:", gradient_identity())

@@ -9,11 +9,12 @@ hand except prose.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import sympy as sp
+
+from bandpo.cli import ArgumentParser, check_out_path
 
 from . import asymptotics as A
 from . import checks as C
@@ -350,17 +351,25 @@ def build_report() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bandpo_theory.report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m bandpo_theory.report", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPORT_PATH), help="where to write (default theory/REPORT.md)")
     parser.add_argument("--check", action="store_true", help="compare with the file instead of writing it")
     args = parser.parse_args(argv)
-    text = build_report()
     path = Path(args.out)
+    try:  # before the (slow) build
+        if args.check and not path.is_file():
+            raise ValueError(f"--out {args.out!r} {'is a folder' if path.is_dir() else 'does not exist'}; --check "
+                             "compares a written report file (run without --check to write it)")
+        check_out_path(args.out)
+        old = path.read_text(encoding="utf-8") if args.check else None
+    except (OSError, ValueError) as e:
+        parser.error(e)
+    text = build_report()
     if args.check:
-        same = path.exists() and path.read_text() == text
+        same = old == text
         print(f"{path}: {'up to date' if same else 'differs from a fresh build'}")
         return 0 if same else 1
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     print(f"wrote {path} ({len(text.splitlines())} lines)")
     return 0
 

@@ -30,7 +30,6 @@ per-seed differences of every other method against that one, with 95 % bootstrap
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..cli import ArgumentParser, float_in, int_at_least
 from ..losses import BUCKET_NAMES, get_method, list_methods, policy_loss, reduce_metrics
 from .stats import compare
 
@@ -101,10 +101,15 @@ class BanditConfig:
         lo, hi = self.common_success
         if not (0 <= lo <= hi <= 1 and 0 <= self.rare_success <= 1):
             raise ValueError("success probabilities must lie in [0, 1] with common_success = (low, high), low <= high")
+        for name, low in (("group_size", 2), ("n_groups", 1), ("minibatches", 1), ("epochs", 1), ("steps", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.n_groups % self.minibatches:
             raise ValueError(f"n_groups ({self.n_groups}) must be a multiple of minibatches ({self.minibatches})")
-        if self.group_size < 2 or self.epochs < 1 or self.steps < 1 or not self.seeds or self.lr <= 0:
-            raise ValueError("need group_size >= 2, steps >= 1, at least one seed and lr > 0")
+        if not self.seeds:
+            raise ValueError("seeds must hold at least one seed")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not 0 < self.discover_at < 1:
@@ -329,27 +334,34 @@ def format_table(rows: "dict[str, dict[str, float]]", cfg: BanditConfig) -> str:
 
 def main(argv: "Optional[list[str]]" = None) -> str:
     """``python -m bandpo.experiments.bandit [--steps N] [--seeds S] [--lr LR] [--optimizer adam|sgd] [--epochs E] ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m bandpo.experiments.bandit", description=__doc__.split("\n")[0])
     d = BanditConfig()
-    parser.add_argument("--steps", type=int, default=d.steps, help="rollout batches per run")
-    parser.add_argument("--seeds", type=int, default=len(d.seeds), help="number of seeds (0..S-1)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
-    parser.add_argument("--rare-prob", type=float, default=d.rare_prob, help="initial π(rare arm)")
-    parser.add_argument("--minibatches", type=int, default=d.minibatches, help="mini-batches per rollout")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="passes over the mini-batches per rollout")
+    parser.add_argument("--steps", type=int_at_least(1), default=d.steps, help="rollout batches per run")
+    parser.add_argument("--seeds", type=int_at_least(1), default=len(d.seeds), help="number of seeds (0..S-1)")
+    parser.add_argument("--lr", type=float_in(0, low_open=True), default=d.lr, help="Adam learning rate")
+    parser.add_argument("--rare-prob", type=float_in(0, 1, low_open=True, high_open=True), default=d.rare_prob,
+                        help="initial π(rare arm)")
+    parser.add_argument("--minibatches", type=int_at_least(1), default=d.minibatches,
+                        help=f"mini-batches per rollout (divides the {d.n_groups} groups)")
+    parser.add_argument("--epochs", type=int_at_least(1), default=d.epochs,
+                        help="passes over the mini-batches per rollout")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="optimiser on the logits")
     parser.add_argument("--methods", type=str, default=",".join(METHODS), help="comma-separated method ids")
     parser.add_argument("--baseline", type=str, default=None, help="a method id of --methods: add the paired differences against it")
     parser.add_argument("--dro-beta", type=float, default=None, help="dro_beta of the 'dro' method (it has no default)")
     args = parser.parse_args(argv)
-    cfg = replace(
-        d, steps=args.steps, seeds=tuple(range(args.seeds)), lr=args.lr, rare_prob=args.rare_prob,
-        minibatches=args.minibatches, epochs=args.epochs, optimizer=args.optimizer,
-    )
+    try:
+        cfg = replace(
+            d, steps=args.steps, seeds=tuple(range(args.seeds)), lr=args.lr, rare_prob=args.rare_prob,
+            minibatches=args.minibatches, epochs=args.epochs, optimizer=args.optimizer,
+        )
+    except ValueError as e:
+        parser.error(e)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in list_methods()]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; known: {', '.join(list_methods())}")
+    if unknown or not methods:
+        parser.error(f"--methods: unknown methods {unknown}; known: {', '.join(list_methods())}" if unknown else
+                     f"--methods names no method; give comma-separated ids of {', '.join(list_methods())}")
     if args.baseline is not None and args.baseline not in methods:
         parser.error(f"--baseline {args.baseline!r} must be one of --methods {methods}")
     if "dro" in methods and args.dro_beta is None:

@@ -20,7 +20,6 @@ Missing columns leave a panel empty with a note (e.g. a run without evaluation).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import re
@@ -28,13 +27,26 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..cli import ArgumentParser, check_out_path, one_line
+
 __all__ = ["labels_for", "main", "moving_average", "plot_runs", "read_csv", "read_run"]
 
 
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
+"""The image types ``--out`` may name."""
+
+
 def read_csv(path: Path) -> dict:
-    """Columns of a CSV file as float lists (empty cells -> nan), rows sorted by ``step``."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Columns of a CSV file as float lists (empty cells -> nan), rows sorted by ``step``.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read or is not UTF-8 CSV text.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{str(path)!r} cannot be read as a UTF-8 CSV file ({one_line(e)})") from None
     rows.sort(key=lambda r: float(r.get("step") or 0))
     cols: dict = {}
     for r in rows:
@@ -54,6 +66,8 @@ def read_run(path: "str | Path") -> dict:
         ValueError: the folder does not exist or has no ``metrics.csv``.
     """
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"run folder {str(p)!r} is a file; give a folder written by python -m bandpo.training --out")
     if not p.is_dir():
         raise ValueError(f"run folder {str(p)!r} does not exist")
     if not (p / "metrics.csv").is_file():
@@ -181,9 +195,9 @@ def plot_runs(paths: Sequence["str | Path"], out: "str | Path", *, smooth: int =
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.plot", allow_abbrev=False,
-                                description="Plot reward, eval mean@n/pass@k, entropy and clip fractions by "
-                                            "probability bucket of training run folders.")
+    p = ArgumentParser(prog="python -m bandpo.experiments.plot",
+                       description="Plot reward, eval mean@n/pass@k, entropy and clip fractions by "
+                                   "probability bucket of training run folders.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by python -m bandpo.training --out")
     p.add_argument("--out", default="runs.png", metavar="FILE", help="image to write (.png/.pdf/.svg) [runs.png]")
     p.add_argument("--smooth", type=int, default=10, metavar="N", help="moving-average window in steps [10]")
@@ -192,10 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.smooth < 1:
             raise ValueError(f"--smooth {args.smooth}: must be >= 1")
+        check_out_path(args.out, suffixes=IMAGE_SUFFIXES)
         out = plot_runs(args.runs, args.out, smooth=args.smooth, title=args.title)
-    except ValueError as e:
-        print(f"bandpo.experiments.plot: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:
+        return p.report(e)
     print(f"wrote {out}")
     return 0
 

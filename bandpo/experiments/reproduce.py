@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ..cli import ArgumentParser, int_at_least
 from ..losses import get_method
 from ..training.config import load_config, preset_path
 
@@ -179,12 +180,29 @@ def _parse_set(items: Sequence[str]) -> dict:
 
 
 def _parse_shard(text: str) -> tuple:
-    """``"i/n"`` (the ``--shard`` option of the runners) -> (i, n); ValueError naming the expected form."""
+    """``"i/n"`` (the ``--shard`` option of the runners) -> (i, n) with 0 <= i < n; ValueError naming the expected
+    form."""
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
         raise ValueError(f"--shard expects i/n (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: needs 0 <= i < n (e.g. 0/2 and 1/2 split the jobs over two processes)")
     return i, n
+
+
+def check_out_root(out: str, summary_only: bool) -> Path:
+    """The ``--out`` root of a runner: for ``--summary-only`` an existing folder, else a folder that can be created
+    and written (``bandpo.training.runtime.check_out_dir``). ValueError naming the folder otherwise."""
+    p = Path(out).expanduser()
+    if not summary_only:
+        from ..training.runtime import check_out_dir
+
+        return check_out_dir(out)
+    if not p.is_dir():
+        why = "is a file" if p.exists() else "does not exist"
+        raise ValueError(f"--out {str(out)!r} {why}; --summary-only reads the run folders of a runner's output folder")
+    return p
 
 
 def _run_options(args: argparse.Namespace) -> "tuple[dict, tuple]":
@@ -197,12 +215,12 @@ def _run_options(args: argparse.Namespace) -> "tuple[dict, tuple]":
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.reproduce", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bandpo.experiments.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
     p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"method ids (default: {list(METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--preset", default="tiny-cpu")
-    p.add_argument("--max-steps", type=int, help="RL steps per run (default: the preset's)")
+    p.add_argument("--max-steps", type=int_at_least(1), help="RL steps per run (default: the preset's)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
@@ -210,14 +228,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         overrides, (i, n) = _run_options(args)
+        out = check_out_root(args.out, args.summary_only)
         if args.summary_only:
-            table = summarize(Path(args.out), args.methods, args.seeds)
+            table = summarize(out, args.methods, args.seeds)
         else:
-            table = reproduce(Path(args.out), args.methods, args.seeds, preset=args.preset, overrides=overrides,
+            table = reproduce(out, args.methods, args.seeds, preset=args.preset, overrides=overrides,
                               keep_checkpoints=args.keep_checkpoints, shard=(i, n))
     except ValueError as e:
-        print(f"bandpo.experiments.reproduce: error: {e}", file=sys.stderr)
-        return 2
+        return p.report(e)
     print(format_table(table, args.methods))
     return 0
 

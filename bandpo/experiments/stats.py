@@ -37,6 +37,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..cli import ArgumentParser
+
 __all__ = ["Interval", "McNemar", "RESAMPLES", "SignFlip", "baseline_of", "bca_mean", "bootstrap_mean", "candidates",
            "compare", "holm", "markdown_table", "mcnemar", "paired_differences", "paired_rmst", "render_report",
            "rmst", "select_rows", "seed_mean", "sign_flip", "t_interval", "t_quantile"]
@@ -474,11 +476,11 @@ def render_report(text: str, rows: Sequence[Mapping]) -> str:
     ``--same-setting``) on ``rows``. A report whose tables are current renders to itself (tested on the committed
     data), so its numbers cannot drift from the data. ValueError names a block whose options are wrong."""
     def fill(m: "re.Match") -> str:
-        p = _parser()
+        p = _parser(exit_on_error=False)
         try:
             a = p.parse_args(shlex.split(m.group("args")))
-        except SystemExit:
-            raise ValueError(f"bad options in report block <!-- stats {m.group('args')} -->") from None
+        except ValueError as e:
+            raise ValueError(f"bad options in report block <!-- stats {m.group('args')} -->: {e}") from None
         table = markdown_table(rows, a.metrics, a.grid, a.baseline, a.methods, a.same_setting)
         return m.group("open") + table + "\n" + m.group("close")
 
@@ -496,26 +498,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--refresh", metavar="REPORT", default=None,
                    help="refill the <!-- stats ... --> tables of a Markdown report in place (render_report)")
     args = p.parse_args(argv)
-    if not Path(args.summary).is_file():
-        print(f"bandpo.experiments.stats: error: no file {args.summary} (run python -m bandpo.experiments.testbed)",
-              file=sys.stderr)
-        return 2
-    rows = read_summary(args.summary)
-    if args.refresh:
-        path = Path(args.refresh)
-        try:
-            path.write_text(render_report(path.read_text(), rows))
-        except (OSError, ValueError) as e:
-            print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
-            return 2
-        print(f"refreshed the tables of {path}")
-        return 0
+    summary = Path(args.summary)
+    if summary.is_dir() and (summary / "summary.csv").is_file():
+        summary = summary / "summary.csv"
+    if not summary.is_file():
+        why = "is a folder without summary.csv" if summary.is_dir() else "does not exist"
+        return p.report(f"{args.summary!r} {why}; give the summary.csv written by python -m bandpo.experiments.testbed")
+    try:
+        rows = read_summary(summary)
+        _check_selection(rows, args)
+        if args.refresh:
+            path = Path(args.refresh)
+            path.write_text(render_report(path.read_text(encoding="utf-8"), rows), encoding="utf-8")
+            print(f"refreshed the tables of {path}")
+            return 0
+    except (OSError, ValueError) as e:
+        return p.report(e)
     return _print(args, rows)
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The table options, shared by the CLI and the report blocks (:func:`render_report`)."""
-    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.stats", description=__doc__.split("\n\n")[0])
+def _check_selection(rows: Sequence[Mapping], args: argparse.Namespace) -> None:
+    """Raise a one-line ValueError when ``rows`` are empty or ``--grid``, ``--baseline`` or ``--methods`` name
+    nothing in them (the tables would be empty or all n/a)."""
+    if not rows:
+        raise ValueError("the summary has no rows; run python -m bandpo.experiments.testbed first")
+    for flag, column, wanted in (("--grid", "grid", args.grid), ("--baseline", "method", [args.baseline]),
+                                 ("--methods", "method", args.methods)):
+        have = sorted({str(r.get(column)) for r in rows})
+        unknown = [w for w in wanted or () if w not in have]
+        if unknown:
+            raise ValueError(f"{flag} {' '.join(unknown)}: not in the summary; its {column}s: {', '.join(have)}")
+
+
+def _parser(exit_on_error: bool = True) -> ArgumentParser:
+    """The table options, shared by the CLI and the report blocks (:func:`render_report`, which gets a
+    ValueError for bad options instead of an exit)."""
+    p = ArgumentParser(prog="python -m bandpo.experiments.stats", description=__doc__.split("\n\n")[0],
+                       exit_on_error=exit_on_error)
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     p.add_argument("--grid", nargs="+", default=None, help="only these grids (default: all)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (markdown_table)")
@@ -532,16 +551,14 @@ def _print(args: argparse.Namespace, rows: list) -> int:
         try:
             print(markdown_table(rows, args.metrics, args.grid, args.baseline, args.methods, args.same_setting))
         except ValueError as e:
-            print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
-            return 2
+            return _parser().report(e)
         return 0
     rows = [r for r in rows if args.grid is None or r.get("grid") in args.grid]
     cands = candidates(rows, args.baseline)
     try:
         table = [t for c in cands for t in compare(rows, args.metrics, [c], baseline_of(c, args.baseline))]
     except ValueError as e:
-        print(f"bandpo.experiments.stats: error: {e}", file=sys.stderr)
-        return 2
+        return _parser().report(e)
     print(f"paired difference vs {args.baseline} (mean over seeds, 95% bootstrap interval, {RESAMPLES} resamples)")
     print(f"{'method':<14} {'setting':<11} {'metric':<15} {'n':>2} {'diff':>9} {'low':>9} {'high':>9}")
     for r in table:

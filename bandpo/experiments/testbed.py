@@ -42,7 +42,6 @@ finishes. Layout::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -57,10 +56,11 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..cli import ArgumentParser, int_at_least, one_line
 from ..losses import get_method
 from ..losses.metrics import BUCKET_NAMES
 from ..training.config import load_config, preset_path
-from .reproduce import _run_options, is_finished
+from .reproduce import _run_options, check_out_root, is_finished
 
 __all__ = [
     "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "ENTROPY_COLLAPSE_FRACTION", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
@@ -422,21 +422,37 @@ def summarize(out: Path = DEFAULT_OUT, *, window: int = WINDOW) -> list:
 
 
 def read_summary(path: "str | Path") -> list:
-    """``summary.csv`` (the file or its folder) as a list of dicts; numbers as floats (seed and steps as ints)."""
+    """``summary.csv`` (the file or its folder) as a list of dicts; numbers as floats (seed and steps as ints).
+
+    Raises:
+        ValueError: naming the file, when it is missing or unreadable, not UTF-8 CSV, lacks the columns grid,
+            method, setting and seed, or holds a value that is not a number where one is expected.
+    """
     p = Path(path)
     p = p / "summary.csv" if p.is_dir() else p
     rows = []
-    with open(p, newline="") as f:
-        for r in csv.DictReader(f):
-            row = {}
-            for k, v in r.items():
-                if k in ("grid", "run", "method", "setting", "eval_set", "base_config"):
-                    row[k] = v
-                elif k in ("seed", "steps", "max_steps", "n_unsampled", "n_sampled"):
-                    row[k] = int(float(v))
-                else:
-                    row[k] = float(v) if v != "" else math.nan
-            rows.append(row)
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            lacking = [c for c in ("grid", "method", "setting", "seed") if c not in (reader.fieldnames or [])]
+            if lacking:
+                raise ValueError(f"{str(p)!r} is not a testbed summary.csv: it lacks the columns {lacking} (write one "
+                                 "with python -m bandpo.experiments.testbed)")
+            for line, r in enumerate(reader, start=2):
+                row = {}
+                for k, v in r.items():
+                    try:
+                        if k in ("grid", "run", "method", "setting", "eval_set", "base_config"):
+                            row[k] = v
+                        elif k in ("seed", "steps", "max_steps", "n_unsampled", "n_sampled"):
+                            row[k] = int(float(v))
+                        else:
+                            row[k] = float(v) if v != "" else math.nan
+                    except (TypeError, ValueError):
+                        raise ValueError(f"{str(p)!r} line {line}: column {k!r} holds {v!r}, not a number") from None
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{str(p)!r} cannot be read as a UTF-8 CSV file ({one_line(e)})") from None
     return rows
 
 
@@ -553,27 +569,27 @@ def format_table(table: list) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.testbed", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bandpo.experiments.testbed", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output root (default {DEFAULT_OUT})")
     p.add_argument("--grid", nargs="+", default=["main"], help=f"grids: {', '.join(GRIDS)} or all (default main)")
     p.add_argument("--methods", nargs="+", default=None, help="only these method ids of the grids")
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds (default 0..7)")
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"training preset (default {DEFAULT_PRESET})")
-    p.add_argument("--max-steps", type=int, help="RL steps per run (default: the preset's)")
+    p.add_argument("--max-steps", type=int_at_least(1), help="RL steps per run (default: the preset's)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every run")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     p.add_argument("--summary-only", action="store_true", help="only rewrite summary.csv and print the table")
     args = p.parse_args(argv)
     try:
         overrides, (i, n) = _run_options(args)
+        out = check_out_root(args.out, args.summary_only)
         if args.summary_only:
-            table = summarize(Path(args.out))
+            table = summarize(out)
         else:
-            table = testbed(Path(args.out), args.grid, args.seeds, methods=args.methods, preset=args.preset,
+            table = testbed(out, args.grid, args.seeds, methods=args.methods, preset=args.preset,
                             overrides=overrides, shard=(i, n))
     except ValueError as e:
-        print(f"bandpo.experiments.testbed: error: {e}", file=sys.stderr)
-        return 2
+        return p.report(e)
     print(format_table(table), flush=True)
     for problem in pairing_problems(table):
         print(f"warning: pairing: {problem}", file=sys.stderr)

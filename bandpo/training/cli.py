@@ -20,6 +20,10 @@ What a run writes in ``--out`` (DIR):
   its SHA-256 in ``last.ckpt.sha256``; the one before it is kept as ``prev.ckpt`` (``prev.ckpt.sha256``);
 * ``DIR/warmstart.json``: the supervised warm-start's final loss/accuracy (when there is one);
 * ``DIR/eval.csv``: with ``eval.sets``, one row per held-out evaluation (mean@n, pass@k, maj@k per set);
+* ``DIR/eval_samples/step_<step>.jsonl.gz``: with ``eval.sets``, every evaluation's samples (set, problem, id,
+  sample, seed, completion, extracted answer, ground truth, verdict, tokens); ``evaluation.metrics_from_samples``
+  recomputes ``eval.csv`` from them;
+* ``DIR/.lock``: held (``flock``) by the process that owns the run folder; it names the holder;
 * ``DIR/summary.json``: written when the run reaches ``max_steps`` (the last row, wall time);
 * ``DIR/machine.json``: per process that trained it, the CPU (model, ISA flags), the numerical mode
   (``trainer.numerics``: what torch and MKL actually chose) and the library versions (``bandpo.training.pinning``).
@@ -30,8 +34,8 @@ runs with this CPU's own code paths.
 
 SIGTERM or SIGINT (Ctrl-C): the current RL step (or supervised warm-start step) finishes, ``last.ckpt`` (or
 ``checkpoints/warmstart.ckpt``) is written, one line says how to resume, and the command exits with 128 + the signal
-number (143, 130). Bad paths, configs and checkpoints are reported as one line (``bandpo.training: error: ...``,
-exit status 2).
+number (143, 130). Bad flags, paths, configs and checkpoints are reported as one line (``bandpo.training: error:
+...``, exit status 2; ``bandpo.cli``); usage is printed only by ``--help``.
 
 Resuming: running the same command again with the same DIR resumes from ``last.ckpt`` after checking its SHA-256
 (a damaged one: from ``prev.ckpt``, the checkpoint before it, with a warning). Only ``trainer.max_steps``,
@@ -58,6 +62,7 @@ import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from ..cli import ArgumentParser
 from .config import SECTIONS, TrainConfig, field_docs, list_presets, load_config, preset_path
 
 __all__ = ["build_policy", "build_tokenizer", "check_inputs", "dry_run_config", "main", "run"]
@@ -620,9 +625,9 @@ def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default"
 
     ``--help`` shows each field's value in ``defaults`` (the config named by ``--preset``/``--config`` when it
     is given before ``--help``), else the built-in default; prefixes of flags are not accepted."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m bandpo.training", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets: {', '.join(list_presets())}. The values in [brackets] are those of {source}; "
                "`--preset NAME --help` shows a preset's.",
     )
@@ -657,7 +662,7 @@ def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default"
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
     """(config, args): the preset/file with flag overrides applied and validated."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = ArgumentParser(prog="python -m bandpo.training", add_help=False)
     pre.add_argument("--preset")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)

@@ -668,10 +668,18 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ValueError(f"config {path} includes itself through 'base:'")
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a folder; give a YAML file (or --preset NAME)")
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ValueError(f"config file {path} cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ValueError(f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at line {line}); "
+                         "save it as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

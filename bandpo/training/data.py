@@ -79,6 +79,37 @@ def _datasets() -> Any:
     return datasets
 
 
+def _check_text_file(path: Path, what: str) -> None:
+    """Raise a one-line ``ValueError`` naming ``path`` if it cannot be read, is not UTF-8 text or holds only
+    whitespace (reads it in 1 MiB chunks; the JSON readers would fail later without naming the file)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines, blank = 0, 1, True
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 20)
+                pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous chunk
+                try:
+                    text = decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as e:
+                    line = lines + e.object[:e.start].count(b"\n")
+                    raise ValueError(f"{what} {str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                                     f"line {line}, byte offset {offset - pending + e.start}); save it as UTF-8"
+                                     ) from None
+                if not chunk:
+                    break
+                blank = blank and not text.strip()
+                lines += chunk.count(b"\n")
+                offset += len(chunk)
+    except OSError as e:
+        raise ValueError(f"{what} {str(path)!r} cannot be read ({e.strerror or e})") from None
+    if blank:
+        raise ValueError(f"{what} {str(path)!r} is empty; it needs rows (one JSON object per line in a .jsonl file, "
+                         "a list of objects in a .json file)")
+
+
 def read_table(path: Any, *, split: str = "train", what: str = "data file") -> list:
     """All rows of a local ``.jsonl``/``.json``/``.parquet`` file or ``save_to_disk`` folder, as dicts.
 
@@ -103,9 +134,11 @@ def read_table(path: Any, *, split: str = "train", what: str = "data file") -> l
     if p.suffix not in SUFFIXES:
         raise ValueError(f"{what} {str(p)!r}: unsupported file type {p.suffix!r}; use .jsonl, .json, .parquet or a "
                          "datasets.save_to_disk folder")
+    if p.suffix != ".parquet":
+        _check_text_file(p, what)
     if p.suffix == ".json":
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{what} {str(p)!r} is not valid JSON ({e})") from None
         if isinstance(data, dict):
@@ -124,7 +157,11 @@ def read_table(path: Any, *, split: str = "train", what: str = "data file") -> l
             e = e.__cause__ or e.__context__  # type: ignore[assignment]
         msg = (str(e).splitlines() or [""])[0]
         raise ValueError(f"{what} {str(p)!r} could not be read as {builder} ({type(e).__name__}: {msg})") from None
-    return [dict(r) for r in ds]
+    try:
+        return [dict(r) for r in ds]
+    except Exception as e:  # noqa: BLE001 - e.g. a parquet string column that is not UTF-8
+        raise ValueError(f"{what} {str(p)!r} could not be read as {builder} ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]})") from None
 
 
 def _get(row: dict, column: str, what: str) -> Any:
@@ -204,22 +241,23 @@ def load_problems(
         raise ValueError(f"{what} {str(path)!r} has no rows")
     fmt = TEMPLATES.find(template) or template
     if "{prompt}" not in fmt:
-        raise ValueError(f"{what}: template {template!r} is neither one of {TEMPLATES.names()} nor a format string "
-                         "with '{prompt}'")
+        raise ValueError(f"{what} {str(path)!r}: template {template!r} is neither one of {TEMPLATES.names()} nor a "
+                         "format string with '{prompt}'")
     out = []
     for i, r in enumerate(raw):
-        prompt = _get(r, columns.prompt, what)
+        where = f"{what} {str(path)!r} row {i}"
+        prompt = _get(r, columns.prompt, where)
         if isinstance(prompt, str):
             prompt = fmt.format(prompt=prompt)
         elif not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
-            raise ValueError(f"{what}: column {columns.prompt!r} must hold text or a list of chat messages "
-                             f"(row {i} holds {type(prompt).__name__})")
+            raise ValueError(f"{where}: column {columns.prompt!r} must hold text or a list of chat messages "
+                             f"(it holds {type(prompt).__name__})")
         answer = row_answer(r, columns.answer, what, path, i)
         out.append({
             "prompt": prompt,
             "answer": answer,
-            "id": str(_get(r, columns.id, what)) if columns.id else str(i),
-            "source": str(_get(r, columns.source, what)) if columns.source else None,
+            "id": str(_get(r, columns.id, where)) if columns.id else str(i),
+            "source": str(_get(r, columns.source, where)) if columns.source else None,
         })
     return out
 
@@ -309,11 +347,10 @@ def prepare_gsm8k(src: Any, dst: Any, *, prefix: Optional[str] = None, split: st
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m bandpo.training.data gsm8k SRC DST [--prefix P]``: :func:`prepare_gsm8k` (one-line errors)."""
-    import argparse
-    import sys
+    from ..cli import ArgumentParser, check_out_path
 
-    ap = argparse.ArgumentParser(prog="python -m bandpo.training.data",
-                                 description="Prepare local data files for the trainer (nothing is downloaded).")
+    ap = ArgumentParser(prog="python -m bandpo.training.data",
+                        description="Prepare local data files for the trainer (nothing is downloaded).")
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gsm8k", help="GSM8K {question, answer '... #### N'} -> {prompt, answer N, id, solution} JSONL")
     g.add_argument("src", help="a GSM8K .jsonl/.json/.parquet file (e.g. main/train-00000-of-00001.parquet)")
@@ -322,10 +359,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     g.add_argument("--split", default="train", help="split of a .json dict or a save_to_disk folder (default train)")
     args = ap.parse_args(argv)
     try:
+        check_out_path(args.dst, flag="DST", suffixes=(".jsonl",))
         n = prepare_gsm8k(args.src, args.dst, prefix=args.prefix, split=args.split)
     except (ValueError, OSError) as e:
-        print(f"{ap.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return ap.report(e)
     print(f"wrote {n} problems to {args.dst}")
     return 0
 

@@ -273,17 +273,26 @@ def _get(row: dict, column: str) -> Any:
     return value
 
 
-def load_rows(path: str, split: str = "train") -> list:
+def load_rows(path: str, split: str = "train", columns: Sequence[str] = ()) -> list:
     """Read all rows of a local ``.jsonl``/``.json``/``.parquet`` file or ``datasets.save_to_disk`` folder
-    (through Hugging Face ``datasets``: :func:`bandpo.training.data.read_table`)."""
-    return read_table(path, split=split, what="task.path")
+    (through Hugging Face ``datasets``: :func:`bandpo.training.data.read_table`); a row without one of ``columns``
+    is a ``ValueError`` naming the file and the row."""
+    rows = read_table(path, split=split, what="task.path")
+    for i, row in enumerate(rows):
+        for column in columns:
+            try:
+                _get(row, column)
+            except ValueError as e:
+                raise ValueError(f"task.path {str(path)!r} row {i}: {e} (set task.prompt_column/answer_column)"
+                                 ) from None
+    return rows
 
 
 @register_task("math_file")
 def _math_file(cfg: Any, seed: int) -> Task:
     if cfg.path is None:
         raise ValueError("task 'math_file' needs task.path (a local .jsonl/.json/.parquet file or datasets folder)")
-    raw = load_rows(cfg.path, cfg.split)
+    raw = load_rows(cfg.path, cfg.split, columns=(cfg.prompt_column, cfg.answer_column))
     if not raw:
         raise ValueError(f"task.path {cfg.path!r} has no rows")
     from .data import row_answer

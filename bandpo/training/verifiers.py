@@ -19,6 +19,9 @@ on keys, ``bandpo.training.evaluation``). Registered in ``VERIFIERS`` (``eval.se
   ground truth as numbers (``1,000`` = ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``); the ``answer_number`` reward
   is the same check as ±1.
 
+Every built-in verifier refuses, with a one-line ``TypeError`` naming the argument, a completion that is not a
+string and an answer that is None (or neither text nor a number), and, with a ``ValueError``, a blank answer.
+
 Register another with ``VERIFIERS.register(name, fn)``.
 """
 
@@ -49,8 +52,26 @@ VERIFIERS: Registry[Verifier] = Registry("verifier", hint="register your own wit
 """Verifier name -> ``fn(completion, answer) -> Verdict``."""
 
 
+def _check_args(completion: Any, answer: Any, verifier: str) -> None:
+    """Refuse what no verifier can score, naming the argument: a completion that is not text (``TypeError``), a
+    missing ground truth (None: ``TypeError``; a non-text, non-number: ``TypeError``; blank: ``ValueError``).
+    Otherwise ``None`` would be scored as the text "None" and an empty answer would match an empty completion."""
+    if not isinstance(completion, str):
+        raise TypeError(f"verifier {verifier!r}: completion must be a string (the generated text), got "
+                        f"{type(completion).__name__}")
+    if answer is None or isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise TypeError(f"verifier {verifier!r}: answer must be the ground truth as a string (or a number), got "
+                        f"{type(answer).__name__}")
+    if not str(answer).strip():
+        raise ValueError(f"verifier {verifier!r}: answer is empty; a ground truth is needed to score a completion")
+
+
 def verify_exact(completion: str, answer: str) -> Verdict:
-    """The stripped completion equals the stripped answer; key = the stripped completion (None if empty)."""
+    """The stripped completion equals the stripped answer; key = the stripped completion (None if empty).
+
+    Raises:
+        TypeError, ValueError: a completion that is not text or a missing or empty answer (all verifiers)."""
+    _check_args(completion, answer, "exact")
     got = completion.strip()
     return Verdict(got == str(answer).strip(), got or None)
 
@@ -58,6 +79,7 @@ def verify_exact(completion: str, answer: str) -> Verdict:
 def verify_dapo(completion: str, answer: str) -> Verdict:
     """The DAPO-Math ``Answer:`` rule: the normalised value after the last ``Answer:`` in the last 300 characters
     equals the normalised ground truth. Key = that normalised value (None without an ``Answer:`` line)."""
+    _check_args(completion, answer, "dapo")
     got = extract_answer(completion)
     if got is None:
         return Verdict(False, None)
@@ -69,6 +91,7 @@ def verify_number(completion: str, answer: str) -> Verdict:
     """The ``dapo`` rule for numeric answers (GSM8K): the last number on the last ``Answer:`` line in the last 300
     characters equals the number ``answer``, both by :func:`bandpo.training.answers.canonical_number` (``1,000`` =
     ``1000``, ``$5`` = ``5``, ``5.00`` = ``5``). Key = that canonical number (None without one)."""
+    _check_args(completion, answer, "number")
     got = extract_answer(completion)
     key = canonical_number(got) if got is not None else None
     if key is None:
@@ -100,6 +123,7 @@ _MATH_VERIFY = _MathVerify()
 def verify_math(completion: str, answer: str) -> Verdict:
     """``math-verify``: parse the gold answer and the completion's final answer (a ``\\boxed{}`` or the last
     expression), compare symbolically. Key = the canonical string of the parsed answer (None if none parsed)."""
+    _check_args(completion, answer, "math_verify")
     mv = _MATH_VERIFY.load()
     main = threading.current_thread() is threading.main_thread()
     kw_parse = {} if main else {"parsing_timeout": None}
