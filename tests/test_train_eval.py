@@ -263,7 +263,7 @@ def test_eval_batch_settings_are_validated():
         with pytest.raises(ValueError, match=msg):
             _tiny_cfg(**over)
     # FSDP: evaluation runs in lock-step, which the loop sampler does.
-    fsdp = {"trainer.strategy": "fsdp", "trainer.accelerator": "gpu", "task.heldout_size": 10, "eval.sets": ["heldout"]}
+    fsdp = {"trainer.strategy": "fsdp", "trainer.accelerator": "gpu", "trainer.numerics": "native", "task.heldout_size": 10, "eval.sets": ["heldout"]}
     assert _tiny_cfg(**fsdp).eval.sets == ["heldout"]
     with pytest.raises(ValueError, match="config rollout.sampler = 'hf_generate' is invalid: held-out evaluation "
                                          "under trainer.strategy 'fsdp'"):
@@ -517,7 +517,7 @@ def test_module_wires_lockstep_under_fsdp_only(tmp_path, monkeypatch, strategy):
     from bandpo.training import evaluation
     from bandpo.training.module import BandPOModule
 
-    cfg = _run_cfg(**{"trainer.strategy": strategy, "trainer.accelerator": "gpu", "objective.kl_coef": 0.0})
+    cfg = _run_cfg(**{"trainer.strategy": strategy, "trainer.accelerator": "gpu", "trainer.numerics": "native", "objective.kl_coef": 0.0})
     task = build_task(cfg.task, 0)
     seen: dict = {}
 
