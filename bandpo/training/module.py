@@ -162,7 +162,11 @@ class BandPOModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        if o.optimizer == "sgd":
+            opt = torch.optim.SGD(self.policy.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                    weight_decay=o.weight_decay)
         warmup = o.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
