@@ -158,6 +158,8 @@ RARE_TAIL = 0.005
 """``task.tail_freq`` of the ``rare`` grid: a third of the preset's, so a rollout of 64 draws the tail about 0.3 times."""
 RARE_METHODS = ("clip", "clip_higher", "band_kl", "band_kl_upper")
 """Methods of the ``rare`` grid (its baseline is ``clip`` at the same tail frequency)."""
+CONFIRM_METHODS = ("clip", "band_kl", "band_kl_upper_rare")
+"""Arms of the pre-registered ``confirm`` grid (docs/protocol-rare-tail.md), at the rare grid's tail frequency."""
 MIDDLE_FREQ = 0.35
 """``task.middle_freq`` of the ``mechanism`` grid: a competitor 'M' (reward 0.4) at about 0.35 beside 'C' (0.5) at about
 0.6, the tail as in the preset."""
@@ -175,6 +177,7 @@ GRIDS: dict = {
     "rare": tuple(Variant("rare", m, tail_freq=RARE_TAIL) for m in RARE_METHODS),
     "mechanism": tuple(Variant("mechanism", m, middle_freq=MIDDLE_FREQ, optimizer=opt)
                        for opt in (None, "sgd") for m in MECHANISM_METHODS),
+    "confirm": tuple(Variant("confirm", m, tail_freq=RARE_TAIL) for m in CONFIRM_METHODS),
 }
 """The named grids (``--grid all`` is every grid but the exploratory ``mechanism``, in this order).
 
@@ -182,8 +185,9 @@ GRIDS: dict = {
 band_kl_lower} on the task with a middle competitor (:data:`MIDDLE_FREQ`); each run pairs with ``clip`` of the same
 setting (``stats --same-setting``); its measure is the drift of the tail's log-probability on steps whose rollout did
 not sample it (``drift_log_unsampled``)."""
-EXPLORATORY = ("mechanism",)
-"""Grids that ``--grid all`` leaves out: run them by name."""
+EXPLORATORY = ("mechanism", "confirm")
+"""Grids that ``--grid all`` leaves out: run them by name (``confirm`` is the pre-registered experiment of
+docs/protocol-rare-tail.md, with its own seeds and output folder; ``mechanism`` is exploratory)."""
 
 SUMMARY_COLUMNS = (
     "grid", "run", "method", "setting", "seed", "steps", "max_steps",
