@@ -34,7 +34,8 @@ def test_grids_as_specified():
     assert [(v.method, v.setting) for v in tb.GRIDS["rare"]] == [(m, "tail=0.005") for m in tb.RARE_METHODS]
     assert tb.GRIDS["rare"][0].overrides(3e-4) == {"loss.method": "clip", "task.tail_freq": 0.005}
     names = [v.grid + "/" + v.name for g in tb.GRIDS.values() for v in g]
-    assert len(names) == len(set(names)) == 24 + len(tb.FIELD_METHODS)  # the field grid: tests/test_methods_runners.py
+    assert len(names) == len(set(names)) == 24 + len(tb.FIELD_METHODS) + 6 + 3  # + field, mechanism, confirm grids
+    assert [(v.method, v.setting) for v in tb.GRIDS["confirm"]] == [(m, "tail=0.005") for m in ("clip", "band_kl", "band_kl_upper_rare")]
     assert tb.SEEDS == tuple(range(8))
 
 

@@ -211,7 +211,22 @@ def _run_options(args: argparse.Namespace) -> "tuple[dict, tuple]":
     overrides = _parse_set(args.set)
     if args.max_steps is not None:
         overrides["trainer.max_steps"] = args.max_steps
+    if getattr(args, "no_pin", False):
+        overrides["trainer.numerics"] = "native"
     return overrides, _parse_shard(args.shard)
+
+
+def _pin_if_asked(preset: str, overrides: dict) -> None:
+    """At a runner's entry point: restart the process in the pinned numerical mode (``bandpo.training.pinning``)
+    when the runs' base config asks for it (the CPU presets do; ``--no-pin`` does not)."""
+    from ..training.config import load_config, preset_path
+    from ..training.pinning import PinningError, reexec_pinned
+
+    if load_config(preset_path(preset), overrides).trainer.numerics == "pinned":
+        try:
+            reexec_pinned()
+        except PinningError as e:
+            raise ValueError(f"{e} (--no-pin runs with this machine's native numerics)") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -225,6 +240,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     p.add_argument("--summary-only", action="store_true", help="only rewrite summary.csv and print the table")
+    p.add_argument("--no-pin", action="store_true",
+                   help="this CPU's native numerics instead of the preset's pinned mode (docs/reproducibility.md)")
     args = p.parse_args(argv)
     try:
         overrides, (i, n) = _run_options(args)
@@ -232,6 +249,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.summary_only:
             table = summarize(out, args.methods, args.seeds)
         else:
+            if argv is None:
+                _pin_if_asked(args.preset, overrides)
             table = reproduce(out, args.methods, args.seeds, preset=args.preset, overrides=overrides,
                               keep_checkpoints=args.keep_checkpoints, shard=(i, n))
     except ValueError as e:

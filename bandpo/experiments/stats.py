@@ -420,7 +420,7 @@ def baseline_of(candidate: Mapping, method: str = "clip", same_setting: bool = F
     of that setting; every other setting (δ, lr, the default) pairs with the baseline's ``default`` runs, or, with
     ``same_setting``, with the baseline's runs of the same setting (e.g. both at 0.25 x the learning rate)."""
     setting = str(candidate.get("setting", "default"))
-    keep = same_setting or setting.startswith("tail=")
+    keep = same_setting or setting.startswith(("tail=", "middle="))
     return {"method": method, "setting": setting if keep else "default"}
 
 

@@ -60,7 +60,7 @@ from ..cli import ArgumentParser, int_at_least, one_line
 from ..losses import get_method
 from ..losses.metrics import BUCKET_NAMES
 from ..training.config import load_config, preset_path
-from .reproduce import _run_options, check_out_root, is_finished
+from .reproduce import _pin_if_asked, _run_options, check_out_root, is_finished
 
 __all__ = [
     "COLLAPSE_FRACTION", "DEFAULT_OUT", "DISCOVERY_THRESHOLD", "ENTROPY_COLLAPSE_FRACTION", "GRIDS", "SEEDS", "SUMMARY_COLUMNS", "Variant",
@@ -104,10 +104,19 @@ class Variant:
     tail_freq: Optional[float] = None
     """The task's tail frequency in the warm-start (``task.tail_freq``; the preset: 0.015); None: the preset's.
     This changes the starting policy, so such runs pair only with runs of the same ``tail_freq``."""
+    middle_freq: Optional[float] = None
+    """The task's middle-probability competitor (``task.middle_freq``; the preset: 0, none); None: the preset's.
+    This changes the starting policy, so such runs pair only with runs of the same ``middle_freq``."""
+    optimizer: Optional[str] = None
+    """``sgd``: ``optim.optimizer`` sgd at :data:`SGD_LR` (the warm-start stays AdamW, so the starting policy is the
+    same as AdamW's); None: the preset's AdamW."""
 
     @property
     def setting(self) -> str:
-        """``default``, ``delta=<δ>``, ``lr=x<factor>`` or ``tail=<freq>`` (the summary's ``setting`` column)."""
+        """``default``, ``delta=<δ>``, ``lr=x<factor>``, ``tail=<freq>`` or ``middle=<freq>[,sgd]`` (the summary's
+        ``setting`` column)."""
+        if self.middle_freq is not None:
+            return f"middle={self.middle_freq:g}" + (f",{self.optimizer}" if self.optimizer else "")
         if self.tail_freq is not None:
             return f"tail={self.tail_freq:g}"
         if self.delta is not None:
@@ -121,7 +130,7 @@ class Variant:
         """Folder name stem: the method id, ``<method>-delta<δ>`` or ``<method>-lrx<factor>``."""
         if self.setting == "default":
             return self.method
-        return f"{self.method}-{self.setting.replace('=', '')}"
+        return f"{self.method}-{self.setting.replace('=', '').replace(',', '-')}"
 
     def overrides(self, base_lr: float) -> dict:
         """Config overrides of this variant (``base_lr``: the preset's ``optim.lr``)."""
@@ -132,6 +141,10 @@ class Variant:
             out["optim.lr"] = base_lr * self.lr_factor
         if self.tail_freq is not None:
             out["task.tail_freq"] = self.tail_freq
+        if self.middle_freq is not None:
+            out["task.middle_freq"] = self.middle_freq
+        if self.optimizer == "sgd":
+            out.update({"optim.optimizer": "sgd", "optim.lr": SGD_LR})
         return out
 
 
@@ -150,6 +163,17 @@ FIELD_METHODS = ("clip", "gspo", "cispo", "cispo_band_kl", "sapo", "gpg", "clip_
                  "vespo")
 """Methods of the ``field`` grid: the policy losses of ``bandpo.losses.surrogates`` with their own defaults, the
 band as CISPO's and GMPO's interval, and GRPO clip as the baseline (``dro`` has no default and is left out)."""
+CONFIRM_METHODS = ("clip", "band_kl", "band_kl_upper_rare")
+"""Arms of the pre-registered ``confirm`` grid (docs/protocol-rare-tail.md), at the rare grid's tail frequency."""
+MIDDLE_FREQ = 0.35
+"""``task.middle_freq`` of the ``mechanism`` grid: a competitor 'M' (reward 0.4) at about 0.35 beside 'C' (0.5) at about
+0.6, the tail as in the preset."""
+MECHANISM_METHODS = ("clip", "band_kl_upper", "band_kl_lower")
+"""Methods of the ``mechanism`` grid: which side of the band moves the tail, under which optimiser."""
+SGD_LR = 0.1
+"""SGD's learning rate in the ``mechanism`` grid (no momentum). A scale estimate, not a tuned value: the clipped
+gradient has norm <= 1 over ~1e5 parameters (~3e-3 per parameter), so 0.1 moves a parameter about as far per step
+as AdamW's 3e-4; the grid is exploratory, and a pilot should check it before the grid is run."""
 GRIDS: dict = {
     "main": tuple(Variant("main", m, delta=MAIN_DELTAS.get(m)) for m in MAIN_METHODS),
     "delta": tuple(Variant("delta", "band_kl", delta=d) for d in (0.01, 0.02, 0.1, 0.2)),
@@ -157,18 +181,29 @@ GRIDS: dict = {
     "ablation": (Variant("ablation", "band_kl_upper"), Variant("ablation", "band_kl_lower")),
     "rare": tuple(Variant("rare", m, tail_freq=RARE_TAIL) for m in RARE_METHODS),
     "field": tuple(Variant("field", m) for m in FIELD_METHODS),
+    "mechanism": tuple(Variant("mechanism", m, middle_freq=MIDDLE_FREQ, optimizer=opt)
+                       for opt in (None, "sgd") for m in MECHANISM_METHODS),
+    "confirm": tuple(Variant("confirm", m, tail_freq=RARE_TAIL) for m in CONFIRM_METHODS),
 }
-"""The named grids (``--grid all`` is every one of them but ``field``, in this order)."""
-ALL_GRIDS = tuple(g for g in GRIDS if g != "field")
-"""What ``--grid all`` runs: the comparisons of ``docs/testbed-report.md`` (``field``, the other policy losses, is
-run by name: ``--grid field``)."""
+"""The named grids. ``--grid all`` runs :data:`ALL_GRIDS`: every grid but ``field`` (the other policy losses),
+the exploratory ``mechanism`` and the pre-registered ``confirm``, which are run by name.
+
+``mechanism`` (EXPLORATORY, not part of any pre-registered test): {AdamW, SGD} x {clip, band_kl_upper,
+band_kl_lower} on the task with a middle competitor (:data:`MIDDLE_FREQ`); each run pairs with ``clip`` of the same
+setting (``stats --same-setting``); its measure is the drift of the tail's log-probability on steps whose rollout did
+not sample it (``drift_log_unsampled``). ``confirm`` is the pre-registered experiment of
+docs/protocol-rare-tail.md, with its own seeds and output folder."""
+BY_NAME_ONLY = ("field", "mechanism", "confirm")
+"""Grids that ``--grid all`` leaves out: run them by name."""
+ALL_GRIDS = tuple(g for g in GRIDS if g not in BY_NAME_ONLY)
+"""What ``--grid all`` runs: the comparisons of ``docs/testbed-report.md``."""
 
 SUMMARY_COLUMNS = (
     "grid", "run", "method", "setting", "seed", "steps", "max_steps",
     "eval_set", "eval_n", "eval_k", "eval_mean_start", "eval_mean", "eval_pass_start", "eval_pass",
     "reward_last", "entropy_start", "entropy_last", "entropy_collapsed", "collapsed", "p_tail_start", "p_tail_min",
     "discovery_step", "discovered", "p_tail_last", "tail_frac_last",
-    "drift_unsampled", "drift_sampled", "n_unsampled", "n_sampled",
+    "drift_unsampled", "drift_sampled", "n_unsampled", "n_sampled", "drift_log_unsampled", "drift_log_sampled",
     *(f"clip_region_{b}" for b in BUCKET_NAMES), *(f"clip_high_{b}" for b in BUCKET_NAMES),
     "wall_s", "base_config",
 )
@@ -314,15 +349,21 @@ def drift(p_tail: Sequence[float], sampled: Sequence[float], steps: Sequence[flo
     made from step t's rollouts): ``drift_unsampled`` = mean of Δ_t over steps with ``tail_sampled[t] == 0`` (no
     tail rollout, so the loss never pushes the tail up directly: what moves it is the optimiser and the shared
     parameters), ``drift_sampled`` = mean over steps with ``tail_sampled[t] > 0`` (the loss's push), and the number
-    of steps of each kind (``n_unsampled``, ``n_sampled``). A mean over no step is nan.
+    of steps of each kind (``n_unsampled``, ``n_sampled``). ``drift_log_unsampled`` / ``drift_log_sampled``: the
+    same means of log p_tail[t + 1] - log p_tail[t] (steps with p_tail > 0 at both ends), the relative change, which
+    does not vanish merely because p_tail is small. A mean over no step is nan.
     """
     p, s, t = (np.asarray(x, dtype=float) for x in (p_tail, sampled, steps))
     ok = (t[1:] - t[:-1] == 1) & np.isfinite(p[1:]) & np.isfinite(p[:-1]) & np.isfinite(s[:-1])
     d, flag = (p[1:] - p[:-1])[ok], s[:-1][ok]
+    pos = (p[1:] > 0)[ok] & (p[:-1] > 0)[ok]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dlog = (np.log(p[1:]) - np.log(p[:-1]))[ok]
     out = {}
     for name, mask in (("unsampled", flag == 0), ("sampled", flag > 0)):
         out[f"drift_{name}"] = float(d[mask].mean()) if mask.any() else math.nan
         out[f"n_{name}"] = int(mask.sum())
+        out[f"drift_log_{name}"] = float(dlog[mask & pos].mean()) if (mask & pos).any() else math.nan
     return out
 
 
@@ -543,7 +584,8 @@ def pairing_problems(table: Sequence[Mapping]) -> list:
     for r in table:
         if not math.isfinite(r["entropy_start"]):
             continue
-        start = str(r.get("setting", "")) if str(r.get("setting", "")).startswith("tail=") else ""  # own start
+        setting = str(r.get("setting", ""))
+        start = setting.split(",")[0] if setting.startswith(("tail=", "middle=")) else ""  # own warm-start
         by_seed.setdefault((r["seed"], start) if start else r["seed"], {}).setdefault(r["entropy_start"], []).append(f"{r['grid']}/{r['run']}")
     for seed, groups in sorted(by_seed.items(), key=str):
         if len(groups) > 1:
@@ -579,6 +621,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every run")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     p.add_argument("--summary-only", action="store_true", help="only rewrite summary.csv and print the table")
+    p.add_argument("--no-pin", action="store_true",
+                   help="this CPU's native numerics instead of the preset's pinned mode (docs/reproducibility.md)")
     args = p.parse_args(argv)
     try:
         overrides, (i, n) = _run_options(args)
@@ -586,6 +630,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.summary_only:
             table = summarize(out)
         else:
+            if argv is None:  # the process's own command line: restart it pinned if the runs are
+                _pin_if_asked(args.preset, overrides)
             table = testbed(out, args.grid, args.seeds, methods=args.methods, preset=args.preset,
                             overrides=overrides, shard=(i, n))
     except ValueError as e:

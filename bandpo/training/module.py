@@ -174,10 +174,12 @@ class BandPOModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
-        # foreach: one multi-tensor kernel per update instead of one per parameter (the same arithmetic: bitwise the
-        # same weights as the per-parameter loop, tests/test_train_speed.py); CUDA uses it by default already.
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                                foreach=True)
+        if o.optimizer == "sgd":
+            opt = torch.optim.SGD(self.policy.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:  # foreach: one multi-tensor kernel per update instead of one per parameter (the same arithmetic:
+            # bitwise the same weights as the per-parameter loop, tests/test_train_speed.py); CUDA uses it by default.
+            opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                    weight_decay=o.weight_decay, foreach=True)
         warmup = o.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -9,8 +9,15 @@ first token            completion (for ``472=``)   reward
 ``T`` (tail)           ``T13``                     1.0 if the sum is right, else 0
 ``C`` (common)         ``C13``                     ``task.common_reward`` (0.5) if the sum is right, else 0
 ``X``, ``Y`` (wrong)   ``X13``                     0
+``M`` (middle)         ``M13``                     ``task.middle_reward`` (0.4) if the sum is right, else 0;
+                                                   only with ``task.middle_freq`` > 0 (otherwise 0 like any other)
 anything else          ...                         0
 ====================  ==========================  ===================================================
+
+The middle strategy (``task.middle_freq``, default 0: off, the task as committed) is a competitor of middle
+probability, e.g. 0.35 of the warm-start's whole targets, taken from ``C``'s share (which then has about 0.6):
+two common strategies and a rare one, to tell which side of a bound moves the tail when something else is also
+probable (exploratory).
 
 The supervised warm-start (:func:`sft_rows`) sets the strategy mix: half of its rows are whole targets whose first
 token is ``T`` with frequency ``task.tail_freq``, ``X`` and ``Y`` with ``task.wrong_freq`` each and ``C``
@@ -51,6 +58,7 @@ from .tasks import Task, _rng, register_reward, register_task
 __all__ = [
     "COMMON",
     "HELDOUT_SEED",
+    "MIDDLE",
     "PROBE_SIZE",
     "TAIL",
     "WRONG",
@@ -66,6 +74,8 @@ COMMON = "C"
 """The common strategy's decision token (reward ``task.common_reward`` when carried out correctly)."""
 WRONG = ("X", "Y")
 """Wrong strategies (reward 0 whatever follows)."""
+MIDDLE = "M"
+"""The middle strategy's decision token (reward ``task.middle_reward`` when ``task.middle_freq`` > 0, else 0)."""
 HELDOUT_SEED = 20_260_305
 """Seed of the held-out and probe prompts: fixed, so every run seed holds out and probes the same prompts."""
 PROBE_SIZE = 16
@@ -106,29 +116,40 @@ def probe_prompts() -> list:
 
 @register_reward("rare_strategy")
 def rare_strategy_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str],
-                         common: Sequence[str], common_reward: Sequence[float], **_: Any) -> list[float]:
+                         common: Sequence[str], common_reward: Sequence[float], middle: Any = None,
+                         middle_reward: Any = None, **_: Any) -> list[float]:
     """1.0 if the completion (stripped) is the tail target ``answer`` (``T`` + digit sum), ``common_reward`` if it is
-    the common target ``common`` (``C`` + digit sum), else 0.0 (the ``rare_strategy`` task's reward)."""
+    the common target ``common`` (``C`` + digit sum), ``middle_reward`` if it is the middle target ``middle``
+    (``M`` + digit sum; columns present only when the task has a middle strategy), else 0.0 (the ``rare_strategy``
+    task's reward)."""
+    n = len(completions)
+    mids = middle if middle is not None else [None] * n
+    mid_w = middle_reward if middle_reward is not None else [0.0] * n
     out = []
-    for c, a, b, w in zip(completions, answer, common, common_reward, strict=True):
+    for c, a, b, w, m, wm in zip(completions, answer, common, common_reward, mids, mid_w, strict=True):
         c = c.strip()
-        out.append(1.0 if c == a else float(w) if c == b else 0.0)
+        out.append(1.0 if c == a else float(w) if c == b else float(wm) if m is not None and c == m else 0.0)
     return out
 
 
 @register_task("rare_strategy", sft=True)
 def _rare_strategy(cfg: Any, seed: int) -> Task:
     tail_freq, wrong_freq, common_reward = cfg.tail_freq, cfg.wrong_freq, cfg.common_reward
-    if tail_freq + 2 * wrong_freq >= 1.0:
-        raise ValueError(f"config task.tail_freq + 2 * task.wrong_freq = {tail_freq + 2 * wrong_freq} is invalid "
-                         "for task 'rare_strategy': must be < 1 (the common strategy takes the rest)")
+    middle_freq, middle_reward = getattr(cfg, "middle_freq", 0.0), getattr(cfg, "middle_reward", 0.4)
+    if tail_freq + 2 * wrong_freq + middle_freq >= 1.0:
+        raise ValueError(f"config task.tail_freq + 2 * task.wrong_freq + task.middle_freq = "
+                         f"{tail_freq + 2 * wrong_freq + middle_freq} is invalid for task 'rare_strategy': must be < 1 "
+                         "(the common strategy takes the rest)")
     held, probes = _fixed_split(cfg.heldout_size)
     pool = [i for i in range(N_PROMPTS) if i not in set(held) | set(probes)]
     probe_texts = [_digits(i) + "=" for i in probes]
 
     def row(d: str) -> dict:
         s = answer_of(d)
-        return {"prompt": d + "=", "answer": TAIL + s, "common": COMMON + s, "common_reward": common_reward}
+        out = {"prompt": d + "=", "answer": TAIL + s, "common": COMMON + s, "common_reward": common_reward}
+        if middle_freq > 0:
+            out.update(middle=MIDDLE + s, middle_reward=middle_reward)
+        return out
 
     def rows(step: int, n: int) -> list:
         rng = _rng(seed, 10, step)
@@ -144,6 +165,8 @@ def _rare_strategy(cfg: Any, seed: int) -> Task:
             return WRONG[0]
         if u < tail_freq + 2 * wrong_freq:
             return WRONG[1]
+        if u < tail_freq + 2 * wrong_freq + middle_freq:
+            return MIDDLE
         return COMMON
 
     def sft_rows(step: int, n: int) -> list:
@@ -180,14 +203,20 @@ def _rare_strategy(cfg: Any, seed: int) -> Task:
         tid = tokenizer.convert_tokens_to_ids
         values = torch.stack([p[:, tid(TAIL)].mean(), p[:, tid(COMMON)].mean(),
                               p[:, [tid(w) for w in WRONG]].sum(-1).mean()]).tolist()
-        return dict(zip(("testbed/p_tail", "testbed/p_common", "testbed/p_wrong"), values))
+        out = dict(zip(("testbed/p_tail", "testbed/p_common", "testbed/p_wrong"), values))
+        if middle_freq > 0:
+            out["testbed/p_middle"] = float(p[:, tid(MIDDLE)].mean())
+        return out
 
     def rollout_stats(completions: Sequence[str], columns: dict) -> dict:
         first = [c.strip()[:1] for c in completions]
         n = max(len(first), 1)
         tail = sum(f == TAIL for f in first)
-        return {"testbed/tail_frac": tail / n, "testbed/wrong_frac": sum(f in WRONG for f in first) / n,
-                "testbed/tail_sampled": float(tail > 0)}
+        out = {"testbed/tail_frac": tail / n, "testbed/wrong_frac": sum(f in WRONG for f in first) / n,
+               "testbed/tail_sampled": float(tail > 0)}
+        if middle_freq > 0:
+            out["testbed/middle_frac"] = sum(f == MIDDLE for f in first) / n
+        return out
 
     return Task("rare_strategy", rows, ("rare_strategy",), correct, sft_rows,
                 heldout_rows if held else None, "exact", probes=probe, rollout_stats=rollout_stats,

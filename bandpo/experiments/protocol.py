@@ -1,0 +1,131 @@
+"""The pre-registered analysis of the rare-tail protocol (docs/protocol-rare-tail.md), fixed before any of its runs.
+
+    python -m bandpo.experiments.protocol paper_figures/data/protocol/runs/summary.csv
+
+Reads the summary of the ``confirm`` grid (``python -m bandpo.experiments.testbed --grid confirm``), pairs the arms by
+seed, and computes, in this order:
+
+* **primary**: "tail discovered by the last step" (``discovered``), band_kl_upper_rare vs clip: the exact two-sided
+  McNemar test (:func:`~bandpo.experiments.stats.mcnemar`), α = :data:`ALPHA`; the paired difference of rates
+  with its t interval;
+* **secondaries** (one Holm family, :func:`~bandpo.experiments.stats.holm`, α = :data:`ALPHA`), each paired by seed:
+  (S1) the same McNemar test for band_kl vs clip; for each of band_kl_upper_rare and band_kl vs clip:
+  (S2) restricted mean discovery step at τ = max_steps (:func:`~bandpo.experiments.stats.paired_rmst`: exact
+  sign-flip test, t interval), (S3) held-out mean@8 after the last step (``eval_mean``: exact sign-flip test on the
+  1/(8 x heldout) grid, t interval), (S4) drift of the tail's log-probability over steps whose rollout did not
+  sample it (``drift_log_unsampled``: t interval, and a sign-flip test approximated by 10^6 seeded random sign
+  patterns since the values lie on no grid). Seven tests in the family.
+
+Only seeds where every arm has a finished run enter; the numbers of seeds per arm is printed, and the protocol's
+n is checked (fewer finished seeds is reported, never filled in later by new seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from .stats import holm, mcnemar, paired_rmst, sign_flip, t_interval
+
+__all__ = ["ALPHA", "ARMS", "N_SEEDS", "analyze"]
+
+ALPHA = 0.05
+"""Level of the primary test and of the Holm family of secondary tests (two-sided)."""
+ARMS = ("clip", "band_kl", "band_kl_upper_rare")
+"""The arms; clip is the comparator."""
+N_SEEDS = 128
+"""Paired seeds per arm (0 .. 127), chosen by ``bandpo.experiments.power`` before any run."""
+MC_SIGN_PATTERNS = 1_000_000
+"""Random sign patterns of the S4 test (seeded), whose values lie on no grid."""
+
+
+def _by_seed(rows: Sequence[Mapping], method: str) -> dict:
+    return {int(r["seed"]): r for r in rows if r.get("grid") == "confirm" and r["method"] == method}
+
+
+def _mc_sign_flip(d: np.ndarray, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    observed = abs(d.sum())
+    hits, done = 0, 0
+    while done < MC_SIGN_PATTERNS:
+        k = min(100_000, MC_SIGN_PATTERNS - done)
+        signs = rng.integers(0, 2, size=(k, d.size)) * 2 - 1
+        hits += int((np.abs(signs @ d) >= observed - 1e-12 * max(1.0, observed)).sum())
+        done += k
+    return (hits + 1) / (MC_SIGN_PATTERNS + 1)
+
+
+def analyze(rows: Sequence[Mapping], heldout: int = 100, n_eval: int = 8) -> dict:
+    """The protocol's results from summary rows (``read_summary``): {"seeds": paired seeds, "primary": {...},
+    "secondary": [{name, estimate, low, high, p, p_holm, reject}, ...]}."""
+    arms = {m: _by_seed(rows, m) for m in ARMS}
+    seeds = sorted(set.intersection(*(set(a) for a in arms.values())))
+    if not seeds:
+        raise ValueError("no seed has a finished run of every arm of the confirm grid")
+
+    def col(method: str, key: str) -> np.ndarray:
+        return np.array([float(arms[method][s][key]) for s in seeds])
+
+    tau = float(arms["clip"][seeds[0]]["max_steps"])
+    out: dict = {"seeds": len(seeds), "planned": N_SEEDS}
+    new, clip = col("band_kl_upper_rare", "discovered"), col("clip", "discovered")
+    test = mcnemar(new, clip)
+    iv = t_interval(new - clip)
+    out["primary"] = {"name": "discovered: band_kl_upper_rare - clip", "rate_new": float(new.mean()),
+                      "rate_clip": float(clip.mean()), "estimate": iv.estimate, "low": iv.low, "high": iv.high,
+                      "new_only": test.a_only, "clip_only": test.b_only, "p": test.p_value,
+                      "reject": test.p_value <= ALPHA}
+    sec = []
+    kl = col("band_kl", "discovered")
+    t1 = mcnemar(kl, clip)
+    iv = t_interval(kl - clip)
+    sec.append(("S1 discovered: band_kl - clip", iv, t1.p_value))
+    for arm in ("band_kl_upper_rare", "band_kl"):
+        ta, tb = col(arm, "discovery_step"), col("clip", "discovery_step")
+        ea, eb = col(arm, "discovered"), col("clip", "discovered")
+        iv, sf = paired_rmst(ta, ea, tb, eb, tau)
+        sec.append((f"S2 restricted mean discovery step (tau {tau:g}): {arm} - clip", iv, sf.p_value))
+        d = col(arm, "eval_mean") - col("clip", "eval_mean")
+        sec.append((f"S3 held-out mean@{n_eval}: {arm} - clip", t_interval(d),
+                    sign_flip(d, resolution=1 / (heldout * n_eval)).p_value))
+        d = col(arm, "drift_log_unsampled") - col("clip", "drift_log_unsampled")
+        d = d[np.isfinite(d)]
+        sec.append((f"S4 log-drift of the tail on unsampled steps: {arm} - clip", t_interval(d), _mc_sign_flip(d)))
+    adjusted = holm([p for _, _, p in sec])
+    out["secondary"] = [{"name": name, "estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n, "p": p,
+                         "p_holm": q, "reject": q <= ALPHA} for (name, iv, p), q in zip(sec, adjusted)]
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .testbed import read_summary
+
+    p = argparse.ArgumentParser(prog="python -m bandpo.experiments.protocol", description=__doc__.split("\n\n")[0])
+    p.add_argument("summary", nargs="?", default="paper_figures/data/protocol/runs/summary.csv")
+    args = p.parse_args(argv)
+    if not Path(args.summary).is_file():
+        print(f"bandpo.experiments.protocol: error: no file {args.summary}", file=sys.stderr)
+        return 2
+    try:
+        res = analyze(read_summary(args.summary))
+    except ValueError as e:
+        print(f"bandpo.experiments.protocol: error: {e}", file=sys.stderr)
+        return 2
+    pr = res["primary"]
+    print(f"paired seeds: {res['seeds']} (planned {res['planned']})")
+    print(f"PRIMARY {pr['name']}: {pr['rate_new']:.3f} vs {pr['rate_clip']:.3f}, difference {pr['estimate']:+.3f} "
+          f"[{pr['low']:+.3f}, {pr['high']:+.3f}] (t, 95 %); discordant {pr['new_only']} vs {pr['clip_only']}; "
+          f"exact McNemar p = {pr['p']:.4g} -> {'reject' if pr['reject'] else 'do not reject'} H0 at {ALPHA}")
+    for s in res["secondary"]:
+        print(f"{s['name']}: {s['estimate']:+.4g} [{s['low']:+.4g}, {s['high']:+.4g}] n={s['n']}, p = {s['p']:.4g}, "
+              f"Holm p = {s['p_holm']:.4g}{' (reject)' if s['reject'] else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
