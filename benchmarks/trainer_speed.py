@@ -189,7 +189,7 @@ class Clock:
 
 def summarize(name: str, starts: list, snaps: list, tokens_per_step: int) -> dict:
     """Steps/s and shares from the RL-step start times and accumulator snapshots (window: step 2 .. last)."""
-    n = len(starts) - 2  # window: from the start of step index 1 to the start of the last step
+    n = len(starts) - 2  # window: from the start of the second RL step to the start of the last one
     assert n >= 1, "need at least 3 RL steps"
     (c0, w0), (c1, w1) = starts[1], starts[-1]
     cpu, wall = c1 - c0, w1 - w0
@@ -225,6 +225,16 @@ def summarize(name: str, starts: list, snaps: list, tokens_per_step: int) -> dic
 
 
 def run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
+    from bandpo.training.tasks import REWARD_FUNCS
+
+    REWARD_FUNCS.register("bench_digits", digits)  # the benchmark's reward, for this run only
+    try:
+        return _run_bandpo(method, steps, assets, work)
+    finally:
+        REWARD_FUNCS.unregister("bench_digits")
+
+
+def _run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
     import lightning as L
 
     import bandpo.losses.policy as policy_mod
@@ -232,10 +242,7 @@ def run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
     import bandpo.training.rollout as rollout_mod
     from bandpo.training import cli
     from bandpo.training.config import load_config
-    from bandpo.training.tasks import REWARD_FUNCS
 
-    if "bench_digits" not in REWARD_FUNCS.names():
-        REWARD_FUNCS.register("bench_digits", digits)
     cfg = load_config(None, {
         "model.name_or_path": str(assets["model"]), "model.tokenizer": str(assets["tokenizer"]),
         "task.name": "rare_strategy", "task.heldout_size": 0, "task.reward_funcs": ["bench_digits"],
@@ -291,9 +298,7 @@ def run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cli.run(cfg, work / f"bandpo-{method}-{time.time_ns()}", extra_callbacks=[Marks()])
-    starts.append(clock.now())  # the end of the last step stands in for the next start (not in the window)
-    snaps.append(clock.snapshot())
-    starts, snaps = starts[:-1], snaps[:-1]  # window ends at the start of the last step
+    assert len(starts) == steps, (len(starts), steps)
     _check_equal_work(f"bandpo/{method}", seen, steps)
     return summarize(f"bandpo/{method}", starts, snaps, COMPLETIONS * TOKENS)
 
@@ -400,7 +405,7 @@ def run_trl(method: str, steps: int, assets: dict, work: Path) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.train()
-    starts, snaps = starts[:-1] if len(starts) > steps else starts, snaps[:len(starts)]
+    assert len(starts) == steps, (len(starts), steps)
     _check_equal_work(f"trl/{method}", seen, steps)
     return summarize(f"trl/{method}", starts, snaps, COMPLETIONS * TOKENS)
 

@@ -6,6 +6,11 @@ Run: .venv/bin/python -m pytest -q tests/test_train_speed.py
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from bandpo.training.cli import build_policy
@@ -93,3 +98,23 @@ def test_trainer_adamw_is_the_multi_tensor_form_with_the_per_parameter_weights()
             opt.zero_grad()
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_trainer_benchmark_runs_equal_work_and_writes_its_report(tmp_path):
+    """benchmarks/trainer_speed.py end to end on 3 RL steps: its equal-work assertions hold for bandpo and TRL, and
+    the report has both trainers' rates, shares and the ratio."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "trainer_speed.py"
+    spec = importlib.util.spec_from_file_location("trainer_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    bench.main(["--steps", "3", "--rounds", "1", "--methods", "clip", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["work"]["completions_per_rl_step"] == 256 and report["work"]["optimizer_steps_per_rl_step"] == 4
+    for name in ("bandpo/clip", "trl/clip"):
+        best = report["best"][name]
+        assert best["rl_steps_timed"] == 1 and best["rl_steps_per_cpu_s"] > 0
+        assert 0 < best["share"]["generation"] < best["share"]["rollout"] < 1
+    assert report["best"]["trl/clip"]["share"]["band"] == 0  # TRL's stock loss clips to constants
+    assert report["ratio_bandpo_over_trl"]["clip"]["cpu"] > 0
