@@ -124,3 +124,27 @@ def test_trainer_benchmark_runs_equal_work_and_writes_its_report(tmp_path):
         assert 0 < best["share"]["generation"] < best["share"]["rollout"] < 1
     assert report["best"]["trl/clip"]["share"]["band"] == 0  # TRL's stock loss clips to constants
     assert report["ratio_bandpo_over_trl"]["clip"]["cpu"] > 0
+
+
+def test_rare_ratio_extremes_skip_optimiser_steps_without_rare_tokens():
+    """An RL step's ``ratio/rare_neg_min`` (``rare_pos_max``) is the extreme over the optimiser steps that had rare
+    tokens with A < 0 (A > 0): a step without any must not count as ratio 0 (the row would then read NaN while
+    ``rare/neg_tokens`` counts tokens)."""
+    import math
+
+    from bandpo.losses import reduce_metrics
+    from bandpo.training.module import _RARE_REDUCTIONS, _rare_ratio_metrics
+
+    old = torch.tensor([[math.log(0.01), math.log(0.9)]])
+    mask = torch.ones(1, 2)
+    with_rare = _rare_ratio_metrics(old + math.log(0.5), old, torch.full((1, 2), -1.0), mask)  # r = 0.5, A < 0
+    pos_rare = _rare_ratio_metrics(old + math.log(2.0), old, torch.full((1, 2), 1.0), mask)  # r = 2, A > 0
+    without = _rare_ratio_metrics(old, old, torch.zeros(1, 2), mask)  # A = 0: no rare token counts
+    for parts in ([with_rare, without], [without, with_rare], [without, pos_rare, with_rare]):
+        steps = [reduce_metrics([p], _RARE_REDUCTIONS, distributed=False) for p in parts]  # per optimiser step
+        row = reduce_metrics(steps, _RARE_REDUCTIONS, distributed=False)  # the RL step
+        assert float(row["ratio/rare_neg_min"]) == 0.5
+        assert float(row["rare/neg_tokens"]) == 1.0
+    row = reduce_metrics([reduce_metrics([p], _RARE_REDUCTIONS, distributed=False) for p in (without, pos_rare)],
+                         _RARE_REDUCTIONS, distributed=False)
+    assert float(row["ratio/rare_pos_max"]) == 2.0 and math.isinf(float(row["ratio/rare_neg_min"]))
