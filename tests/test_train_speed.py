@@ -6,6 +6,11 @@ Run: .venv/bin/python -m pytest -q tests/test_train_speed.py
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from bandpo.training.cli import build_policy
@@ -32,9 +37,10 @@ def _sample(model, tok, ids, mask, seed: int, share: bool, **kw):
                        pad_id=tok.pad_token_id, generator=g, share_prompts=share, **kw)
 
 
-def test_shared_prompt_sampling_is_bitwise_the_per_row_sampling():
-    """Running each distinct prompt once and copying its KV cache to the repeats draws exactly the same tokens as
-    the forward over every row: equal prompts (groups of 8, 2 and 1), left padding, temperature and top-p."""
+def test_shared_prompt_sampling_draws_the_per_row_tokens():
+    """Running each distinct prompt once and copying its KV cache to the repeats draws the same tokens as the
+    forward over every row: equal prompts (groups of 8, 2 and 1), left padding, temperature and top-p (in the test
+    process's numerical mode; see sample_loop for where the last bits of the logits may differ)."""
     cases = 0
     for arch in ("qwen2", "llama"):  # q/k/v with and without bias
         model, tok = _model("testbed", **{"model.arch": arch})
@@ -50,17 +56,22 @@ def test_shared_prompt_sampling_is_bitwise_the_per_row_sampling():
 
 
 def test_shared_prompt_sampling_runs_each_distinct_prompt_once():
-    """The prompt forward sees the distinct rows only (3 of 24 here); later tokens run on every row."""
+    """The sampler ``loop_shared``'s prompt forward sees the distinct rows only (3 of 24 here), later tokens run on
+    every row; the default ``loop`` runs every row."""
+    from bandpo.training.rollout import SAMPLERS
+
     model, tok = _model("testbed")
     ids, mask = _prompts(tok, ["472=", "015=", "999="], 8)
-    rows = []
-    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape), with_kwargs=True)
-    try:
-        _sample(model, tok, ids, mask, 0, True, max_new_tokens=3)
-    finally:
-        hook.remove()
-    assert rows[0] == (3, 4)
-    assert all(r == (24, 1) for r in rows[1:]) and len(rows) >= 2
+    for name, first in (("loop_shared", (3, 4)), ("loop", (24, 4))):
+        rows = []
+        hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape), with_kwargs=True)
+        try:
+            SAMPLERS.get(name)(model, ids, mask, max_new_tokens=3, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                               generator=torch.Generator().manual_seed(0))
+        finally:
+            hook.remove()
+        assert rows[0] == first, name
+        assert all(r == (24, 1) for r in rows[1:]) and len(rows) >= 2
 
 
 def test_trainer_adamw_is_the_multi_tensor_form_with_the_per_parameter_weights():
@@ -93,3 +104,47 @@ def test_trainer_adamw_is_the_multi_tensor_form_with_the_per_parameter_weights()
             opt.zero_grad()
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_trainer_benchmark_runs_equal_work_and_writes_its_report(tmp_path):
+    """benchmarks/trainer_speed.py end to end on 3 RL steps: its equal-work assertions hold for bandpo and TRL, and
+    the report has both trainers' rates, shares and the ratio."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "trainer_speed.py"
+    spec = importlib.util.spec_from_file_location("trainer_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    bench.main(["--steps", "3", "--rounds", "1", "--methods", "clip", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["work"]["completions_per_rl_step"] == 256 and report["work"]["optimizer_steps_per_rl_step"] == 4
+    for name in ("bandpo/clip", "trl/clip"):
+        best = report["best"][name]
+        assert best["rl_steps_timed"] == 1 and best["rl_steps_per_cpu_s"] > 0
+        assert 0 < best["share"]["generation"] < best["share"]["rollout"] < 1
+    assert report["best"]["trl/clip"]["share"]["band"] == 0  # TRL's stock loss clips to constants
+    assert report["ratio_bandpo_over_trl"]["clip"]["cpu"] > 0
+
+
+def test_rare_ratio_extremes_skip_optimiser_steps_without_rare_tokens():
+    """An RL step's ``ratio/rare_neg_min`` (``rare_pos_max``) is the extreme over the optimiser steps that had rare
+    tokens with A < 0 (A > 0): a step without any must not count as ratio 0 (the row would then read NaN while
+    ``rare/neg_tokens`` counts tokens)."""
+    import math
+
+    from bandpo.losses import reduce_metrics
+    from bandpo.training.module import _RARE_REDUCTIONS, _rare_ratio_metrics
+
+    old = torch.tensor([[math.log(0.01), math.log(0.9)]])
+    mask = torch.ones(1, 2)
+    with_rare = _rare_ratio_metrics(old + math.log(0.5), old, torch.full((1, 2), -1.0), mask)  # r = 0.5, A < 0
+    pos_rare = _rare_ratio_metrics(old + math.log(2.0), old, torch.full((1, 2), 1.0), mask)  # r = 2, A > 0
+    without = _rare_ratio_metrics(old, old, torch.zeros(1, 2), mask)  # A = 0: no rare token counts
+    for parts in ([with_rare, without], [without, with_rare], [without, pos_rare, with_rare]):
+        steps = [reduce_metrics([p], _RARE_REDUCTIONS, distributed=False) for p in parts]  # per optimiser step
+        row = reduce_metrics(steps, _RARE_REDUCTIONS, distributed=False)  # the RL step
+        assert float(row["ratio/rare_neg_min"]) == 0.5
+        assert float(row["rare/neg_tokens"]) == 1.0
+    row = reduce_metrics([reduce_metrics([p], _RARE_REDUCTIONS, distributed=False) for p in (without, pos_rare)],
+                         _RARE_REDUCTIONS, distributed=False)
+    assert float(row["ratio/rare_pos_max"]) == 2.0 and math.isinf(float(row["ratio/rare_neg_min"]))

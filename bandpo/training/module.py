@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from .config import TrainConfig
-from ..losses import aggregate, aggregation_denominator, policy_loss, reduce_metrics
+from ..losses import Reduction, aggregate, aggregation_denominator, policy_loss, reduce_metrics
 from .rollout import Rollout, completion_logp, k3_kl, rollout
 from .tasks import Task
 
@@ -52,8 +52,10 @@ __all__ = ["BandPOModule", "NonFiniteError", "RARE_P"]
 RARE_P = 0.05
 """Old probability below which a sampled token counts as rare in ``ratio/rare_pos_max`` / ``ratio/rare_neg_min``."""
 _LOG_RARE_P = math.log(RARE_P)
-_RARE_REDUCTIONS = {"ratio/rare_pos_max": "max", "ratio/rare_neg_min": "min", "rare/pos_tokens": "sum",
-                    "rare/neg_tokens": "sum"}
+# An optimiser step (or micro-batch) without such tokens has no extreme: skipped by its token count, not read as 0.
+_RARE_REDUCTIONS = {"ratio/rare_pos_max": Reduction("max", "rare/pos_tokens", 0.0),
+                    "ratio/rare_neg_min": Reduction("min", "rare/neg_tokens", math.inf),
+                    "rare/pos_tokens": "sum", "rare/neg_tokens": "sum"}
 
 
 @torch.no_grad()
