@@ -37,6 +37,7 @@ __all__ = [
     "check_method",
     "check_settings",
     "clipped_tokens",
+    "default_cap",
     "list_methods",
     "method_form",
     "method_spec",
@@ -86,6 +87,14 @@ def require_clip_surrogate(method: str, framework: str) -> None:
             f"(surrogate {form!r}; the verl plug-in trains every surrogate); supported here: "
             f"{', '.join(list_methods('clip'))}"
         )
+
+
+def default_cap(method: str, max_ratio: Optional[float], default: float) -> Optional[float]:
+    """``max_ratio``, or None when it is a plug-in's ``default`` cap and ``method`` has no ``max_ratio`` (a surrogate
+    that clips nothing: sapo, gpg, kl_cov, dro, vespo); another value for such a method is passed on, and refused."""
+    if max_ratio == default and "max_ratio" not in method_spec(method).settings():
+        return None
+    return max_ratio
 
 
 def check_method(method: str) -> str:

@@ -203,11 +203,7 @@ def _uncapped_if_mask(method: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_cap(method: str, max_ratio: Optional[float]) -> Optional[float]:
-    """The plug-in's default cap (10) is left out for a method that has no ``max_ratio`` (a surrogate that clips
-    nothing: sapo, gpg, kl_cov, dro, vespo); another value given for such a method is passed on, and refused."""
-    if "max_ratio" not in _common.method_spec(method).settings() and max_ratio == _DEFAULT_MAX_RATIO:
-        return None
-    return max_ratio
+    return _common.default_cap(method, max_ratio, _DEFAULT_MAX_RATIO)
 
 
 def _field_defaults(cls: type) -> dict[str, Any]:
