@@ -115,6 +115,80 @@ def test_clip_method_equals_openrlhf_policy_loss_with_importance_correction(orl)
     assert float(o2[1]) > 0 and float(o2[4]) > 0  # the clip and the correction both acted
 
 
+NON_CLIP = [m for m in __import__("bandpo").list_methods() if __import__("bandpo").losses.get_method(m).surrogate != "clip"]
+"""Every method whose surrogate is not PPO's clip: DPPO's mask and the forms of bandpo.losses.surrogates."""
+
+
+def _inputs64(method, seed=0):
+    import bandpo
+
+    old, logp, adv, mask = (x.to(torch.float64) if x.is_floating_point() else x for x in _tensors(B=6, T=9, seed=seed))
+    adv = adv + 0.1 * torch.randn(adv.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=adv.dtype)
+    form = bandpo.losses.get_method(method).surrogate
+    if form == "geo_mean":  # GMPO's advantage is per sequence
+        adv = adv[:, :1].expand_as(adv).contiguous()
+    if form == "clip_cov":  # covariances reach the (1, 5) window
+        adv = adv * 3
+    return old, logp, adv, mask
+
+
+@pytest.mark.parametrize("token_level,agg", [(True, "token-mean"), (False, "seq-mean-token-mean")])
+@pytest.mark.parametrize("method", NON_CLIP)
+def test_non_clip_methods_equal_bandpo_policy_loss(orl, method, token_level, agg):
+    """Every non-clip method through BandPOPolicyLoss (bandpo's per-token loss, OpenRLHF's aggregate_loss) equals
+    bandpo.policy_loss at the matching aggregation, float64 loss and gradient; the dual clip (on by default) is not
+    applied to these forms, as in bandpo."""
+    import bandpo
+
+    settings = {"dro_beta": 0.3} if method == "dro" else {}
+    loss_fn = orl.plugin.BandPOPolicyLoss(method, token_level_loss=token_level, settings=settings or None)
+    old, logp, adv, mask = _inputs64(method)
+    leaf = logp.clone().requires_grad_(True)
+    loss, clip_ratio, ppo_kl, vllm_kl, is_filter = loss_fn(leaf, old, adv, action_mask=mask)
+    (g,) = torch.autograd.grad(loss, leaf)
+    ref_leaf = logp.clone().requires_grad_(True)
+    ref, metrics = bandpo.policy_loss(ref_leaf, old, adv, mask, method=method, agg=agg, **settings)
+    (g_ref,) = torch.autograd.grad(ref, ref_leaf)
+    torch.testing.assert_close(loss, ref, rtol=1e-7, atol=1e-12)  # OpenRLHF divides by n + 1e-8 per sequence
+    torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-12)
+    assert (g_ref != 0).any()
+    assert float(clip_ratio) == pytest.approx(float(metrics["clip_ratio/region_mean"]))
+    assert float(ppo_kl) == pytest.approx(float(metrics["ppo_kl"]))
+    assert vllm_kl is None and is_filter is None
+    for key, value in metrics.items():
+        assert float(loss_fn.last_metrics[key]) == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("mode,threshold", [("clip", (0.5, 2.0)), ("mask", (0.5, 1.5))])
+@pytest.mark.parametrize("method", ["clip", "gspo", "cispo_band_kl", "dppo_kl"])
+def test_openrlhf_correction_is_bandpos_token_correction(orl, method, mode, threshold):
+    """OpenRLHF's token-level correction (is_correction_mode clip = TIS, mask = MIS/IcePop, on [low, high]) is
+    bandpo's RolloutCorrection('truncate'|'mask', 'token', low, high): for the clip method through OpenRLHF's own
+    forward, for the other forms through bandpo's weights. Dual clip off (the frameworks apply the weight after it)."""
+    import bandpo
+
+    old, logp, adv, mask = _inputs64(method, seed=4)
+    rollout = (old + 0.4 * torch.randn(old.shape, generator=torch.Generator().manual_seed(2), dtype=old.dtype)).clamp(max=0)
+    loss_fn = orl.plugin.BandPOPolicyLoss(
+        method, dual_clip=None, token_level_loss=True, is_correction_level="token", is_correction_mode=mode,
+        is_correction_threshold=threshold,
+    )
+    leaf = logp.clone().requires_grad_(True)
+    loss, _, _, vllm_kl, is_filter = loss_fn(leaf, old, adv, action_mask=mask, rollout_log_probs=rollout)
+    (g,) = torch.autograd.grad(loss, leaf)
+    correction = bandpo.losses.RolloutCorrection("truncate" if mode == "clip" else "mask", "token", *threshold)
+    settings = {"max_ratio": 10.0} if method == "clip" else {}
+    ref_leaf = logp.clone().requires_grad_(True)
+    ref, _ = bandpo.policy_loss(ref_leaf, old, adv, mask, method=method, agg="token-mean", dual_clip=None,
+                                correction=correction, rollout_logp=rollout, **settings)
+    (g_ref,) = torch.autograd.grad(ref, ref_leaf)
+    torch.testing.assert_close(loss, ref, rtol=1e-7, atol=1e-12)
+    torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-12)
+    plain, _ = bandpo.policy_loss(logp, old, adv, mask, method=method, agg="token-mean", dual_clip=None, **settings)
+    assert not torch.allclose(plain, ref)  # the correction acted
+    assert 0 < float(is_filter) < 1 and vllm_kl is not None
+
+
 class _StandInActorTrainer:
     """The part of OpenRLHF 0.11.2's ``ActorPPOTrainer.training_step`` the plug-in relies on: it calls
     ``self.actor_loss_fn(...)``, then logs every 0-d tensor of ``experience.info`` as a token-weighted metric."""
@@ -220,7 +294,11 @@ def test_training_step_logs_bandpo_metrics_and_passes_the_optimiser_step(orl, pp
         ({"method": "clip", "delta": 0.1}, "does not use delta"),
         ({"dual_clip": 0.5}, "dual_clip"),
         ({"max_ratio": 0.5}, "max_ratio"),
-        ({"method": "dppo_tv"}, "cannot mask tokens: method 'dppo_tv' uses DPPO's mask surrogate"),
+        ({"method": "gspo", "is_correction_level": "seq"}, "must be is_correction_level='token' with"),
+        ({"method": "cispo", "is_correction_level": "token", "is_correction_gating": "tv",
+          "is_correction_threshold": (0.0, 0.1)}, "is_correction_gating='ratio'"),
+        ({"method": "sapo", "max_ratio": 5.0}, "does not use max_ratio"),
+        ({"method": "dro"}, "dro_beta"),
         ({"method": "band_kl", "divergence": "tv"}, "has divergence 'kl' but divergence='tv' was given: use 'band_tv'"),
         ({"delta_schedule": "linear", "delta_steps": 5}, "needs an end value"),
     ],

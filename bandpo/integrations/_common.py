@@ -9,7 +9,8 @@ method table reaches every plug-in that can express its surrogate. A setting the
 is the KL band) cannot be overridden to another value (:func:`method_settings`), and a δ schedule is built from the
 ``delta_schedule``/``delta_end``/``delta_steps`` fields every plug-in shares (:func:`schedule_settings`).
 
-Mask methods (``dppo_kl``, ``dppo_tv``: DPPO, arXiv 2602.04879) need bandpo's own per-token surrogate: the verl
+Methods whose surrogate is not PPO's clip (DPPO's mask, arXiv 2602.04879, and the forms of
+:mod:`bandpo.losses.surrogates`: GSPO, CISPO, SAPO, GMPO, Clip-Cov, ...) need bandpo's own per-token loss: the verl
 plug-in computes it and supports them; the TRL and OpenRLHF plug-ins drive their framework's own clipped surrogate
 and refuse them (:func:`require_clip_surrogate`).
 """
@@ -25,6 +26,7 @@ from torch import Tensor
 
 import bandpo.losses as _losses
 from bandpo.losses.schedules import SCHEDULES, make_schedule
+from bandpo.losses.surrogates import per_token_loss
 
 __all__ = [
     "OneMinus",
@@ -35,8 +37,10 @@ __all__ = [
     "check_method",
     "check_settings",
     "clipped_tokens",
+    "default_cap",
     "list_methods",
     "method_form",
+    "method_spec",
     "merge_settings",
     "method_settings",
     "policy_loss",
@@ -59,20 +63,38 @@ def list_methods(surrogate: Optional[str] = None) -> list[str]:
 
 
 def method_form(method: str, **settings: Any) -> tuple[str, Optional[float]]:
-    """(surrogate, tis_cap) of ``method`` with ``settings``: ``("clip", None)`` or ``("mask", C)``."""
-    spec = _losses.resolve_method(method, **method_settings(method, **settings))
+    """(surrogate, tis_cap) of ``method`` with ``settings``: ``("clip", None)``, ``("mask", C)`` or, for a form of
+    :mod:`bandpo.losses.surrogates`, ``(form, None)``."""
+    spec = method_spec(method, **settings)
     return spec.surrogate, spec.tis_cap
 
 
+def method_spec(method: str, **settings: Any) -> "_losses.Method":
+    """The :class:`bandpo.losses.Method` of ``method`` with ``settings`` applied (its surrogate's settings
+    object included)."""
+    return _losses.resolve_method(method, **method_settings(method, **settings))
+
+
 def require_clip_surrogate(method: str, framework: str) -> None:
-    """A one-line ValueError if ``method`` trains with DPPO's mask surrogate, which ``framework``'s own clipped
-    surrogate (driven by the plug-in through its clip range) cannot express."""
+    """A one-line ValueError if ``method`` trains with a surrogate other than PPO's clip (DPPO's mask, GSPO, CISPO,
+    SAPO, ...), which ``framework``'s own clipped surrogate (driven by the plug-in through its clip range) cannot
+    express."""
     check_method(method)
-    if _losses.get_method(method).surrogate != "clip":
+    form = _losses.get_method(method).surrogate
+    if form != "clip":
         raise ValueError(
-            f"the {framework} plug-in drives {framework}'s own ratio clip and cannot mask tokens: method {method!r} "
-            f"uses DPPO's mask surrogate (use the verl plug-in for it); supported here: {', '.join(list_methods('clip'))}"
+            f"the {framework} plug-in drives {framework}'s own ratio clip, which cannot express method {method!r} "
+            f"(surrogate {form!r}; the verl plug-in trains every surrogate); supported here: "
+            f"{', '.join(list_methods('clip'))}"
         )
+
+
+def default_cap(method: str, max_ratio: Optional[float], default: float) -> Optional[float]:
+    """``max_ratio``, or None when it is a plug-in's ``default`` cap and ``method`` has no ``max_ratio`` (a surrogate
+    that clips nothing: sapo, gpg, kl_cov, dro, vespo); another value for such a method is passed on, and refused."""
+    if max_ratio == default and "max_ratio" not in method_spec(method).settings():
+        return None
+    return max_ratio
 
 
 def check_method(method: str) -> str:
@@ -175,6 +197,12 @@ def check_settings(method: str, settings: dict[str, Any]) -> None:
     steps = getattr(settings.get("delta"), "steps", None)
     if steps is not None:
         bounds(token, method, step=int(steps), **settings)
+    spec = method_spec(method, **settings)
+    if spec.surrogate not in ("clip", "mask"):  # e.g. dro without dro_beta: refused now, not at the first loss call
+        one = torch.full((1, 1), math.log(0.5))
+        lower, upper = bounds(one, method, step=0, **settings)
+        per_token_loss(spec.surrogate, one, one, torch.ones(1, 1), torch.ones(1, 1, dtype=torch.bool), lower, upper,
+                       settings=spec.surrogate_settings, step=0)
 
 
 def bounds(old_logp: Tensor, method: str, *, step: Optional[int] = None, **settings: Any) -> tuple[Tensor, Tensor]:

@@ -20,6 +20,8 @@ r = exp(clamp(log_prob - old_log_prob, -20, 20)) and ``(lower, upper) = bandpo.b
 
     ℓ = max(-A·r, -A·clip(r, lower, upper));  ℓ = min(ℓ, -A·c) where A < 0;  ℓ *= rollout_is_weights (if given)
 
+(for the other surrogates ℓ is the method's own per-token loss, below)
+
 aggregated by verl's own ``agg_loss(ℓ, response_mask, loss_agg_mode, **config.global_batch_info)``, so token
 counts and batch sizes across data-parallel ranks are handled as verl handles them for its built-in losses.
 Metrics: verl's ``actor/pg_clipfrac`` (tokens whose clipped term binds), ``actor/ppo_kl``,
@@ -40,7 +42,29 @@ arXiv 2603.04918); :class:`BandPOPolicyLossConfig` (select it with ``policy_loss
 ``clip_ratio``, ``clip_ratio_low`` and ``clip_ratio_high`` are not read by these modes (the method's own eps are).
 
 Methods: a mode per id of ``bandpo.list_methods()`` at import, so a row added to bandpo's method table is a mode
-without a change here; each computes its per-token loss with ``bandpo.losses.surrogate`` (the method's own form).
+without a change here; each computes its per-token loss with the method's own form: ``bandpo.losses.surrogate`` for
+PPO's clip and DPPO's mask, ``bandpo.losses.surrogates.per_token_loss`` for every other form (GSPO, CISPO, SAPO, GPG,
+Clip-Cov, KL-Cov, GMPO, DRO, VESPO and their band variants such as ``cispo_band_kl``), always aggregated by verl's
+``agg_loss`` with the configured ``loss_agg_mode``: the mode equals ``bandpo.policy_loss(..., agg=loss_agg_mode)``.
+Sequence-level forms need whole sequences, which verl's micro-batches hold (one row per response). No form fixes its
+own aggregation here, as in bandpo: verl's own ``sapo`` and ``geo_mean`` ignore ``loss_agg_mode`` and always average
+over sequences, so set ``loss_agg_mode=seq-mean-token-mean`` to reproduce them (bandpo's default and GSPO's, GMPO's
+and SAPO's papers'); ``agg_loss`` is what applies verl's data-parallel token and sequence counts
+(``global_batch_info``), which verl's ``geo_mean`` (a plain local mean) leaves out. The dual clip ``clip_ratio_c``
+acts on PPO's clip only. verl's own knobs of these losses reach the BandPO mode of the same surrogate where they
+differ from verl's defaults (which are bandpo's; :data:`VERL_KNOBS`): ``policy_loss.clip_cov_ratio``/``_lb``/``_ub``,
+``policy_loss.kl_cov_ratio``, ``policy_loss.ppo_kl_coef``, ``policy_loss.dro_beta``, ``actor.tau_pos``/``tau_neg``;
+the interval is the method's (its ``eps_low``/``eps_high``/``delta``), never verl's ``clip_ratio*``. For these forms
+``actor/pg_clipfrac`` is bandpo's ``clip_ratio/region_mean`` (a token's ratio outside its own interval on its
+advantage's side) and ``actor/pg_clipfrac_lower`` is 0.
+
+Rollout correction: verl computes ``rollout_is_weights`` on the driver from ``algorithm.rollout_correction``
+(``rollout_is=token|sequence``, ``rollout_is_threshold``) and hands them to the loss, which multiplies each token's
+loss by them before ``agg_loss``, exactly as ``bandpo.policy_loss(..., correction=, rollout_logp=)`` multiplies by
+``bandpo.losses.rollout_weights`` (verl's weights equal bandpo's presets: ``tis``/``seq_tis`` are
+``rollout_is=token|sequence`` with threshold 2.0, ``icepop`` is threshold ``"0.5_5.0"``). bandpo's per-token bounds as
+the correction's interval (``RolloutCorrection(bounds=...)``) have no verl setting: the actor's loss never sees
+``rollout_log_probs`` in verl 0.9.1.
 
 Training step (δ schedules): verl calls a policy loss with tensors and the actor config only. verl's trainer keeps
 its step in ``global_steps`` (1 on the first step) and tags the batches it dispatches with it
@@ -58,6 +82,7 @@ refuses to replace a BandPO mode, for trainers that skip ``validate_config``.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -67,11 +92,12 @@ from torch import Tensor
 
 try:
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register_policy_loss
-    from verl.workers.config.actor import PolicyLossConfig
+    from verl.workers.config.actor import ActorConfig, PolicyLossConfig
 except ImportError as exc:  # pragma: no cover - exercised only without verl
     raise ImportError("bandpo.integrations.verl needs verl: see docs/integrations.md (pip install 'bandpo[verl]')") from exc
 
 from ..losses import LOG_RATIO_CLAMP
+from ..losses.surrogates import per_token_loss
 from . import _common
 
 __all__ = [
@@ -145,12 +171,12 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
         _common.check_cap_and_dual_clip(self.max_ratio, None, prefix="policy_loss.")
         named = dict(
             divergence=self.divergence, delta=self.delta, eps_low=self.eps_low, eps_high=self.eps_high,
-            r_max=self.r_max, max_ratio=self.max_ratio, tis_cap=self.tis_cap,
+            r_max=self.r_max, max_ratio=_default_cap(method, self.max_ratio), tis_cap=self.tis_cap,
         )
         extra = dict(self.settings) if self.settings is not None else None  # an OmegaConf DictConfig from Hydra
-        settings = _common.method_settings(
-            method, **_common.merge_settings(named, extra, "policy_loss.settings", "policy_loss.")
-        )
+        named = _common.merge_settings(named, extra, "policy_loss.settings", "policy_loss.")
+        named = _with_verl_knobs(method, named, self, None)
+        settings = _common.method_settings(method, **named)
         return _common.schedule_settings(method, settings, self.delta_schedule, self.delta_end, self.delta_steps)
 
 
@@ -176,6 +202,55 @@ def _uncapped_if_mask(method: str, settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _default_cap(method: str, max_ratio: Optional[float]) -> Optional[float]:
+    return _common.default_cap(method, max_ratio, _DEFAULT_MAX_RATIO)
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+VERL_KNOBS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "clip_cov": (("policy_loss", "clip_cov_ratio", "cov_fraction"), ("policy_loss", "clip_cov_lb", "cov_low"),
+                 ("policy_loss", "clip_cov_ub", "cov_high")),
+    "kl_cov": (("policy_loss", "kl_cov_ratio", "cov_fraction"), ("policy_loss", "ppo_kl_coef", "kl_cov_coef")),
+    "dro": (("policy_loss", "dro_beta", "dro_beta"),),
+    "sapo": (("actor", "tau_pos", "tau_pos"), ("actor", "tau_neg", "tau_neg")),
+}
+"""verl's own knobs of a surrogate (surrogate -> (config, verl's field, bandpo's setting)): a BandPO mode of that
+surrogate reads them where they differ from verl's defaults (which are bandpo's), so ``policy_loss.dro_beta=0.1``
+or ``actor.tau_pos=2.0`` set ``bandpo_dro``/``bandpo_sapo`` as they set verl's ``dro``/``sapo``."""
+
+_VERL_DEFAULTS = {"policy_loss": _field_defaults(PolicyLossConfig), "actor": _field_defaults(ActorConfig)}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    if cfg is None:
+        return None
+    return cfg.get(key, None) if hasattr(cfg, "get") else getattr(cfg, key, None)
+
+
+def _with_verl_knobs(method: str, settings: dict[str, Any], policy_cfg: Any, actor_cfg: Any) -> dict[str, Any]:
+    """``settings`` plus the values of verl's knobs of ``method``'s surrogate (:data:`VERL_KNOBS`) that differ from
+    verl's defaults; a one-line ValueError when the same setting is also given as a BandPO setting with another value.
+    A config given as None is not read (at config time only the policy-loss config is known)."""
+    knobs = VERL_KNOBS.get(_common.method_spec(method).surrogate, ())
+    out = dict(settings)
+    for where, name, setting in knobs:
+        value = _get(policy_cfg if where == "policy_loss" else actor_cfg, name)
+        if value is None or value == _VERL_DEFAULTS[where].get(name):
+            continue
+        given = out.get(setting)
+        if given is not None and given != value:
+            prefix = "actor_rollout_ref.actor." + ("policy_loss." if where == "policy_loss" else "")
+            raise ValueError(
+                f"method {method!r}: verl's {prefix}{name}={value!r} and BandPO's setting {setting}={given!r} "
+                f"disagree; set one of them"
+            )
+        out[setting] = value
+    return out
+
+
 def _settings_from(config: Any, loss_mode: str) -> tuple[str, dict[str, Any], Optional[float]]:
     """(method, settings, dual clip c) from verl's actor config (stock or BandPO policy-loss config)."""
     if config is None:
@@ -184,6 +259,7 @@ def _settings_from(config: Any, loss_mode: str) -> tuple[str, dict[str, Any], Op
     if isinstance(policy_cfg, BandPOPolicyLossConfig):
         method = _method_for_mode(loss_mode, policy_cfg.method)
         settings = policy_cfg.bandpo_settings(method)
+        settings = _with_verl_knobs(method, settings, None, config)  # the actor's knobs (sapo's tau)
         settings = _uncapped_if_mask(method, settings)
     else:
         get = policy_cfg.get if policy_cfg is not None and hasattr(policy_cfg, "get") else (lambda k, d=None: d)
@@ -192,6 +268,8 @@ def _settings_from(config: Any, loss_mode: str) -> tuple[str, dict[str, Any], Op
         raw = {k: get(k, None) for k in keys}
         raw["max_ratio"] = get("max_ratio", _DEFAULT_MAX_RATIO)
         _common.check_cap_and_dual_clip(raw["max_ratio"], None, prefix="policy_loss.")
+        raw["max_ratio"] = _default_cap(method, raw["max_ratio"])
+        raw = _with_verl_knobs(method, raw, policy_cfg, config)
         settings = _uncapped_if_mask(method, _common.method_settings(method, **raw))
     c = config.get("clip_ratio_c", 3.0) if hasattr(config, "get") else getattr(config, "clip_ratio_c", 3.0)
     _common.check_cap_and_dual_clip(None, c, prefix="clip_ratio_c (the dual clip) ")
@@ -229,21 +307,31 @@ def bandpo_policy_loss(
     old = torch.where(valid, old_log_prob.detach().to(log_prob.dtype), zero).clamp(max=0)
     adv = torch.where(valid, advantages.detach().to(log_prob.dtype), zero)
     logp = torch.where(valid, log_prob, zero)
-    lower, upper = _common.bounds(old, method, step=_step_for(settings), **settings)
-    form, tis_cap = _common.method_form(method, **settings)
-    if form == "mask":
-        c = None  # DPPO has no dual clip
-    ratio = torch.exp(torch.clamp(logp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    per_token = _common.surrogate(
-        ratio, adv, lower.to(ratio.dtype), upper.to(ratio.dtype), dual_clip=c, form=form, tis_cap=tis_cap
-    )
+    step = _step_for(settings)
+    lower, upper = _common.bounds(old, method, step=step, **settings)
+    spec = _common.method_spec(method, **settings)
+    form, tis_cap = spec.surrogate, spec.tis_cap
+    if form in ("clip", "mask"):
+        if form == "mask":
+            c = None  # DPPO has no dual clip
+        ratio = torch.exp(torch.clamp(logp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        per_token = _common.surrogate(
+            ratio, adv, lower.to(ratio.dtype), upper.to(ratio.dtype), dual_clip=c, form=form, tis_cap=tis_cap
+        )
+    else:  # a form of bandpo.losses.surrogates (GSPO, CISPO, SAPO, GMPO, Clip-Cov, ...): no dual clip
+        c = None
+        per_token = per_token_loss(
+            form, logp, old, adv, valid, lower, upper, settings=spec.surrogate_settings, step=step,
+            log_ratio_clamp=LOG_RATIO_CLAMP,
+        )
     if rollout_is_weights is not None:
         per_token = per_token * rollout_is_weights
     per_token = torch.where(valid, per_token, zero)
     global_batch_info = dict(config.get("global_batch_info", None) or {}) if hasattr(config, "get") else {}
     loss = agg_loss(loss_mat=per_token, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_batch_info)
 
-    ours = _common.band_metrics(logp, old, adv, valid, lower, upper, dual_clip=c, form=form, tis_cap=tis_cap)
+    metric_form = form if form == "mask" else "clip"  # other forms: bandpo.policy_loss's metrics (no dual clip)
+    ours = _common.band_metrics(logp, old, adv, valid, lower, upper, dual_clip=c, form=metric_form, tis_cap=tis_cap)
     metrics: dict[str, Any] = {
         "actor/pg_clipfrac": float(ours["clip_ratio/region_mean"]),
         "actor/ppo_kl": float(ours["ppo_kl"]),
