@@ -13,7 +13,7 @@ from bandpo.experiments import testbed as tb
 from bandpo.training.cli import run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.tasks import REWARD_FUNCS, build_task
-from bandpo.training.testbed import COMMON, MIDDLE, TAIL, WRONG
+from bandpo.training.rare_strategy import COMMON, MIDDLE, TAIL, WRONG
 
 PRESET = CONFIG_DIR / "testbed.yaml"
 
