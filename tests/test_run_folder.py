@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -32,6 +33,10 @@ SMALL = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "
          "optim.prompts_per_minibatch": 2, "optim.lr": 1e-3, "warmstart.steps": 2, "warmstart.batch_size": 8,
          "trainer.max_steps": 4, "trainer.checkpoint_every": 2, "trainer.progress_bar": False,
          "trainer.num_threads": 1}
+
+
+ARGS = ["--preset", "tiny-cpu", *[f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SMALL.items()]]
+"""SMALL as command-line flags."""
 
 
 def _cfg(**kw):
@@ -70,35 +75,53 @@ def finished(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------------------
 
 
+HOLD = """
+import sys, time
+from bandpo.training.runtime import RunLock
+with RunLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
 def test_second_run_into_a_busy_folder_fails_at_once_and_kill_9_leaves_no_stale_lock(tmp_path, capsys):
     from bandpo.training.runtime import RunLock
 
     out = tmp_path / "run"
-    args = ["--preset", "tiny-cpu", "--max-steps", "1000", "--warmstart.steps", "0", "--rollout.prompts_per_step",
-            "4", "--optim.prompts_per_minibatch", "2", "--trainer.checkpoint_every", "1", "--trainer.progress_bar",
-            "false", "--trainer.num_threads", "1"]
-    holder = subprocess.Popen([sys.executable, "-m", "bandpo.training", *args, "--out", str(out)], cwd=REPO,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 240
-        while len(_rows(out / "metrics.csv")) < 2 and holder.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert holder.poll() is None, "the first run ended early"
+        assert holder.stdout.readline().strip() == "held"
         t0 = time.time()
-        code = main([*args, "--out", str(out)])
+        code = main([*ARGS, "--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith(PREFIX), err
         assert re.fullmatch(rf"{re.escape(str(out))} is in use by another run \(pid {holder.pid} on \S+ since "
                             r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); wait for it to end, or choose another --out",
                             err[0][len(PREFIX):]), err[0]
         assert time.time() - t0 < 30  # at once: before building anything
-        assert holder.poll() is None  # the first run goes on
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written into the busy folder
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     with RunLock(out):  # kill -9 released it: nothing to clean up by hand
         pass
+
+
+class _AssertLocked(L.Callback):
+    """Checks, while the run trains, that its folder is locked against a second run."""
+
+    def __init__(self, out):
+        self.out, self.checked = out, False
+
+    def on_train_start(self, trainer, pl_module):
+        from bandpo.training.runtime import RunLock
+
+        with pytest.raises(UserError, match=f"pid {os.getpid()} on "):
+            with RunLock(self.out):
+                pass
+        self.checked = True
 
 
 def test_the_lock_is_held_for_the_block_only(tmp_path):
@@ -128,8 +151,10 @@ def test_a_different_config_is_refused_even_without_config_yaml(finished, tmp_pa
                             "'trainer.seed']); resume it with the same settings or choose another --out")
     assert not (out / "config.yaml").exists()  # not rewritten with the contradicting settings
     # What may differ on resume (max_steps, logging, threads, ...) is accepted, and config.yaml follows.
-    summary = run(_cfg(**{"trainer.max_steps": 5, "trainer.num_threads": 2, "trainer.nonfinite": "skip"}), out)
-    assert summary["completed_steps"] == 5
+    locked = _AssertLocked(out)
+    summary = run(_cfg(**{"trainer.max_steps": 5, "trainer.num_threads": 2, "trainer.nonfinite": "skip"}), out,
+                  extra_callbacks=[locked])
+    assert summary["completed_steps"] == 5 and locked.checked
     assert load_config(out / "config.yaml").trainer.max_steps == 5
 
 
@@ -208,8 +233,7 @@ def test_both_checkpoints_damaged_is_one_line_and_nothing_is_overwritten(finishe
     for name in ("last.ckpt", "prev.ckpt"):
         _flip_middle(out / "checkpoints" / name)
     before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
-    code = main(["--preset", "tiny-cpu", *[f"--{k}={str(v).lower() if isinstance(v, bool) else v}"
-                                           for k, v in SMALL.items()], "--out", str(out)])
+    code = main([*ARGS, "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     folder = out / "checkpoints"
     assert code == 2 and err == [

@@ -166,6 +166,33 @@ def test_signal_during_the_warm_start_checkpoints_it_and_the_rerun_ends_the_same
     assert all(torch.equal(v, rb[k]) for k, v in ra.items())
 
 
+def test_signal_during_the_last_warm_start_step_finishes_it_and_stops_after_one_rl_step(tmp_path, capsys,
+                                                                                      monkeypatch, warm_whole):
+    import bandpo.training.rollout as rollout_mod
+    from bandpo.training.cli import main
+
+    real, calls = rollout_mod.sft_loss, {"n": 0}
+
+    def signalled(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the last warm-start step: nothing is left to checkpoint in the warm-start
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(rollout_mod, "sft_loss", signalled)
+    capsys.readouterr()
+    assert main([*WARM, "--out", str(out)]) == 130
+    log = capsys.readouterr().out
+    assert f"[bandpo] stopped by SIGINT after RL step 1 of 2; checkpoint {out / 'checkpoints' / 'last.ckpt'}" in log
+    assert (out / "warmstart.json").is_file() and not (out / "checkpoints" / "warmstart.ckpt").exists()
+    monkeypatch.setattr(rollout_mod, "sft_loss", real)
+    assert main([*WARM, "--out", str(out)]) == 0
+    a, b = _rows(warm_whole / "metrics.csv"), _rows(out / "metrics.csv")
+    assert [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in a] == [
+        {k: v for k, v in r.items() if not k.startswith(TIMING)} for r in b]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Non-finite inputs reach the nonfinite policy
 # ----------------------------------------------------------------------------------------------------------
