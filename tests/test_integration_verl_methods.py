@@ -170,3 +170,33 @@ def test_dro_mode_without_beta_names_the_knob():
     old, logp, adv, mask = _inputs("dro", seed=0)
     with pytest.raises(ValueError, match="dro_beta"):
         _mode("bandpo_dro", _actor("policy_loss.loss_mode=bandpo_dro"), old, logp, adv, mask, "token-mean")
+
+
+@pytest.mark.parametrize("method", ["gspo", "gmpo_band_kl", "vespo", "clip_cov"])
+def test_sequence_level_modes_through_verls_worker_entry(method):
+    """verl's worker loss entry (verl/workers/utils/losses.py::ppo_loss) turns the unpadded model output back into
+    one row per response and runs the mode: the sequence-level forms see whole sequences, and Clip-Cov's pick is
+    seeded with verl's step (global_steps - 1 = 4)."""
+    losses = pytest.importorskip("verl.workers.utils.losses")
+    from test_integration_verl import _actor as _hydra_actor
+    from test_integration_verl import _worker_batch
+
+    cfg = _hydra_actor(
+        f"actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_{method}",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean", "actor_rollout_ref.actor.use_kl_loss=False",
+        "actor_rollout_ref.actor.entropy_coeff=0", "actor_rollout_ref.actor.policy_loss.clip_cov_ratio=0.5",
+        "actor_rollout_ref.actor.policy_loss.clip_cov_lb=-5.0",  # most tokens are candidates
+    )
+    data, out, leaf, old, logp, adv, mask = _worker_batch(global_steps=5)
+    loss, _ = losses.ppo_loss(cfg, out, data)
+    (g,) = torch.autograd.grad(loss, leaf)
+    settings = {"cov_fraction": 0.5, "cov_low": -5.0} if method == "clip_cov" else {}
+    ref_leaf = logp.clone().requires_grad_(True)
+    ref, _ = bandpo.policy_loss(ref_leaf, old, adv, mask, method=method, agg="seq-mean-token-mean", step=4, **settings)
+    (g_ref,) = torch.autograd.grad(ref, ref_leaf)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-8)
+    assert (g_ref != 0).any()
+    if method == "clip_cov":  # the pick depends on the step: step 0 would detach other tokens
+        other, _ = bandpo.policy_loss(logp, old, adv, mask, method=method, agg="seq-mean-token-mean", step=0, **settings)
+        assert not torch.allclose(other, ref)
