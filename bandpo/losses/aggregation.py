@@ -130,11 +130,19 @@ def aggregate(
     Returns:
         0-d tensor in ``loss_mat``'s dtype.
     """
-    a = get_aggregation(agg)
     _check_loss_mask(loss_mat, mask)
     valid = mask if mask.dtype == torch.bool else mask != 0
-    m = valid.to(loss_mat.dtype)
-    num = a.numerator(torch.where(valid, loss_mat, torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device)), m)
+    zeroed = torch.where(valid, loss_mat, torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device))
+    return aggregate_masked(zeroed, valid.to(loss_mat.dtype), agg, denominator=denominator)
+
+
+def aggregate_masked(
+    loss_mat: Tensor, m: Tensor, agg: str = "token-mean", *, denominator: "Number | Tensor | None" = None
+) -> Tensor:
+    """:func:`aggregate` of a loss already 0 at the masked entries, with the mask ``m`` as 0/1 in the loss's
+    dtype (what :func:`bandpo.policy_loss` has at hand: it saves the selection and the conversion)."""
+    a = get_aggregation(agg)
+    num = a.numerator(loss_mat, m)
     if denominator is None:
         den = a.denominator(m).clamp(min=1)
     elif isinstance(denominator, Tensor):

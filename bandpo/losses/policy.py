@@ -30,11 +30,11 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from .aggregation import Number, aggregate, get_aggregation
+from .aggregation import Number, aggregate, aggregate_masked, get_aggregation
 from .config import LossConfig, _check_dual_clip
 from .correction import RolloutCorrection, check_correction, rollout_weights
 from .methods import SURROGATES, Method, _check_tis_cap, resolve_method
-from .metrics import _metrics_from_parts
+from .metrics import METRIC_CHUNK, _metrics_from_parts, _MetricSums, as_float_mask
 from .surrogates import SURROGATE_FORMS, SurrogateInputs
 from ..operator.bands import _check_logp
 
@@ -320,10 +320,17 @@ def policy_loss(
     zero = torch.zeros((), dtype=cdtype, device=logp.device)
     # Select masked tokens away *before* any arithmetic (the "double where"): their garbage never reaches a
     # gradient, and old_logp = 0 there keeps every bounds rule well defined.
-    logp_c = torch.where(valid, logp.to(cdtype), zero)
-    old_c = torch.where(valid, old_logp.detach().to(cdtype), zero).clamp(max=0)
+    old_c = torch.where(valid, old_logp.detach().to(cdtype), zero).clamp_(max=0)
     adv_c = torch.where(valid, adv.detach().to(cdtype), zero)
+    if spec.surrogate == "clip" and correction is None:  # the fast path: a hand-written backward, chunked metrics
+        lower, upper = _interval(spec, old_c, step)
+        per_token, neg_w, metrics = _clip_parts(logp, old_c, adv_c, valid, lower, upper, dual_clip)
+        if logp.requires_grad and torch.is_grad_enabled():
+            per_token = _ClipGrad.apply(logp, (per_token, adv_c, neg_w))
+        loss = aggregate_masked(per_token, as_float_mask(valid, cdtype), agg, denominator=denominator)
+        return loss, metrics
 
+    logp_c = torch.where(valid, logp.to(cdtype), zero)
     log_ratio = torch.clamp(logp_c - old_c, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     lower, upper = _interval(spec, old_c, step)
@@ -349,6 +356,80 @@ def policy_loss(
             dual = neg & (per_token > floor)
         per_token = torch.where(dual, floor, per_token)
     loss = aggregate(per_token, valid, agg, denominator=denominator)
-
     metrics = _metrics_from_parts(valid, old_c, adv_c, log_ratio.detach(), ratio.detach(), lower, upper, dual, trunc)
     return loss, metrics
+
+
+def _flag(op, x: Tensor, y, dtype: torch.dtype) -> Tensor:
+    """``op(x, y)`` (a comparison) as 0/1 in ``dtype``, written straight into a float tensor (a bool result and
+    its conversion cost ~4x more on the CPU)."""
+    return op(x, y, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+
+@torch.no_grad()
+def _clip_parts(logp, old_c, adv_c, valid, lower, upper, dual_clip) -> "tuple[Tensor, Tensor, dict[str, Tensor]]":
+    """(per_token, neg_w, metrics) of the clip form, chunk by chunk (METRIC_CHUNK tokens, so that every temporary
+    stays in cache and is reused): the per-token loss, the factor w of its gradient (see :class:`_ClipGrad`),
+    and the metrics of docs/metrics.md.
+
+    The value is -A·clip(r, L, U) with L = lower and U = dual_clip (or no bound) where A < 0, L = 0 and
+    U = upper where A > 0, and 0 where A = 0: bitwise max(-A·r, -A·clip(r, lower, upper)), then min(·, -A·c)
+    where A < 0, because rounding is monotone."""
+    cdtype, dev = old_c.dtype, old_c.device
+    shape, n = old_c.shape, old_c.numel()
+    flat = [t.reshape(-1) for t in (logp.detach(), old_c, adv_c, valid, lower, upper)]
+    per_token = torch.empty(n, dtype=cdtype, device=dev)
+    neg_w = torch.empty(n, dtype=cdtype, device=dev)
+    acc = _MetricSums(cdtype, dev, n)
+    no_bound = torch.finfo(cdtype).max  # A < 0 without a dual clip: r <= e^20 never reaches it
+    zero = torch.zeros((), dtype=cdtype, device=dev)
+    for s in range(0, n, METRIC_CHUNK):
+        lp, old, a, v, lo, up = (t[s : s + METRIC_CHUNK] for t in flat)
+        vf = as_float_mask(v, cdtype)
+        d = torch.where(v, lp.to(cdtype), zero).sub_(old)  # logp - old_logp; 0 at masked tokens
+        lr = torch.clamp(d, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        ratio = torch.exp(lr)
+        negf, posf = _flag(torch.lt, a, 0.0, cdtype), _flag(torch.gt, a, 0.0, cdtype)
+        na = torch.neg(a)
+        lo_s = torch.mul(lo, negf)
+        up_s = torch.mul(up, posf).add_(negf, alpha=no_bound if dual_clip is None else dual_clip)
+        # selected, not multiplied, by the mask: a bounds rule may return anything at masked tokens
+        torch.where(v, torch.mul(na, torch.clamp(ratio, lo_s, up_s)), zero, out=per_token[s : s + METRIC_CHUNK])
+        # the gradient's share c (see _ClipGrad): 2c = [t1 > t2] + [t1 >= t2] + [lower <= r <= upper]
+        t1 = torch.mul(na, ratio)
+        t2 = torch.mul(na, torch.clamp(ratio, lo, up))
+        two_c = _flag(torch.gt, t1, t2, cdtype).add_(_flag(torch.ge, t1, t2, cdtype))
+        two_c.addcmul_(_flag(torch.ge, ratio, lo, cdtype), _flag(torch.le, ratio, up, cdtype))
+        keep = _flag(torch.eq, d, lr, cdtype)  # inside the log-ratio clamp (it passes no gradient outside)
+        dual_f = None
+        if dual_clip is not None:  # held at the floor -A·c: no gradient
+            dual_f = _flag(torch.gt, torch.maximum(t1, t2), torch.mul(na, dual_clip), cdtype).mul_(negf)
+            keep.mul_(torch.sub(1.0, dual_f))
+        torch.mul(two_c, -0.5, out=neg_w[s : s + METRIC_CHUNK]).mul_(ratio).mul_(keep)
+        acc.add(vf, old, negf, posf, lr, ratio, lo, up, dual_f, None)
+    return per_token.view(shape), neg_w.view(shape), acc.metrics()
+
+
+class _ClipGrad(torch.autograd.Function):
+    """Attaches the clip form's per-token loss (computed by :func:`_clip_parts`) to ``logp`` with a
+    hand-written backward: the numbers of autograd's graph of the formula in :func:`policy_loss`'s docstring,
+    bitwise, from two saved tensors instead of a graph of ~15 nodes (tests/test_losses.py compares both).
+
+    Per token, that graph's gradient with respect to logp is ((g·(-A))·c)·r where the mask, the log-ratio clamp
+    and the dual clip let it through (0 elsewhere), g the incoming gradient and c the share of
+    max(-A·r, -A·clip(r, lower, upper)) that reaches r: 1 where -A·r is the larger term or r is inside
+    [lower, upper] (torch.clamp passes its gradient there, ends included), 1/2 where the two terms are equal
+    otherwise (torch.maximum splits a tie), 0 elsewhere. c·r is exact (c is 0 or a power of two), so
+    ((g·(-A))·c)·r = (g·A)·w with w = -(c·r), which the forward pass stores. A is 0 at masked tokens."""
+
+    @staticmethod
+    def forward(ctx, logp, parts):
+        per_token, adv_c, neg_w = parts
+        ctx.save_for_backward(adv_c, neg_w)
+        ctx.logp_dtype = logp.dtype
+        return per_token
+
+    @staticmethod
+    def backward(ctx, grad):
+        adv_c, neg_w = ctx.saved_tensors
+        return torch.mul(grad, adv_c).mul_(neg_w).to(ctx.logp_dtype), None
