@@ -19,7 +19,7 @@ from bandpo.training.cli import main as train_main
 from bandpo.training.cli import run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.data import canonical_number, gsm8k_final_answer, main as data_main, prepare_gsm8k, read_table
-from bandpo.training.runtime import dry_run_report, missing_inputs
+from bandpo.training.checks import dry_run_report, missing_inputs
 from bandpo.training.tasks import answer_line, answer_number, build_task
 from bandpo.training.verifiers import get_verifier
 

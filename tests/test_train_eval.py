@@ -598,7 +598,7 @@ def _csv(path):
 def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training(tmp_path, monkeypatch):
     import lightning as L
 
-    from bandpo.training import runtime
+    from bandpo.training import evaluation
     from bandpo.training.cli import run
 
     run(_run_cfg(), tmp_path / "a")
@@ -626,17 +626,17 @@ def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training
     # A crash in the evaluation after step 4, between its per-sample file and its eval.csv row (last checkpoint after
     # step 2): the resumed run drops the orphaned file, redoes steps 3-4, and ends with the uninterrupted run's rows
     # and the same per-sample files, byte for byte (none duplicated, none lost).
-    append = runtime.EvalLog.append
+    append = evaluation.EvalLog.append
 
     def crash_at_4(self, step, metrics):
         if step == 4:
             raise RuntimeError("simulated crash")
         return append(self, step, metrics)
 
-    monkeypatch.setattr(runtime.EvalLog, "append", crash_at_4)
+    monkeypatch.setattr(evaluation.EvalLog, "append", crash_at_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(_run_cfg(), tmp_path / "b")
-    monkeypatch.setattr(runtime.EvalLog, "append", append)
+    monkeypatch.setattr(evaluation.EvalLog, "append", append)
     assert [int(r["step"]) for r in _csv(tmp_path / "b" / "eval.csv")] == [0, 2]
     assert SampleLog(tmp_path / "b" / "eval_samples").steps() == [0, 2, 4]
     seen = []

@@ -178,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="re-run only the first N RL steps (default: all)")
     p.add_argument("--out", default=None, help="folder for the re-run (default: a temporary folder, deleted)")
     args = p.parse_args(argv)
-    from ..training.runtime import UserError
+    from ..training.checks import UserError
 
     try:
         cfg = _load(Path(args.run), args.steps)

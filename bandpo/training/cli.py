@@ -239,7 +239,8 @@ def _lightning_pieces() -> tuple:
             trainer.strategy.barrier()
             self._saved_at = pl_module.rl_step
 
-    from .runtime import commit_checkpoint, progress_bar_class
+    from .console import progress_bar_class
+    from .run_folder import commit_checkpoint
 
     return AppendingCSVLogger, RLCheckpoint, progress_bar_class()
 
@@ -271,11 +272,12 @@ def _strategy(cfg: TrainConfig) -> Any:
 
 
 def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any] = (), stop: Any = None) -> Any:
-    """The Lightning ``Trainer`` of a run writing into ``out``; ``stop`` (a ``runtime.StopRequest``) makes
+    """The Lightning ``Trainer`` of a run writing into ``out``; ``stop`` (a ``signals.StopRequest``) makes
     SIGTERM/SIGINT end the run cleanly after the current RL step, with a checkpoint."""
     import lightning as L
 
-    from .runtime import quiet_logs, stop_callback_class
+    from .console import quiet_logs
+    from .signals import stop_callback_class
 
     quiet_logs()
     AppendingCSVLogger, RLCheckpoint, StepsProgressBar = _lightning_pieces()
@@ -327,7 +329,7 @@ def _saved_config(ckpt: Path, key: str) -> dict:
     """The config stored in a checkpoint (``ckpt[key]["config"]``), reading only its pickle (tensors are mapped)."""
     import torch
 
-    from .runtime import UserError
+    from .checks import UserError
 
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
@@ -349,11 +351,13 @@ def _check_resume(cfg: TrainConfig, out: Path) -> _Resume:
     """The checkpoint to resume from (none for a fresh run); raises if ``out`` holds a different run.
 
     The RL checkpoint is ``last.ckpt`` if its SHA-256 matches, else ``prev.ckpt`` with a warning
-    (``runtime.find_resume_checkpoint``); without one, an interrupted warm-start's ``warmstart.ckpt`` (a damaged
+    (``run_folder.find_resume_checkpoint``); without one, an interrupted warm-start's ``warmstart.ckpt`` (a damaged
     one is set aside with a warning: the warm-start reruns from its start, to the same weights). The config saved
     in the checkpoint and ``config.yaml`` (each when there) must equal ``cfg`` up to ``RESUMABLE_CHANGES``.
     """
-    from .runtime import UserError, find_resume_checkpoint, verify_checkpoint, warn
+    from .checks import UserError
+    from .console import warn
+    from .run_folder import find_resume_checkpoint, verify_checkpoint
 
     folder = out / "checkpoints"
     ckpt = find_resume_checkpoint(folder, main=_is_main_process())
@@ -387,9 +391,9 @@ def _check_resume(cfg: TrainConfig, out: Path) -> _Resume:
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Raise a one-line ``ValueError`` when the model, tokenizer or data of ``cfg`` are not on this machine: all
-    of them named at once when several are missing (``runtime.missing_inputs``), else ``cfg.check_paths()``'s
+    of them named at once when several are missing (``checks.missing_inputs``), else ``cfg.check_paths()``'s
     message."""
-    from .runtime import missing_inputs, missing_inputs_message
+    from .checks import missing_inputs, missing_inputs_message
 
     gone = missing_inputs(cfg)
     if len(gone) > 1:
@@ -400,14 +404,15 @@ def check_inputs(cfg: TrainConfig) -> None:
 def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[Any] = ()) -> dict:
     """Train (or resume) the run described by ``cfg`` into the folder ``out``; returns ``summary.json``'s dict.
 
-    Checks the output folder and takes its lock (``runtime.RunLock``; the main process only, other DDP ranks are
+    Checks the output folder and takes its lock (``run_folder.RunLock``; the main process only, other DDP ranks are
     its children), checks paths and the checkpoint to resume before any work, builds tokenizer, policy, task, the
     warm-start (before the first RL checkpoint only), reference policy, module and trainer, then fits. SIGTERM and
     SIGINT end the warm-start or the RL step under way with a checkpoint (``summary["stopped_by"]``).
     """
     import contextlib
 
-    from .runtime import RunLock, check_out_dir
+    from .checks import check_out_dir
+    from .run_folder import RunLock
 
     out = check_out_dir(out)
     with RunLock(out) if _is_main_process() else contextlib.nullcontext():
@@ -417,7 +422,8 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
 def _run_in_locked_folder(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any]) -> dict:
     import torch
 
-    from .runtime import StopRequest, UserError, check_accelerator
+    from .checks import UserError, check_accelerator
+    from .signals import StopRequest
 
     try:
         check_inputs(cfg)
@@ -511,7 +517,7 @@ def _warm_start(cfg: TrainConfig, out: Path, policy: Any, tokenizer: Any, task: 
     import torch
 
     from .rollout import warm_start
-    from .runtime import commit_checkpoint
+    from .run_folder import commit_checkpoint
 
     w = cfg.warmstart
     state, wall_before = None, 0.0
@@ -681,7 +687,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .runtime import UserError, check_out_dir, dry_run_report
+    from .checks import UserError, check_out_dir, dry_run_report
 
     entry_point = argv is None  # the process's own command line: it may restart itself in the pinned mode
     argv = list(sys.argv[1:] if argv is None else argv)
