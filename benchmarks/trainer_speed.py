@@ -5,7 +5,7 @@
 
 Four trainers, run interleaved (round robin, ``--rounds`` times, so a busy machine slows them alike):
 
-* ``bandpo/clip`` and ``bandpo/band_kl``: ``bandpo.training.cli.run`` (the Lightning trainer of
+* ``bandpo/clip`` and ``bandpo/band_kl``: ``bandpo.training.launch.run`` (the Lightning trainer of
   ``python -m bandpo.training``) with ``loss.method`` clip (dual clip off, like TRL's stock loss) or band_kl
   (dual clip 10);
 * ``trl/clip``: TRL's stock ``GRPOTrainer`` (``epsilon = 0.2``);
@@ -230,7 +230,7 @@ def run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
     import bandpo.losses.policy as policy_mod
     import bandpo.training.module as module_mod
     import bandpo.training.rollout as rollout_mod
-    from bandpo.training import cli
+    from bandpo.training import launch
     from bandpo.training.config import load_config
     from bandpo.training.tasks import REWARD_FUNCS
 
@@ -290,7 +290,7 @@ def run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
         stack.enter_context(clock.patch(policy_mod, "_interval", "band"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cli.run(cfg, work / f"bandpo-{method}-{time.time_ns()}", extra_callbacks=[Marks()])
+            launch.run(cfg, work / f"bandpo-{method}-{time.time_ns()}", extra_callbacks=[Marks()])
     starts.append(clock.now())  # the end of the last step stands in for the next start (not in the window)
     snaps.append(clock.snapshot())
     starts, snaps = starts[:-1], snaps[:-1]  # window ends at the start of the last step

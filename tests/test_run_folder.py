@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bandpo.training.cli import main, run
+from bandpo.training.cli import main
+from bandpo.training.launch import run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.checks import UserError
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import bandpo.training.module
-from bandpo.training.cli import run
+from bandpo.training.launch import run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.module import NonFiniteError
 from bandpo.training.tasks import REWARD_FUNCS, register_reward

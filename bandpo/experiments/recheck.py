@@ -160,7 +160,7 @@ def _load(run: Path, steps: Optional[int]):
 def recheck(run: "str | Path", out: "str | Path", steps: Optional[int] = None, log=print) -> dict:
     """Train ``run`` again into ``out`` (its first ``steps`` RL steps, or all) and :func:`compare_runs` them;
     returns the comparison with "machines" (committed, re-run). ValueError for a folder that is not a run."""
-    from ..training.cli import run as train
+    from ..training.launch import run as train
 
     run, out = Path(run), Path(out)
     cfg = _load(run, steps)

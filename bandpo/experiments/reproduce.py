@@ -146,7 +146,7 @@ def reproduce(
 
     ``shard = (i, n)`` runs only every n-th job starting at i (to split the work over processes).
     """
-    from ..training.cli import run
+    from ..training.launch import run
 
     runner = runner or run
     for m in methods:

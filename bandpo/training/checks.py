@@ -4,22 +4,27 @@
   command line prints it as ``bandpo.training: error: ...`` and exits with status 2, without a traceback.
 * The output folder (:func:`check_out_dir`), a checkpoint's zip structure (:func:`check_checkpoint`) and the
   accelerator (:func:`check_accelerator`).
-* The local inputs (model, tokenizer, data, eval sets; nothing is downloaded at run time): :func:`missing_inputs`
-  names every one that is missing, and ``--dry-run``'s report (:func:`dry_run_report`) says what was found on this
-  machine and what the dry run replaces.
+* The local inputs (model, tokenizer, data, eval sets; nothing is downloaded at run time): :func:`check_inputs`
+  refuses a config whose inputs are not on this machine, naming all that are missing (:func:`missing_inputs`).
+* ``--dry-run``: its report (:func:`dry_run_report`) says what was found on this machine and what the dry run
+  replaces, and :func:`dry_run_config` is the CPU-sized config it runs instead (the tiny model, stand-in data).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 __all__ = [
     "UserError",
     "check_accelerator",
     "check_checkpoint",
+    "check_inputs",
     "check_out_dir",
+    "dry_run_config",
     "dry_run_report",
     "missing_inputs",
     "missing_inputs_message",
@@ -105,7 +110,7 @@ def check_accelerator(accelerator: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Local inputs and the --dry-run report
+# Local inputs and the --dry-run
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -130,6 +135,16 @@ def missing_inputs(cfg: Any) -> list:
         if spec.path is not None and not Path(spec.path).expanduser().exists():
             out.append(f"eval set {spec.name} {spec.path!r}")
     return out
+
+
+def check_inputs(cfg: Any) -> None:
+    """Raise a one-line ``ValueError`` when the model, tokenizer or data of ``cfg`` are not on this machine: all
+    of them named at once when several are missing (:func:`missing_inputs`), else ``cfg.check_paths()``'s
+    message."""
+    gone = missing_inputs(cfg)
+    if len(gone) > 1:
+        raise ValueError(missing_inputs_message(gone))
+    cfg.check_paths()
 
 
 def missing_inputs_message(missing: list) -> str:
@@ -188,3 +203,56 @@ def dry_run_report(cfg: Any) -> tuple:
     lines.append(f"hardware {t.accelerator} x {t.devices} x {t.num_nodes} node(s), strategy {t.strategy}, "
                  f"{t.precision} -> 1 CPU process, float32; batch sizes shrunk (the loss settings are kept)")
     return lines, missing
+
+
+def dry_run_config(cfg: Any, workdir: Union[str, Path], max_steps: int = 2) -> Any:
+    """``cfg`` with the tiny model substituted: same loss and task logic, CPU-sized everything else.
+
+    The model becomes the tiny random one (character tokenizer, no chat template). A ``math_file`` task whose
+    data file is on this machine reads it as is (column mapping and template included); a missing one is replaced
+    by a small generated JSONL written to ``workdir``. Eval sets likewise: a file that is here is read (its first 4
+    problems), a missing one replaced by 4 generated problems. Batch sizes shrink (keeping G >= 2 and the number
+    of optimiser steps per rollout), and the run uses one CPU process in float32 for ``max_steps`` steps.
+    """
+    from .config import TrainConfig
+
+    d = cfg.to_dict()
+    d["model"] = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_positions": 512,
+                  "gradient_checkpointing": cfg.model.gradient_checkpointing}
+    if cfg.task.name == "math_file" and (cfg.task.path is None or not Path(cfg.task.path).expanduser().exists()):
+        path = Path(workdir) / "dry_run_math.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for i in range(16):
+                f.write(json.dumps({"prompt": f"What is {i} + {2 * i}?", "answer": str(3 * i)}) + "\n")
+        d["task"].update(path=str(path), prompt_column="prompt", answer_column="answer", chat_template=False)
+    d["task"]["chat_template"] = False  # the character tokenizer has no chat template
+    from .evaluation import parse_eval_set
+
+    sets = []
+    for entry in cfg.eval.sets:
+        spec = parse_eval_set(entry)
+        if spec.path is None:
+            sets.append(entry)
+            continue
+        if Path(spec.path).expanduser().exists():
+            sets.append({**dataclasses.asdict(spec), "limit": min(spec.limit or 4, 4)})
+            continue
+        path = Path(workdir) / f"dry_run_eval_{spec.name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for i in range(4):
+                f.write(json.dumps({"prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n")
+        sets.append({"name": spec.name, "path": str(path), "verifier": spec.verifier, "template": spec.template})
+    n_eval = min(cfg.eval.n, 4)
+    d["eval"].update(sets=sets, n=n_eval, k=[k for k in cfg.eval.k if k <= n_eval] or [1],
+                     max_new_tokens=min(cfg.eval.max_new_tokens or 8, 8), micro_batch_size=0)
+    n_mb = cfg.rollout.prompts_per_step // cfg.optim.prompts_per_minibatch
+    G = min(cfg.rollout.group_size, 4)
+    d["rollout"].update(prompts_per_step=n_mb, group_size=G, max_new_tokens=min(cfg.rollout.max_new_tokens, 8),
+                        micro_batch_size=0)
+    d["optim"].update(prompts_per_minibatch=1, micro_batch_size=G // 2 if cfg.optim.micro_batch_size else 0)
+    d["warmstart"].update(steps=min(cfg.warmstart.steps, 2), batch_size=4)
+    d["trainer"].update(max_steps=max_steps, accelerator="cpu", devices=1, num_nodes=1, strategy="auto",
+                        precision="32-true", fsdp_wrap=[], progress_bar=False, checkpoint_every=max_steps)
+    return TrainConfig.from_dict(d)

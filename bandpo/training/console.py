@@ -1,6 +1,7 @@
 """What a run prints: one-line warnings, the progress bar, and quiet library logs.
 
-* :func:`warn` prints ``[bandpo] WARNING: ...`` from the main process only.
+* :func:`log` prints ``[bandpo] ...`` lines and :func:`warn` ``[bandpo] WARNING: ...`` ones, from the main
+  process only (:func:`is_main_process`).
 * **Progress bar** (:func:`progress_bar_class`): RL steps out of ``max_steps`` with percentage and ETA, also after
   a resume (the rate counts only this process's steps), and reward, accuracy, entropy, clipped fraction, KL and the
   latest eval numbers (:func:`progress_postfix`).
@@ -14,16 +15,23 @@ import os
 import warnings
 from typing import Any, Optional
 
-__all__ = ["progress_bar_class", "progress_postfix", "quiet_logs", "warn"]
+__all__ = ["is_main_process", "log", "progress_bar_class", "progress_postfix", "quiet_logs", "warn"]
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """True in the main process (rank 0 of every launcher variable; also when none is set)."""
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def log(msg: str) -> None:
+    """Print ``[bandpo] msg`` from the process whose ``LOCAL_RANK`` and ``NODE_RANK`` are 0 (or unset)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(f"[bandpo] {msg}", flush=True)
 
 
 def warn(msg: str) -> None:
     """Print a one-line warning (``[bandpo] WARNING: ...``) from the main process."""
-    if _is_main_process():
+    if is_main_process():
         print(f"[bandpo] WARNING: {msg}", flush=True)
 
 
