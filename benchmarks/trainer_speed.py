@@ -5,7 +5,7 @@
 
 Four trainers, run interleaved (round robin, ``--rounds`` times, so a busy machine slows them alike):
 
-* ``bandpo/clip`` and ``bandpo/band_kl``: ``bandpo.training.cli.run`` (the Lightning trainer of
+* ``bandpo/clip`` and ``bandpo/band_kl``: ``bandpo.training.launch.run`` (the Lightning trainer of
   ``python -m bandpo.training``) with ``loss.method`` clip (dual clip off, like TRL's stock loss) or band_kl
   (dual clip 10);
 * ``trl/clip``: TRL's stock ``GRPOTrainer`` (``epsilon = 0.2``);
@@ -242,7 +242,7 @@ def _run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
     import bandpo.losses.policy as policy_mod
     import bandpo.training.module as module_mod
     import bandpo.training.rollout as rollout_mod
-    from bandpo.training import cli
+    from bandpo.training import launch
     from bandpo.training.config import load_config
 
     cfg = load_config(None, {
@@ -299,7 +299,7 @@ def _run_bandpo(method: str, steps: int, assets: dict, work: Path) -> dict:
         stack.enter_context(clock.patch(policy_mod, "_interval", "band"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cli.run(cfg, work / f"bandpo-{method}-{time.time_ns()}", extra_callbacks=[Marks()])
+            launch.run(cfg, work / f"bandpo-{method}-{time.time_ns()}", extra_callbacks=[Marks()])
     assert len(starts) == steps, (len(starts), steps)
     _check_equal_work(f"bandpo/{method}", seen, steps)
     return summarize(f"bandpo/{method}", starts, snaps, COMPLETIONS * TOKENS)

@@ -252,10 +252,12 @@ def test_theory_installs_as_bandpo_theory(tmp_path):
     assert out.stdout.split() == ["bandpo_theory", "False"]
 
 
-@pytest.mark.parametrize("module", ["bandpo.training.tasks", "bandpo.training.rollout", "bandpo.losses"])
+@pytest.mark.parametrize("module", ["bandpo.training.tasks", "bandpo.training.rollout", "bandpo.losses",
+                                    "bandpo.training.cli", "bandpo.training.launch"])
 def test_layers_below_the_trainer_stay_light(module, tmp_path):
-    """Like ``import bandpo`` (tests/test_packaging.py), the tasks, the rollout pieces and the losses import
-    neither Lightning nor transformers nor the theory's sympy/cvxpy until they are used."""
+    """Like ``import bandpo`` (tests/test_packaging.py), the tasks, the rollout pieces, the losses and the
+    training command line (with the start-up path it runs) import neither Lightning nor transformers nor the
+    theory's sympy/cvxpy until they are used (``--help`` and a bad flag answer at once)."""
     heavy = ("sympy", "cvxpy", "lightning", "transformers", "torch._dynamo")
     out = _fresh(f"import sys, {module}; print(','.join(m for m in {heavy!r} if m in sys.modules))", tmp_path)
     assert out.returncode == 0, out.stderr
@@ -278,3 +280,31 @@ def test_band_calls_stay_light(tmp_path):
     out = _fresh(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"band calls loaded {out.stdout.strip()}"
+
+
+def _launch_steps_out_of_order(source: str) -> list:
+    """The functions of ``bandpo/training/launch.py`` that ``_run_in_locked_folder`` calls, where one is defined
+    above it or above a step it calls earlier: ``(name, line)`` pairs, empty when the file reads top-down."""
+    tree = ast.parse(source)
+    defined = {n.name: n.lineno for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_run_in_locked_folder")
+    calls = sorted((c.lineno, c.col_offset, c.func.id) for c in ast.walk(body)
+                   if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in defined)
+    steps = list(dict.fromkeys(name for _, _, name in calls))
+    last, wrong = body.lineno, []
+    for name in steps:
+        if defined[name] < last:
+            wrong.append((name, defined[name]))
+        last = max(last, defined[name])
+    return wrong
+
+
+def test_the_start_up_path_reads_top_down():
+    """``launch.run`` calls ``_run_in_locked_folder``, the run's steps in order; each step is defined below it, in
+    the order it is called, so the file reads as the run goes."""
+    source = (PACKAGE / "training" / "launch.py").read_text()
+    assert _launch_steps_out_of_order(source) == []
+    # and the check sees a step moved above the sequence
+    moved = source.replace("def _pin_numerics(", "def _pin_numerics_moved(", 1)
+    moved = moved.replace("def _run_in_locked_folder(", "def _pin_numerics(cfg):\n    pass\n\n\ndef _run_in_locked_folder(", 1)
+    assert [name for name, _ in _launch_steps_out_of_order(moved)] == ["_pin_numerics"]

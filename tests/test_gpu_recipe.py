@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from bandpo.training.cli import main as train_main
-from bandpo.training.cli import run
+from bandpo.training.launch import run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.data import canonical_number, gsm8k_final_answer, main as data_main, prepare_gsm8k, read_table
-from bandpo.training.runtime import dry_run_report, missing_inputs
+from bandpo.training.checks import dry_run_report, missing_inputs
 from bandpo.training.tasks import answer_line, answer_number, build_task
 from bandpo.training.verifiers import get_verifier
 
@@ -177,7 +177,7 @@ def test_preset_runs_end_to_end_on_cpu_with_a_tiny_local_model(prepared, tiny_mo
                        "trainer.num_threads", "trainer.progress_bar", "rollout.prompts_per_step",
                        "optim.prompts_per_minibatch", "rollout.max_new_tokens"}
     # what the policy is conditioned on: a GSM8K question in the DAPO template inside the model's chat template
-    from bandpo.training.cli import build_tokenizer
+    from bandpo.training.launch import build_tokenizer
     from bandpo.training.data import render_prompt
 
     task = build_task(cfg.task, cfg.trainer.seed)
@@ -212,7 +212,7 @@ def test_preset_runs_end_to_end_on_cpu_with_a_tiny_local_model(prepared, tiny_mo
 def test_a_local_model_is_built_in_training_mode_with_checkpointing(tiny_model_dir):
     """from_pretrained gives eval mode, in which transformers skips gradient checkpointing: the policy is switched
     to training mode, so ``model.gradient_checkpointing: true`` (the 1.5B setting) takes effect."""
-    from bandpo.training.cli import build_policy, build_tokenizer
+    from bandpo.training.launch import build_policy, build_tokenizer
 
     cfg = load_config(PRESET, {"model.name_or_path": str(tiny_model_dir), "model.gradient_checkpointing": True})
     policy = build_policy(cfg, build_tokenizer(cfg))
@@ -272,7 +272,7 @@ def test_log_prob_forwards_split_large_sampling_chunks(monkeypatch):
     """The old/reference log-probs of one sampling chunk, computed in logit-budgeted sub-chunks, equal the
     unsplit ones (so the preset can sample 1,024 sequences at once with a 150k vocabulary)."""
     import bandpo.training.rollout as ro
-    from bandpo.training.cli import build_policy, build_tokenizer
+    from bandpo.training.launch import build_policy, build_tokenizer
 
     cfg = load_config(CONFIG_DIR / "tiny-cpu.yaml", {"model.hidden_size": 32, "model.num_heads": 2,
                                                       "model.intermediate_size": 64, "model.num_layers": 1})

@@ -318,7 +318,7 @@ TINY = {
 
 def test_trainer_passes_the_rl_step_to_a_delta_schedule(tmp_path, monkeypatch):
     from bandpo.training import module
-    from bandpo.training.cli import run
+    from bandpo.training.launch import run
     from bandpo.training.config import load_config, preset_path
 
     seen = []

@@ -18,9 +18,10 @@ import pytest
 
 from bandpo.experiments.recheck import compare_runs, main as recheck_main
 from bandpo.training import pinning
-from bandpo.training.cli import parse_args, run
+from bandpo.training.cli import parse_args
+from bandpo.training.launch import run
 from bandpo.training.config import load_config, preset_path
-from bandpo.training.runtime import UserError
+from bandpo.training.checks import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

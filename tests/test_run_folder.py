@@ -21,9 +21,10 @@ import lightning as L
 import pytest
 import torch
 
-from bandpo.training.cli import main, run
+from bandpo.training.cli import main
+from bandpo.training.launch import run
 from bandpo.training.config import CONFIG_DIR, load_config
-from bandpo.training.runtime import UserError
+from bandpo.training.checks import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "bandpo.training: error: "
@@ -77,7 +78,7 @@ def finished(tmp_path_factory):
 
 HOLD = """
 import sys, time
-from bandpo.training.runtime import RunLock
+from bandpo.training.run_folder import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)
@@ -85,7 +86,7 @@ with RunLock(sys.argv[1]):
 
 
 def test_second_run_into_a_busy_folder_fails_at_once_and_kill_9_leaves_no_stale_lock(tmp_path, capsys):
-    from bandpo.training.runtime import RunLock
+    from bandpo.training.run_folder import RunLock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -116,7 +117,7 @@ class _AssertLocked(L.Callback):
         self.out, self.checked = out, False
 
     def on_train_start(self, trainer, pl_module):
-        from bandpo.training.runtime import RunLock
+        from bandpo.training.run_folder import RunLock
 
         with pytest.raises(UserError, match=f"pid {os.getpid()} on "):
             with RunLock(self.out):
@@ -125,7 +126,7 @@ class _AssertLocked(L.Callback):
 
 
 def test_the_lock_is_held_for_the_block_only(tmp_path):
-    from bandpo.training.runtime import RunLock
+    from bandpo.training.run_folder import RunLock
 
     with RunLock(tmp_path):
         assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
@@ -248,7 +249,7 @@ def test_both_checkpoints_damaged_is_one_line_and_nothing_is_overwritten(finishe
 def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_one_that_verifies(tmp_path, monkeypatch, hard_links):
     """Stop ``commit_checkpoint`` after each of its file-system steps in turn (as kill -9 would): the folder always
     holds a checkpoint that verifies, the old one or the new one."""
-    from bandpo.training import runtime
+    from bandpo.training import run_folder
 
     real_replace, real_link = os.replace, os.link
 
@@ -260,7 +261,7 @@ def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_one_that_verifies(tmp_
         folder.mkdir(parents=True)
         for content in (b"P" * 1000, b"L" * 1000):
             (folder / "last.ckpt.tmp").write_bytes(content)
-            runtime.commit_checkpoint(folder / "last.ckpt.tmp", folder / "last.ckpt", folder / "prev.ckpt")
+            run_folder.commit_checkpoint(folder / "last.ckpt.tmp", folder / "last.ckpt", folder / "prev.ckpt")
         (folder / "last.ckpt.tmp").write_bytes(b"N" * 1000)
         budget = {"n": k}
 
@@ -278,13 +279,13 @@ def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_one_that_verifies(tmp_
         monkeypatch.setattr(os, "replace", step(real_replace))
         monkeypatch.setattr(os, "link", step(real_link) if hard_links else no_link)
         try:
-            runtime.commit_checkpoint(folder / "last.ckpt.tmp", folder / "last.ckpt", folder / "prev.ckpt")
+            run_folder.commit_checkpoint(folder / "last.ckpt.tmp", folder / "last.ckpt", folder / "prev.ckpt")
             finished = True
         except Killed:
             finished = False
         monkeypatch.setattr(os, "replace", real_replace)
         monkeypatch.setattr(os, "link", real_link)
-        found = runtime.find_resume_checkpoint(folder, main=False)
+        found = run_folder.find_resume_checkpoint(folder, main=False)
         assert found is not None and found.read_bytes() in (b"L" * 1000, b"N" * 1000), (k, sorted(
             p.name for p in folder.iterdir()))
         if finished:

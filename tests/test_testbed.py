@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bandpo.losses import BUCKET_NAMES
-from bandpo.training.cli import build_policy, build_tokenizer, run
+from bandpo.training.launch import build_policy, build_tokenizer, run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.evaluation import problem_scores
 from bandpo.training.rollout import warm_start

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bandpo.experiments import testbed as tb
-from bandpo.training.cli import run
+from bandpo.training.launch import run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.tasks import REWARD_FUNCS, build_task
 from bandpo.training.rare_strategy import COMMON, MIDDLE, TAIL, WRONG

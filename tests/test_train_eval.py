@@ -192,7 +192,7 @@ def test_build_eval_sets_from_files_and_heldout(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from bandpo.training.cli import build_policy, build_tokenizer
+    from bandpo.training.launch import build_policy, build_tokenizer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from threads, and they spin on a busy machine
@@ -440,7 +440,7 @@ def _gloo_main(rank: int, world: int, port: str, out: str) -> None:
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
-    from bandpo.training.cli import build_policy, build_tokenizer
+    from bandpo.training.launch import build_policy, build_tokenizer
 
     cfg = _tiny_cfg()
     cfg.task.heldout_size = 12
@@ -552,7 +552,7 @@ _DDP_EVAL = {"rollout.prompts_per_step": 4, "trainer.max_steps": 1, "eval.every"
 def test_trainer_evaluation_under_ddp_equals_one_process(tmp_path):
     """A 2-process DDP run (Lightning's launcher, gloo): its evaluation before training (after the same warm-start)
     has the single-process run's eval.csv numbers and, gathered from both ranks, the same per-sample file bytes."""
-    from bandpo.training.cli import run
+    from bandpo.training.launch import run
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, __file__, "--ddp-eval", str(tmp_path / "ddp")], cwd=REPO, env=env,
@@ -598,8 +598,8 @@ def _csv(path):
 def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training(tmp_path, monkeypatch):
     import lightning as L
 
-    from bandpo.training import runtime
-    from bandpo.training.cli import run
+    from bandpo.training import evaluation
+    from bandpo.training.launch import run
 
     run(_run_cfg(), tmp_path / "a")
     ev = _csv(tmp_path / "a" / "eval.csv")
@@ -626,17 +626,17 @@ def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training
     # A crash in the evaluation after step 4, between its per-sample file and its eval.csv row (last checkpoint after
     # step 2): the resumed run drops the orphaned file, redoes steps 3-4, and ends with the uninterrupted run's rows
     # and the same per-sample files, byte for byte (none duplicated, none lost).
-    append = runtime.EvalLog.append
+    append = evaluation.EvalLog.append
 
     def crash_at_4(self, step, metrics):
         if step == 4:
             raise RuntimeError("simulated crash")
         return append(self, step, metrics)
 
-    monkeypatch.setattr(runtime.EvalLog, "append", crash_at_4)
+    monkeypatch.setattr(evaluation.EvalLog, "append", crash_at_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(_run_cfg(), tmp_path / "b")
-    monkeypatch.setattr(runtime.EvalLog, "append", append)
+    monkeypatch.setattr(evaluation.EvalLog, "append", append)
     assert [int(r["step"]) for r in _csv(tmp_path / "b" / "eval.csv")] == [0, 2]
     assert SampleLog(tmp_path / "b" / "eval_samples").steps() == [0, 2, 4]
     seen = []
@@ -656,6 +656,6 @@ def test_trainer_evaluates_before_every_and_at_the_end_without_changing_training
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp-eval":
-    from bandpo.training.cli import run
+    from bandpo.training.launch import run
 
     run(_run_cfg(**_DDP_EVAL, **{"trainer.devices": 2, "trainer.strategy": "ddp"}), sys.argv[2])

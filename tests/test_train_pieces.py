@@ -41,7 +41,7 @@ from bandpo.training.tasks import (
     weighted_rewards,
 )
 from bandpo.training.tokenizer import build_char_tokenizer, load_char_tokenizer
-from bandpo.training.cli import build_policy
+from bandpo.training.launch import build_policy
 
 TINY = {"model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.intermediate_size": 64}
 

@@ -24,7 +24,8 @@ from bandpo.training.config import CONFIG_DIR, list_presets, load_config
 from bandpo.losses import METRIC_KEYS
 from bandpo.training.module import BandPOModule, NonFiniteError
 from bandpo.training.tasks import REWARD_FUNCS, build_task, register_reward
-from bandpo.training.cli import build_policy, build_tokenizer, build_trainer, dry_run_config, run
+from bandpo.training.checks import dry_run_config
+from bandpo.training.launch import build_policy, build_tokenizer, build_trainer, run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import bandpo.training.module
-from bandpo.training.cli import run
+from bandpo.training.launch import run
 from bandpo.training.config import CONFIG_DIR, load_config
 from bandpo.training.module import NonFiniteError
 from bandpo.training.tasks import REWARD_FUNCS, register_reward
@@ -265,7 +265,7 @@ def test_progress_bar_has_its_total_after_a_resume(tmp_path, capsys):
 
 
 def test_progress_postfix_shows_the_latest_eval():
-    from bandpo.training.runtime import progress_postfix
+    from bandpo.training.console import progress_postfix
 
     row = {"reward/mean": 0.5, "accuracy": 0.25, "entropy": 0.7, "clip_ratio/region_mean": 0.0123, "kl_ref": 0.002,
            "ppo_kl": 1e-4}

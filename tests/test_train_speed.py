@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bandpo.training.cli import build_policy
+from bandpo.training.launch import build_policy
 from bandpo.training.config import load_config, preset_path
 from bandpo.training.rollout import sample_loop
 from bandpo.training.tokenizer import build_char_tokenizer

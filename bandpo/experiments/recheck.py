@@ -160,7 +160,7 @@ def _load(run: Path, steps: Optional[int]):
 def recheck(run: "str | Path", out: "str | Path", steps: Optional[int] = None, log=print) -> dict:
     """Train ``run`` again into ``out`` (its first ``steps`` RL steps, or all) and :func:`compare_runs` them;
     returns the comparison with "machines" (committed, re-run). ValueError for a folder that is not a run."""
-    from ..training.cli import run as train
+    from ..training.launch import run as train
 
     run, out = Path(run), Path(out)
     cfg = _load(run, steps)
@@ -178,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="re-run only the first N RL steps (default: all)")
     p.add_argument("--out", default=None, help="folder for the re-run (default: a temporary folder, deleted)")
     args = p.parse_args(argv)
-    from ..training.runtime import UserError
+    from ..training.checks import UserError
 
     try:
         cfg = _load(Path(args.run), args.steps)

@@ -146,7 +146,7 @@ def reproduce(
 
     ``shard = (i, n)`` runs only every n-th job starting at i (to split the work over processes).
     """
-    from ..training.cli import run
+    from ..training.launch import run
 
     runner = runner or run
     for m in methods:
@@ -193,10 +193,10 @@ def _parse_shard(text: str) -> tuple:
 
 def check_out_root(out: str, summary_only: bool) -> Path:
     """The ``--out`` root of a runner: for ``--summary-only`` an existing folder, else a folder that can be created
-    and written (``bandpo.training.runtime.check_out_dir``). ValueError naming the folder otherwise."""
+    and written (``bandpo.training.checks.check_out_dir``). ValueError naming the folder otherwise."""
     p = Path(out).expanduser()
     if not summary_only:
-        from ..training.runtime import check_out_dir
+        from ..training.checks import check_out_dir
 
         return check_out_dir(out)
     if not p.is_dir():

@@ -28,7 +28,7 @@ The preset is read once per process, so a grid is not mixed by an edit of the pr
 ``base_config`` in summary.csv identifies the config each run derives from, and the CLI warns when runs of a summary
 come from different base configs or the runs of a seed do not share their step 0 (:func:`pairing_problems`).
 
-Every run is trained in this process (``bandpo.training.cli.run``, imported once) in seed-major order, so an
+Every run is trained in this process (``bandpo.training.launch.run``, imported once) in seed-major order, so an
 interrupted grid holds complete pairs first; a finished run (``summary.json`` with ``completed_steps >=
 max_steps``) is skipped, an interrupted one resumes from its checkpoint, and checkpoints are deleted when a run
 finishes. Layout::
@@ -533,7 +533,7 @@ def testbed(
     """Train every (variant, seed) of ``grids`` not yet finished, in this process; returns the summary rows.
 
     ``overrides`` apply to every run (before the variant's own and the seed); ``runner(cfg, path)`` trains one run
-    (default ``bandpo.training.cli.run``). Stops early, keeping the checkpoint, when a run was interrupted by a
+    (default ``bandpo.training.launch.run``). Stops early, keeping the checkpoint, when a run was interrupted by a
     signal. Raises ValueError for an unknown grid, method id or preset.
     """
     variants = select(grids, methods)
@@ -544,7 +544,7 @@ def testbed(
     base_id = config_id(base)
     todo = jobs(variants, seeds, shard)
     if runner is None:
-        from ..training.cli import run as runner
+        from ..training.launch import run as runner
     out = Path(out)
     for k, (seed, variant) in enumerate(todo):
         extra = {**variant.overrides(base.optim.lr), "trainer.seed": seed, "trainer.progress_bar": False}

@@ -9,7 +9,8 @@ Validation happens in two places, both before any work:
 * structural checks in ``__post_init__`` (types, ranges, names, cross-field rules such as "mini-batch no larger
   than the batch"): a bad value raises ``ValueError`` naming the key, the value and what is allowed;
 * :meth:`TrainConfig.check_paths` checks what depends on the machine (the model folder or Hugging Face cache entry,
-  the data file) and is called by ``bandpo.training.cli`` at start-up. Parsing a GPU recipe on a laptop therefore works.
+  the data file) and is called at start-up (``bandpo.training.checks.check_inputs``). Parsing a GPU recipe on a
+  laptop therefore works.
 
 Nothing here imports Lightning or transformers (``bandpo.losses`` brings torch).
 """

@@ -35,10 +35,15 @@ decoding steps (until every rank's rows are done); tested with torch's ``fully_s
 Per-sample results (:data:`SAMPLE_COLUMNS`, :class:`SampleLog`): every evaluation's samples, gathered to every rank
 and sorted by set, problem and sample, go to one gzip JSON-lines file per evaluation step, written atomically;
 :func:`metrics_from_samples` recomputes the reported numbers from it, bit for bit.
+
+The eval log (:class:`EvalLog`): ``eval.csv`` in the run folder, one row per evaluation, ``step`` = the number of RL
+steps done before it (0 = before training); rows written after the checkpoint being resumed are dropped, like the
+per-sample files.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import math
@@ -56,6 +61,7 @@ from torch import Tensor
 from .verifiers import Verdict, get_verifier
 
 __all__ = [
+    "EvalLog",
     "EvalSet",
     "EvalSetSpec",
     "SAMPLE_COLUMNS",
@@ -598,6 +604,49 @@ class SampleLog:
             for tmp in self.folder.glob("step_*.jsonl.gz.tmp"):
                 tmp.unlink()
         return len(dropped)
+
+
+class EvalLog:
+    """``eval.csv``: one row per evaluation (``step`` first, then the metric keys in a fixed order)."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = Path(path)
+
+    def append(self, step: int, metrics: dict) -> None:
+        """Append one row (a new header, with the union of the keys, if the keys changed)."""
+        rows = self.read()
+        keys = ["step"] + sorted({k for r in rows for k in r if k != "step"} | set(metrics))
+        new = {"step": step, **{k: repr(float(v)) for k, v in metrics.items()}}
+        if rows and list(rows[0]) == keys:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=keys).writerow(new)
+            return
+        self._write(keys, rows + [new])
+
+    def read(self) -> list:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def keep_until(self, step: Optional[int]) -> int:
+        """Drop rows with ``step > step`` (all rows for None: a fresh start). Returns how many were dropped."""
+        rows = self.read()
+        keep = [] if step is None else [r for r in rows if int(float(r["step"])) <= step]
+        if len(keep) != len(rows):
+            if keep:
+                self._write(list(rows[0]), keep)
+            else:
+                self.path.unlink()
+        return len(rows) - len(keep)
+
+    def _write(self, keys: Sequence[str], rows: list) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(keys), restval="")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
 
 
 def metrics_from_samples(samples: Sequence[dict], ks: Sequence[int] = (1,)) -> dict:

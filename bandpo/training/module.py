@@ -165,7 +165,7 @@ class BandPOModule(L.LightningModule):
             self.trainer.should_stop = True
         if self.trainer.is_global_zero:
             from .evaluation import SampleLog
-            from .runtime import EvalLog
+            from .evaluation import EvalLog
 
             # Evaluations after the checkpoint being resumed belong to lost work (a fresh run: all of them).
             EvalLog(self._eval_path()).keep_until(self.rl_step if self.rl_step > 0 else None)
@@ -281,7 +281,7 @@ class BandPOModule(L.LightningModule):
         out["eval/time_s"] = time.perf_counter() - t0
         self.last_eval = out
         if self.trainer.is_global_zero:
-            from .runtime import EvalLog
+            from .evaluation import EvalLog
 
             if samples is not None:  # first: an eval.csv row always has its samples file
                 SampleLog(self._samples_path()).write(step, samples)
