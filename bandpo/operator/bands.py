@@ -499,6 +499,20 @@ def _closed_band_lowp(
 
 _CLOSED_LOWP = (tv_log_band, chi2_log_band, hellinger_log_band)
 
+_AVX2_KERNELS = torch.backends.cpu.get_cpu_capability() == "AVX2"
+"""ATen (and so torch.compile's C++ code) runs AVX2 kernels in this process: on a CPU without AVX-512, or with
+``ATEN_CPU_CAPABILITY=avx2`` (the trainer's pinned numerical mode). Read once: the variable is read when torch loads."""
+
+
+def _lookup(fn):
+    """``fn(x, d, out=None)`` (a per-delta table lookup, or a float32 closed form written into ``out``) as
+    :func:`_chunked` calls it, run eagerly, outside the compiled graph, when torch.compile generates AVX2 code on the
+    CPU. Inductor's AVX2 code for these paths is wrong in torch 2.13.0 (measured on an AMD EPYC with
+    ``ATEN_CPU_CAPABILITY=avx2``: garbage bounds for reverse_kl, tv, chi2 and hellinger, a crashing kernel for kl),
+    while its AVX-512 code and eager mode agree (tests/test_band_solvers.py::test_torch_compile_matches_eager runs both). The cost is one
+    graph break per call in that configuration only."""
+    return _eager_only(fn) if _AVX2_KERNELS else fn
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Public API
@@ -599,15 +613,15 @@ def band(
     if lowp and isinstance(delta, float) and div.log_band in _CLOSED_LOWP:
         # float32/16 output, Python delta, built-in closed form: evaluated in ratio space
         with torch.no_grad():
-            return _chunked(lambda x, d, out=None: _closed_band_lowp(div.log_band, delta, x, out), old_logp, delta,
-                            writes_out=True)
+            return _chunked(_lookup(lambda x, d, out=None: _closed_band_lowp(div.log_band, delta, x, out)), old_logp,
+                            delta, writes_out=True)
 
     per_delta = lowp and isinstance(delta, float) and delta >= TABLE_DELTA_MIN and div.log_band is None
     if per_delta and not saturates(div):
         # float32/16 output, Python delta, never-saturating divergence: the per-delta float32 table
         table = get_bits_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
         with torch.no_grad():
-            return _chunked(lambda x, d, out=None: bits_band(table, x, out), old_logp, delta, writes_out=True)
+            return _chunked(_lookup(lambda x, d, out=None: bits_band(table, x, out)), old_logp, delta, writes_out=True)
 
     if per_delta:
         # float32/16 output, Python delta, saturating divergence: the per-delta kink table (None where the
@@ -615,7 +629,8 @@ def band(
         sat = get_sat_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
         if sat is not None:
             with torch.no_grad():
-                return _chunked(lambda x, d, out=None: sat_band(sat, x, out), old_logp, delta, writes_out=True)
+                return _chunked(_lookup(lambda x, d, out=None: sat_band(sat, x, out)), old_logp, delta,
+                                writes_out=True)
 
     if lowp and div.log_band is None:
         # the table the chunks read, built here before the chunks run on the workers
