@@ -138,3 +138,22 @@ def test_dry_run_reports_what_it_checked_and_replaced(tmp_path, capsys):
             "model.name_or_path, task.path, eval set aime24 (data/aime_2024.jsonl), eval set aime25 "
             "(data/aime_2025.jsonl), eval set amc23 (data/amc_2023.jsonl)") in out
     assert (tmp_path / "dry" / "eval.csv").is_file()  # the stand-in eval sets were evaluated
+
+
+def test_resume_hint_names_this_interpreter_and_a_finished_run_says_nothing_was_trained(monkeypatch, tmp_path):
+    """The resume hint is the command that works here (the README runs `.venv/bin/python -m ...`, not a bare
+    `python`), and a run resumed with a smaller --max-steps than its checkpoint's step says so instead of
+    'done: 30/20 steps'."""
+    import sys
+
+    from bandpo.training.cli import done_past_max_steps, resume_command
+
+    monkeypatch.chdir(tmp_path)
+    exe = tmp_path / ".venv" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(exe))
+    assert resume_command(["--preset", "tiny-cpu", "--out", "runs/x y"]) == (
+        ".venv/bin/python -m bandpo.training --preset tiny-cpu --out 'runs/x y'")
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
+    assert resume_command([]).startswith("/usr/bin/python3 -m bandpo.training")
+    line = done_past_max_steps(30, 20, "runs/x")
+    assert "RL step 30, past max_steps 20" in line and "30/20" not in line

@@ -28,6 +28,8 @@ from bandpo.training.module import NonFiniteError
 from bandpo.training.tasks import REWARD_FUNCS, register_reward
 
 REPO = Path(__file__).resolve().parents[1]
+# The resume hint names the interpreter that ran (relative to the working folder, REPO, when inside it).
+_EXE = (Path(sys.executable).relative_to(REPO) if Path(sys.executable).is_relative_to(REPO) else Path(sys.executable))
 TIMING = ("time/", "perf/")
 
 # Small enough to be quick, slow enough (about 0.1-0.3 s per RL step) for a signal to land mid-run.
@@ -77,7 +79,7 @@ def test_sigterm_and_sigint_checkpoint_exit_nonzero_and_resume_bit_exactly(tmp_p
         assert ckpt.is_file()  # checkpoint_every is 100: this one was written because of the signal
         assert torch.load(ckpt, weights_only=False, map_location="cpu")["bandpo"]["rl_step"] == len(rows)
         line = (f"[bandpo] stopped by {name} after RL step {len(rows)} of 12; checkpoint {ckpt}; resume with: "
-                f"python -m bandpo.training {' '.join(COMMON)} --out {tmp_path / folder}")
+                f"{_EXE} -m bandpo.training {' '.join(COMMON)} --out {tmp_path / folder}")
         assert line in out.splitlines(), out[-3000:]
         assert "Traceback" not in out
         assert not (tmp_path / folder / "summary.json").exists()
@@ -141,7 +143,7 @@ def test_signal_during_the_warm_start_checkpoints_it_and_the_rerun_ends_the_same
     ckpt = out / "checkpoints" / "warmstart.ckpt"
     name = signal.Signals(sig).name
     assert (f"[bandpo] stopped by {name} after warm-start step {at_call} of 8; checkpoint {ckpt}; resume with: "
-            f"python -m bandpo.training {' '.join(WARM)} --out {out}") in log.splitlines(), log
+            f"{_EXE} -m bandpo.training {' '.join(WARM)} --out {out}") in log.splitlines(), log
     assert ckpt.is_file() and (out / "checkpoints" / "warmstart.ckpt.sha256").is_file()
     assert not (out / "warmstart.json").exists() and not _rows(out / "metrics.csv")
     monkeypatch.setattr(rollout_mod, "sft_loss", real)

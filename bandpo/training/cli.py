@@ -162,6 +162,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple:
     return load_config(path, overrides), args
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that resumes this run: this process's interpreter (relative to the working folder when it lies
+    inside it, e.g. ``.venv/bin/python``) with ``-m bandpo.training`` and the same arguments."""
+    import shlex
+
+    exe = Path(sys.executable)
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"{shlex.quote(str(exe))} -m bandpo.training {shlex.join(argv)}"
+
+
+def done_past_max_steps(completed: int, max_steps: int, out: Any) -> str:
+    """The line for a resumed run whose checkpoint is already past ``trainer.max_steps`` (nothing was trained)."""
+    return (f"nothing to train: the run in {out} is already at RL step {completed}, past max_steps {max_steps}; "
+            f"give --max-steps above {completed} to continue it")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     entry_point = argv is None  # the process's own command line: it may restart itself in the pinned mode
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -198,10 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if summary.get("stopped_by"):
         if is_main_process():
-            import shlex
-
             log(f"stopped by {summary['stopped_by']} after {summary['stopped_after']}; checkpoint "
-                 f"{summary['checkpoint']}; resume with: python -m bandpo.training {shlex.join(argv)}")
+                f"{summary['checkpoint']}; resume with: {resume_command(argv)}")
         return 128 + summary["signal"]
     if summary["completed_steps"] < summary["max_steps"]:
         log(f"stopped at step {summary['completed_steps']} of {summary['max_steps']}; run the same command again "
@@ -209,6 +226,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     if is_main_process():
         last = summary.get("last_row", {})
+        if summary["completed_steps"] > summary["max_steps"]:
+            log(done_past_max_steps(summary["completed_steps"], summary["max_steps"], args.out))
+            return 0
         log(f"done: {summary['completed_steps']}/{summary['max_steps']} steps; last reward "
              f"{last.get('reward/mean', float('nan')):.4f}, accuracy {last.get('accuracy', float('nan')):.4f}, "
              f"entropy {last.get('entropy', float('nan')):.4f}; metrics in {Path(args.out) / 'metrics.csv'}")
