@@ -94,7 +94,7 @@ def test_training_registries_use_the_helper():
         assert isinstance(r, Registry)
     assert tasks.TASKS.names() == ["addition", "math_file", "rare_strategy"] and tasks.SFT_TASKS.names() == ["addition", "rare_strategy"]
     assert set(tasks.REWARD_FUNCS.names()) >= {"answer_format", "answer_line", "exact_match"}
-    assert rollout.SAMPLERS.names() == ["hf_generate", "loop"]
+    assert rollout.SAMPLERS.names() == ["hf_generate", "loop", "loop_shared"]
     assert rollout.SAMPLERS.get("loop") is rollout.sample_loop
 
 
@@ -142,7 +142,7 @@ def test_unknown_task_and_sampler_list_the_known_ones():
         tasks.build_task(SimpleNamespace(name="chess"), seed=0)
     with pytest.raises(ValueError, match="unknown sampler 'beam'; known samplers: hf_generate, loop"):
         rollout.SAMPLERS.get("beam")
-    with pytest.raises(ValueError, match=r"rollout.sampler = 'beam' is invalid: one of \['hf_generate', 'loop'\]"):
+    with pytest.raises(ValueError, match=r"rollout.sampler = 'beam' is invalid: one of \['hf_generate', 'loop', 'loop_shared'\]"):
         load_config(overrides={"rollout.sampler": "beam"})
     with pytest.raises(ValueError, match="unknown reward function 'nope'; known reward functions: answer_format"):
         tasks.weighted_rewards(["nope"], None, ["p"], ["c"], {})

@@ -89,9 +89,15 @@ def test_malformed_and_empty_yaml(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_requested_without_a_gpu(tmp_path, capsys, tiny_args):
-    msg = _error(capsys, [*tiny_args, "--accelerator", "gpu", "--out", str(tmp_path / "o")])
+    # --no-pin: the CPU preset's pinned numerics are refused for a GPU run first (test below)
+    msg = _error(capsys, [*tiny_args, "--accelerator", "gpu", "--no-pin", "--out", str(tmp_path / "o")])
     assert msg.startswith("trainer.accelerator = 'gpu' but no GPU is visible (torch ") and msg.endswith(
         "use --accelerator cpu, or --dry-run to check a GPU config on this machine"), msg
+
+
+def test_pinned_numerics_on_a_gpu_are_refused(tmp_path, capsys, tiny_args):
+    msg = _error(capsys, [*tiny_args, "--accelerator", "gpu", "--out", str(tmp_path / "o")])
+    assert "trainer.numerics 'pinned' is for CPU runs" in msg and "--no-pin" in msg, msg
 
 
 def test_missing_eval_file(tmp_path, capsys, tiny_args):

@@ -75,8 +75,8 @@ def test_runner_end_to_end_one_real_run(tmp_path, capsys):
     args += [f"{k}={v}" for k, v in SMALL.items()]
     assert main(args) == 0
     run = tmp_path / "band_kl-seed3"
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "machine.json", "metrics.csv", "summary.json",
-                                                     "warmstart.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml", "machine.json", "metrics.csv",
+                                                     "summary.json", "warmstart.json"]
     with open(run / "metrics.csv", newline="") as f:
         assert [r["step"] for r in csv.DictReader(f)] == ["0", "1"]
     assert "band_kl" in capsys.readouterr().out
