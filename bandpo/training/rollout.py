@@ -157,6 +157,19 @@ def _stack_and_mask_after_eos(tokens: list, eos_id: int, pad_id: int) -> tuple:
     return ids.masked_fill(after_eos, pad_id), mask
 
 
+def _prefill_inputs(model: Any, prompt_mask: Tensor) -> tuple:
+    """What the first (prompt) forward pass of a sampler needs: ``(cache_kw, cache, mask, pos, first)``, the name of
+    the model's cache argument, an empty ``DynamicCache``, the (B, P) mask as integers, its position ids, and
+    ``logits_to_keep=1`` where the model takes it (only the last position's logits are sampled from)."""
+    from transformers import DynamicCache
+
+    params = _forward_params(type(model))
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    mask = prompt_mask.long()
+    first = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return cache_kw, DynamicCache(config=model.config), mask, position_ids(mask), first
+
+
 @torch.no_grad()
 def sample_loop(
     model: Any,
@@ -191,14 +204,7 @@ def sample_loop(
     Returns:
         ``(completion_ids, completion_mask)``, both (B, T) with T <= max_new_tokens.
     """
-    from transformers import DynamicCache
-
-    params = _forward_params(type(model))
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    cache = DynamicCache(config=model.config)
-    mask = prompt_mask.long()
-    pos = position_ids(mask)
-    first = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    cache_kw, cache, mask, pos, first = _prefill_inputs(model, prompt_mask)
     first_ids, first_mask, first_pos, repeat = prompt_ids, mask, pos, None
     if share_prompts and prompt_ids.shape[0] > 1:
         P = prompt_ids.shape[1]
@@ -263,18 +269,11 @@ def sample_loop_groups(
     Returns:
         ``(completion_ids, completion_mask)``, both (B, T) with T <= max_new_tokens.
     """
-    from transformers import DynamicCache
-
     B, S = prompt_ids.shape[0], len(generators)
     if S < 1 or B % S:
         raise ValueError(f"sample_loop_groups needs the {B} rows to split into len(generators) = {S} equal groups")
     size = B // S
-    params = _forward_params(type(model))
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    cache = DynamicCache(config=model.config)
-    mask = prompt_mask.long()
-    pos = position_ids(mask)
-    first = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    cache_kw, cache, mask, pos, first = _prefill_inputs(model, prompt_mask)
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache},
                 **first)
     last_pos = pos[:, -1:]
