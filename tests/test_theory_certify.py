@@ -63,8 +63,9 @@ def _certify_unpinned(kind: str, name: str):
     code = (f"import pickle, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             "import test_theory_certify as t; p, i = t._vocab(sys.argv[1]); c = t.C.certify(p, i, 0.05, sys.argv[2]); "
             "sys.stdout.buffer.write(pickle.dumps((c, t.C.compare_with_band(c))))")
-    pinned = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_DYNAMIC", "OMP_DYNAMIC", "ONEDNN_MAX_CPU_ISA")
-    env = {k: v for k, v in os.environ.items() if k not in pinned}
+    from bandpo.training.pinning import PINNED_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
     out = subprocess.run([sys.executable, "-c", code, kind, name], capture_output=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     return pickle.loads(out.stdout)
