@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import os
 from pathlib import Path
@@ -29,3 +30,24 @@ except ImportError:  # pragma: no cover
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# A method-table row with a setting of its own, which no plug-in has a field for (tests/test_integration_*.py).
+@dataclasses.dataclass(frozen=True)
+class _Width:
+    """A bounds rule with a setting no plug-in has a field for: [1 - width, 1 + width]."""
+
+    width: float = 0.3
+
+    def __call__(self, old_logp, *, step=None):
+        ones = torch.ones_like(old_logp)
+        return ones * (1 - self.width), ones * (1 + self.width)
+
+
+@pytest.fixture
+def width_method():
+    from bandpo.losses import Method, register_method, unregister_method
+
+    register_method(Method("plugin_test_width", _Width(), 10.0, "test", "a row with its own setting"))
+    yield "plugin_test_width"
+    unregister_method("plugin_test_width")

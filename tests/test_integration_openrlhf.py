@@ -11,7 +11,6 @@ what OpenRLHF 0.11.2's does with the loss and ``experience.info``).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -341,26 +340,6 @@ def test_a_new_row_of_the_method_table_flows_through_by_id(orl):
         assert float(metrics["clip_ratio/region_mean"]) > 0
     finally:
         unregister_method("plugin_test_clip")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Width:
-    """A bounds rule with a setting no plug-in has a field for: [1 - width, 1 + width]."""
-
-    width: float = 0.3
-
-    def __call__(self, old_logp, *, step=None):
-        ones = torch.ones_like(old_logp)
-        return ones * (1 - self.width), ones * (1 + self.width)
-
-
-@pytest.fixture
-def width_method():
-    from bandpo.losses import Method, register_method, unregister_method
-
-    register_method(Method("plugin_test_width", _Width(), 10.0, "test", "a row with its own setting"))
-    yield "plugin_test_width"
-    unregister_method("plugin_test_width")
 
 
 def test_a_rows_own_settings_go_through_settings(orl, width_method):

@@ -3,7 +3,6 @@ and the refusals (docs/integrations.md). Skipped when TRL is not installed (`mak
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
@@ -338,26 +337,6 @@ def test_a_new_row_of_the_method_table_flows_through_by_id(trainer, monkeypatch)
         )
     finally:
         unregister_method("plugin_test_clip")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Width:
-    """A bounds rule with a setting no plug-in has a field for: [1 - width, 1 + width]."""
-
-    width: float = 0.3
-
-    def __call__(self, old_logp, *, step=None):
-        ones = torch.ones_like(old_logp)
-        return ones * (1 - self.width), ones * (1 + self.width)
-
-
-@pytest.fixture
-def width_method():
-    from bandpo.losses import Method, register_method, unregister_method
-
-    register_method(Method("plugin_test_width", _Width(), 10.0, "test", "a row with its own setting"))
-    yield "plugin_test_width"
-    unregister_method("plugin_test_width")
 
 
 def test_a_rows_own_settings_go_through_bandpo_extra_settings(tmp_path, width_method):
