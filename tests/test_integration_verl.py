@@ -276,40 +276,13 @@ def test_apply_bypass_mode_refuses_to_replace_a_bandpo_mode():
 def test_worker_ppo_loss_runs_the_mode():
     """verl's worker entry (verl/workers/utils/losses.py::ppo_loss) picks the mode from the config and runs it."""
     losses = pytest.importorskip("verl.workers.utils.losses")
-    from tensordict import TensorDict
 
     cfg = _actor(
         "actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_band_kl", "actor_rollout_ref.actor.clip_ratio_c=10.0",
         "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean", "actor_rollout_ref.actor.use_kl_loss=False",
     )
-    B, Tp, T = 3, 2, 4
-    old, logp, adv, _ = _tensors(B=B, T=T, seed=6)
-    resp_len = torch.tensor([4, 2, 3])
-    mask = torch.arange(T).unsqueeze(0) < resp_len.unsqueeze(1)
-    attention = torch.cat([torch.ones(B, Tp, dtype=torch.long), mask.long()], dim=1)
-    # Unpadded model output (one value per prompt+response token); a response token's log-prob sits one
-    # position before it, where the model predicted it.
-    leaf = logp.clone().requires_grad_(True)
-    flat = []
-    for b in range(B):
-        seq = torch.zeros(Tp + int(resp_len[b]), dtype=logp.dtype)
-        seq = torch.cat([seq[: Tp - 1], leaf[b, : int(resp_len[b])], seq[-1:]])
-        flat.append(seq)
-    data = TensorDict(
-        {
-            "prompts": torch.ones(B, Tp, dtype=torch.long),
-            "responses": torch.ones(B, T, dtype=torch.long),
-            "attention_mask": attention,
-            "response_mask": mask.long(),
-            "old_log_probs": old,
-            "advantages": adv,
-        },
-        batch_size=[B],
-    )
-    from verl.utils import tensordict_utils as tu
-
-    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
-    loss, metrics = losses.ppo_loss(cfg, {"log_probs": torch.cat(flat)}, data)
+    data, out, leaf, old, logp, adv, mask = _worker_batch()
+    loss, metrics = losses.ppo_loss(cfg, out, data)
     (g,) = torch.autograd.grad(loss, leaf)
     ref_leaf = logp.clone().requires_grad_(True)
     ref, ref_metrics = _common.policy_loss(
