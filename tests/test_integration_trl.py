@@ -171,9 +171,8 @@ def test_loss_gradient_and_clip_metrics_match_bandpo_policy_loss(trainer, monkey
     assert logged["bandpo/dual_clip_fraction"][-1] == pytest.approx(float(metrics["dual_clip_fraction"]), abs=1e-7)
 
 
-def test_bounds_reach_trl_exactly(trainer, monkeypatch):
-    """TRL's clamp sees BandPO's lower/upper tensors themselves (no 1 - (1 - lower) rounding)."""
-    inputs, logp_now = _fixed_inputs(trainer, seed=3)
+def _clamp_bounds(trainer, inputs, monkeypatch):
+    """Run TRL's ``_compute_loss`` on ``inputs`` and return the (lower, upper) tensors its ``torch.clamp`` received."""
     seen = {}
     real_clamp = torch.clamp
 
@@ -182,13 +181,22 @@ def test_bounds_reach_trl_exactly(trainer, monkeypatch):
             seen["lower"], seen["upper"] = a
         return real_clamp(x, *a, **kw)
 
-    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
     monkeypatch.setattr(torch, "clamp", spy_clamp)
-    trainer._compute_loss(trainer.model, inputs)
-    monkeypatch.setattr(torch, "clamp", real_clamp)
+    try:
+        trainer._compute_loss(trainer.model, inputs)
+    finally:
+        monkeypatch.setattr(torch, "clamp", real_clamp)
+    return seen["lower"], seen["upper"]
+
+
+def test_bounds_reach_trl_exactly(trainer, monkeypatch):
+    """TRL's clamp sees BandPO's lower/upper tensors themselves (no 1 - (1 - lower) rounding)."""
+    inputs, logp_now = _fixed_inputs(trainer, seed=3)
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
+    seen_lower, seen_upper = _clamp_bounds(trainer, inputs, monkeypatch)
     lower, upper = _common.bounds(inputs["old_per_token_logps"], trainer.args.bandpo_method, **trainer._bandpo_settings)
     valid = inputs["completion_mask"].bool()  # masked tokens hold garbage; only valid ones matter
-    assert torch.equal(seen["lower"][valid], lower[valid]) and torch.equal(seen["upper"][valid], upper[valid])
+    assert torch.equal(seen_lower[valid], lower[valid]) and torch.equal(seen_upper[valid], upper[valid])
     assert (lower[valid] < 1).all() and (upper[valid] > 1).all()
 
 
@@ -304,26 +312,16 @@ def test_delta_schedule_follows_trls_optimiser_step(trainer, monkeypatch, tmp_pa
     """A linear δ schedule reaches TRL's clamp at δ(state.global_step)."""
     cfg = _config(tmp_path, bandpo_delta=0.05, bandpo_delta_schedule="linear", bandpo_delta_end=0.25, bandpo_delta_steps=8)
     inputs, logp_now = _fixed_inputs(trainer, seed=7)
-    seen = {}
-    real_clamp = torch.clamp
-
-    def spy_clamp(x, *a, **kw):
-        if len(a) == 2 and isinstance(a[0], torch.Tensor):
-            seen["lower"], seen["upper"] = a
-        return real_clamp(x, *a, **kw)
-
     monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp_now, logp_now * 0, None))
     monkeypatch.setattr(trainer, "_bandpo_settings", cfg.bandpo_settings())
     valid = inputs["completion_mask"].bool()
     old = inputs["old_per_token_logps"]
     for step, delta in ((0, 0.05), (2, 0.1), (8, 0.25), (20, 0.25)):
         monkeypatch.setattr(trainer.state, "global_step", step)
-        monkeypatch.setattr(torch, "clamp", spy_clamp)
-        trainer._compute_loss(trainer.model, inputs)
-        monkeypatch.setattr(torch, "clamp", real_clamp)
+        seen_lower, seen_upper = _clamp_bounds(trainer, inputs, monkeypatch)
         lower, upper = _common.bounds(old, "band_kl", delta=delta)
-        torch.testing.assert_close(seen["lower"][valid], lower[valid], rtol=1e-6, atol=0)
-        torch.testing.assert_close(seen["upper"][valid], upper[valid], rtol=1e-6, atol=0)
+        torch.testing.assert_close(seen_lower[valid], lower[valid], rtol=1e-6, atol=0)
+        torch.testing.assert_close(seen_upper[valid], upper[valid], rtol=1e-6, atol=0)
 
 
 def test_a_new_row_of_the_method_table_flows_through_by_id(trainer, monkeypatch):
