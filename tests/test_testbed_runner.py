@@ -60,6 +60,7 @@ def test_select_and_shards():
     assert [(s, v.method) for s, v in everything] == [(s, m) for s in (0, 1, 2) for m in ("clip", "band_kl")]
     shards = [tb.jobs(variants, [0, 1, 2], (i, 4)) for i in range(4)]
     assert sorted((s, v.name) for sh in shards for s, v in sh) == sorted((s, v.name) for s, v in everything)
+    assert [{s for s, _ in sh} for sh in shards] == [{0}, {1}, {2}, set()]  # a seed's runs share a process
     with pytest.raises(ValueError, match="shard"):
         tb.jobs(variants, [0], (2, 2))
 
@@ -151,7 +152,8 @@ TINY = {"trainer.max_steps": 2, "warmstart.steps": 3, "rollout.prompts_per_step"
 
 def _strip_time(path):
     with open(path, newline="") as f:
-        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/")) and k != "eval/time_s"}
+                for r in csv.DictReader(f)]
 
 
 def test_runner_end_to_end(tmp_path):
@@ -194,11 +196,21 @@ def test_runner_end_to_end(tmp_path):
     assert sum("skip" in line for line in logs) == 4 and len(again) == 4
     assert json.loads(summary.read_text())["testbed"]["wall_s"] == data["wall_s_this_process"]
 
-    # same input, same output: a run repeated in the same process (after three others) matches
+    # same input, same output: a run repeated in the same process (after three others) matches, and a run whose
+    # warm-start was reused from the seed's first run (clip) matches the same run training its own
     tb.testbed(tmp_path / "again", ["main"], [1], methods=["band_kl"], preset="tiny-cpu-eval", overrides=TINY,
                log=logs.append)
+    reused = json.loads((tmp_path / "main/band_kl-seed1/warmstart.json").read_text())
+    own = json.loads((tmp_path / "again/main/band_kl-seed1/warmstart.json").read_text())
+    assert "reused_from" in reused and "reused_from" not in own
+    assert {k: v for k, v in reused.items() if k not in ("reused_from", "wall_s")} == {
+        k: v for k, v in own.items() if k != "wall_s"}
+    assert "reused_from" not in json.loads((tmp_path / "main/clip-seed1/warmstart.json").read_text())
     assert _strip_time(tmp_path / "again/main/band_kl-seed1/metrics.csv") == \
         _strip_time(tmp_path / "main/band_kl-seed1/metrics.csv")
+    assert _strip_time(tmp_path / "again/main/band_kl-seed1/eval.csv") == \
+        _strip_time(tmp_path / "main/band_kl-seed1/eval.csv")
+    assert not (tmp_path / tb.WARMSTART_CACHE).exists()  # emptied and removed when the runs were done
 
 
 def test_pairing_problems_name_what_breaks_the_pairing():

@@ -29,7 +29,8 @@ The preset is read once per process, so a grid is not mixed by an edit of the pr
 come from different base configs or the runs of a seed do not share their step 0 (:func:`pairing_problems`).
 
 Every run is trained in this process (``bandpo.training.launch.run``, imported once) in seed-major order, so an
-interrupted grid holds complete pairs first; a finished run (``summary.json`` with ``completed_steps >=
+interrupted grid holds complete pairs first; a seed's warm-start is trained by its first run and loaded by the others
+(:data:`WARMSTART_CACHE`; ``--shard`` gives whole seeds to a process); a finished run (``summary.json`` with ``completed_steps >=
 max_steps``) is skipped, an interrupted one resumes from its checkpoint, and checkpoints are deleted when a run
 finishes. Layout::
 
@@ -70,6 +71,9 @@ __all__ = [
 
 DEFAULT_OUT = Path("paper_figures/data/testbed")
 DEFAULT_PRESET = "testbed"
+WARMSTART_CACHE = ".warmstart"
+"""Folder under ``out`` where a process keeps the warm-starts of the seed it is running (``launch.run``'s
+``warmstart_cache``): the methods of a seed train it once. Emptied when the process moves to the next seed."""
 SEEDS = tuple(range(8))
 WINDOW = 20
 """Steps averaged for the end-of-run statistics (``entropy_last``, ``reward_last``, ...); fewer if the run is shorter."""
@@ -233,12 +237,12 @@ def select(grids: Sequence[str], methods: Optional[Sequence[str]] = None) -> lis
 
 
 def jobs(variants: Sequence[Variant], seeds: Sequence[int], shard: tuple = (0, 1)) -> list:
-    """(seed, variant) pairs in seed-major order, only every ``shard[1]``-th from ``shard[0]``."""
+    """(seed, variant) pairs in seed-major order, of every ``shard[1]``-th seed from the ``shard[0]``-th: all runs
+    of a seed go to one process, which trains the seed's warm-start once for them (``WARMSTART_CACHE``)."""
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
-    everything = [(seed, v) for seed in seeds for v in variants]
-    return [job for k, job in enumerate(everything) if k % n == i]
+    return [(seed, v) for k, seed in enumerate(seeds) if k % n == i for v in variants]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -532,8 +536,8 @@ def testbed(
 ) -> list:
     """Train every (variant, seed) of ``grids`` not yet finished, in this process; returns the summary rows.
 
-    ``overrides`` apply to every run (before the variant's own and the seed); ``runner(cfg, path)`` trains one run
-    (default ``bandpo.training.launch.run``). Stops early, keeping the checkpoint, when a run was interrupted by a
+    ``overrides`` apply to every run (before the variant's own and the seed); ``runner(cfg, path, warmstart_cache=folder)`` trains
+    one run (default ``bandpo.training.launch.run``). Stops early, keeping the checkpoint, when a run was interrupted by a
     signal. Raises ValueError for an unknown grid, method id or preset.
     """
     variants = select(grids, methods)
@@ -546,6 +550,7 @@ def testbed(
     if runner is None:
         from ..training.launch import run as runner
     out = Path(out)
+    cache = out / WARMSTART_CACHE
     for k, (seed, variant) in enumerate(todo):
         extra = {**variant.overrides(base.optim.lr), "trainer.seed": seed, "trainer.progress_bar": False}
         cfg = base.replace(extra)
@@ -558,13 +563,18 @@ def testbed(
             continue
         log(f"[testbed] run {path} ({k + 1}/{len(todo)}: {variant.method}, {variant.setting}, seed {seed})")
         t0 = time.perf_counter()
-        result = runner(cfg, path)
+        result = runner(cfg, path, warmstart_cache=cache)
         wall = time.perf_counter() - t0
         if isinstance(result, dict) and result.get("stopped_by"):
             log(f"[testbed] stopped by {result['stopped_by']}: {path} resumes from its checkpoint next time")
             break
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
         _record(path, variant, seed, wall, extra, base_id)
+        if k + 1 == len(todo) or todo[k + 1][0] != seed:  # the seed's last run here: its warm-starts are done with
+            for f in cache.glob("warmstart-*.pt*"):
+                f.unlink(missing_ok=True)
+    if cache.is_dir() and not any(cache.iterdir()):
+        cache.rmdir()
     return summarize(out)
 
 

@@ -49,20 +49,27 @@ checkpoints, evaluates or saves evaluation samples, threads, and what to do on a
 the run and is refused."""
 
 
-def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[Any] = ()) -> dict:
+def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[Any] = (),
+        warmstart_cache: Union[str, Path, None] = None) -> dict:
     """Train (or resume) the run described by ``cfg`` into the folder ``out``; returns ``summary.json``'s dict.
 
     Checks the output folder and takes its lock (``run_folder.RunLock``; the main process only, other DDP ranks are
     its children), checks paths and the checkpoint to resume before any work, builds tokenizer, policy, task, the
     warm-start (before the first RL checkpoint only), reference policy, module and trainer, then fits. SIGTERM and
     SIGINT end the warm-start or the RL step under way with a checkpoint (``summary["stopped_by"]``).
+
+    ``warmstart_cache``: a folder where finished warm-starts are kept by :func:`warmstart_key`; a run whose key is
+    there loads those weights instead of training them again (the same bits: the warm-start is deterministic and
+    reads no setting the key leaves out; ``tests/test_warmstart_cache.py`` checks that a run is bit-identical with
+    and without the cache). Grid runners pass one so that the methods of a seed share one warm-start.
     """
     out = check_out_dir(out)
     with RunLock(out) if is_main_process() else contextlib.nullcontext():
-        return _run_in_locked_folder(cfg, out, extra_callbacks)
+        return _run_in_locked_folder(cfg, out, extra_callbacks, warmstart_cache)
 
 
-def _run_in_locked_folder(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any]) -> dict:
+def _run_in_locked_folder(cfg: TrainConfig, out: Path, extra_callbacks: Sequence[Any],
+                          warmstart_cache: Union[str, Path, None] = None) -> dict:
     """The steps of :func:`run` after the lock is taken, in order; each is defined below, in this order."""
     resume = _check_before_work(cfg, out)
     _pin_numerics(cfg)
@@ -74,7 +81,7 @@ def _run_in_locked_folder(cfg: TrainConfig, out: Path, extra_callbacks: Sequence
         policy = build_policy(cfg, tokenizer)
         _record_run(cfg, out, resumed=resume.ckpt is not None)
         if resume.ckpt is None and cfg.warmstart.steps > 0:
-            done = _warm_start(cfg, out, policy, tokenizer, task, resume.warmstart, stop)
+            done = _warm_start(cfg, out, policy, tokenizer, task, resume.warmstart, stop, warmstart_cache)
             if done < cfg.warmstart.steps:  # stopped by a signal, with a checkpoint
                 return _stopped_in_warm_start(cfg, out, stop, done, t_start)
         module = _build_module(cfg, policy, tokenizer, task, eval_sets)
@@ -308,9 +315,67 @@ def _record_run(cfg: TrainConfig, out: Path, resumed: bool) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+WARMSTART_IGNORES = {"loss": None, "objective": None, "optim": None,
+                     "trainer": ("max_steps", "checkpoint_every", "progress_bar", "nonfinite")}
+"""The settings the warm-start never reads (whole sections: None), left out of :func:`warmstart_key`."""
+
+
+def warmstart_key(cfg: TrainConfig) -> str:
+    """24 hex digits naming a run's warm-start: the SHA-256 of the config without :data:`WARMSTART_IGNORES` (the
+    method, its loss settings, the RL optimiser, the run length) plus the library versions. Runs with equal
+    keys start RL from the same weights."""
+    import hashlib
+
+    from .pinning import _versions
+
+    d = cfg.to_dict()
+    for section, fields in WARMSTART_IGNORES.items():
+        if fields is None:
+            d.pop(section, None)
+        else:
+            d[section] = {k: v for k, v in d[section].items() if k not in fields}
+    d["versions"] = _versions()  # python, torch, numpy, lightning, transformers, tokenizers, bandpo
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _cached_warm_start(cfg: TrainConfig, out: Path, policy: Any, cache: Path) -> bool:
+    """Load the warm-start of ``cfg`` from ``cache`` into ``policy`` and write ``warmstart.json``; False when the
+    cache has no verified copy (a damaged one is ignored with a warning and trained again)."""
+    import torch
+
+    path = cache / f"warmstart-{warmstart_key(cfg)}.pt"
+    if not path.is_file():
+        return False
+    why = verify_checkpoint(path)
+    if why is not None:
+        warn(f"{path} {why}; training the warm-start again")
+        return False
+    saved = torch.load(path, map_location="cpu", weights_only=False)["bandpo_warmstart_cache"]
+    policy.load_state_dict(saved["model"])
+    log(f"supervised warm-start: {cfg.warmstart.steps} steps, reused from {path}")
+    if is_main_process():
+        stats = {**saved["stats"], "reused_from": str(path)}
+        (out / "warmstart.json").write_text(json.dumps(stats, indent=1) + "\n")
+    return True
+
+
+def _store_warm_start(cfg: TrainConfig, policy: Any, stats: dict, cache: Path) -> None:
+    """Keep a finished warm-start in ``cache`` (written whole, then renamed, with its SHA-256 beside it)."""
+    import torch
+
+    if not is_main_process():
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"warmstart-{warmstart_key(cfg)}.pt"
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save({"bandpo_warmstart_cache": {"model": policy.state_dict(), "stats": stats}}, tmp)
+    commit_checkpoint(tmp, path)
+
+
 def _warm_start(cfg: TrainConfig, out: Path, policy: Any, tokenizer: Any, task: Any, resume: Optional[Path],
-                stop: Any) -> int:
-    """The supervised warm-start (``rollout.warm_start``), continued from the checkpoint ``resume`` when given.
+                stop: Any, cache: Union[str, Path, None] = None) -> int:
+    """The supervised warm-start (``rollout.warm_start``), continued from the checkpoint ``resume`` when given,
+    or loaded from the folder ``cache`` when it holds this config's (:func:`warmstart_key`).
 
     A SIGTERM/SIGINT (``stop``) ends it after the step under way: the weights, the optimiser state and the step go
     to ``checkpoints/warmstart.ckpt`` (with its SHA-256), from which a rerun continues bit for bit. At the end,
@@ -321,6 +386,9 @@ def _warm_start(cfg: TrainConfig, out: Path, policy: Any, tokenizer: Any, task: 
     from .rollout import warm_start
 
     w = cfg.warmstart
+    cache = Path(cache) if cache is not None else None
+    if cache is not None and resume is None and _cached_warm_start(cfg, out, policy, cache):
+        return w.steps
     state, wall_before = None, 0.0
     if resume is not None:
         saved = torch.load(resume, map_location="cpu", weights_only=False)["bandpo_warmstart"]
@@ -345,6 +413,8 @@ def _warm_start(cfg: TrainConfig, out: Path, policy: Any, tokenizer: Any, task: 
     stats["wall_s"] = wall
     if is_main_process():
         (out / "warmstart.json").write_text(json.dumps(stats, indent=1) + "\n")
+    if cache is not None:
+        _store_warm_start(cfg, policy, stats, cache)
     return w.steps
 
 
