@@ -24,7 +24,7 @@ def test_primary_and_holm_family():
     found = {"clip": lambda s: s < 3, "band_kl": lambda s: s < 2, "band_kl_upper_rare": lambda s: s < 9}
     res = analyze(_rows(found))
     pr = res["primary"]
-    assert res["seeds"] == 12 and res["planned"] == N_SEEDS == 128
+    assert res["seeds"] == 12 and res["planned"] == N_SEEDS == 96
     assert (pr["new_only"], pr["clip_only"]) == (6, 0)
     assert pr["p"] == mcnemar([1.0] * 9 + [0.0] * 3, [1.0] * 3 + [0.0] * 9).p_value == 2 / 64 and pr["reject"]
     assert pr["estimate"] == pytest.approx(0.5)
