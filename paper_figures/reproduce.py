@@ -45,6 +45,7 @@ FIGURES = (
     "fig7_testbed_forest",
     "fig8_testbed_curves",
     "fig9_testbed_sweeps",
+    "fig10_confirm_discovery",
 )
 """Every figure script (module name in paper_figures/), in the order they are drawn."""
 EXTRA = {"fig4_training": (["--testbed"],)}

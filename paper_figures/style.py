@@ -67,6 +67,7 @@ METHOD = {
     "dppo_tv": dict(color=VERMILLION, ls="--"),
     "band_kl_relax": dict(color=SKY, ls="-."),
     "band_kl_upper": dict(color=GREEN, ls="-."),
+    "band_kl_upper_rare": dict(color=GREEN, ls="-"),
     "band_kl_lower": dict(color=BROWN, ls="-."),
 }
 """Colour and line style per method id of ``bandpo.losses.METHODS`` (the ids in run folder names and data

@@ -8,6 +8,7 @@ figures' own computations are checked against the definitions they claim to draw
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import math
@@ -345,6 +346,53 @@ def test_testbed_figures_on_the_committed_data(tmp_path):
     for name in ("fig7_testbed_forest", "fig8_testbed_curves", "fig9_testbed_sweeps"):
         (path,) = fig(name).main(["--out", str(tmp_path)])
         assert_png(path, min_h=200)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fig. 10: the pre-registered experiment (a summary.csv of confirm rows written here)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _confirm_summary(folder: Path, found: dict) -> Path:
+    """A summary.csv of confirm-grid rows: ``found[arm]`` = {seed: discovery step or None (never)}."""
+    from bandpo.experiments.testbed import SUMMARY_COLUMNS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, restval="0")
+        w.writeheader()
+        for arm, seeds in found.items():
+            for seed, step in seeds.items():
+                w.writerow({"grid": "confirm", "run": arm, "method": arm, "setting": "tail=0.005", "seed": seed,
+                            "steps": 150, "max_steps": 150, "discovered": 0.0 if step is None else 1.0,
+                            "discovery_step": 150.0 if step is None else float(step)})
+    return folder
+
+
+def test_fig10_counts_discoveries_by_step_and_pairs_them(tmp_path):
+    f10 = fig("fig10_confirm_discovery")
+    # Wilson's interval against the textbook value for 5/20: [0.1119, 0.4687]
+    low, high = f10.wilson(5, 20)
+    assert low == pytest.approx(0.11186, abs=1e-4) and high == pytest.approx(0.46869, abs=1e-4)
+    found = {"clip": {0: None, 1: 40, 2: None, 3: 149},
+             "band_kl": {0: None, 1: None, 2: 10, 3: 149},
+             "band_kl_upper_rare": {0: 5, 1: 40, 2: 100, 3: None, 4: 7}}  # seed 4: no pair, left out
+    data = _confirm_summary(tmp_path / "runs", found)
+    from bandpo.experiments.testbed import read_summary
+
+    steps = np.arange(151)
+    res = f10.curves(read_summary(data / "summary.csv"), steps)
+    assert res["seeds"] == 4
+    rate, band = res["rate"]["clip"]
+    assert rate[39] == 0 and rate[40] == 0.25 and rate[149] == 0.5 and rate[150] == 0.5
+    assert np.all(band[:, 0] <= rate) and np.all(rate <= band[:, 1])
+    d = res["diff"]["band_kl_upper_rare"]  # per seed at step 150: +1, 0, +1, -1 -> mean 0.25
+    assert d[150, 0] == pytest.approx(0.25) and d[150, 1] < 0.25 < d[150, 2]
+    assert d[4, 0] == 0 and d[5, 0] == pytest.approx(0.25)
+    (a,) = f10.main(["--out", str(tmp_path / "a"), "--data", str(data)])
+    (b,) = f10.main(["--out", str(tmp_path / "b"), "--data", str(data)])
+    assert_png(a) and a.read_bytes() == b.read_bytes()
+    assert f10.main(["--out", str(tmp_path / "c"), "--data", str(tmp_path)]) == []
 
 
 # ---------------------------------------------------------------------------------------------------------
