@@ -1,5 +1,6 @@
 """The protocol's tests and intervals in bandpo.experiments.stats against hand-computed values (no scipy):
-exact McNemar, Holm, exact sign-flip, Student t quantiles and intervals, BCa, restricted mean survival time."""
+exact McNemar, Holm, Benjamini-Hochberg, exact and Monte-Carlo sign-flip (one test and a report's family), Student t
+quantiles and intervals, BCa, restricted mean survival time."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import pytest
 
 from bandpo.experiments.stats import (
     bca_mean,
+    benjamini_hochberg,
     bootstrap_mean,
     holm,
     mcnemar,
     paired_rmst,
     rmst,
     sign_flip,
+    sign_flip_family,
     t_interval,
     t_quantile,
+    value_grid,
 )
 
 ISSUE_DIFFS = [0.006, -0.131, -0.016, -0.060, -0.196, 0.024, -0.151, -0.722]
@@ -125,3 +129,70 @@ def test_paired_rmst_is_the_difference_of_rmsts():
     assert test.p_value == sign_flip(np.subtract(ta, tb)).p_value
     with pytest.raises(ValueError, match="censored before tau"):
         paired_rmst([10, 20], [1, 0], [5, 5], [1, 1], tau=150)
+
+
+def test_benjamini_hochberg_by_hand():
+    # sorted 0.01, 0.03, 0.04, 0.5 (m = 4): 4 x 0.01 / 1 = 0.04, 4 x 0.03 / 2 = 0.06, 4 x 0.04 / 3 = 0.0533...,
+    # 4 x 0.5 / 4 = 0.5; running minimum from the largest: 0.04, 0.0533, 0.0533, 0.5
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5], abs=1e-15)
+    assert benjamini_hochberg([0.02, 0.02, 0.02]) == pytest.approx([0.02] * 3, abs=1e-15)  # ties: m p / m
+    assert benjamini_hochberg([0.9, 0.6]) == [0.9, 0.9] and benjamini_hochberg([]) == []
+    p = np.random.default_rng(0).uniform(size=30)
+    assert (np.array(benjamini_hochberg(p)) <= np.array(holm(p)) + 1e-15).all()  # BH never stricter than Holm
+    with pytest.raises(ValueError, match=r"benjamini_hochberg needs p-values in \[0, 1\]"):
+        benjamini_hochberg([0.1, math.nan])
+
+
+def test_value_grid():
+    assert value_grid([3.0, -17.0, 0.0]) == 1.0 and value_grid([1.0, 0.0, -1.0]) == 1.0
+    assert value_grid([0.6675 - 0.75625, 3 / 800, 0.5]) == 1 / 800  # held-out mean@8 over 100 prompts
+    assert value_grid([0.25, -0.5]) == 0.25
+    assert value_grid(np.random.default_rng(0).normal(size=5)) is None  # continuous
+    assert value_grid([1 / 3, 1 / 7]) == 1 / 21
+
+
+def test_sign_flip_monte_carlo():
+    d = np.array([0.31, -0.02, 0.4, 0.17, -0.11, 0.26, 0.05, 0.33, -0.07, 0.21])
+    exact = sign_flip(d).p_value
+    mc = sign_flip(d, patterns=100_000, seed=3)
+    assert mc.method == "monte-carlo" and mc == sign_flip(d, patterns=100_000, seed=3)
+    se = math.sqrt(exact * (1 - exact) / 100_000)
+    assert abs(mc.p_value - exact) < 5 * se  # exact = 0.0234
+    assert sign_flip([0.0] * 30, patterns=1000).p_value == 1.0
+    from bandpo.experiments.protocol import _mc_sign_flip
+
+    assert sign_flip(d[:6], patterns=1_000_000).p_value == _mc_sign_flip(d[:6])  # the protocol's S4 test, same draws
+    with pytest.raises(ValueError, match="not both"):
+        sign_flip(d, resolution=0.01, patterns=10)
+    with pytest.raises(ValueError, match="patterns must be an integer >= 1"):
+        sign_flip(d, patterns=0)
+
+
+def test_sign_flip_family_matches_the_single_tests():
+    rng = np.random.default_rng(5)
+    cells = [rng.normal(size=n) for n in (8, 8, 16, 3, 16, 1)] + [[0.0] * 8, [], [1, 0, 1, 1, -1, 1, 0, 1],
+                                                                  ISSUE_DIFFS]
+    out = sign_flip_family(cells)
+    for d, r in zip(cells, out):
+        if len(d):
+            ref = sign_flip(d)
+            assert (r.n, r.method) == (ref.n, "enumeration")
+            assert r.p_value == ref.p_value and r.mean == pytest.approx(ref.mean, abs=1e-15)
+    assert out[6].p_value == 1.0 and out[7].n == 0 and math.isnan(out[7].p_value)  # all-zero: 1; no pair: nan
+    # a 0/1 outcome's difference: the exact sign-flip test is the exact McNemar test
+    assert out[8].p_value == mcnemar([1, 0, 1, 1, 0, 1, 0, 1], [0, 0, 0, 0, 1, 0, 0, 0]).p_value
+    assert out[9].p_value == 6 / 128
+
+
+def test_sign_flip_family_above_16_on_a_grid_or_by_monte_carlo():
+    rng = np.random.default_rng(2)
+    steps = rng.integers(-60, 61, size=40).astype(float)
+    heldout = rng.integers(-200, 201, size=40) / 800
+    drift = rng.normal(0.001, 0.01, size=40)
+    lat_steps, lat_heldout, mc = sign_flip_family([steps, heldout, drift])
+    assert (lat_steps.method, lat_heldout.method, mc.method) == ("lattice", "lattice", "monte-carlo")
+    assert lat_steps.p_value == sign_flip(steps, resolution=1.0).p_value
+    assert lat_heldout.p_value == pytest.approx(sign_flip(heldout, resolution=1 / 800).p_value, rel=1e-12)
+    assert mc.p_value == sign_flip(drift, patterns=100_000, seed=0).p_value
+    # a cell's p-value depends on its own values only, not on the other cells of the family
+    assert sign_flip_family([drift])[0] == mc and sign_flip_family([steps, drift, drift])[2] == mc

@@ -16,6 +16,7 @@ def test_report_tables_match_the_committed_data():
 
     text = REPORT.read_text()
     assert text.count("<!-- stats ") == text.count("<!-- /stats -->") >= 8
+    assert text.count("<!-- family -->") == text.count("<!-- /family -->") == 1  # the tables' multiplicity block
     rendered = render_report(text, read_summary(SUMMARY))
     if rendered != text:
         changed = [a for a, b in zip(text.splitlines(), rendered.splitlines()) if a != b][:3]
@@ -34,3 +35,15 @@ def test_report_figures_exist_and_every_run_is_in_the_summary():
     want = {(v.grid, v.method, v.setting, s) for v in select(["all"]) for s in SEEDS}
     assert want <= have, sorted(want - have)[:5]
     assert all(r["steps"] == r["max_steps"] == 150 for r in rows)
+
+
+def test_report_tables_say_what_their_intervals_and_censored_columns_are():
+    text = REPORT.read_text()
+    blocks = re.findall(r"<!-- stats ([^>]*) -->\n(.*?)<!-- /stats -->", text, re.S)
+    for args, body in blocks:
+        caption = body.splitlines()[0]
+        assert "[95 % Student t interval], unadjusted (exploratory)" in caption, args
+        if "discovery_step" in args.split():
+            assert "restricted mean discovery step (τ = 150) | censored |" in body, args
+            assert "a run without the event counting as 150 (censored)" in caption, args
+    assert re.search(r"\n\d+ tests; \d+ with unadjusted p < 0.05; \d+ survive Holm at 0.05", text)
