@@ -38,6 +38,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..cli import ArgumentParser
+from .identity import render_identity
 
 __all__ = ["Interval", "McNemar", "RESAMPLES", "SignFlip", "baseline_of", "bca_mean", "bootstrap_mean", "candidates",
            "compare", "holm", "markdown_table", "mcnemar", "paired_differences", "paired_rmst", "render_report",
@@ -470,11 +471,13 @@ _BLOCK = re.compile(r"(?P<open><!-- stats (?P<args>[^>]*?) -->\n)(?P<body>(?:(?!
 empty), the closing marker."""
 
 
-def render_report(text: str, rows: Sequence[Mapping]) -> str:
+def render_report(text: str, rows: Sequence[Mapping], runs: "str | Path | None" = None) -> str:
     """``text`` with every block ``<!-- stats ARGS -->`` ... ``<!-- /stats -->`` refilled by :func:`markdown_table`
     with the options ARGS (those of the CLI: ``--grid``, ``--methods``, ``--metrics``, ``--baseline``,
-    ``--same-setting``) on ``rows``. A report whose tables are current renders to itself (tested on the committed
-    data), so its numbers cannot drift from the data. ValueError names a block whose options are wrong."""
+    ``--same-setting``) on ``rows``, and every ``<!-- identity ... -->`` block by
+    :func:`bandpo.experiments.identity.render_identity` from the run folders under ``runs`` (the summary's folder). A
+    report whose tables are current renders to itself (tested on the committed data), so its numbers cannot drift
+    from the data. ValueError names a block whose options are wrong."""
     def fill(m: "re.Match") -> str:
         p = _parser(exit_on_error=False)
         try:
@@ -484,7 +487,7 @@ def render_report(text: str, rows: Sequence[Mapping]) -> str:
         table = markdown_table(rows, a.metrics, a.grid, a.baseline, a.methods, a.same_setting)
         return m.group("open") + table + "\n" + m.group("close")
 
-    return _BLOCK.sub(fill, text)
+    return render_identity(_BLOCK.sub(fill, text), runs)
 
 
 DEFAULT_METRICS = ("eval_mean", "eval_pass", "entropy_last", "discovery_step", "discovered", "collapsed")
@@ -509,7 +512,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _check_selection(rows, args)
         if args.refresh:
             path = Path(args.refresh)
-            path.write_text(render_report(path.read_text(encoding="utf-8"), rows), encoding="utf-8")
+            path.write_text(render_report(path.read_text(encoding="utf-8"), rows, summary.parent), encoding="utf-8")
             print(f"refreshed the tables of {path}")
             return 0
     except (OSError, ValueError) as e:
