@@ -20,11 +20,11 @@ MAIN = ROOT / "paper_figures" / "data" / "testbed" / "main"
 PAIRS = (("band_kl", "dppo_kl", {}), ("band_tv", "dppo_tv", {"delta": 0.05}))
 
 
-def _grads(method: str, p, r, adv, mask=None, agg="seq-mean-token-mean", **settings) -> torch.Tensor:
-    """d loss / d logp per token, float64, for tokens of old probability p, ratio r and advantage adv."""
+def _grads(method: str, p, r, adv, mask=None, agg="seq-mean-token-mean", dtype=torch.float64, **settings) -> torch.Tensor:
+    """d loss / d logp per token for tokens of old probability p, ratio r and advantage adv."""
     old = torch.log(torch.tensor([p], dtype=torch.float64))
-    logp = (old + torch.log(torch.tensor([r], dtype=torch.float64))).requires_grad_(True)
-    a = torch.tensor([adv], dtype=torch.float64)
+    logp = (old + torch.log(torch.tensor([r], dtype=torch.float64))).to(dtype).requires_grad_(True)
+    old, a = old.to(dtype), torch.tensor([adv], dtype=dtype)
     m = torch.ones_like(a, dtype=torch.bool) if mask is None else torch.tensor([mask])
     loss, _ = policy_loss(logp, old, a, m, method=method, agg=agg, **settings)
     (g,) = torch.autograd.grad(loss, logp)
@@ -44,11 +44,12 @@ QUIET = [  # (p, r, adv)
 
 @pytest.mark.parametrize("band, dppo, settings", PAIRS)
 @pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean"])
-def test_gradients_are_bit_identical_when_no_event_fires(band, dppo, settings, agg):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float64 as asked; float32 as trained
+def test_gradients_are_bit_identical_when_no_event_fires(band, dppo, settings, agg, dtype):
     p, r, adv = map(list, zip(*QUIET))
     mask = [True] * (len(p) - 1) + [False]
-    gb = _grads(band, p, r, adv, mask, agg, **settings)
-    gd = _grads(dppo, p, r, adv, mask, agg, **settings)
+    gb = _grads(band, p, r, adv, mask, agg, dtype, **settings)
+    gd = _grads(dppo, p, r, adv, mask, agg, dtype, **settings)
     assert torch.equal(gb, gd), (gb - gd).abs().max()
     assert (gb != 0).sum() >= 8  # not vacuous: most tokens carry a gradient
 

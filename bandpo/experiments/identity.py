@@ -11,14 +11,17 @@ gradient with respect to log π is (:mod:`bandpo.losses.policy`)
         -A·min(r, C)  where A > 0 and r <= upper, or A < 0 and r >= lower;  0 elsewhere
 
 and both compute -A·r with the same float operations, so the two gradients are equal bit for bit on every token
-but three events (``tests/test_identity.py`` checks both claims in float64):
+but three events (``tests/test_identity.py`` checks both claims, in float64 and float32):
 
 * **dual clip**: A < 0 and r > c. The clip form holds the token at the floor -A·c (no gradient); the mask form
   keeps it. Logged by the clip run as ``dual_clip_fraction``.
 * **cap**: A > 0 and cap < r <= upper, possible only where the band's upper bound exceeds the cap (old probability
-  below about 0.0074 for KL at δ = 0.05, 0.05/9 = 0.0056 for TV). The clip form clips, the mask form keeps. No
+  below about 0.0071 for KL at δ = 0.05, 0.05/9 = 0.0056 for TV). The clip form clips, the mask form keeps. No
   metric records it; it needs a rare token (p < ``RARE_P`` = 0.05) with A > 0 and r > cap, so it cannot fire
   before the first step whose ``ratio/rare_pos_max`` exceeds the cap (a lower bound, :attr:`Identity.cap_not_before`).
+  While the two runs agree, a cap event would also change ``clip_ratio/high_mean`` (the clip form counts the token
+  as clipped, the mask form does not): training columns that agree before the first logged event rule out a cap
+  event before it, though not one in the same step.
 * **truncation**: a kept token with r > C, whose mask-form weight is C/r. Logged by the mask run as
   ``truncated_fraction`` (the clip form logs 0). With C > c and C > cap it is always also a dual-clip or cap event.
 
