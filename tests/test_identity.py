@@ -171,3 +171,11 @@ def test_render_identity_fills_blocks_and_is_idempotent(tmp_path):
     with pytest.raises(ValueError, match="needs the run folders"):
         render_identity(text, None)
     assert render_identity("no blocks", None) == "no blocks"
+
+
+def test_rare_p_is_the_trainers():
+    """cap_not_before reads ratio/rare_pos_max, which the trainer logs for tokens below its RARE_P."""
+    from bandpo.experiments.identity import RARE_P
+    from bandpo.training.module import RARE_P as TRAINER_RARE_P
+
+    assert RARE_P == TRAINER_RARE_P
