@@ -17,7 +17,8 @@ def test_report_tables_match_the_committed_data():
     text = REPORT.read_text()
     assert text.count("<!-- stats ") == text.count("<!-- /stats -->") >= 8
     assert text.count("<!-- family -->") == text.count("<!-- /family -->") == 1  # the tables' multiplicity block
-    rendered = render_report(text, read_summary(SUMMARY))
+    assert text.count("<!-- identity ") == text.count("<!-- /identity -->") >= 2
+    rendered = render_report(text, read_summary(SUMMARY), SUMMARY.parent)
     if rendered != text:
         changed = [a for a, b in zip(text.splitlines(), rendered.splitlines()) if a != b][:3]
         raise AssertionError("docs/testbed-report.md is stale (python -m bandpo.experiments.stats --refresh "
@@ -47,3 +48,19 @@ def test_report_tables_say_what_their_intervals_and_censored_columns_are():
             assert "restricted mean discovery step (τ = 150) | censored |" in body, args
             assert "a run without the event counting as 150 (censored)" in caption, args
     assert re.search(r"\n\d+ tests; \d+ with unadjusted p < 0.05; \d+ survive Holm at 0.05", text)
+
+
+def test_bandpo_and_dppo_are_identical_until_the_first_event_in_every_seed():
+    """The report's DPPO statement on the committed main grid: per seed, BandPO-KL and DPPO-KL (and BandPO-TV and
+    DPPO-TV at δ = 0.05) agree in every training column before the first logged event, and the first one to differ
+    is a dual clip's step (the cap is not logged; truncation came later or at the same step)."""
+    from bandpo.experiments.identity import compare_pair
+    from bandpo.experiments.testbed import SEEDS
+
+    main = SUMMARY.parent / "main"
+    for a, b in (("band_kl", "dppo_kl"), ("band_tv", "dppo_tv-delta0.05")):
+        for seed in SEEDS:
+            r = compare_pair(main / f"{a}-seed{seed}", main / f"{b}-seed{seed}")
+            assert r.steps == 150 and r.identical_before_first_event, (a, seed, r)
+            assert r.first_training_difference == r.first_dual_clip == r.first_event, (a, seed, r)
+            assert r.first_difference == 0, (a, seed, r)  # the loss value and the capped bound, by construction

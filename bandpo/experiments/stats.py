@@ -61,6 +61,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..cli import ArgumentParser
+from .identity import render_identity
 
 __all__ = ["CENSORED", "INTERVALS", "Interval", "MC_PATTERNS", "McNemar", "RESAMPLES", "SignFlip", "baseline_of",
            "bca_mean", "benjamini_hochberg", "bootstrap_mean", "candidates", "compare", "family_block", "holm",
@@ -765,13 +766,14 @@ _FAMILY = re.compile(r"(?P<open><!-- family -->\n)(?P<body>(?:(?!<!-- /?family -
 """The multiplicity block of a report (:func:`family_block`)."""
 
 
-def render_report(text: str, rows: Sequence[Mapping]) -> str:
+def render_report(text: str, rows: Sequence[Mapping], runs: "str | Path | None" = None) -> str:
     """``text`` with every block ``<!-- stats ARGS -->`` ... ``<!-- /stats -->`` refilled by :func:`markdown_table`
     with the options ARGS (those of the CLI: ``--grid``, ``--methods``, ``--metrics``, ``--baseline``,
     ``--same-setting``, ``--interval``, default t) on ``rows``, then every block ``<!-- family -->`` ...
-    ``<!-- /family -->`` by :func:`family_block` over the difference cells of all the tables. A report whose blocks
-    are current renders to itself (tested on the committed data), so its numbers cannot drift from the data.
-    ValueError names a block whose options are wrong."""
+    ``<!-- /family -->`` by :func:`family_block` over the difference cells of all the tables, and every
+    ``<!-- identity ... -->`` block by :func:`bandpo.experiments.identity.render_identity` from the run folders under
+    ``runs`` (the summary's folder). A report whose blocks are current renders to itself (tested on the committed
+    data), so its numbers cannot drift from the data. ValueError names a block whose options are wrong."""
     cells: list = []
 
     def fill(m: "re.Match") -> str:
@@ -785,7 +787,8 @@ def render_report(text: str, rows: Sequence[Mapping]) -> str:
         return m.group("open") + table + "\n" + m.group("close")
 
     text = _BLOCK.sub(fill, text)
-    return _FAMILY.sub(lambda m: m.group("open") + family_block(cells) + "\n" + m.group("close"), text)
+    text = _FAMILY.sub(lambda m: m.group("open") + family_block(cells) + "\n" + m.group("close"), text)
+    return render_identity(text, runs)
 
 
 DEFAULT_METRICS = ("eval_mean", "eval_pass", "entropy_last", "discovery_step", "discovered", "collapsed")
@@ -814,7 +817,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ValueError("--interval applies to printed tables; a report block takes it among its own "
                                  "options (<!-- stats --interval bca ... -->)")
             path = Path(args.refresh)
-            path.write_text(render_report(path.read_text(encoding="utf-8"), rows), encoding="utf-8")
+            path.write_text(render_report(path.read_text(encoding="utf-8"), rows, summary.parent), encoding="utf-8")
             print(f"refreshed the tables of {path}")
             return 0
     except (OSError, ValueError) as e:
