@@ -34,3 +34,28 @@ def test_primary_and_holm_family():
     assert [g.method for g in GRIDS["confirm"]] == list(ARMS)
     with pytest.raises(ValueError, match="no seed"):
         analyze([])
+
+
+def test_markdown_and_the_report_block(tmp_path):
+    from bandpo.experiments.protocol import markdown, render_protocol
+    from bandpo.experiments.testbed import SUMMARY_COLUMNS
+
+    found = {"clip": lambda s: s < 3, "band_kl": lambda s: s < 2, "band_kl_upper_rare": lambda s: s < 9}
+    res = analyze(_rows(found))
+    md = markdown(res)
+    assert "| tail discovered by step 150 | 0.750 | 0.250 | +0.500 [" in md
+    assert "| 6 / 0 | 0.031 | **rejected** |" in md and md.count("\n| S") == 7
+    # the block: refilled from a summary.csv under root, idempotent, a missing file named
+    import csv
+
+    with open(tmp_path / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, restval="0")
+        w.writeheader()
+        for r in _rows(found):
+            w.writerow({**r, "run": r["method"], "steps": 150})
+    text = "# r\n<!-- protocol summary.csv -->\nold\n<!-- /protocol -->\ntail\n"
+    once = render_protocol(text, tmp_path)
+    assert "old" not in once and "**rejected**" in once and once.endswith("<!-- /protocol -->\ntail\n")
+    assert render_protocol(once, tmp_path) == once
+    with pytest.raises(ValueError, match="no file"):
+        render_protocol(text, tmp_path / "nowhere")

@@ -18,7 +18,9 @@ def test_report_tables_match_the_committed_data():
     assert text.count("<!-- stats ") == text.count("<!-- /stats -->") >= 8
     assert text.count("<!-- family -->") == text.count("<!-- /family -->") == 1  # the tables' multiplicity block
     assert text.count("<!-- identity ") == text.count("<!-- /identity -->") >= 2
-    rendered = render_report(text, read_summary(SUMMARY), SUMMARY.parent)
+    from bandpo.experiments.protocol import render_protocol
+
+    rendered = render_protocol(render_report(text, read_summary(SUMMARY), SUMMARY.parent), ROOT)
     if rendered != text:
         changed = [a for a, b in zip(text.splitlines(), rendered.splitlines()) if a != b][:3]
         raise AssertionError("docs/testbed-report.md is stale (python -m bandpo.experiments.stats --refresh "

@@ -18,12 +18,18 @@ seed, and computes, in this order:
 
 Only seeds where every arm has a finished run enter; the numbers of seeds per arm is printed, and the protocol's
 n is checked (fewer finished seeds is reported, never filled in later by new seeds).
+
+``--markdown`` prints the same results as Markdown tables (:func:`markdown`); a report holding a block
+``<!-- protocol SUMMARY_CSV -->`` ... ``<!-- /protocol -->`` gets it refilled by :func:`render_protocol` (called by
+``python -m bandpo.experiments.stats --refresh REPORT``, checked on the committed data by tests/test_testbed_report.py).
+These only format what :func:`analyze` returns; the analysis itself is the registered one.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -32,7 +38,7 @@ import numpy as np
 
 from .stats import holm, mcnemar, paired_rmst, sign_flip, t_interval
 
-__all__ = ["ALPHA", "ARMS", "N_SEEDS", "analyze"]
+__all__ = ["ALPHA", "ARMS", "N_SEEDS", "analyze", "markdown", "render_protocol"]
 
 ALPHA = 0.05
 """Level of the primary test and of the Holm family of secondary tests (two-sided)."""
@@ -72,7 +78,7 @@ def analyze(rows: Sequence[Mapping], heldout: int = 100, n_eval: int = 8) -> dic
         return np.array([float(arms[method][s][key]) for s in seeds])
 
     tau = float(arms["clip"][seeds[0]]["max_steps"])
-    out: dict = {"seeds": len(seeds), "planned": N_SEEDS}
+    out: dict = {"seeds": len(seeds), "planned": N_SEEDS, "tau": tau}
     new, clip = col("band_kl_upper_rare", "discovered"), col("clip", "discovered")
     test = mcnemar(new, clip)
     iv = t_interval(new - clip)
@@ -102,11 +108,62 @@ def analyze(rows: Sequence[Mapping], heldout: int = 100, n_eval: int = 8) -> dic
     return out
 
 
+def _p(x: float) -> str:
+    return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
+
+
+def markdown(res: dict) -> str:
+    """The results of :func:`analyze` as two Markdown tables (primary, then the Holm family) and a line on n."""
+    pr = res["primary"]
+    verdict = "**rejected**" if pr["reject"] else "**not rejected**"
+    lines = [
+        f"*Paired seeds: {res['seeds']} (planned {res['planned']}). Primary: exact two-sided McNemar test at "
+        f"α = {ALPHA}; difference of rates with a 95 % Student t interval on the paired 0/1 differences.*",
+        "",
+        "| endpoint | band_kl_upper_rare | clip | difference [95 % t] | discordant pairs (new only / clip only) "
+        "| exact McNemar p | H0 |",
+        "|---|---|---|---|---|---|---|",
+        f"| tail discovered by step {res.get('tau', 150):g} | {pr['rate_new']:.3f} | {pr['rate_clip']:.3f} | "
+        f"{pr['estimate']:+.3f} [{pr['low']:+.3f}, {pr['high']:+.3f}] | {pr['new_only']} / {pr['clip_only']} | "
+        f"{_p(pr['p'])} | {verdict} |",
+        "",
+        f"*Secondary endpoints: one family of {len(res['secondary'])} tests, Holm-adjusted at α = {ALPHA}; estimates "
+        "are paired differences arm - clip with 95 % Student t intervals (unadjusted).*",
+        "",
+        "| test | estimate [95 % t] | n | p | Holm p | supported |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in res["secondary"]:
+        lines.append(f"| {t['name']} | {t['estimate']:+.4g} [{t['low']:+.4g}, {t['high']:+.4g}] | {t['n']} | "
+                     f"{_p(t['p'])} | {_p(t['p_holm'])} | {'yes' if t['reject'] else 'no'} |")
+    return "\n".join(lines)
+
+
+_BLOCK = re.compile(r"(?P<open><!-- protocol (?P<path>[^>]*?) -->\n)(?P<body>(?:(?!<!-- /?protocol).)*?)"
+                    r"(?P<close><!-- /protocol -->)", re.S)
+"""A protocol block of a report: the summary.csv path (relative to the repository root), a body, the closing marker."""
+
+
+def render_protocol(text: str, root: "str | Path") -> str:
+    """``text`` with every block ``<!-- protocol PATH -->`` ... ``<!-- /protocol -->`` refilled by :func:`markdown`
+    of :func:`analyze` on the summary.csv at ``root / PATH``; ValueError names a missing file."""
+    from .testbed import read_summary
+
+    def fill(m: "re.Match") -> str:
+        path = Path(root) / m.group("path").strip()
+        if not path.is_file():
+            raise ValueError(f"report block <!-- protocol {m.group('path')} -->: no file {path}")
+        return m.group("open") + markdown(analyze(read_summary(path))) + "\n" + m.group("close")
+
+    return _BLOCK.sub(fill, text)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .testbed import read_summary
 
     p = argparse.ArgumentParser(prog="python -m bandpo.experiments.protocol", description=__doc__.split("\n\n")[0])
     p.add_argument("summary", nargs="?", default="paper_figures/data/protocol/runs/summary.csv")
+    p.add_argument("--markdown", action="store_true", help="print the results as Markdown tables")
     args = p.parse_args(argv)
     if not Path(args.summary).is_file():
         print(f"bandpo.experiments.protocol: error: no file {args.summary}", file=sys.stderr)
@@ -116,6 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"bandpo.experiments.protocol: error: {e}", file=sys.stderr)
         return 2
+    if args.markdown:
+        print(markdown(res))
+        return 0
     pr = res["primary"]
     print(f"paired seeds: {res['seeds']} (planned {res['planned']})")
     print(f"PRIMARY {pr['name']}: {pr['rate_new']:.3f} vs {pr['rate_clip']:.3f}, difference {pr['estimate']:+.3f} "
