@@ -1,4 +1,4 @@
-"""Figure 7: testbed, paired differences against GRPO clip, per method, with 95 % bootstrap intervals (forest plot).
+"""Figure 7: testbed, paired differences against GRPO clip, per method, with 95 % Student t intervals (forest plot).
 
     python paper_figures/fig7_testbed_forest.py --out paper_figures/out/
     python paper_figures/fig7_testbed_forest.py --data some/testbed --metrics eval_mean collapsed
@@ -6,9 +6,9 @@
 Data: ``data/testbed/summary.csv`` (``python -m bandpo.experiments.testbed``). Rows: every method of the ``main``
 and ``ablation`` grids present in the data (their own settings), clip excluded. Panels: one per metric (default
 held-out mean@n, pass@k, final entropy and steps to discover the tail). Each point is the mean over seeds of the
-paired difference method - clip (same seed: same warm start and sampler seed), the bar its 95 % percentile
-bootstrap interval over seeds (``bandpo.experiments.stats.bootstrap_mean``, 10 000 resamples, fixed seed), and the
-label the number of paired seeds. Discovery is censored at the run's length (a run that never finds the tail
+paired difference method - clip (same seed: same warm start and sampler seed), the bar its 95 % Student t interval
+over seeds (``bandpo.experiments.stats.t_interval``, as in docs/testbed-report.md's tables: the percentile bootstrap
+under-covers at n = 8), and the label the number of paired seeds. Every interval is unadjusted and exploratory. Discovery is censored at the run's length (a run that never finds the tail
 counts as finding it at the last step, so a difference is biased towards 0). Without the data the script prints why
 and writes nothing.
 """
@@ -42,7 +42,7 @@ def forest(rows, metrics=METRICS) -> list:
     from bandpo.experiments.stats import compare
 
     cands = [{"method": m, "setting": s} for m, s in candidates(rows)]
-    return compare(rows, metrics, cands, BASELINE)
+    return compare(rows, metrics, cands, BASELINE, interval="t")
 
 
 def make_figure(out, data: Path = TESTBED, metrics=METRICS):
@@ -82,7 +82,7 @@ def make_figure(out, data: Path = TESTBED, metrics=METRICS):
     axes[0].set_yticks(y, [method_style(m)["label"] + ("" if s == "default" else f" ({s})") for m, s in cands])
     axes[0].set_ylim(-0.7, len(cands) - 0.3)
     seeds = sorted({r["seed"] for r in rows})
-    fig.suptitle(f"testbed: paired difference vs GRPO clip, mean over seeds with 95% bootstrap interval "
+    fig.suptitle(f"testbed: paired difference vs GRPO clip, mean over seeds with 95% t interval "
                  f"({len(seeds)} seeds)", fontsize=9)
     return [save(fig, resolve_out(out, NAME))]
 

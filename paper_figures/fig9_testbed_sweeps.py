@@ -1,5 +1,5 @@
 """Figure 9: testbed sweeps and ablations: BandPO-KL's δ, the learning rate of clip and BandPO-KL, and the one-sided
-bands, each metric as a mean over seeds with its 95 % bootstrap interval.
+bands, each metric as a mean over seeds with its 95 % Student t interval.
 
     python paper_figures/fig9_testbed_sweeps.py --out paper_figures/out/
     python paper_figures/fig9_testbed_sweeps.py --data some/testbed --metrics eval_mean collapsed
@@ -10,8 +10,7 @@ clip's mean (grey line) and interval (grey band) for reference; (lr) clip and ba
 preset's learning rate (grid ``lr``; x1 from ``main``), log axis; (ablation) clip, band_kl, band_kl_upper (the
 band's upper bound with clip's lower 0.8) and band_kl_lower (the band's lower bound with clip's upper 1.2).
 Rows: one per metric (default held-out mean@n, steps to discover the tail, final entropy). Points: mean over seeds;
-bars: 95 % percentile bootstrap interval of that mean over seeds (``bandpo.experiments.stats.seed_mean``, 10 000
-resamples, fixed seed). Missing settings are left out; without the data the script prints why and writes nothing.
+bars: 95 % Student t interval of that mean over seeds (``bandpo.experiments.stats.seed_mean`` with ``interval="t"``). Missing settings are left out; without the data the script prints why and writes nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ DELTA_OWN = 0.05
 def _interval(rows, metric, spec):
     from bandpo.experiments.stats import seed_mean
 
-    return seed_mean(rows, metric, spec)
+    return seed_mean(rows, metric, spec, interval="t")
 
 
 def delta_points(rows, metric) -> list:
@@ -130,7 +129,7 @@ def make_figure(out, data: Path = TESTBED, metrics=METRICS):
     handles, labels = axes[0][1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=2)
     seeds = sorted({r["seed"] for r in rows})
-    fig.suptitle(f"testbed sweeps: mean over seeds with 95% bootstrap interval ({len(seeds)} seeds)", fontsize=9)
+    fig.suptitle(f"testbed sweeps: mean over seeds with 95% t interval ({len(seeds)} seeds)", fontsize=9)
     return [save(fig, resolve_out(out, NAME))]
 
 

@@ -99,6 +99,10 @@ def test_ambiguous_selection_and_unknown_metric_are_errors():
         paired_differences(rows, "nope", {"method": "band_kl", "setting": "default"})
     iv = seed_mean(rows, "m", {"method": "clip"})
     assert isinstance(iv, Interval) and iv.estimate == pytest.approx(2.5)
+    values = [r["m"] for r in rows if r["method"] == "clip"]
+    assert seed_mean(rows, "m", {"method": "clip"}, interval="t") == t_interval(values)
+    with pytest.raises(ValueError, match="interval must be one of"):
+        seed_mean(rows, "m", {"method": "clip"}, interval="wald")
 
 
 def test_cli_prints_the_table(tmp_path, capsys):

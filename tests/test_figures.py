@@ -286,7 +286,9 @@ def test_fig7_forest_numbers_are_the_paired_differences(testbed_data, tmp_path):
         diffs = [by[(t["method"], t["setting"], s)][t["metric"]] - by[("clip", "default", s)][t["metric"]]
                  for s in (0, 1, 2)]
         assert t["n"] == 3 and t["diff"] == pytest.approx(np.mean(diffs), abs=1e-12)
-        assert min(diffs) - 1e-12 <= t["low"] <= t["diff"] <= t["high"] <= max(diffs) + 1e-12
+        # the Student t interval with 2 degrees of freedom: mean ± 4.302653 · sd / sqrt(3)
+        half = 4.302652729911275 * np.std(diffs, ddof=1) / np.sqrt(3)
+        assert (t["low"], t["high"]) == pytest.approx((np.mean(diffs) - half, np.mean(diffs) + half), abs=1e-9)
     (a,) = f7.main(["--out", str(tmp_path / "a"), "--data", str(testbed_data)])
     (b,) = f7.main(["--out", str(tmp_path / "b"), "--data", str(testbed_data)])
     assert_png(a, min_h=250)

@@ -543,10 +543,10 @@ def interval_of(values: Sequence[float], interval: str = "t", **kw) -> Interval:
     return (bca_mean if interval == "bca" else bootstrap_mean)(values, **kw)
 
 
-def seed_mean(rows: Sequence[Mapping], metric: str, spec: Mapping, **kw) -> Interval:
-    """Mean over seeds of ``metric`` for the rows matching ``spec``, with its bootstrap interval (``kw``: those of
-    :func:`bootstrap_mean`)."""
-    return bootstrap_mean(list(_by_seed(rows, spec, metric).values()), **kw)
+def seed_mean(rows: Sequence[Mapping], metric: str, spec: Mapping, interval: str = "percentile", **kw) -> Interval:
+    """Mean over seeds of ``metric`` for the rows matching ``spec``, with its ``interval`` (:func:`interval_of`;
+    ``kw``: its options)."""
+    return interval_of(list(_by_seed(rows, spec, metric).values()), interval, **kw)
 
 
 def compare(rows: Sequence[Mapping], metrics: Sequence[str], candidates: Sequence[Mapping],
