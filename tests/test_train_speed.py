@@ -148,3 +148,40 @@ def test_rare_ratio_extremes_skip_optimiser_steps_without_rare_tokens():
     row = reduce_metrics([reduce_metrics([p], _RARE_REDUCTIONS, distributed=False) for p in (without, pos_rare)],
                          _RARE_REDUCTIONS, distributed=False)
     assert float(row["ratio/rare_pos_max"]) == 2.0 and math.isinf(float(row["ratio/rare_neg_min"]))
+
+
+def test_reduce_metrics_matches_exact_arithmetic_key_by_key():
+    """reduce_metrics reduces every key at once (one gather of the weights, one division for all means): on dyadic
+    values, where every sum is exact, each result is the correctly rounded exact reduction, for sums, weighted and
+    plain means (0 without weight), extremes over parts with data, ``empty`` without, and keys missing from parts."""
+    import random
+    from fractions import Fraction
+
+    from bandpo.losses import Reduction, reduce_metrics
+
+    rng = random.Random(0)
+    specs = {"s": Reduction("sum"), "m": Reduction("mean", "w"), "p": Reduction("mean"),
+             "lo": Reduction("min", "w", 7.0), "hi": Reduction("max", "w", -3.0)}
+    for _ in range(200):
+        parts = []
+        for _ in range(rng.randint(0, 5)):
+            part = {"w": torch.tensor(float(rng.choice([0, 0, 1, 2, 3, 5])), dtype=torch.float32)}
+            part.update({k: torch.tensor(rng.randint(-64, 64) / 8, dtype=torch.float32) for k in specs
+                         if rng.random() < 0.8})
+            parts.append(part)
+        got = reduce_metrics(parts, {**specs, "w": "sum"}, distributed=False)
+        for k, spec in specs.items():
+            have = [(Fraction(float(p[k])), Fraction(float(p["w"]))) for p in parts if k in p]
+            if not have:
+                assert k not in got
+                continue
+            if spec.kind == "sum":
+                want = float(sum(v for v, _ in have))
+            elif spec.kind == "mean":
+                ws = [w if spec.weight else Fraction(1) for _, w in have]
+                den = sum(ws)
+                want = float(sum(v * w for (v, _), w in zip(have, ws)) / den) if den > 0 else 0.0
+            else:
+                data = [v for v, w in have if w > 0]
+                want = float((min if spec.kind == "min" else max)(data)) if data else spec.empty
+            assert got[k].dtype == torch.float64 and got[k].item() == want, (k, parts, got[k], want)
