@@ -90,26 +90,33 @@ def position_ids(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def selective_logp(logits: Tensor, ids: Tensor) -> Tensor:
+def selective_logp(logits: Tensor, ids: Tensor, lse: Optional[Tensor] = None) -> Tensor:
     """``log softmax(logits)[ids]`` in float32 without materialising the log-softmax.
 
     Args:
         logits: (B, T, V). ids: (B, T) token ids.
+        lse: ``logsumexp(logits.float(), -1)`` when the caller has it already (:func:`completion_logp` shares it with
+            :func:`token_entropy`); None: computed here.
     Returns:
         (B, T) float32 log-probabilities ``z[id] − logsumexp(z)``.
     """
     z = logits.float()
-    return z.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    if lse is None:
+        lse = torch.logsumexp(z, dim=-1)
+    return z.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - lse
 
 
-def token_entropy(logits: Tensor) -> Tensor:
+def token_entropy(logits: Tensor, lse: Optional[Tensor] = None) -> Tensor:
     """Entropy of the full next-token distribution, ``H = logsumexp(z) − Σ_v softmax(z)_v z_v``.
 
     Args:
-        logits: (..., V). Returns: (...) float32, in nats; in ``[0, log V]``.
+        logits: (..., V). lse: ``logsumexp(logits.float(), -1)`` if already computed (None: computed here).
+    Returns: (...) float32, in nats; in ``[0, log V]``.
     """
     z = logits.float()
-    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+    if lse is None:
+        lse = torch.logsumexp(z, dim=-1)
+    return lse - (torch.softmax(z, dim=-1) * z).sum(-1)
 
 
 def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
@@ -388,8 +395,9 @@ def completion_logp(
     logits = logits[:, -(T + 1):-1]
     if temperature != 1.0:
         logits = logits.float() / temperature
-    logp = selective_logp(logits, completion_ids)
-    entropy = token_entropy(logits) if with_entropy else None
+    lse = torch.logsumexp(logits.float(), dim=-1)  # shared by the log-probs and the entropy
+    logp = selective_logp(logits, completion_ids, lse)
+    entropy = token_entropy(logits, lse) if with_entropy else None
     return logp, entropy
 
 
