@@ -185,3 +185,33 @@ def test_reduce_metrics_matches_exact_arithmetic_key_by_key():
                 data = [v for v, w in have if w > 0]
                 want = float((min if spec.kind == "min" else max)(data)) if data else spec.empty
             assert got[k].dtype == torch.float64 and got[k].item() == want, (k, parts, got[k], want)
+
+
+def test_warm_start_tokenizes_each_text_once_with_the_same_loss():
+    """sft_loss with a kept text -> ids dict gives the loss and accuracies bit for bit, and tokenizes only texts it
+    has not seen (the warm-start's texts repeat across steps)."""
+    from bandpo.training.rollout import sft_loss
+    from bandpo.training.tasks import build_task
+
+    model, tok = _model("testbed")
+    model.train()
+    cfg = load_config(preset_path("testbed"))
+    task = build_task(cfg.task, 0)
+    seen: list = []
+    real_call = type(tok).__call__
+
+    class Counting(type(tok)):
+        def __call__(self, texts, *a, **kw):
+            seen.append(len(texts))
+            return real_call(self, texts, *a, **kw)
+
+    counted = build_char_tokenizer()
+    counted.__class__ = Counting
+    encoded: dict = {}
+    for step in range(3):
+        pairs = task.sft_rows(step, 64) + task.sft_rows(0, 8)  # step 0's first rows again
+        plain = sft_loss(model, tok, pairs)
+        kept = sft_loss(model, counted, pairs, encoded)
+        assert torch.equal(plain[0], kept[0]) and plain[1:] == kept[1:]
+    texts = [t for s in range(3) for p in task.sft_rows(s, 64) for t in p]
+    assert sum(seen) == len(set(texts)) and len(encoded) == len(set(texts))
