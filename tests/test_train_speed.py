@@ -215,3 +215,36 @@ def test_warm_start_tokenizes_each_text_once_with_the_same_loss():
         assert torch.equal(plain[0], kept[0]) and plain[1:] == kept[1:]
     texts = [t for s in range(3) for p in task.sft_rows(s, 64) for t in p]
     assert sum(seen) == len(set(texts)) and len(encoded) == len(set(texts))
+
+
+def test_cpu_step_seeding_draws_what_torch_manual_seed_draws():
+    """training_step's seeding of the global RNG on a CPU run (the CPU generator only) gives the draws of
+    torch.manual_seed (dropout's stream)."""
+    from bandpo.training.module import _seed_global_rng
+
+    for seed in (0, 7, 2**62 + 5):
+        torch.manual_seed(seed)
+        want = torch.rand(5), torch.randn(3)
+        torch.manual_seed(seed + 1)
+        _seed_global_rng(seed, torch.device("cpu"))
+        got = torch.rand(5), torch.randn(3)
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc's mallopt: Linux only")
+def test_cpu_runs_keep_freed_memory_on_linux():
+    """A CPU run sets glibc's trim and mmap thresholds (launch._keep_freed_memory); a freed 64 MB buffer then stays
+    with the process instead of going back to the kernel. Runs in a child process (the setting is process-wide)."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes, torch\n"
+            "from bandpo.training.launch import _keep_freed_memory\n"
+            "def rss():\n"
+            "    return int(open('/proc/self/statm').read().split()[1])\n"
+            "assert _keep_freed_memory()\n"
+            "x = torch.ones(16 << 20); before = rss(); del x\n"
+            "print(before - rss())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == 0  # no page given back (by default glibc unmaps a 64 MB buffer at once)
