@@ -50,7 +50,9 @@ tokens/s = completion tokens (1536 per RL step) per second. Shares of a step, in
 * ``loss``: the loss computation without the model forward (bandpo: ``policy_loss`` and the k3 KL term; TRL:
   ``_compute_loss`` minus its ``_get_per_token_logps_and_entropies``), ``band`` included.
 
-The result for each trainer is the fastest of its rounds; ``ratio`` is bandpo's RL steps/s over TRL's for the same
+Every run goes in its own forked child process (:func:`in_child_process`), so each starts from the same process
+state: bandpo's trainer keeps freed memory in CPU runs (glibc ``mallopt``, process-wide), which would otherwise carry
+over to the TRL runs after it. The result for each trainer is the fastest of its rounds; ``ratio`` is bandpo's RL steps/s over TRL's for the same
 method, in CPU time and in wall time, and per round (the two runs of a round are back to back) with the median of
 those. The machine's load average is recorded: on a shared machine the CPU-time ratio is the one to read. Writes ``--out`` (default benchmarks/results/trainer_speed.json).
 """
@@ -415,6 +417,38 @@ def run_trl(method: str, steps: int, assets: dict, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _child(conn, fn, *args) -> None:
+    try:
+        conn.send(("ok", fn(*args)))
+    except BaseException as e:  # noqa: BLE001 - the parent re-raises it
+        import traceback
+
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+def in_child_process(fn, *args) -> dict:
+    """``fn(*args)`` in a forked child process (its result sent back through a pipe): every trainer run starts from
+    the same process state, so nothing one framework sets process-wide (bandpo's trainer keeps freed memory in CPU
+    runs, ``bandpo.training.launch._keep_freed_memory``) carries over to the other's runs."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, fn, *args))
+    proc.start()
+    child.close()
+    try:
+        status, value = parent.recv()
+    except EOFError:
+        status, value = "error", "the child process died without a result"
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in its child process (exit {proc.exitcode}): {value}")
+    return value
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12, help="RL steps per run (>= 3; steps 2..last-1 are timed)")
@@ -444,7 +478,7 @@ def main(argv=None) -> dict:
         for r in range(args.rounds):
             for method in args.methods:
                 for name, fn in ((f"bandpo/{method}", run_bandpo), (f"trl/{method}", run_trl)):
-                    out = fn(method, args.steps, assets, work)
+                    out = in_child_process(fn, method, args.steps, assets, work)
                     print(f"round {r + 1}: {name:16s} {out['rl_steps_per_cpu_s']:.3f} RL steps/CPU-s "
                           f"({out['rl_steps_per_wall_s']:.3f}/wall-s), shares "
                           + ", ".join(f"{k} {v:.0%}" for k, v in out["share"].items()), flush=True)

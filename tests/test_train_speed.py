@@ -148,3 +148,103 @@ def test_rare_ratio_extremes_skip_optimiser_steps_without_rare_tokens():
     row = reduce_metrics([reduce_metrics([p], _RARE_REDUCTIONS, distributed=False) for p in (without, pos_rare)],
                          _RARE_REDUCTIONS, distributed=False)
     assert float(row["ratio/rare_pos_max"]) == 2.0 and math.isinf(float(row["ratio/rare_neg_min"]))
+
+
+def test_reduce_metrics_matches_exact_arithmetic_key_by_key():
+    """reduce_metrics reduces every key at once (one gather of the weights, one division for all means): on dyadic
+    values, where every sum is exact, each result is the correctly rounded exact reduction, for sums, weighted and
+    plain means (0 without weight), extremes over parts with data, ``empty`` without, and keys missing from parts."""
+    import random
+    from fractions import Fraction
+
+    from bandpo.losses import Reduction, reduce_metrics
+
+    rng = random.Random(0)
+    specs = {"s": Reduction("sum"), "m": Reduction("mean", "w"), "p": Reduction("mean"),
+             "lo": Reduction("min", "w", 7.0), "hi": Reduction("max", "w", -3.0)}
+    for _ in range(200):
+        parts = []
+        for _ in range(rng.randint(0, 5)):
+            part = {"w": torch.tensor(float(rng.choice([0, 0, 1, 2, 3, 5])), dtype=torch.float32)}
+            part.update({k: torch.tensor(rng.randint(-64, 64) / 8, dtype=torch.float32) for k in specs
+                         if rng.random() < 0.8})
+            parts.append(part)
+        got = reduce_metrics(parts, {**specs, "w": "sum"}, distributed=False)
+        for k, spec in specs.items():
+            have = [(Fraction(float(p[k])), Fraction(float(p["w"]))) for p in parts if k in p]
+            if not have:
+                assert k not in got
+                continue
+            if spec.kind == "sum":
+                want = float(sum(v for v, _ in have))
+            elif spec.kind == "mean":
+                ws = [w if spec.weight else Fraction(1) for _, w in have]
+                den = sum(ws)
+                want = float(sum(v * w for (v, _), w in zip(have, ws)) / den) if den > 0 else 0.0
+            else:
+                data = [v for v, w in have if w > 0]
+                want = float((min if spec.kind == "min" else max)(data)) if data else spec.empty
+            assert got[k].dtype == torch.float64 and got[k].item() == want, (k, parts, got[k], want)
+
+
+def test_warm_start_tokenizes_each_text_once_with_the_same_loss():
+    """sft_loss with a kept text -> ids dict gives the loss and accuracies bit for bit, and tokenizes only texts it
+    has not seen (the warm-start's texts repeat across steps)."""
+    from bandpo.training.rollout import sft_loss
+    from bandpo.training.tasks import build_task
+
+    model, tok = _model("testbed")
+    model.train()
+    cfg = load_config(preset_path("testbed"))
+    task = build_task(cfg.task, 0)
+    seen: list = []
+    real_call = type(tok).__call__
+
+    class Counting(type(tok)):
+        def __call__(self, texts, *a, **kw):
+            seen.append(len(texts))
+            return real_call(self, texts, *a, **kw)
+
+    counted = build_char_tokenizer()
+    counted.__class__ = Counting
+    encoded: dict = {}
+    for step in range(3):
+        pairs = task.sft_rows(step, 64) + task.sft_rows(0, 8)  # step 0's first rows again
+        plain = sft_loss(model, tok, pairs)
+        kept = sft_loss(model, counted, pairs, encoded)
+        assert torch.equal(plain[0], kept[0]) and plain[1:] == kept[1:]
+    texts = [t for s in range(3) for p in task.sft_rows(s, 64) for t in p]
+    assert sum(seen) == len(set(texts)) and len(encoded) == len(set(texts))
+
+
+def test_cpu_step_seeding_draws_what_torch_manual_seed_draws():
+    """training_step's seeding of the global RNG on a CPU run (the CPU generator only) gives the draws of
+    torch.manual_seed (dropout's stream)."""
+    from bandpo.training.module import _seed_global_rng
+
+    for seed in (0, 7, 2**62 + 5):
+        torch.manual_seed(seed)
+        want = torch.rand(5), torch.randn(3)
+        torch.manual_seed(seed + 1)
+        _seed_global_rng(seed, torch.device("cpu"))
+        got = torch.rand(5), torch.randn(3)
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc's mallopt: Linux only")
+def test_cpu_runs_keep_freed_memory_on_linux():
+    """A CPU run sets glibc's trim and mmap thresholds (launch._keep_freed_memory); a freed 64 MB buffer then stays
+    with the process instead of going back to the kernel. Runs in a child process (the setting is process-wide)."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes, torch\n"
+            "from bandpo.training.launch import _keep_freed_memory\n"
+            "def rss():\n"
+            "    return int(open('/proc/self/statm').read().split()[1])\n"
+            "assert _keep_freed_memory()\n"
+            "x = torch.ones(16 << 20); before = rss(); del x\n"
+            "print(before - rss())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == 0  # no page given back (by default glibc unmaps a 64 MB buffer at once)

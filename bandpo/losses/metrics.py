@@ -8,6 +8,7 @@ with the bucket indicators.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
@@ -273,6 +274,11 @@ def metric_reduction(key: str) -> Reduction:
     return Reduction("mean")
 
 
+_default_reduction = functools.lru_cache(maxsize=4096)(metric_reduction)
+""":func:`metric_reduction`, memoised (a pure function of the key; :func:`reduce_metrics` asks it for every key of
+every call)."""
+
+
 def _as_spec(spec) -> Reduction:
     if isinstance(spec, Reduction):
         return spec
@@ -317,15 +323,17 @@ def reduce_metrics(
     keys: list = []
     for p in parts:
         keys.extend(k for k in p if k not in keys)
-    specs = {k: _as_spec((reductions or {}).get(k)) if k in (reductions or {}) else metric_reduction(k) for k in keys}
+    overrides = reductions or {}
+    specs = {k: _as_spec(overrides[k]) if k in overrides else _default_reduction(k) for k in keys}
     device = next((v.device for p in parts for v in p.values() if isinstance(v, Tensor)), torch.device("cpu"))
     f64 = torch.float64
     col = {k: j for j, k in enumerate(keys)}
     P, K = len(parts), len(keys)
+    everything = list(range(K))
 
     # (parts, keys) matrices of the values and of which part has which key: one stack per part.
-    rows, present = [], torch.zeros(P, K, dtype=torch.bool)
-    for i, p in enumerate(parts):
+    rows, present_rows = [], []
+    for p in parts:
         values = list(p.values())
         if values and all(isinstance(v, Tensor) and v.dim() == 0 and v.dtype == values[0].dtype for v in values):
             stacked = torch.stack(values).detach().to(device=device, dtype=f64)  # the common case: one cast
@@ -334,21 +342,28 @@ def reduce_metrics(
                                    else torch.tensor(float(v), dtype=f64, device=device) for v in values]) \
                 if values else None
         idx = [col[k] for k in p]
-        if idx == list(range(K)):
+        if idx == everything:
             row = stacked
+            present_rows.append([True] * K)
         else:
             row = torch.zeros(K, dtype=f64, device=device)
             if idx:
                 row[idx] = stacked
-        present[i, idx] = True
+            mark = [False] * K
+            for j in idx:
+                mark[j] = True
+            present_rows.append(mark)
         rows.append(row)
     V = torch.stack(rows) if P else torch.zeros(0, K, dtype=f64, device=device)
-    present = present.to(device)
+    present = torch.tensor(present_rows, dtype=torch.bool, device=device).reshape(P, K)
+    # V with a column of ones (index K): a key's weight column, or 1 without a weight key, in one gather.
+    V1 = torch.cat([V, torch.ones(P, 1, dtype=f64, device=device)], 1)
 
     def weights(j_of: "list[Optional[str]]") -> Tensor:
         """(P, len(j_of)) weight of each part for each key: the weight key's value, 1 without one."""
-        cols = [V[:, col[w]] if w is not None else torch.ones(P, dtype=f64, device=device) for w in j_of]
-        return torch.stack(cols, 1) if cols else torch.zeros(P, 0, dtype=f64, device=device)
+        if not j_of:
+            return torch.zeros(P, 0, dtype=f64, device=device)
+        return V1[:, [col[w] if w is not None else K for w in j_of]]
 
     add_keys = [k for k in keys if specs[k].kind in ("mean", "sum")]
     ext_keys = [k for k in keys if specs[k].kind in ("min", "max")]
@@ -369,16 +384,16 @@ def reduce_metrics(
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         if ext.numel():
             dist.all_reduce(ext, op=dist.ReduceOp.MIN, group=group)
+    # Elementwise over all keys at once (each element's arithmetic is the same as key by key): sums as they are,
+    # means Σ value·weight / Σ weight (0 without weight), extremes with their sign undone or ``empty``.
     n = len(add_keys)
     zero = torch.zeros((), dtype=f64, device=device)
-    out: dict = {}
-    for i, k in enumerate(add_keys):
-        if specs[k].kind == "sum":
-            out[k] = flat[i]
-        else:
-            wsum = flat[n + i]
-            out[k] = torch.where(wsum > 0, flat[i] / wsum.clamp(min=torch.finfo(f64).tiny), zero)
-    for i, k in enumerate(ext_keys):
-        empty = torch.tensor(specs[k].empty, dtype=f64, device=device)
-        out[k] = torch.where(torch.isinf(ext[i]), empty, ext[i] * sign[i])
+    total, wsum = flat[:n], flat[n:]
+    means = torch.where(wsum > 0, total / wsum.clamp(min=torch.finfo(f64).tiny), zero)
+    added = torch.where(is_mean, means, total)
+    empty = torch.tensor([specs[k].empty for k in ext_keys], dtype=f64, device=device)
+    extremes = torch.where(torch.isinf(ext), empty, ext * sign)
+    out = dict(zip(add_keys, added.unbind())) if n else {}
+    if ext_keys:
+        out.update(zip(ext_keys, extremes.unbind()))
     return {k: out[k] for k in keys}
