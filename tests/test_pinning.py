@@ -130,3 +130,19 @@ def test_recheck_reproduces_a_run_and_names_the_first_difference(reference, tmp_
     assert recheck_main([str(reference), "--steps", "5"]) == 2
     assert "--steps 5 is invalid" in capsys.readouterr().err
     assert recheck_main([str(tmp_path)]) == 2
+
+
+def test_recheck_does_not_count_where_a_warm_start_came_from(reference, tmp_path):
+    """A grid run loads its seed's warm-start from the runner's cache (warmstart.json says ``reused_from``); the
+    same run training its own compares equal, and a changed value still counts."""
+    cache = tmp_path / "cache"
+    other = load_config(preset_path("testbed"), {**SMALL, "loss.method": "clip"})
+    run(other, tmp_path / "clip", warmstart_cache=cache)  # trains and stores the warm-start
+    run(load_config(preset_path("testbed"), SMALL), tmp_path / "reused", warmstart_cache=cache)
+    assert "reused_from" in json.loads((tmp_path / "reused" / "warmstart.json").read_text())
+    result = compare_runs(tmp_path / "reused", reference)
+    assert result["compared"] > 100 and result["differences"] == []
+    ws = json.loads((tmp_path / "reused" / "warmstart.json").read_text())
+    ws["loss"] = ws["loss"] + 1e-9
+    (tmp_path / "reused" / "warmstart.json").write_text(json.dumps(ws))
+    assert [d[2] for d in compare_runs(tmp_path / "reused", reference)["differences"]] == ["loss"]

@@ -34,6 +34,9 @@ from typing import Optional, Sequence
 __all__ = ["TIMING", "Difference", "compare_runs", "recheck"]
 
 TIMING = ("time/", "perf/", "wall_s", "time_s")
+BOOKKEEPING = ("reused_from",)
+"""``warmstart.json`` keys that say where a warm-start came from, not what it computed (a grid run loads its seed's
+warm-start from the runner's cache, ``launch.run(warmstart_cache=)``; a re-check trains it): not compared."""
 """Column and key names that measure time, not numbers of the run, never compared: a name that starts with one of
 these or whose last ``/`` part is one (``eval/time_s``)."""
 
@@ -102,7 +105,7 @@ def _compare_csv(name: str, committed: Path, rerun: Path, steps: Optional[Sequen
 
 def compare_runs(committed: "str | Path", rerun: "str | Path") -> dict:
     """Compare the re-run folder ``rerun`` with ``committed`` over what the re-run has: ``warmstart.json`` (keys but
-    timings), ``metrics.csv`` (every step of the re-run, every column but timings) and ``eval.csv`` (the steps both
+    timings and :data:`BOOKKEEPING`), ``metrics.csv`` (every step of the re-run, every column but timings) and ``eval.csv`` (the steps both
     have). Returns {"differences": [Difference, ...] in the order of the files and steps, "compared": number of
     values compared, "steps": the re-run's steps}."""
     a, b = Path(committed), Path(rerun)
@@ -112,7 +115,8 @@ def compare_runs(committed: "str | Path", rerun: "str | Path") -> dict:
     if wa.is_file() or wb.is_file():
         ja = json.loads(wa.read_text()) if wa.is_file() else {}
         jb = json.loads(wb.read_text()) if wb.is_file() else {}
-        for key in [k for k in ja if not _timing(k)] + [k for k in jb if k not in ja and not _timing(k)]:
+        keep = [k for k in ja if not _timing(k)] + [k for k in jb if k not in ja and not _timing(k)]
+        for key in [k for k in keep if k not in BOOKKEEPING]:
             n += 1
             if not _same(repr(ja.get(key)), repr(jb.get(key))):
                 diffs.append(Difference("warmstart.json", None, key, repr(ja.get(key)), repr(jb.get(key))))
