@@ -28,7 +28,10 @@ data-dependent Python control flow, no ``.item()``; the eager CPU path skips sat
 * the same with a divergence that saturates (``reverse_kl``, ``js``, user generators with f(0) finite): one
   lookup per side in a per-delta "kink table" indexed by the float64 bits of the distance of -old_logp to
   the side's saturation kink (or to 0), exact 0 and 1/p beyond the kinks, nodes again solved by the float64
-  path (:func:`bandpo.operator.tables.build_sat_table`, ~10 ms);
+  path (:func:`bandpo.operator.tables.build_sat_table`, ~10 ms); on the eager CPU one lookup of both sides by
+  the float32 bits of -old_logp instead (:class:`bandpo.operator.tables.SatBitsTable`: rows refined next to the
+  kinks down to single float32 values, built from the kink table's kinks and the float64 path, 0.1-0.5 s per
+  delta), the kink table only for denormal or invalid inputs;
 * other float32/16 calls (a per-token tensor delta) take the start table + one Halley step (kl) or one
   Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in
   ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once); both sides stacked in one
@@ -66,7 +69,7 @@ from .numerics import LOG_TINY, log1mexp
 from .solvers import HALLEY, chi2_log_band, hellinger_log_band, tv_log_band
 from .tables import NEWTON_FINISH, _eager_only, _finite_tau, _safe_step, _safe_step_neg, bits_band, get_bits_table, get_start_table
 from .tables import lookup_start32, phi_at_inf, phi_fn, saturates, side_phi_at_inf, tau_coords
-from .tables import delta_coords, get_sat_table, sat_band, tabulated_side, warp
+from .tables import delta_coords, get_sat_bits_table, get_sat_table, sat_band, sat_bits_band, tabulated_side, warp
 from .tables import FINE_HALLEY, FINE_NEWTON, fine_tau_coords, get_fine_table, lookup_fine32
 
 __all__ = ["band", "log_band", "prepare"]
@@ -627,6 +630,11 @@ def band(
         # float32/16 output, Python delta, saturating divergence: the per-delta kink table (None where the
         # saturated sets are not intervals at the ends: then the start table + Halley below)
         sat = get_sat_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
+        if sat is not None and old_logp.device.type == "cpu" and not torch.compiler.is_compiling():
+            # eager CPU: one lookup by the float32 bits of -old_logp, the kink table only near the kinks
+            bits = get_sat_bits_table(div, delta, sat, lambda lp: _log_band_f64(lp, delta, div, False))
+            with torch.no_grad():
+                return _chunked(lambda x, d, out=None: sat_bits_band(bits, x, out), old_logp, delta, writes_out=True)
         if sat is not None:
             with torch.no_grad():
                 return _chunked(_lookup(lambda x, d, out=None: sat_band(sat, x, out)), old_logp, delta,

@@ -63,7 +63,8 @@ __all__ = ["BitsTable", "StartTable", "bits_band", "build_bits_table", "build_st
            "get_bits_table", "get_start_table", "phi_at_inf", "phi_fn", "saturates", "side_phi_at_inf",
            "tabulated_side", "tau_coords", "warp", "SatHalf", "SatSide", "SatTable", "build_sat_table",
            "get_sat_table", "sat_band", "lookup_start32", "FineStartTable", "build_fine_table", "get_fine_table",
-           "fine_tau_coords", "lookup_fine32"]
+           "fine_tau_coords", "lookup_fine32", "SatBitsTable", "build_sat_bits_table", "get_sat_bits_table",
+           "sat_bits_band"]
 
 # Grid (see the module docstring). The nodes span exactly the logits the solvers see: masses are clamped
 # at the smallest normal float64, so |log a - log b| <= -LOG_TINY = 708.4 (a node beyond it would repeat the
@@ -877,4 +878,220 @@ def sat_band(
         out = tuple(torch.empty(x.shape, dtype=old_logp.dtype, device=x.device) for _ in range(2))
     torch.add(lower, pad, out=out[0])  # float64, rounded once
     torch.add(upper, pad, out=out[1])
+    return out[0].view(old_logp.shape), out[1].view(old_logp.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed-delta fast path of saturating divergences on the eager CPU: one lookup by the float32 bits of x
+# ----------------------------------------------------------------------------------------------------------
+
+# The kink table above resolves each root near its saturation kink (d / log(1/d) in the distance d) with one lookup
+# per side, each with its own coordinate. On the eager CPU one index serves both sides instead, as in BitsTable:
+# the float32 bits of x = -log p pick a coarse segment (2^BITS_M per binade), whose entry in ``info`` says where
+# its rows start in the coefficient table and how many of the 2^_BITS_SHIFT float32 values of x in it each row
+# covers (2^sh, sh <= _BITS_SHIFT): a smooth segment is one row, a segment next to a kink is cut into rows of 2^12,
+# 2^9, 2^6, 2^3 values or single values (sh = 0: the value itself, no interpolation), whichever is the coarsest
+# whose cubics all meet SAT_BITS_TOL at their midpoints. Each row stores, for both sides at once, the cubic of
+# log2 r (one exp2 per side) through four nodes solved by the float64 path. Beyond a kink a row holds -inf (lower:
+# 2^-inf = 0) or +inf (upper: 1/p by the minimum with 1/p), the saturated values. The index is read from the bits
+# of x minus one, so that x = 0 (p = 1, the most common float32 log-probability of a confident token) gets a row
+# of its own; a row of 2^sh values then covers (x_0, x_0 + 2^sh ulp], its position in it is
+# v = (u + 1)·2^-sh with u the low sh bits of (bits - 1) & (2^_BITS_SHIFT - 1). 0 < x < 2^X_MIN_EXP (denormal or
+# tiny log-probabilities) and segments that no level resolves give an infinite lower bound, and those elements are
+# recomputed by sat_band.
+SAT_BITS_TOL = 2.0**-32
+"""Largest |Δ log2 r| of a kept row's cubic at its midpoint (a relative error of r of 2^-32 ln 2, ~1/260 of a float32
+ulp; the interpolation error of a cubic through v = -1, 0, 1, 2 is largest on [0, 1] at v = 1/2), plus 2^-40 |log2 r|
+for the rounding of the evaluation where |log2 r| is large."""
+SB_MIN_EXP = -126  # the table covers x from the smallest normal float32 up; denormal x is marked
+SB_KEY_BITS = 12  # float32 mantissa bits below a coarse segment's index: 2^11 coarse segments per binade
+_SB_BINADES = X_MAX_EXP - SB_MIN_EXP
+_SB_SEGMENTS = _SB_BINADES << (23 - SB_KEY_BITS)
+_SB_ROW_ZERO = _SB_SEGMENTS + 1  # x = 0; row 0: 0 < x < 2^SB_MIN_EXP (marked); rows 1.._SB_SEGMENTS: the segments
+_SB_OFFSET = ((127 + SB_MIN_EXP) << (23 - SB_KEY_BITS)) - 1  # key of the first segment, minus its row 1
+_SB_LEVELS = (23, 15, 12, 9, 6, 3, 0)  # row widths tried (log2 of float32 values per row): a binade, 2^15 values, ...
+_SB_MAX_SINGLE = 16  # coarse segments tabulated value by value (2^SB_KEY_BITS rows each); further ones are marked
+_SB_MARK = (math.inf, 0.0, 0.0, 0.0)  # a marked row's lower-side coefficients
+_SB_INVALID = 1e-40  # the x of a NaN or infinite old_logp: denormal, so its row is marked
+
+
+@dataclass(frozen=True)
+class SatBitsTable:
+    """``info``: (_SB_SEGMENTS + 2,) int32, row0 · 32 + sh per coarse segment (row0 the row of position 0 of the
+    segment's binade at that width, so row = row0 + (position in the binade >> sh)); ``pairs``: (4, n_rows)
+    complex128, coefficient k of the cubics (lower, upper) of log2 r in the position u within a row
+    (:func:`sat_bits_band`); ``sat``: the kink table that recomputes marked elements; ``marked``: how many
+    segments are marked besides denormal x."""
+
+    info: Tensor
+    pairs: Tensor
+    sat: SatTable
+    marked: int
+
+    def to(self, device: torch.device) -> "SatBitsTable":
+        return SatBitsTable(self.info.to(device), self.pairs.to(device), self.sat.to(device), self.marked)
+
+
+def _sat_bits_rows(sat: SatTable, solve, x0: Tensor, w: Tensor, sh: int) -> "tuple[Tensor, Tensor, Tensor]":
+    """Rows covering (x0, x0 + w] (w = 2^sh float32 ulps): (lower (n, 4), upper (n, 4), ok (n,)), coefficients in u."""
+    def saturate(y: Tensor, side: SatSide, lower: bool, at_most: Tensor, at_least: Tensor) -> "tuple[Tensor, Tensor]":
+        """(y, saturated): y with the saturated rows replaced, lower: -inf (2^-inf = 0); upper: log2(1/p) =
+        x log2(e), x = x0 + (u + 1)·ulp, which is linear in u."""
+        if side.coef is None:
+            saturated = torch.ones(y.shape[0], dtype=torch.bool)
+        else:
+            saturated = torch.zeros(y.shape[0], dtype=torch.bool)
+            if side.kink_left:  # saturated for x <= L
+                saturated |= at_most <= side.L
+            if side.kink_right:  # saturated for x >= R
+                saturated |= at_least >= side.R
+        if lower:
+            y[saturated] = torch.tensor([-math.inf, 0.0, 0.0, 0.0], dtype=torch.float64)
+        else:
+            one_ulp = w * 2.0**-sh
+            inv_p = torch.stack(((x0 + one_ulp) * _LOG2E, one_ulp * _LOG2E, 0 * w, 0 * w), dim=1)
+            y[saturated] = inv_p[saturated]
+        return y, saturated
+
+    sides = ((sat.lower, True), (sat.upper, False))
+    if sh == 0:  # the value at x0 + w itself
+        x = x0 + w
+        with torch.no_grad():
+            logs = solve(-x)
+        out = []
+        for (side, lower), logr in zip(sides, logs):
+            y = torch.zeros(x.numel(), 4, dtype=torch.float64)
+            y[:, 0] = logr * _LOG2E
+            out.append(saturate(y, side, lower, x, x)[0])
+        ok = ~torch.isnan(out[0][:, 0]) & ~torch.isnan(out[1][:, 0])
+        return out[0], out[1], ok
+    v = torch.tensor([-1.0, 0.0, 1.0, 2.0, 0.5], dtype=torch.float64)
+    with torch.no_grad():
+        logs = solve(-(x0[:, None] + w[:, None] * v).reshape(-1))
+    s = 2.0**-sh
+    m_mid = 2.0 ** (sh - 1) - 1.0  # v = 1/2
+    out, ok_all = [], None
+    for (side, lower), logr in zip(sides, logs):
+        ym1, y0, y1, y2, ymid = (logr * _LOG2E).reshape(-1, 5).unbind(1)
+        c0, c1 = y0, -ym1 / 3 - y0 / 2 + y1 - y2 / 6
+        c2, c3 = ym1 / 2 - y0 + y1 / 2, -ym1 / 6 + y0 / 2 - y1 / 2 + y2 / 6
+        # in u, with v = (u + 1)·s: d_i = Σ_{k >= i} C(k, i) c_k s^k
+        d = torch.stack((c0 + s * (c1 + s * (c2 + s * c3)), s * (c1 + s * (2 * c2 + s * 3 * c3)),
+                         s * s * (c2 + s * 3 * c3), s**3 * c3), dim=1)
+        at_mid = d[:, 0] + m_mid * (d[:, 1] + m_mid * (d[:, 2] + m_mid * d[:, 3]))
+        ok = torch.isfinite(d).all(1) & ((at_mid - ymid).abs() <= SAT_BITS_TOL + 2.0**-40 * ymid.abs())
+        if side.coef is not None:  # no node beyond a kink
+            if side.kink_left:
+                ok &= x0 - w > side.L
+            if side.kink_right:
+                ok &= x0 + 2 * w < side.R
+        d, saturated = saturate(d, side, lower, x0 + w, x0)
+        out.append(d)
+        ok = ok | saturated
+        ok_all = ok if ok_all is None else ok_all & ok
+    return out[0], out[1], ok_all
+
+
+def build_sat_bits_table(sat: SatTable, solve) -> SatBitsTable:
+    """``sat``: the kink table of this divergence and delta; ``solve``: float64 logp -> (log_lower, log_upper) by
+    the float64 path. Each binade is tried as one row, then in blocks of 2^15 values, then each coarse segment
+    (2^SB_KEY_BITS values) at the finer widths of _SB_LEVELS; a row: nodes at v = -1, 0, 1, 2 and a check at v = 1/2
+    (five solves), or the value itself (sh = 0). The width is the same in a unit (binade, block, segment)."""
+    per_binade = 1 << (23 - SB_KEY_BITS)
+    j = torch.arange(_SB_SEGMENTS)
+    e = (j // per_binade).to(torch.float64) + SB_MIN_EXP
+    ulp = torch.exp2(e - 23)  # float32 spacing in the segment's binade
+    start = torch.exp2(e) + (j % per_binade).to(torch.float64) * ulp * 2**SB_KEY_BITS
+    seg_sh = torch.full((_SB_SEGMENTS,), -1, dtype=torch.int64)  # the width level of each segment (-1: marked)
+    data = []  # (first segments of the units, sh, lower rows, upper rows), rows of each unit consecutive
+    todo = torch.arange(_SB_SEGMENTS)  # segments not yet served
+    for sh in _SB_LEVELS:
+        if todo.numel() == 0 or (sh == 0 and todo.numel() > _SB_MAX_SINGLE):
+            break
+        unit = max(1 << (sh - SB_KEY_BITS), 1) if sh > SB_KEY_BITS else 1  # segments per unit
+        firsts = torch.unique(todo - todo % unit)  # units with a segment to serve (all of theirs, by construction)
+        per = 1 << (max(sh, SB_KEY_BITS) - sh) if sh <= SB_KEY_BITS else 1  # rows per unit
+        w = ulp[firsts] * 2.0**sh
+        x0 = (start[firsts, None] + torch.arange(per, dtype=torch.float64) * w[:, None]).reshape(-1)
+        lo, up, ok = _sat_bits_rows(sat, solve, x0, w[:, None].expand(-1, per).reshape(-1), sh)
+        good = ok.view(-1, per).all(1)
+        rows = good[:, None].expand(-1, per).reshape(-1)
+        data.append((firsts[good], sh, lo[rows], up[rows]))
+        served = (firsts[good, None] + torch.arange(unit)).reshape(-1)
+        seg_sh[served] = sh
+        todo = torch.nonzero(seg_sh < 0).view(-1)
+    # layout: units in order, a unit's rows counted at its first segment; a marked segment gets one marked row
+    n_rows = torch.zeros(_SB_SEGMENTS, dtype=torch.int64)
+    for firsts, sh, lo, _ in data:
+        n_rows[firsts] = lo.shape[0] // max(firsts.numel(), 1)
+    marked = torch.nonzero(seg_sh < 0).view(-1)
+    n_rows[marked] = 1
+    base = 1 + torch.cumsum(n_rows, 0) - n_rows  # row 0: denormal x (marked)
+    total = 1 + int(n_rows.sum()) + 1
+    lower = torch.zeros(total, 4, dtype=torch.float64)
+    upper = torch.zeros(total, 4, dtype=torch.float64)
+    lower[0], upper[0, 0] = torch.tensor(_SB_MARK, dtype=torch.float64), math.inf
+    lower[base[marked]] = torch.tensor(_SB_MARK, dtype=torch.float64)
+    upper[base[marked], 0] = math.inf
+    unit_first = j.clone()
+    sh_eff = torch.where(seg_sh < 0, SB_KEY_BITS, seg_sh)
+    for firsts, sh, lo, up in data:
+        per = lo.shape[0] // max(firsts.numel(), 1)
+        idx = (base[firsts][:, None] + torch.arange(per)).reshape(-1)
+        lower[idx], upper[idx] = lo, up
+        if sh > SB_KEY_BITS:
+            unit = 1 << (sh - SB_KEY_BITS)
+            members = (firsts[:, None] + torch.arange(unit)).reshape(-1)
+            unit_first[members] = firsts[:, None].expand(-1, unit).reshape(-1)
+    # x = 0 (last row): the stored p -> 1 limit, and 1/p = 1
+    lower[-1, 0] = math.log2(sat.lower_at_one) if sat.lower_at_one > 0 else -math.inf
+    upper[-1, 0] = 0.0  # 2^0 = 1/p = 1
+    # info: row = row0 + (position in the binade >> sh), so row0 = (the unit's base) - (position of the unit's first
+    # value in the binade >> sh)
+    pos0 = (unit_first % per_binade) << SB_KEY_BITS
+    row0 = base[unit_first] - (pos0 >> sh_eff)
+    info = torch.cat((torch.tensor([23]), row0 * 32 + sh_eff, torch.tensor([(total - 1) * 32 + 23])))
+    pairs = torch.view_as_complex(torch.stack((lower, upper), dim=2).permute(1, 0, 2).contiguous())
+    return SatBitsTable(info.to(torch.int32), pairs, sat, int(marked.numel()))
+
+
+@_eager_only
+def get_sat_bits_table(div: Divergence, delta: float, sat: SatTable, solve) -> SatBitsTable:
+    """The cached :class:`SatBitsTable` for (divergence, delta) on the CPU (``sat``: its kink table)."""
+    return _cached((div, delta, "satbits"), torch.device("cpu"), lambda: build_sat_bits_table(sat, solve))
+
+
+def sat_bits_band(
+    table: SatBitsTable, old_logp: Tensor, out: "Optional[tuple[Tensor, Tensor]]" = None
+) -> "tuple[Tensor, Tensor]":
+    """(lower, upper) in old_logp's (float32/16) dtype on the CPU, eager: one lookup of both sides by the float32
+    bits of x = -old_logp (see SatBitsTable), marked elements recomputed by :func:`sat_band`; NaN where old_logp is
+    not finite. ``out``: two flat tensors to write into."""
+    x = torch.sub(0.0, old_logp.detach().reshape(-1).to(torch.float32))  # -old_logp, and +0 (not -0) at p = 1
+    # NaN and ±inf -> a denormal x, whose row is marked: sat_band gives them NaN
+    x = x.nan_to_num_(nan=_SB_INVALID, posinf=_SB_INVALID, neginf=_SB_INVALID).clamp_(0.0, _X_MAX)
+    b1 = x.view(torch.int32).sub(1)  # x = 0 -> -1
+    seg = torch.bitwise_right_shift(b1, SB_KEY_BITS).bitwise_and_((1 << (32 - SB_KEY_BITS)) - 1)
+    seg = seg.sub_(_SB_OFFSET).clamp_(0, _SB_ROW_ZERO)
+    info = table.info.index_select(0, seg)
+    sh = torch.bitwise_and(info, 31)
+    pos = b1.bitwise_and_((1 << 23) - 1)  # the position in the binade
+    q = torch.bitwise_right_shift(pos, sh)
+    row = info.bitwise_right_shift_(5).add_(q)
+    u = pos.sub_(q.bitwise_left_shift_(sh)).to(torch.float64)
+    u = torch.view_as_real(torch.complex(u, u))  # (n, 2)
+    y = _gather_pairs(table.pairs, 3, row)
+    for k in (2, 1, 0):  # Horner, in place on the gathered coefficients: log2 of (lower, upper)
+        y = _gather_pairs(table.pairs, k, row).addcmul_(u, y)
+    ratio = y.exp2_()
+    n = x.numel()
+    if out is None:
+        out = tuple(torch.empty(n, dtype=old_logp.dtype, device=x.device) for _ in range(2))
+    out[0].copy_(ratio[:, 0])  # float64, rounded once
+    out[1].copy_(ratio[:, 1])
+    if table.marked or int(seg.min()) == 0:  # marked segments, or a denormal or invalid x (row 0)
+        redo = torch.isinf(out[0]).nonzero().view(-1)  # a lower bound is never inf otherwise
+        lo, up = sat_band(table.sat, old_logp.detach().reshape(-1).index_select(0, redo))
+        out[0].index_copy_(0, redo, lo)
+        out[1].index_copy_(0, redo, up)
     return out[0].view(old_logp.shape), out[1].view(old_logp.shape)
