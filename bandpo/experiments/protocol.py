@@ -20,8 +20,9 @@ Only seeds where every arm has a finished run enter; the numbers of seeds per ar
 n is checked (fewer finished seeds is reported, never filled in later by new seeds).
 
 ``--markdown`` prints the same results as Markdown tables (:func:`markdown`); a report holding a block
-``<!-- protocol SUMMARY_CSV -->`` ... ``<!-- /protocol -->`` gets it refilled by :func:`render_protocol` (called by
-``python -m bandpo.experiments.stats --refresh REPORT``, checked on the committed data by tests/test_testbed_report.py).
+``<!-- protocol SUMMARY_CSV -->`` ... ``<!-- /protocol -->`` gets it refilled by :func:`render_protocol`
+(``python -m bandpo.experiments.protocol --refresh REPORT``, the path relative to the current folder; checked on the
+committed data by tests/test_testbed_report.py).
 These only format what :func:`analyze` returns; the analysis itself is the registered one.
 """
 
@@ -164,7 +165,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bandpo.experiments.protocol", description=__doc__.split("\n\n")[0])
     p.add_argument("summary", nargs="?", default="paper_figures/data/protocol/runs/summary.csv")
     p.add_argument("--markdown", action="store_true", help="print the results as Markdown tables")
+    p.add_argument("--refresh", metavar="REPORT", default=None,
+                   help="refill the <!-- protocol PATH --> blocks of REPORT (PATH relative to the current folder)")
     args = p.parse_args(argv)
+    if args.refresh is not None:
+        try:
+            report = Path(args.refresh)
+            report.write_text(render_protocol(report.read_text(encoding="utf-8"), Path.cwd()), encoding="utf-8")
+        except (OSError, ValueError) as e:
+            print(f"bandpo.experiments.protocol: error: {e}", file=sys.stderr)
+            return 2
+        print(f"refreshed the protocol blocks of {report}")
+        return 0
     if not Path(args.summary).is_file():
         print(f"bandpo.experiments.protocol: error: no file {args.summary}", file=sys.stderr)
         return 2

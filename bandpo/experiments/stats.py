@@ -817,10 +817,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ValueError("--interval applies to printed tables; a report block takes it among its own "
                                  "options (<!-- stats --interval bca ... -->)")
             path = Path(args.refresh)
-            from .protocol import render_protocol  # protocol.py imports this module's tests
-
-            text = render_report(path.read_text(encoding="utf-8"), rows, summary.parent)
-            path.write_text(render_protocol(text, Path.cwd()), encoding="utf-8")
+            path.write_text(render_report(path.read_text(encoding="utf-8"), rows, summary.parent), encoding="utf-8")
             print(f"refreshed the tables of {path}")
             return 0
     except (OSError, ValueError) as e:
