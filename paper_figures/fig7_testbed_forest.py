@@ -81,7 +81,7 @@ def make_figure(out, data: Path = TESTBED, metrics=METRICS):
         ax.margins(x=0.25)
     axes[0].set_yticks(y, [method_style(m)["label"] + ("" if s == "default" else f" ({s})") for m, s in cands])
     axes[0].set_ylim(-0.7, len(cands) - 0.3)
-    seeds = sorted({r["seed"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows if r["grid"] in ("main", "ablation")})
     fig.suptitle(f"testbed: paired difference vs GRPO clip, mean over seeds with 95% t interval "
                  f"({len(seeds)} seeds)", fontsize=9)
     return [save(fig, resolve_out(out, NAME))]

@@ -128,7 +128,7 @@ def make_figure(out, data: Path = TESTBED, metrics=METRICS):
             ax.set_title(f"({next(letters)}) {what}", loc="left")
     handles, labels = axes[0][1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=2)
-    seeds = sorted({r["seed"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows if r["grid"] in ("main", "delta", "lr", "ablation")})
     fig.suptitle(f"testbed sweeps: mean over seeds with 95% t interval ({len(seeds)} seeds)", fontsize=9)
     return [save(fig, resolve_out(out, NAME))]
 
