@@ -57,14 +57,14 @@ def curves(rows, steps: np.ndarray) -> dict:
 
     by_arm = {a: discovered_by(rows, a, steps) for a in ARMS}
     seeds = sorted(set.intersection(*(set(v) for v in by_arm.values())))
+    # (seeds, steps) 0/1 matrix of each arm over the paired seeds
+    found = {a: np.array([by_arm[a][s] for s in seeds]).reshape(len(seeds), steps.size) for a in ARMS}
     res: dict = {"seeds": len(seeds), "steps": steps, "rate": {}, "diff": {}}
     for a in ARMS:
-        m = np.array([by_arm[a][s] for s in seeds]) if seeds else np.zeros((0, steps.size))
-        k = m.sum(0)
+        k = found[a].sum(0)
         res["rate"][a] = (k / max(len(seeds), 1), np.array([wilson(int(x), len(seeds)) for x in k]))
-    clip = np.array([by_arm["clip"][s] for s in seeds]) if seeds else np.zeros((0, steps.size))
     for a in ARMS[1:]:
-        d = (np.array([by_arm[a][s] for s in seeds]) if seeds else np.zeros((0, steps.size))) - clip
+        d = found[a] - found["clip"]
         ivs = [t_interval(d[:, j]) for j in range(steps.size)]
         res["diff"][a] = np.array([[iv.estimate, iv.low, iv.high] for iv in ivs])
     return res

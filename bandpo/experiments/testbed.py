@@ -550,10 +550,13 @@ def testbed(
     base = load_config(preset_path(preset), dict(overrides or {}))
     base_id = config_id(base)
     todo = jobs(variants, seeds, shard)
+    from ..training.launch import warmstart_cache_file
+
     if runner is None:
         from ..training.launch import run as runner
     out = Path(out)
     cache = out / WARMSTART_CACHE
+    used: set = set()  # the cache files of the seed under way
     for k, (seed, variant) in enumerate(todo):
         extra = {**variant.overrides(base.optim.lr), "trainer.seed": seed, "trainer.progress_bar": False}
         cfg = base.replace(extra)
@@ -573,10 +576,13 @@ def testbed(
             break
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
         _record(path, variant, seed, wall, extra, base_id)
+        used.add(warmstart_cache_file(cfg, cache))
         if k + 1 == len(todo) or todo[k + 1][0] != seed:  # the seed's last run here: its warm-starts are done with
-            for f in cache.glob("warmstart-*.pt*"):
-                f.unlink(missing_ok=True)
-    if cache.is_dir() and not any(cache.iterdir()):
+            for f in used:  # only this seed's (another shard's process may be writing its own seed's)
+                for g in f.parent.glob(f.name + "*"):
+                    g.unlink(missing_ok=True)
+            used.clear()
+    if shard[1] == 1 and cache.is_dir() and not any(cache.iterdir()):  # alone on this folder
         cache.rmdir()
     return summarize(out)
 

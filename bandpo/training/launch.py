@@ -61,8 +61,8 @@ def run(cfg: TrainConfig, out: Union[str, Path], *, extra_callbacks: Sequence[An
 
     ``warmstart_cache``: a folder where finished warm-starts are kept by :func:`warmstart_key`; a run whose key is
     there loads those weights instead of training them again (the same bits: the warm-start is deterministic and
-    reads no setting the key leaves out; ``tests/test_warmstart_cache.py`` checks that a run is bit-identical with
-    and without the cache). Grid runners pass one so that the methods of a seed share one warm-start.
+    reads no setting the key leaves out; ``tests/test_testbed_runner.py`` and ``tests/test_pinning.py`` check that a
+    run is bit-identical with and without the cache). Grid runners pass one so that the methods of a seed share one warm-start.
     """
     out = check_out_dir(out)
     with RunLock(out) if is_main_process() else contextlib.nullcontext():
@@ -367,12 +367,17 @@ def warmstart_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def warmstart_cache_file(cfg: TrainConfig, cache: Union[str, Path]) -> Path:
+    """Where a finished warm-start of ``cfg`` is kept in the folder ``cache`` (its SHA-256 file beside it)."""
+    return Path(cache) / f"warmstart-{warmstart_key(cfg)}.pt"
+
+
 def _cached_warm_start(cfg: TrainConfig, out: Path, policy: Any, cache: Path) -> bool:
     """Load the warm-start of ``cfg`` from ``cache`` into ``policy`` and write ``warmstart.json``; False when the
     cache has no verified copy (a damaged one is ignored with a warning and trained again)."""
     import torch
 
-    path = cache / f"warmstart-{warmstart_key(cfg)}.pt"
+    path = warmstart_cache_file(cfg, cache)
     if not path.is_file():
         return False
     why = verify_checkpoint(path)
@@ -395,7 +400,7 @@ def _store_warm_start(cfg: TrainConfig, policy: Any, stats: dict, cache: Path) -
     if not is_main_process():
         return
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"warmstart-{warmstart_key(cfg)}.pt"
+    path = warmstart_cache_file(cfg, cache)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save({"bandpo_warmstart_cache": {"model": policy.state_dict(), "stats": stats}}, tmp)
     commit_checkpoint(tmp, path)
