@@ -433,7 +433,7 @@ def _warm_start(cfg: TrainConfig, out: Path, policy: Any, tokenizer: Any, task: 
         log(f"supervised warm-start: {w.steps} steps of {w.batch_size} examples, lr {w.lr}")
     t0 = time.time()
     stats = warm_start(policy, tokenizer, task.sft_rows, steps=w.steps, lr=w.lr, batch_size=w.batch_size,
-                       log=log, state=state, should_stop=lambda: stop.signum is not None)
+                       log=log, state=state, should_stop=lambda: stop.signum is not None, lean=cfg.model.lean_forward)
     wall = wall_before + time.time() - t0
     if "state" in stats:
         if is_main_process():

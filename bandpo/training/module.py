@@ -310,7 +310,7 @@ class BandPOModule(L.LightningModule):
             reward_funcs=cfg.task.reward_funcs or self.task.reward_funcs, reward_weights=cfg.task.reward_weights,
             correct_fn=self.task.correct, generator=self.generator, temperature=r.temperature, top_p=r.top_p,
             sampler=r.sampler, ref_model=self.ref_policy, scale_adv_by_std=cfg.objective.scale_adv_by_std,
-            micro_batch_size=r.micro_batch_size, chat_template=cfg.task.chat_template,
+            micro_batch_size=r.micro_batch_size, chat_template=cfg.task.chat_template, lean=cfg.model.lean_forward,
         )
 
     def _update(self, ro: Rollout, step: int) -> list:
@@ -348,7 +348,7 @@ class BandPOModule(L.LightningModule):
         parts: list = []
         for j in idx.split(micro):
             logp, _ = completion_logp(self.policy, ro.prompt_ids[j], ro.prompt_mask[j], ro.completion_ids[j],
-                                      ro.mask[j], temperature=cfg.rollout.temperature)
+                                      ro.mask[j], temperature=cfg.rollout.temperature, lean=cfg.model.lean_forward)
             mask = ro.mask[j]
             adv = ro.adv[j].reshape(-1, 1).expand_as(logp)
             loss, m = policy_loss(logp, ro.old_logp[j], adv, mask, config=cfg.loss, step=step, denominator=den,

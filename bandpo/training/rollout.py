@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Registry
+from .lean_forward import lean_logits, lean_unsupported
 
 __all__ = [
     "Rollout",
@@ -147,6 +148,18 @@ def _chunks(n: int, size: int) -> list:
 @functools.lru_cache(maxsize=None)
 def _forward_params(model_cls: type) -> frozenset:
     return frozenset(inspect.signature(model_cls.forward).parameters)
+
+
+def _lm_logits(model: Any, ids: Tensor, mask: Tensor, logits_to_keep: int, lean: bool) -> Tensor:
+    """``model(ids, mask, position ids).logits`` for (B, L) ``ids`` and ``mask``: the last ``logits_to_keep``
+    positions where the model can skip the others (0: all), through :func:`bandpo.training.lean_forward.lean_logits`
+    when ``lean`` and it is the same computation."""
+    pos = position_ids(mask)
+    if lean and lean_unsupported(model) is None:
+        return lean_logits(model, ids, mask, pos, logits_to_keep)
+    kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep and "logits_to_keep" in _forward_params(
+        type(model)) else {}
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs).logits
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -372,6 +385,7 @@ def completion_logp(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    lean: bool = True,
 ) -> tuple:
     """Log-probabilities (and entropies) of the completion tokens under ``model``, from one forward pass.
 
@@ -380,6 +394,7 @@ def completion_logp(
 
     Args:
         prompt_ids, prompt_mask: (B, P) left-padded. completion_ids, completion_mask: (B, T) right-padded.
+        lean: the forward of ``bandpo.training.lean_forward`` where it is the same computation (same floats).
     Returns:
         ``(logp, entropy)``: (B, T) float32 each (entropy is None unless ``with_entropy``). Values at masked
         positions are defined but meaningless.
@@ -387,11 +402,7 @@ def completion_logp(
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
     T = completion_ids.shape[1]
-    kwargs = {}
-    if "logits_to_keep" in _forward_params(type(model)):
-        kwargs["logits_to_keep"] = T + 1  # only the positions that predict completion tokens (+ the last)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
-                   **kwargs).logits
+    logits = _lm_logits(model, ids, mask, T + 1, lean)  # only the positions that predict completion tokens (+ last)
     logits = logits[:, -(T + 1):-1]
     if temperature != 1.0:
         logits = logits.float() / temperature
@@ -498,6 +509,7 @@ def rollout(
     scale_adv_by_std: bool = True,
     micro_batch_size: int = 0,
     chat_template: bool = False,
+    lean: bool = True,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt row, score them, and compute advantages and old log-probs.
 
@@ -506,6 +518,7 @@ def rollout(
         reward_funcs: names in ``bandpo.training.tasks.REWARD_FUNCS``; correct_fn: ``(completions, answers) -> bools``.
         micro_batch_size: sequences per sampling / forward chunk (0: all at once); the log-prob forwards use
             smaller chunks where the logits would exceed :data:`LOGP_CHUNK_ELEMENTS`.
+        lean: the log-prob forwards through ``bandpo.training.lean_forward`` where it is the same computation.
     """
     from .tasks import weighted_rewards
 
@@ -534,7 +547,7 @@ def rollout(
 
     def logp_of(model: Any, with_entropy: bool) -> tuple:
         outs = [completion_logp(model, prompt_ids[sl], prompt_mask[sl], completion_ids[sl], mask[sl],
-                                temperature=temperature, with_entropy=with_entropy)
+                                temperature=temperature, with_entropy=with_entropy, lean=lean)
                 for sl in _chunks(len(texts_rep), logp_size)]
         logp = torch.cat([o[0] for o in outs])
         return logp, (torch.cat([o[1] for o in outs]) if with_entropy else None)
@@ -564,7 +577,8 @@ def rollout(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple], encoded: Optional[dict] = None) -> tuple:
+def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple], encoded: Optional[dict] = None, *,
+             lean: bool = True) -> tuple:
     """Cross-entropy of ``target + EOS`` given ``prompt`` (prompt tokens are not scored).
 
     Args:
@@ -572,6 +586,7 @@ def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple], encoded: Option
         encoded: text -> token ids, kept by the caller across calls (:func:`warm_start` keeps one for its steps):
             a text found there is not tokenized again, new texts are added. Each text's ids are what the tokenizer
             gives it alone, so the result is the same with or without it.
+        lean: the forward of ``bandpo.training.lean_forward`` where it is the same computation (same floats).
     Returns:
         ``(loss, token_accuracy, sequence_accuracy)``: mean token NLL (0-d, differentiable) and the greedy
         (argmax) accuracies per token and per whole target (detached floats).
@@ -594,7 +609,7 @@ def sft_loss(model: Any, tokenizer: Any, pairs: Sequence[tuple], encoded: Option
     target_mask = torch.tensor([[0] * len(p) + [1] * (len(s) - len(p)) + [0] * (width - len(s))
                                 for s, p in zip(seqs, p_enc)], dtype=torch.long)
     ids, attn, target_mask = ids.to(device), attn.to(device), target_mask.to(device)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False).logits
+    logits = _lm_logits(model, ids, attn, 0, lean)
     logits, labels, m = logits[:, :-1], ids[:, 1:], target_mask[:, 1:]
     nll = -selective_logp(logits, labels)
     loss = masked_mean(nll, m)
@@ -616,6 +631,7 @@ def warm_start(
     log: Optional[Callable[[str], None]] = None,
     state: Optional[dict] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    lean: bool = True,
 ) -> dict:
     """Train ``model`` in place for ``steps`` AdamW steps on ``sft_rows(step, batch_size)`` (constant ``lr``).
 
@@ -625,7 +641,7 @@ def warm_start(
     It can be interrupted and continued: ``should_stop()`` is asked before every step; when it answers True the
     loop ends there and the returned dict also holds ``"state"`` (``{"step", "optimizer", "stats"}``: the steps
     done, the AdamW state and the last stats). Calling again with ``state=`` that dict and the model's weights at
-    that point continues bit for bit as if never stopped.
+    that point continues bit for bit as if never stopped. ``lean``: as :func:`sft_loss`.
     """
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, foreach=True)  # = the per-tensor loop
@@ -641,7 +657,7 @@ def warm_start(
             saved = {k: stats[k] for k in ("loss", "token_accuracy", "sequence_accuracy")}
             opt.zero_grad(set_to_none=True)
             return {**stats, "state": {"step": step, "optimizer": opt.state_dict(), "stats": saved}}
-        loss, tok_acc, seq_acc = sft_loss(model, tokenizer, sft_rows(step, batch_size), encoded)
+        loss, tok_acc, seq_acc = sft_loss(model, tokenizer, sft_rows(step, batch_size), encoded, lean=lean)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
