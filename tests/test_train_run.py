@@ -247,3 +247,31 @@ def test_kill_mid_run_loses_at_most_the_steps_since_the_checkpoint(tmp_path):
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp":
     _ddp_main(sys.argv[2])
+
+
+def test_warmstart_cache_across_commands(tmp_path, capsys):
+    """`--warmstart-cache DIR`: the second command (another method) loads the first's warm-start instead of training
+    it, and its run equals the same run training its own; a cache path under a file is a one-line error."""
+    from bandpo.training.cli import main
+    from bandpo.training.launch import warmstart_cache_file
+
+    common = ["--preset", "tiny-cpu", "--no-pin", "--max-steps", "2", "--warmstart.steps", "4",
+              "--rollout.prompts_per_step", "4", "--optim.prompts_per_minibatch", "2", "--trainer.checkpoint_every", "2"]
+    cache = tmp_path / "cache"
+    assert main(common + ["--method", "clip", "--out", str(tmp_path / "a"), "--warmstart-cache", str(cache)]) == 0
+    assert len(list(cache.glob("warmstart-*.pt"))) == 1
+    capsys.readouterr()
+    assert main(common + ["--method", "band_kl", "--out", str(tmp_path / "b"), "--warmstart-cache", str(cache)]) == 0
+    assert "reused from" in capsys.readouterr().out
+    assert main(common + ["--method", "band_kl", "--out", str(tmp_path / "c")]) == 0
+    b, c = (read_rows(tmp_path / x / "metrics.csv") for x in "bc")
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]  # noqa: E731
+    assert len(b) == 2 and strip(b) == strip(c)
+    cfg = load_config(CONFIG_DIR / "tiny-cpu.yaml", {"warmstart.steps": 4, "trainer.numerics": "native",
+                                                   "rollout.prompts_per_step": 4, "optim.prompts_per_minibatch": 2})
+    assert warmstart_cache_file(cfg, cache).is_file()  # the key the CLI used: settings, code, versions, machine
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "d"), "--warmstart-cache", str(tmp_path / "file" / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("bandpo.training: error: --warmstart-cache") and "is a file" in err

@@ -40,31 +40,33 @@ class UserError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def check_out_dir(out: Any) -> Path:
+def check_out_dir(out: Any, flag: str = "--out", what: str = "the run") -> Path:
     """``out`` as a Path, after making sure it is a folder this process can write in (created if needed).
+
+    ``flag`` and ``what`` name the option and its use in the messages (``--warmstart-cache``: the cache).
 
     Raises:
         UserError: ``out`` is empty (it would mean the current folder), is a file, lies under a file, or cannot be
             created or written.
     """
     if not str(out).strip():
-        raise UserError("--out is empty; give a folder for the run (it is created if needed)")
+        raise UserError(f"{flag} is empty; give a folder for {what} (it is created if needed)")
     p = Path(out).expanduser()
     if p.exists() and not p.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run (it is created if "
+        raise UserError(f"{flag} {str(out)!r} is a file, not a folder; give a folder for {what} (it is created if "
                         "needed)")
     parent = p
     while not parent.exists() and parent.parent != parent:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
-        raise UserError(f"--out {str(out)!r} lies under {str(parent)!r}, which is a file; choose a folder path")
+        raise UserError(f"{flag} {str(out)!r} lies under {str(parent)!r}, which is a file; choose a folder path")
     probe = p / ".bandpo-write-check"
     try:
         p.mkdir(parents=True, exist_ok=True)
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--out {str(out)!r} cannot be written ({e.strerror or e}); choose a folder you can write "
+        raise UserError(f"{flag} {str(out)!r} cannot be written ({e.strerror or e}); choose a folder you can write "
                         "to") from None
     return p
 

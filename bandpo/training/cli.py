@@ -120,6 +120,10 @@ def build_parser(defaults: Optional[TrainConfig] = None, source: str = "default"
     p.add_argument("--dry-run", action="store_true",
                    help="substitute the tiny model and CPU-sized batches and run 2 steps (checks a GPU config)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--warmstart-cache", metavar="DIR",
+                   help="keep finished supervised warm-starts in DIR, named by every setting they read (and the code "
+                        "and versions): a run whose warm-start is there loads it, the same weights, instead of "
+                        "training it again (e.g. the methods of a sweep at one seed, run as separate commands)")
     g = p.add_argument_group("shortcuts")
     g.add_argument("--no-pin", dest="trainer.numerics", action="store_const", const="native",
                    help="= --trainer.numerics native: this CPU's fastest code paths instead of the pinned mode of the "
@@ -207,11 +211,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(cfg.to_yaml(), end="")
             return 0
         check_inputs(cfg)
+        if args.warmstart_cache is not None:
+            check_out_dir(args.warmstart_cache, "--warmstart-cache", "the warm-start cache")
     except ValueError as e:
         print(f"bandpo.training: error: {e}", file=sys.stderr)
         return 2
     try:
-        summary = run(cfg, args.out)
+        summary = run(cfg, args.out, warmstart_cache=args.warmstart_cache)
     except UserError as e:  # found before training started (errors during training keep their traceback)
         print(f"bandpo.training: error: {e}", file=sys.stderr)
         return 2

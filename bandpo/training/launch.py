@@ -351,11 +351,14 @@ WARMSTART_IGNORES = {"loss": None, "objective": None, "optim": None,
 
 def warmstart_key(cfg: TrainConfig) -> str:
     """24 hex digits naming a run's warm-start: the SHA-256 of the config without :data:`WARMSTART_IGNORES` (the
-    method, its loss settings, the RL optimiser, the run length) plus the library versions. Runs with equal
-    keys start RL from the same weights."""
+    method, its loss settings, the RL optimiser, the run length), the library versions, the SHA-256 of this
+    package's training code (``bandpo/training/*.py``: an edited checkout is another key) and, outside the pinned
+    mode, the numerics the machine picks (the CPU and its vector ISA, or the accelerator). Runs with equal keys
+    start RL from the same weights, so a cache kept across commands or machines never hands over weights another
+    computation made."""
     import hashlib
 
-    from .pinning import _versions
+    from .pinning import _cpu_info, _versions
 
     d = cfg.to_dict()
     for section, fields in WARMSTART_IGNORES.items():
@@ -364,6 +367,16 @@ def warmstart_key(cfg: TrainConfig) -> str:
         else:
             d[section] = {k: v for k, v in d[section].items() if k not in fields}
     d["versions"] = _versions()  # python, torch, numpy, lightning, transformers, tokenizers, bandpo
+    code = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(path.name.encode() + b"\0" + path.read_bytes())
+    d["training_code"] = code.hexdigest()
+    if cfg.trainer.numerics != "pinned":
+        import torch
+
+        d["machine"] = {"cpu": _cpu_info(), "aten": torch.backends.cpu.get_cpu_capability(),
+                        "cuda": torch.cuda.get_device_name() if cfg.trainer.accelerator in ("gpu", "cuda")
+                        and torch.cuda.is_available() else None}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
