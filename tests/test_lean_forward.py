@@ -82,6 +82,21 @@ def test_logits_and_gradients_are_bit_identical_to_transformers(arch, dtype, hea
 
 
 @needs_checked
+def test_bit_identical_under_cpu_autocast():
+    """Lightning's ``bf16-mixed`` on the CPU runs the forward under autocast; the rotary angles stay float32."""
+    model, tok = _model()
+    for padding in ("none", "both"):
+        ids, mask = _batch(tok, 8, 9, padding)
+        pos = position_ids(mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = _grads(model, lambda: model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                              use_cache=False).logits)
+            lean = _grads(model, lambda: lean_logits(model, ids, mask, pos))
+        assert ref[0].dtype == torch.bfloat16 and torch.equal(ref[0], lean[0]), padding
+        assert all(torch.equal(ref[1][n], lean[1][n]) for n in ref[1]), padding
+
+
+@needs_checked
 def test_completion_logp_is_the_same_through_either_forward():
     model, tok = _model()
     ids, mask = _batch(tok, 16, 9, "both")

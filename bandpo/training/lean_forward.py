@@ -142,7 +142,7 @@ def lean_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, position_
         pos = torch.arange(L, device=input_ids.device)
         mask = (pos[None, :] <= pos[:, None])[None, None, :, :] & padding[:, None, None, :]
         causal, gqa = False, {}
-    with torch.no_grad():  # the rotary angles: float32, no gradient
+    with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):  # rotary angles: float32, no grad
         rot = inner.rotary_emb
         inv_freq = rot.inv_freq[None, :, None].float().expand(B, -1, 1)
         freqs = (inv_freq.float() @ position_ids[:, None, :].float()).transpose(1, 2)
