@@ -907,8 +907,9 @@ SB_MIN_EXP = -126  # the table covers x from the smallest normal float32 up; den
 SB_KEY_BITS = 12  # float32 mantissa bits below a coarse segment's index: 2^11 coarse segments per binade
 _SB_BINADES = X_MAX_EXP - SB_MIN_EXP
 _SB_SEGMENTS = _SB_BINADES << (23 - SB_KEY_BITS)
-_SB_ROW_ZERO = _SB_SEGMENTS + 1  # x = 0; row 0: 0 < x < 2^SB_MIN_EXP (marked); rows 1.._SB_SEGMENTS: the segments
-_SB_OFFSET = ((127 + SB_MIN_EXP) << (23 - SB_KEY_BITS)) - 1  # key of the first segment, minus its row 1
+# info is indexed by (bits(x) - 1 >> SB_KEY_BITS) + 1: entry 0 is x = 0 (bits - 1 = -1), then _SB_DENORMAL entries of
+# denormal x (marked), then the segments
+_SB_DENORMAL = 1 << (23 - SB_KEY_BITS)
 _SB_LEVELS = (23, 15, 12, 9, 6, 3, 0)  # row widths tried (log2 of float32 values per row): a binade, 2^15 values, ...
 _SB_MAX_SINGLE = 16  # coarse segments tabulated value by value (2^SB_KEY_BITS rows each); further ones are marked
 _SB_MARK = (math.inf, 0.0, 0.0, 0.0)  # a marked row's lower-side coefficients
@@ -917,7 +918,7 @@ _SB_INVALID = 1e-40  # the x of a NaN or infinite old_logp: denormal, so its row
 
 @dataclass(frozen=True)
 class SatBitsTable:
-    """``info``: (_SB_SEGMENTS + 2,) int32, row0 · 32 + sh per coarse segment (row0 the row of position 0 of the
+    """``info``: (1 + _SB_DENORMAL + _SB_SEGMENTS,) int32, row0 · 32 + sh per coarse segment (row0 the row of position 0 of the
     segment's binade at that width, so row = row0 + (position in the binade >> sh)); ``pairs``: (4, n_rows)
     complex128, coefficient k of the cubics (lower, upper) of log2 r in the position u within a row
     (:func:`sat_bits_band`); ``sat``: the kink table that recomputes marked elements; ``marked``: how many
@@ -966,8 +967,10 @@ def _sat_bits_rows(sat: SatTable, solve, x0: Tensor, w: Tensor, sh: int) -> "tup
         ok = ~torch.isnan(out[0][:, 0]) & ~torch.isnan(out[1][:, 0])
         return out[0], out[1], ok
     v = torch.tensor([-1.0, 0.0, 1.0, 2.0, 0.5], dtype=torch.float64)
+    # neighbouring rows share nodes: each distinct x is solved once (the solve is elementwise, so the same values)
+    nodes, where = torch.unique((x0[:, None] + w[:, None] * v).reshape(-1), return_inverse=True)
     with torch.no_grad():
-        logs = solve(-(x0[:, None] + w[:, None] * v).reshape(-1))
+        logs = tuple(t[where] for t in solve(-nodes))
     s = 2.0**-sh
     m_mid = 2.0 ** (sh - 1) - 1.0  # v = 1/2
     out, ok_all = [], None
@@ -1050,7 +1053,7 @@ def build_sat_bits_table(sat: SatTable, solve) -> SatBitsTable:
     # value in the binade >> sh)
     pos0 = (unit_first % per_binade) << SB_KEY_BITS
     row0 = base[unit_first] - (pos0 >> sh_eff)
-    info = torch.cat((torch.tensor([23]), row0 * 32 + sh_eff, torch.tensor([(total - 1) * 32 + 23])))
+    info = torch.cat((torch.tensor([(total - 1) * 32 + 23]), torch.full((_SB_DENORMAL,), 23), row0 * 32 + sh_eff))
     pairs = torch.view_as_complex(torch.stack((lower, upper), dim=2).permute(1, 0, 2).contiguous())
     return SatBitsTable(info.to(torch.int32), pairs, sat, int(marked.numel()))
 
@@ -1071,9 +1074,7 @@ def sat_bits_band(
     # NaN and ±inf -> a denormal x, whose row is marked: sat_band gives them NaN
     x = x.nan_to_num_(nan=_SB_INVALID, posinf=_SB_INVALID, neginf=_SB_INVALID).clamp_(0.0, _X_MAX)
     b1 = x.view(torch.int32).sub(1)  # x = 0 -> -1
-    seg = torch.bitwise_right_shift(b1, SB_KEY_BITS).bitwise_and_((1 << (32 - SB_KEY_BITS)) - 1)
-    seg = seg.sub_(_SB_OFFSET).clamp_(0, _SB_ROW_ZERO)
-    info = table.info.index_select(0, seg)
+    info = table.info.index_select(0, torch.bitwise_right_shift(b1, SB_KEY_BITS).add_(1))
     sh = torch.bitwise_and(info, 31)
     pos = b1.bitwise_and_((1 << 23) - 1)  # the position in the binade
     q = torch.bitwise_right_shift(pos, sh)
@@ -1089,7 +1090,7 @@ def sat_bits_band(
         out = tuple(torch.empty(n, dtype=old_logp.dtype, device=x.device) for _ in range(2))
     out[0].copy_(ratio[:, 0])  # float64, rounded once
     out[1].copy_(ratio[:, 1])
-    if table.marked or int(seg.min()) == 0:  # marked segments, or a denormal or invalid x (row 0)
+    if table.marked or int(row.min()) == 0:  # marked segments, or a denormal or invalid x (row 0)
         redo = torch.isinf(out[0]).nonzero().view(-1)  # a lower bound is never inf otherwise
         lo, up = sat_band(table.sat, old_logp.detach().reshape(-1).index_select(0, redo))
         out[0].index_copy_(0, redo, lo)
