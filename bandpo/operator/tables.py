@@ -922,7 +922,8 @@ def sat_band(
 # of its own; a row of 2^sh values then covers (x_0, x_0 + 2^sh ulp], its position in it is
 # v = (u + 1)·2^-sh with u the low sh bits of (bits - 1) & (2^_BITS_SHIFT - 1). 0 < x < 2^X_MIN_EXP (denormal or
 # tiny log-probabilities) and segments that no level resolves give an infinite lower bound, and those elements are
-# recomputed by sat_band.
+# recomputed by the caller (band: sat_band of the kink table, which is built only then: this table needs only the
+# saturated sets, and the kink table's coefficients would cost more than the rest of its build).
 SAT_BITS_TOL = 2.0**-32
 """Largest |Δ log2 r| of a kept row's cubic at its midpoint (a relative error of r of 2^-32 ln 2, ~1/260 of a float32
 ulp; the interpolation error of a cubic through v = -1, 0, 1, 2 is largest on [0, 1] at v = 1/2), plus 2^-40 |log2 r|
