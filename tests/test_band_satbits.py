@@ -22,7 +22,7 @@ def _tables(name: str, delta: float):
     div = get_divergence(name)
     solve = lambda lp: _log_band_f64(lp, delta, div, False)  # noqa: E731
     sat = tables.get_sat_table(div, delta, torch.device("cpu"), solve)
-    return sat, tables.get_sat_bits_table(div, delta, sat, solve)
+    return sat, tables.get_sat_bits_table(div, delta, solve)
 
 
 def _inputs(name: str, delta: float, sat) -> torch.Tensor:
@@ -97,8 +97,52 @@ def test_marked_elements_are_recomputed_by_the_kink_table():
     sat_band's values exactly: the recomputation is complete."""
     sat, bits = _tables("js", 0.05)
     info = torch.full_like(bits.info, 23)  # every segment: row 0, the marked row
-    marked = tables.SatBitsTable(info, bits.pairs, sat, marked=bits.info.numel())
+    marked = tables.SatBitsTable(info, bits.pairs, marked=bits.info.numel())
     logp = _inputs("js", 0.05, sat)
-    lo, up = tables.sat_bits_band(marked, logp)
+    lo, up = tables.sat_bits_band(marked, logp, lambda lp: tables.sat_band(sat, lp))
     lo_k, up_k = tables.sat_band(sat, logp)
     assert torch.equal(lo.nan_to_num(7.0), lo_k.nan_to_num(7.0)) and torch.equal(up.nan_to_num(7.0), up_k.nan_to_num(7.0))
+
+
+def _cached_kinds(div, delta) -> set:
+    return {k[2] for k in tables._CACHE if k[:2] == (div, delta)}
+
+
+def test_kink_table_built_only_when_an_element_needs_it():
+    """A new delta builds the bits table alone (the kink table's coefficients cost more than the rest of the build);
+    the first denormal input builds the kink table, and its elements get sat_band's values exactly; the other
+    elements' bits are the same before and after (a result never depends on what was built before)."""
+    div, delta = get_divergence("reverse_kl"), 0.0517
+    normal = -torch.logspace(-30, 2.5, 3000, dtype=torch.float64).float()
+    lo1, up1 = bandpo.band(normal, delta, "reverse_kl")
+    assert _cached_kinds(div, delta) == {"satbits"}
+    odd = torch.cat([normal, torch.tensor([-1e-40, -1e-45, -2.0**-127])])
+    lo2, up2 = bandpo.band(odd, delta, "reverse_kl")
+    assert _cached_kinds(div, delta) == {"satbits", "sat"}
+    sat, _ = _tables("reverse_kl", delta)
+    lo_k, up_k = tables.sat_band(sat, odd[-3:])
+    assert torch.equal(lo2[-3:], lo_k) and torch.equal(up2[-3:], up_k)
+    lo3, up3 = bandpo.band(normal, delta, "reverse_kl")
+    assert torch.equal(lo1, lo2[:-3]) and torch.equal(up1, up2[:-3]) and torch.equal(lo1, lo3) and torch.equal(up1, up3)
+
+
+def test_elements_left_to_a_missing_kink_table_take_the_start_table_path(monkeypatch):
+    """Where the kink table would be None (a node not finite), the elements the bits table does not serve get the
+    start table + one step (the tensor-delta path), within 1 ulp of the reference; NaN where old_logp is NaN."""
+    from bandpo.operator.bands import _tabulated_band_lowp
+
+    monkeypatch.setattr(tables, "build_sat_table", lambda *a: None)
+    delta = 0.0433
+    logp = torch.tensor([-0.5, -1e-40, -1e-45, math.nan, -3.0])
+    try:
+        lo, up = bandpo.band(logp, delta, "js", validate=False)
+        lo_t, up_t = _tabulated_band_lowp(logp[1:4], delta, get_divergence("js"))
+    finally:
+        for key in [k for k in tables._CACHE if k[1] == delta]:
+            del tables._CACHE[key]
+    assert torch.equal(lo[1:4].nan_to_num(7.0), lo_t.nan_to_num(7.0))
+    assert torch.equal(up[1:4].nan_to_num(7.0), up_t.nan_to_num(7.0))
+    assert lo[3].isnan() and up[3].isnan() and lo[1] > 0 and up[1] == 1.0
+    ref = [torch.exp(t).float() for t in _reference_log_band(logp[[0, 4]].double(), delta, "js")]
+    for a, r in ((lo[[0, 4]], ref[0]), (up[[0, 4]], ref[1])):
+        assert ((a.double() - r.double()).abs() <= EPS32 * r.double().abs()).all()

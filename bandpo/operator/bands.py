@@ -30,8 +30,8 @@ data-dependent Python control flow, no ``.item()``; the eager CPU path skips sat
   the side's saturation kink (or to 0), exact 0 and 1/p beyond the kinks, nodes again solved by the float64
   path (:func:`bandpo.operator.tables.build_sat_table`, ~10 ms); on the eager CPU one lookup of both sides by
   the float32 bits of -old_logp instead (:class:`bandpo.operator.tables.SatBitsTable`: rows refined next to the
-  kinks down to single float32 values, built from the kink table's kinks and the float64 path, 0.1-0.5 s per
-  delta), the kink table only for denormal or invalid inputs;
+  kinks down to single float32 values, built from the saturated sets and the float64 path, ~30-40 ms of CPU per
+  delta), the kink table (built on first need) only for denormal or invalid inputs;
 * other float32/16 calls (a per-token tensor delta) take the start table + one Halley step (kl) or one
   Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in
   ratio space (lower = e^{-s}, upper = 1 + ((1-p)/p)(1 - e^{-s}), rounded once); both sides stacked in one
@@ -53,6 +53,7 @@ in log space.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -626,15 +627,20 @@ def band(
         with torch.no_grad():
             return _chunked(_lookup(lambda x, d, out=None: bits_band(table, x, out)), old_logp, delta, writes_out=True)
 
-    if per_delta:
+    if per_delta and old_logp.device.type == "cpu" and not torch.compiler.is_compiling():
+        # float32/16 output, Python delta, saturating divergence, eager CPU: one lookup by the float32 bits of
+        # -old_logp (None where the saturated sets are not intervals at the ends: then the start table + Halley
+        # below); the kink table, built on first need, only for marked, denormal or invalid elements
+        bits = get_sat_bits_table(div, delta, lambda lp: _log_band_f64(lp, delta, div, False))
+        if bits is not None:
+            redo = functools.partial(_sat_redo, div, delta)
+            with torch.no_grad():
+                return _chunked(lambda x, d, out=None: sat_bits_band(bits, x, redo, out), old_logp, delta,
+                                writes_out=True)
+    elif per_delta:
         # float32/16 output, Python delta, saturating divergence: the per-delta kink table (None where the
         # saturated sets are not intervals at the ends: then the start table + Halley below)
         sat = get_sat_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
-        if sat is not None and old_logp.device.type == "cpu" and not torch.compiler.is_compiling():
-            # eager CPU: one lookup by the float32 bits of -old_logp, the kink table only near the kinks
-            bits = get_sat_bits_table(div, delta, sat, lambda lp: _log_band_f64(lp, delta, div, False))
-            with torch.no_grad():
-                return _chunked(lambda x, d, out=None: sat_bits_band(bits, x, out), old_logp, delta, writes_out=True)
         if sat is not None:
             with torch.no_grad():
                 return _chunked(_lookup(lambda x, d, out=None: sat_band(sat, x, out)), old_logp, delta,
@@ -658,6 +664,16 @@ def band(
         get_start_table(div, old_logp.device)  # built here, before the chunks run on the workers
     with torch.no_grad():
         return _chunked(one_pass, old_logp, delta)
+
+
+def _sat_redo(div: Divergence, delta: float, old_logp: Tensor) -> "tuple[Tensor, Tensor]":
+    """(lower, upper) of the few float32/16 elements :func:`~bandpo.operator.tables.sat_bits_band` does not serve
+    (marked segments, denormal or invalid -old_logp; CPU): the kink table's lookup, or where its nodes are not all
+    finite (no kink table) the start table + one step. A function of (divergence, delta, old_logp) alone."""
+    sat = get_sat_table(div, delta, old_logp.device, lambda lp: _log_band_f64(lp, delta, div, False))
+    if sat is not None:
+        return sat_band(sat, old_logp)
+    return _tabulated_band_lowp(old_logp, delta, div)
 
 
 CHUNK = 1 << 16

@@ -50,7 +50,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -764,13 +764,37 @@ def _cubic_through(u: Tensor, y: Tensor) -> Tensor:
     return torch.stack((c0, c1, c2, c3), dim=1)
 
 
-def _build_sat_side(div: Divergence, delta: float, side: int, solve) -> "Optional[SatSide]":
+class SatShape(NamedTuple):
+    """A side's saturated set (x = -log p): x <= L where ``kink_left``, x >= R where ``kink_right``, every x where
+    ``always`` (then the kink table stores no coefficients for the side)."""
+
+    L: float
+    R: float
+    kink_left: bool
+    kink_right: bool
+    always: bool
+
+
+def _sat_shape(div: Divergence, delta: float, side: int) -> "Optional[SatShape]":
+    """The side's :class:`SatShape`, or None where its saturated set is not one interval at its end."""
     interval = _saturation_interval(div, delta, side)
     if interval is None:
         return None
     L, R = interval
-    kink_left, kink_right = L > 0, math.isfinite(R)
-    if not L < min(R, SAT_X_MAX):
+    return SatShape(L, R, L > 0, math.isfinite(R), not L < min(R, SAT_X_MAX))
+
+
+def _lower_at_one(solve) -> float:
+    """The lower ratio at p = 1 exactly, by the float64 path ``solve``."""
+    return float(torch.exp(solve(torch.zeros(1, dtype=torch.float64))[0]))
+
+
+def _build_sat_side(div: Divergence, delta: float, side: int, solve) -> "Optional[SatSide]":
+    shape = _sat_shape(div, delta, side)
+    if shape is None:
+        return None
+    L, R, kink_left, kink_right, always = shape
+    if always:
         return SatSide(L, R, math.inf, kink_left, kink_right, (), None)
     mid = 0.5 * (L + R) if math.isfinite(R) else math.inf
     specs = [(L, True, min(mid, SAT_X_MAX) - L)]
@@ -813,7 +837,7 @@ def build_sat_table(div: Divergence, delta: float, solve) -> "Optional[SatTable]
         lower, upper = _build_sat_side(div, delta, 0, solve), _build_sat_side(div, delta, 1, solve)
         if lower is None or upper is None:
             return None
-        at_one = float(torch.exp(solve(torch.zeros(1, dtype=torch.float64))[0]))
+        at_one = _lower_at_one(solve)
     return SatTable(lower, upper, at_one)
 
 
@@ -898,7 +922,8 @@ def sat_band(
 # of its own; a row of 2^sh values then covers (x_0, x_0 + 2^sh ulp], its position in it is
 # v = (u + 1)·2^-sh with u the low sh bits of (bits - 1) & (2^_BITS_SHIFT - 1). 0 < x < 2^X_MIN_EXP (denormal or
 # tiny log-probabilities) and segments that no level resolves give an infinite lower bound, and those elements are
-# recomputed by sat_band.
+# recomputed by the caller (band: sat_band of the kink table, which is built only then: this table needs only the
+# saturated sets, and the kink table's coefficients would cost more than the rest of its build).
 SAT_BITS_TOL = 2.0**-32
 """Largest |Δ log2 r| of a kept row's cubic at its midpoint (a relative error of r of 2^-32 ln 2, ~1/260 of a float32
 ulp; the interpolation error of a cubic through v = -1, 0, 1, 2 is largest on [0, 1] at v = 1/2), plus 2^-40 |log2 r|
@@ -906,38 +931,58 @@ for the rounding of the evaluation where |log2 r| is large."""
 SB_MIN_EXP = -126  # the table covers x from the smallest normal float32 up; denormal x is marked
 SB_KEY_BITS = 12  # float32 mantissa bits below a coarse segment's index: 2^11 coarse segments per binade
 _SB_BINADES = X_MAX_EXP - SB_MIN_EXP
-_SB_SEGMENTS = _SB_BINADES << (23 - SB_KEY_BITS)
-_SB_ROW_ZERO = _SB_SEGMENTS + 1  # x = 0; row 0: 0 < x < 2^SB_MIN_EXP (marked); rows 1.._SB_SEGMENTS: the segments
-_SB_OFFSET = ((127 + SB_MIN_EXP) << (23 - SB_KEY_BITS)) - 1  # key of the first segment, minus its row 1
+_SB_PER_BINADE = 1 << (23 - SB_KEY_BITS)  # coarse segments per binade
+_SB_SEGMENTS = _SB_BINADES * _SB_PER_BINADE
+# info is indexed by (bits(x) - 1 >> SB_KEY_BITS) + 1: entry 0 is x = 0 (bits - 1 = -1), then _SB_DENORMAL entries of
+# denormal x (marked), then the segments
+_SB_DENORMAL = _SB_PER_BINADE
 _SB_LEVELS = (23, 15, 12, 9, 6, 3, 0)  # row widths tried (log2 of float32 values per row): a binade, 2^15 values, ...
 _SB_MAX_SINGLE = 16  # coarse segments tabulated value by value (2^SB_KEY_BITS rows each); further ones are marked
-_SB_MARK = (math.inf, 0.0, 0.0, 0.0)  # a marked row's lower-side coefficients
+_SB_MARKED_ROW, _SB_ZERO_ROW = 0, 1  # rows of the coefficient table: lower = 2^inf (marked), and x = 0
 _SB_INVALID = 1e-40  # the x of a NaN or infinite old_logp: denormal, so its row is marked
 
 
 @dataclass(frozen=True)
 class SatBitsTable:
-    """``info``: (_SB_SEGMENTS + 2,) int32, row0 · 32 + sh per coarse segment (row0 the row of position 0 of the
-    segment's binade at that width, so row = row0 + (position in the binade >> sh)); ``pairs``: (4, n_rows)
-    complex128, coefficient k of the cubics (lower, upper) of log2 r in the position u within a row
-    (:func:`sat_bits_band`); ``sat``: the kink table that recomputes marked elements; ``marked``: how many
-    segments are marked besides denormal x."""
+    """``info``: (1 + _SB_DENORMAL + _SB_SEGMENTS,) int32, row0 · 32 + sh per coarse segment (row0 the row of
+    position 0 of the segment's binade at that width, so row = row0 + (position in the binade >> sh)); ``pairs``:
+    (4, n_rows) complex128, coefficient k of the cubics (lower, upper) of log2 r in the position u within a row
+    (:func:`sat_bits_band`); ``marked``: how many segments are marked besides denormal x (their elements, like
+    denormal and invalid ones, are recomputed by the caller's ``redo``: the kink table)."""
 
     info: Tensor
     pairs: Tensor
-    sat: SatTable
     marked: int
 
-    def to(self, device: torch.device) -> "SatBitsTable":
-        return SatBitsTable(self.info.to(device), self.pairs.to(device), self.sat.to(device), self.marked)
+
+def _sat_bits_nodes(x0: Tensor, w: Tensor) -> "tuple[Tensor, Tensor]":
+    """(nodes, where): the distinct float64 x of rows (x0, w) at v = -1, 0, 1, 2 (x0 + v·w) and their midpoints
+    v = 1/2, and (n, 5) indices of each row's five nodes (v = -1, 0, 1, 2, 1/2) in ``nodes``. A row that starts where
+    the one before it ends, with its width, shares the previous row's nodes v = 0, 1, 2 as its v = -1, 0, 1 (every
+    node is a float32 value or a midpoint between two: exact in float64, so shared nodes are equal values); the other
+    rows get all four. A node that two rows share otherwise is listed twice: the solve is elementwise, so the values are
+    the same either way."""
+    n = x0.numel()
+    joined = torch.zeros(n, dtype=torch.bool)
+    joined[1:] = (x0[1:] == x0[:-1] + w[:-1]) & (w[1:] == w[:-1])
+    new = torch.where(joined, 1, 4)
+    last = torch.cumsum(new, 0) - 1  # the index of each row's node v = 2
+    lattice = torch.empty(int(last[-1]) + 1 if n else 0, dtype=torch.float64)
+    lattice[last] = x0 + 2 * w
+    first = ~joined
+    for k in (1, 2, 3):  # v = 1, 0, -1 of the rows that share nothing
+        lattice[last[first] - k] = x0[first] + (2 - k) * w[first]
+    where = torch.stack((last - 3, last - 2, last - 1, last, lattice.numel() + torch.arange(n)), dim=1)
+    return torch.cat((lattice, x0 + 0.5 * w)), where
 
 
-def _sat_bits_rows(sat: SatTable, solve, x0: Tensor, w: Tensor, sh: int) -> "tuple[Tensor, Tensor, Tensor]":
-    """Rows covering (x0, x0 + w] (w = 2^sh float32 ulps): (lower (n, 4), upper (n, 4), ok (n,)), coefficients in u."""
-    def saturate(y: Tensor, side: SatSide, lower: bool, at_most: Tensor, at_least: Tensor) -> "tuple[Tensor, Tensor]":
+def _sat_bits_rows(shapes: "tuple[SatShape, SatShape]", solve, x0: Tensor, w: Tensor, sh: int) -> "tuple[Tensor, Tensor, Tensor]":
+    """Rows covering (x0, x0 + w] (w = 2^sh float32 ulps): (lower (n, 4), upper (n, 4), ok (n,)), coefficients in u.
+    ``shapes``: the saturated sets of (lower, upper)."""
+    def saturate(y: Tensor, side: SatShape, lower: bool, at_most: Tensor, at_least: Tensor) -> "tuple[Tensor, Tensor]":
         """(y, saturated): y with the saturated rows replaced, lower: -inf (2^-inf = 0); upper: log2(1/p) =
         x log2(e), x = x0 + (u + 1)·ulp, which is linear in u."""
-        if side.coef is None:
+        if side.always:
             saturated = torch.ones(y.shape[0], dtype=torch.bool)
         else:
             saturated = torch.zeros(y.shape[0], dtype=torch.bool)
@@ -953,7 +998,7 @@ def _sat_bits_rows(sat: SatTable, solve, x0: Tensor, w: Tensor, sh: int) -> "tup
             y[saturated] = inv_p[saturated]
         return y, saturated
 
-    sides = ((sat.lower, True), (sat.upper, False))
+    sides = ((shapes[0], True), (shapes[1], False))
     if sh == 0:  # the value at x0 + w itself
         x = x0 + w
         with torch.no_grad():
@@ -965,14 +1010,14 @@ def _sat_bits_rows(sat: SatTable, solve, x0: Tensor, w: Tensor, sh: int) -> "tup
             out.append(saturate(y, side, lower, x, x)[0])
         ok = ~torch.isnan(out[0][:, 0]) & ~torch.isnan(out[1][:, 0])
         return out[0], out[1], ok
-    v = torch.tensor([-1.0, 0.0, 1.0, 2.0, 0.5], dtype=torch.float64)
+    nodes, where = _sat_bits_nodes(x0, w)
     with torch.no_grad():
-        logs = solve(-(x0[:, None] + w[:, None] * v).reshape(-1))
+        logs = tuple(t[where] for t in solve(-nodes))  # (n, 5) each: v = -1, 0, 1, 2, 1/2
     s = 2.0**-sh
     m_mid = 2.0 ** (sh - 1) - 1.0  # v = 1/2
     out, ok_all = [], None
     for (side, lower), logr in zip(sides, logs):
-        ym1, y0, y1, y2, ymid = (logr * _LOG2E).reshape(-1, 5).unbind(1)
+        ym1, y0, y1, y2, ymid = (logr * _LOG2E).unbind(1)
         c0, c1 = y0, -ym1 / 3 - y0 / 2 + y1 - y2 / 6
         c2, c3 = ym1 / 2 - y0 + y1 / 2, -ym1 / 6 + y0 / 2 - y1 / 2 + y2 / 6
         # in u, with v = (u + 1)·s: d_i = Σ_{k >= i} C(k, i) c_k s^k
@@ -980,7 +1025,7 @@ def _sat_bits_rows(sat: SatTable, solve, x0: Tensor, w: Tensor, sh: int) -> "tup
                          s * s * (c2 + s * 3 * c3), s**3 * c3), dim=1)
         at_mid = d[:, 0] + m_mid * (d[:, 1] + m_mid * (d[:, 2] + m_mid * d[:, 3]))
         ok = torch.isfinite(d).all(1) & ((at_mid - ymid).abs() <= SAT_BITS_TOL + 2.0**-40 * ymid.abs())
-        if side.coef is not None:  # no node beyond a kink
+        if not side.always:  # no node beyond a kink
             if side.kink_left:
                 ok &= x0 - w > side.L
             if side.kink_right:
@@ -992,88 +1037,92 @@ def _sat_bits_rows(sat: SatTable, solve, x0: Tensor, w: Tensor, sh: int) -> "tup
     return out[0], out[1], ok_all
 
 
-def build_sat_bits_table(sat: SatTable, solve) -> SatBitsTable:
-    """``sat``: the kink table of this divergence and delta; ``solve``: float64 logp -> (log_lower, log_upper) by
-    the float64 path. Each binade is tried as one row, then in blocks of 2^15 values, then each coarse segment
-    (2^SB_KEY_BITS values) at the finer widths of _SB_LEVELS; a row: nodes at v = -1, 0, 1, 2 and a check at v = 1/2
-    (five solves), or the value itself (sh = 0). The width is the same in a unit (binade, block, segment)."""
-    per_binade = 1 << (23 - SB_KEY_BITS)
-    j = torch.arange(_SB_SEGMENTS)
-    e = (j // per_binade).to(torch.float64) + SB_MIN_EXP
-    ulp = torch.exp2(e - 23)  # float32 spacing in the segment's binade
-    start = torch.exp2(e) + (j % per_binade).to(torch.float64) * ulp * 2**SB_KEY_BITS
-    seg_sh = torch.full((_SB_SEGMENTS,), -1, dtype=torch.int64)  # the width level of each segment (-1: marked)
-    data = []  # (first segments of the units, sh, lower rows, upper rows), rows of each unit consecutive
-    todo = torch.arange(_SB_SEGMENTS)  # segments not yet served
+def build_sat_bits_table(shapes: "tuple[SatShape, SatShape]", lower_at_one: float, solve) -> SatBitsTable:
+    """``shapes``: the saturated sets of (lower, upper) (:func:`_sat_shape`); ``lower_at_one``: the lower ratio at
+    p = 1; ``solve``: float64 logp -> (log_lower, log_upper) by the float64 path. Each binade is tried as one row,
+    the units (binades, blocks, segments) that fail in blocks of 2^15 values, then each coarse segment still
+    unserved (2^SB_KEY_BITS values) at the finer widths of _SB_LEVELS; a row: nodes at v = -1, 0, 1, 2 and a check at
+    v = 1/2 (five solves, nodes shared between neighbouring rows solved once), or the value itself (sh = 0). The width
+    is the same in a unit. Only the units tried are computed on (never every segment per level); ``info`` is
+    written once at the end, each unit's entry repeated over its segments."""
+    firsts = torch.arange(_SB_BINADES) * _SB_PER_BINADE  # the first segment of each unit to try
+    unit = _SB_PER_BINADE  # segments per unit
+    groups = []  # (the units' first segments, their info entries), per level
+    rows_lo, rows_up = [], []
+    base = 2  # rows 0 and 1: _SB_MARKED_ROW, _SB_ZERO_ROW
     for sh in _SB_LEVELS:
-        if todo.numel() == 0 or (sh == 0 and todo.numel() > _SB_MAX_SINGLE):
+        if firsts.numel() == 0 or (sh == 0 and firsts.numel() * unit > _SB_MAX_SINGLE):
             break
-        unit = max(1 << (sh - SB_KEY_BITS), 1) if sh > SB_KEY_BITS else 1  # segments per unit
-        firsts = torch.unique(todo - todo % unit)  # units with a segment to serve (all of theirs, by construction)
-        per = 1 << (max(sh, SB_KEY_BITS) - sh) if sh <= SB_KEY_BITS else 1  # rows per unit
-        w = ulp[firsts] * 2.0**sh
-        x0 = (start[firsts, None] + torch.arange(per, dtype=torch.float64) * w[:, None]).reshape(-1)
-        lo, up, ok = _sat_bits_rows(sat, solve, x0, w[:, None].expand(-1, per).reshape(-1), sh)
+        level_unit = 1 << max(sh - SB_KEY_BITS, 0)  # segments per unit at this width
+        if level_unit < unit:  # the failed units, cut into this width's units
+            firsts = (firsts[:, None] + torch.arange(0, unit, level_unit)).reshape(-1)
+            unit = level_unit
+        per = 1 << max(SB_KEY_BITS - sh, 0)  # rows per unit
+        e = (firsts // _SB_PER_BINADE).to(torch.float64) + SB_MIN_EXP
+        ulp = torch.exp2(e - 23)  # float32 spacing in the unit's binade
+        start = torch.exp2(e) + (firsts % _SB_PER_BINADE).to(torch.float64) * ulp * 2**SB_KEY_BITS
+        w = ulp * 2.0**sh
+        x0 = (start[:, None] + torch.arange(per, dtype=torch.float64) * w[:, None]).reshape(-1)
+        lo, up, ok = _sat_bits_rows(shapes, solve, x0, w[:, None].expand(-1, per).reshape(-1), sh)
         good = ok.view(-1, per).all(1)
         rows = good[:, None].expand(-1, per).reshape(-1)
-        data.append((firsts[good], sh, lo[rows], up[rows]))
-        served = (firsts[good, None] + torch.arange(unit)).reshape(-1)
-        seg_sh[served] = sh
-        todo = torch.nonzero(seg_sh < 0).view(-1)
-    # layout: units in order, a unit's rows counted at its first segment; a marked segment gets one marked row
-    n_rows = torch.zeros(_SB_SEGMENTS, dtype=torch.int64)
-    for firsts, sh, lo, _ in data:
-        n_rows[firsts] = lo.shape[0] // max(firsts.numel(), 1)
-    marked = torch.nonzero(seg_sh < 0).view(-1)
-    n_rows[marked] = 1
-    base = 1 + torch.cumsum(n_rows, 0) - n_rows  # row 0: denormal x (marked)
-    total = 1 + int(n_rows.sum()) + 1
-    lower = torch.zeros(total, 4, dtype=torch.float64)
-    upper = torch.zeros(total, 4, dtype=torch.float64)
-    lower[0], upper[0, 0] = torch.tensor(_SB_MARK, dtype=torch.float64), math.inf
-    lower[base[marked]] = torch.tensor(_SB_MARK, dtype=torch.float64)
-    upper[base[marked], 0] = math.inf
-    unit_first = j.clone()
-    sh_eff = torch.where(seg_sh < 0, SB_KEY_BITS, seg_sh)
-    for firsts, sh, lo, up in data:
-        per = lo.shape[0] // max(firsts.numel(), 1)
-        idx = (base[firsts][:, None] + torch.arange(per)).reshape(-1)
-        lower[idx], upper[idx] = lo, up
-        if sh > SB_KEY_BITS:
-            unit = 1 << (sh - SB_KEY_BITS)
-            members = (firsts[:, None] + torch.arange(unit)).reshape(-1)
-            unit_first[members] = firsts[:, None].expand(-1, unit).reshape(-1)
-    # x = 0 (last row): the stored p -> 1 limit, and 1/p = 1
-    lower[-1, 0] = math.log2(sat.lower_at_one) if sat.lower_at_one > 0 else -math.inf
-    upper[-1, 0] = 0.0  # 2^0 = 1/p = 1
-    # info: row = row0 + (position in the binade >> sh), so row0 = (the unit's base) - (position of the unit's first
-    # value in the binade >> sh)
-    pos0 = (unit_first % per_binade) << SB_KEY_BITS
-    row0 = base[unit_first] - (pos0 >> sh_eff)
-    info = torch.cat((torch.tensor([23]), row0 * 32 + sh_eff, torch.tensor([(total - 1) * 32 + 23])))
+        rows_lo.append(lo[rows])
+        rows_up.append(up[rows])
+        kept = firsts[good]
+        # row = row0 + (position in the binade >> sh), so row0 = (the unit's first row) - (its first position >> sh)
+        row_first = base + per * torch.arange(kept.numel())
+        pos0 = (kept % _SB_PER_BINADE) << SB_KEY_BITS
+        groups.append((kept, (row_first - (pos0 >> sh)) * 32 + sh))
+        base += per * kept.numel()
+        firsts = firsts[~good]
+    # the rest is marked: each unit's segments read the marked row (row 0 + (position >> 23) = 0)
+    groups.append((firsts, torch.full_like(firsts, _SB_MARKED_ROW * 32 + 23)))
+    marked = firsts.numel() * unit
+    starts = torch.cat([g[0] for g in groups])
+    order = torch.argsort(starts)
+    starts = starts[order]
+    sizes = torch.diff(starts, append=torch.tensor([_SB_SEGMENTS]))  # the units partition the segments
+    seg_info = torch.cat([g[1] for g in groups])[order].repeat_interleave(sizes)
+    special = torch.zeros(2, 4, dtype=torch.float64)
+    special_up = torch.zeros(2, 4, dtype=torch.float64)
+    special[_SB_MARKED_ROW, 0] = special_up[_SB_MARKED_ROW, 0] = math.inf
+    # x = 0: the stored p -> 1 limit, and 1/p = 1 (2^0)
+    special[_SB_ZERO_ROW, 0] = math.log2(lower_at_one) if lower_at_one > 0 else -math.inf
+    lower = torch.cat([special] + rows_lo)
+    upper = torch.cat([special_up] + rows_up)
+    info = torch.cat((torch.tensor([_SB_ZERO_ROW * 32 + 23]), torch.full((_SB_DENORMAL,), _SB_MARKED_ROW * 32 + 23),
+                      seg_info))
     pairs = torch.view_as_complex(torch.stack((lower, upper), dim=2).permute(1, 0, 2).contiguous())
-    return SatBitsTable(info.to(torch.int32), pairs, sat, int(marked.numel()))
+    return SatBitsTable(info.to(torch.int32), pairs, marked)
 
 
 @_eager_only
-def get_sat_bits_table(div: Divergence, delta: float, sat: SatTable, solve) -> SatBitsTable:
-    """The cached :class:`SatBitsTable` for (divergence, delta) on the CPU (``sat``: its kink table)."""
-    return _cached((div, delta, "satbits"), torch.device("cpu"), lambda: build_sat_bits_table(sat, solve))
+def get_sat_bits_table(div: Divergence, delta: float, solve) -> "Optional[SatBitsTable]":
+    """The cached :class:`SatBitsTable` for (divergence, delta) on the CPU, or None where a side's saturated set is
+    not one interval at its end (as for the kink table). Built from the saturated sets and ``solve`` alone: the kink
+    table's coefficients, which only marked, denormal and invalid elements need, are not built here."""
+    def build() -> "Optional[SatBitsTable]":
+        shapes = (_sat_shape(div, delta, 0), _sat_shape(div, delta, 1))
+        if shapes[0] is None or shapes[1] is None:
+            return None
+        with torch.no_grad():
+            return build_sat_bits_table(shapes, _lower_at_one(solve), solve)
+
+    return _cached((div, delta, "satbits"), torch.device("cpu"), build)
 
 
 def sat_bits_band(
-    table: SatBitsTable, old_logp: Tensor, out: "Optional[tuple[Tensor, Tensor]]" = None
+    table: SatBitsTable, old_logp: Tensor, redo, out: "Optional[tuple[Tensor, Tensor]]" = None
 ) -> "tuple[Tensor, Tensor]":
     """(lower, upper) in old_logp's (float32/16) dtype on the CPU, eager: one lookup of both sides by the float32
-    bits of x = -old_logp (see SatBitsTable), marked elements recomputed by :func:`sat_band`; NaN where old_logp is
-    not finite. ``out``: two flat tensors to write into."""
+    bits of x = -old_logp (see SatBitsTable); marked, denormal and invalid elements recomputed by ``redo`` (their
+    old_logp -> (lower, upper) in its dtype, NaN where not finite: :func:`sat_band` of the kink table). ``out``: two
+    flat tensors to write into."""
     x = torch.sub(0.0, old_logp.detach().reshape(-1).to(torch.float32))  # -old_logp, and +0 (not -0) at p = 1
-    # NaN and ±inf -> a denormal x, whose row is marked: sat_band gives them NaN
+    # NaN and ±inf -> a denormal x, whose row is marked: redo gives them NaN
     x = x.nan_to_num_(nan=_SB_INVALID, posinf=_SB_INVALID, neginf=_SB_INVALID).clamp_(0.0, _X_MAX)
     b1 = x.view(torch.int32).sub(1)  # x = 0 -> -1
-    seg = torch.bitwise_right_shift(b1, SB_KEY_BITS).bitwise_and_((1 << (32 - SB_KEY_BITS)) - 1)
-    seg = seg.sub_(_SB_OFFSET).clamp_(0, _SB_ROW_ZERO)
-    info = table.info.index_select(0, seg)
+    info = table.info.index_select(0, torch.bitwise_right_shift(b1, SB_KEY_BITS).add_(1))
     sh = torch.bitwise_and(info, 31)
     pos = b1.bitwise_and_((1 << 23) - 1)  # the position in the binade
     q = torch.bitwise_right_shift(pos, sh)
@@ -1089,9 +1138,10 @@ def sat_bits_band(
         out = tuple(torch.empty(n, dtype=old_logp.dtype, device=x.device) for _ in range(2))
     out[0].copy_(ratio[:, 0])  # float64, rounded once
     out[1].copy_(ratio[:, 1])
-    if table.marked or int(seg.min()) == 0:  # marked segments, or a denormal or invalid x (row 0)
-        redo = torch.isinf(out[0]).nonzero().view(-1)  # a lower bound is never inf otherwise
-        lo, up = sat_band(table.sat, old_logp.detach().reshape(-1).index_select(0, redo))
-        out[0].index_copy_(0, redo, lo)
-        out[1].index_copy_(0, redo, up)
+    if table.marked or int(row.min()) == _SB_MARKED_ROW:  # marked segments, or a denormal or invalid x
+        redo_at = torch.isinf(out[0]).nonzero().view(-1)  # a lower bound is never inf otherwise
+        if redo_at.numel():
+            lo, up = redo(old_logp.detach().reshape(-1).index_select(0, redo_at))
+            out[0].index_copy_(0, redo_at, lo)
+            out[1].index_copy_(0, redo_at, up)
     return out[0].view(old_logp.shape), out[1].view(old_logp.shape)
