@@ -976,7 +976,9 @@ def _sat_bits_nodes(x0: Tensor, w: Tensor) -> "tuple[Tensor, Tensor]":
     return torch.cat((lattice, x0 + 0.5 * w)), where
 
 
-def _sat_bits_rows(shapes: "tuple[SatShape, SatShape]", solve, x0: Tensor, w: Tensor, sh: int) -> "tuple[Tensor, Tensor, Tensor]":
+def _sat_bits_rows(
+    shapes: "tuple[SatShape, SatShape]", solve, x0: Tensor, w: Tensor, sh: int
+) -> "tuple[Tensor, Tensor, Tensor]":
     """Rows covering (x0, x0 + w] (w = 2^sh float32 ulps): (lower (n, 4), upper (n, 4), ok (n,)), coefficients in u.
     ``shapes``: the saturated sets of (lower, upper)."""
     def saturate(y: Tensor, side: SatShape, lower: bool, at_most: Tensor, at_least: Tensor) -> "tuple[Tensor, Tensor]":
