@@ -30,7 +30,7 @@ data-dependent Python control flow, no ``.item()``; the eager CPU path skips sat
   the side's saturation kink (or to 0), exact 0 and 1/p beyond the kinks, nodes again solved by the float64
   path (:func:`bandpo.operator.tables.build_sat_table`, ~10 ms); on the eager CPU one lookup of both sides by
   the float32 bits of -old_logp instead (:class:`bandpo.operator.tables.SatBitsTable`: rows refined next to the
-  kinks down to single float32 values, built from the saturated sets and the float64 path, ~30-40 ms of CPU per
+  kinks down to single float32 values, built from the saturated sets and the float64 path, ~20-30 ms of CPU per
   delta), the kink table (built on first need) only for denormal or invalid inputs;
 * other float32/16 calls (a per-token tensor delta) take the start table + one Halley step (kl) or one
   Newton step (js, reverse_kl, neyman_chi2, whose starts are accurate to ~1e-5) and finish in

@@ -936,7 +936,7 @@ _SB_SEGMENTS = _SB_BINADES * _SB_PER_BINADE
 # info is indexed by (bits(x) - 1 >> SB_KEY_BITS) + 1: entry 0 is x = 0 (bits - 1 = -1), then _SB_DENORMAL entries of
 # denormal x (marked), then the segments
 _SB_DENORMAL = _SB_PER_BINADE
-_SB_LEVELS = (23, 15, 12, 9, 6, 3, 0)  # row widths tried (log2 of float32 values per row): a binade, 2^15 values, ...
+_SB_LEVELS = (23, 19, 15, 12, 9, 6, 3, 0)  # row widths tried (log2 of float32 values per row): a binade, 2^19, ...
 _SB_MAX_SINGLE = 16  # coarse segments tabulated value by value (2^SB_KEY_BITS rows each); further ones are marked
 _SB_MARKED_ROW, _SB_ZERO_ROW = 0, 1  # rows of the coefficient table: lower = 2^inf (marked), and x = 0
 _SB_INVALID = 1e-40  # the x of a NaN or infinite old_logp: denormal, so its row is marked
@@ -976,7 +976,9 @@ def _sat_bits_nodes(x0: Tensor, w: Tensor) -> "tuple[Tensor, Tensor]":
     return torch.cat((lattice, x0 + 0.5 * w)), where
 
 
-def _sat_bits_rows(shapes: "tuple[SatShape, SatShape]", solve, x0: Tensor, w: Tensor, sh: int) -> "tuple[Tensor, Tensor, Tensor]":
+def _sat_bits_rows(
+    shapes: "tuple[SatShape, SatShape]", solve, x0: Tensor, w: Tensor, sh: int
+) -> "tuple[Tensor, Tensor, Tensor]":
     """Rows covering (x0, x0 + w] (w = 2^sh float32 ulps): (lower (n, 4), upper (n, 4), ok (n,)), coefficients in u.
     ``shapes``: the saturated sets of (lower, upper)."""
     def saturate(y: Tensor, side: SatShape, lower: bool, at_most: Tensor, at_least: Tensor) -> "tuple[Tensor, Tensor]":
@@ -1040,7 +1042,7 @@ def _sat_bits_rows(shapes: "tuple[SatShape, SatShape]", solve, x0: Tensor, w: Te
 def build_sat_bits_table(shapes: "tuple[SatShape, SatShape]", lower_at_one: float, solve) -> SatBitsTable:
     """``shapes``: the saturated sets of (lower, upper) (:func:`_sat_shape`); ``lower_at_one``: the lower ratio at
     p = 1; ``solve``: float64 logp -> (log_lower, log_upper) by the float64 path. Each binade is tried as one row,
-    the units (binades, blocks, segments) that fail in blocks of 2^15 values, then each coarse segment still
+    the units (binades, blocks, segments) that fail in blocks of 2^19, then 2^15 values, then each coarse segment still
     unserved (2^SB_KEY_BITS values) at the finer widths of _SB_LEVELS; a row: nodes at v = -1, 0, 1, 2 and a check at
     v = 1/2 (five solves, nodes shared between neighbouring rows solved once), or the value itself (sh = 0). The width
     is the same in a unit. Only the units tried are computed on (never every segment per level); ``info`` is
