@@ -138,11 +138,10 @@ def test_models_it_does_not_reproduce_are_declined():
 
 @needs_checked
 def test_a_training_run_is_the_same_with_and_without_it(tmp_path):
-    """The testbed task's warm-start, sampling, RL steps and held-out evaluations: every logged value (timings
-    aside) and the final weights."""
+    """The testbed task's warm-start and RL steps: every logged value (timings aside) and the final weights."""
     tiny = {"trainer.max_steps": 3, "warmstart.steps": 6, "task.heldout_size": 8, "eval.n": 2, "eval.k": [1, 2],
             "trainer.checkpoint_every": 3, "trainer.numerics": "native"}
-    rows, weights, evals = {}, {}, {}
+    rows, weights = {}, {}
     for lean in (True, False):
         cfg = load_config(preset_path("testbed"), {**tiny, "model.lean_forward": lean})
         out = tmp_path / f"lean{lean}"
@@ -150,63 +149,8 @@ def test_a_training_run_is_the_same_with_and_without_it(tmp_path):
         with open(out / "metrics.csv", newline="") as f:
             rows[lean] = [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))}
                           for r in csv.DictReader(f)]
-        with open(out / "eval.csv", newline="") as f:
-            evals[lean] = [{k: v for k, v in r.items() if k != "eval/time_s"} for r in csv.DictReader(f)]
         weights[lean] = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu",
                                    weights_only=False)["state_dict"]
     assert len(rows[True]) == 3 and rows[True] == rows[False]
-    assert len(evals[True]) == 2 and evals[True] == evals[False]  # before and after training
     assert weights[True].keys() == weights[False].keys()
     assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
-
-
-@needs_checked
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_cached_decoding_is_bit_identical_to_transformers(arch):
-    """The sampler's passes: a prompt pass with logits_to_keep=1 into a DynamicCache, then one token at a time,
-    left-padded or not: every step's logits and the cache's keys and values equal transformers' own."""
-    from transformers import DynamicCache
-
-    model, tok = _model(**{"model.arch": arch})
-    model.eval()
-    for padding in ("none", "left"):
-        ids, mask = _batch(tok, 6, 5, padding)
-        caches = {k: DynamicCache(config=model.config) for k in ("hf", "lean")}
-        pos = position_ids(mask)
-        with torch.no_grad():
-            ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                        past_key_values=caches["hf"], logits_to_keep=1).logits
-            lean = lean_logits(model, ids, mask, pos, 1, caches["lean"])
-            assert torch.equal(ref, lean), padding
-            last = pos[:, -1:]
-            for step in range(4):
-                nxt = ref[:, -1].argmax(-1, keepdim=True)
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                last = last + 1
-                ref = model(input_ids=nxt, attention_mask=mask, position_ids=last, use_cache=True,
-                            past_key_values=caches["hf"]).logits
-                lean = lean_logits(model, nxt, mask, last, 0, caches["lean"])
-                assert torch.equal(ref, lean), (padding, step)
-        for a, b in zip(caches["hf"].layers, caches["lean"].layers):
-            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
-            assert a.keys.shape[-2] == 9
-
-
-@needs_checked
-def test_samplers_draw_the_same_tokens_either_way():
-    """sample_loop (with and without prompt sharing) and sample_loop_groups, lean and not."""
-    from bandpo.training.rollout import sample_loop, sample_loop_groups
-
-    model, tok = _model()
-    model.eval()
-    enc = tok([t for t in ("472=", "015=", "9=") for _ in range(4)], return_tensors="pt", padding=True,
-              padding_side="left", add_special_tokens=False)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    kw = dict(max_new_tokens=5, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
-    for share in (False, True):
-        runs = [sample_loop(model, ids, mask, generator=torch.Generator().manual_seed(3), share_prompts=share,
-                            lean=lean, **kw) for lean in (True, False)]
-        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1]), share
-    runs = [sample_loop_groups(model, ids, mask, generators=[torch.Generator().manual_seed(s) for s in range(3)],
-                               lean=lean, temperature=0.8, top_p=0.9, **kw) for lean in (True, False)]
-    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

@@ -100,9 +100,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory for long responses)."""
     lean_forward: bool = True
-    """Run the forward passes (log-probs, warm-start, the samplers 'loop'/'loop_shared') through
-    ``bandpo.training.lean_forward`` (the same floats as transformers' forward, less Python) where it applies:
-    transformers' Qwen2/Llama with sdpa on the CPU, no hooks or replaced modules. False: always call the model."""
+    """Compute log-probs with ``bandpo.training.lean_forward`` (the same floats as transformers' forward, less
+    Python) where it applies: transformers' Qwen2/Llama with sdpa on the CPU, no hooks or replaced modules. False:
+    always call the model."""
     trust_remote_code: bool = False
     """Passed to ``from_pretrained`` for models with custom code."""
 

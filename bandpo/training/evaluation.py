@@ -311,7 +311,6 @@ def sample_problems(
     all_ranks: Optional[Callable[[bool], bool]] = None,
     min_calls: int = 0,
     pad_text: Optional[str] = None,
-    lean: bool = True,
 ) -> list:
     """``n`` completions of each prompt text; prompt i draws from its own generator seeded with ``seeds[i]``.
 
@@ -327,12 +326,11 @@ def sample_problems(
             (``all_ranks(flag)`` is True iff ``flag`` is on every process) and make at least ``min_calls`` sampler
             calls (the extra ones sample ``pad_text``, default the first text, once and discard it), so every
             process makes the same forward passes.
-        lean: the sampler's forwards through ``bandpo.training.lean_forward`` where it is the same computation.
     Returns:
         ``[(completions, lengths), ...]`` per text, in order: n decoded strings (special tokens removed) and their
         token counts.
     """
-    from .rollout import SAMPLERS, sample_loop, sample_loop_groups, sampler_lean
+    from .rollout import SAMPLERS, sample_loop, sample_loop_groups
 
     if len(texts) != len(seeds):
         raise ValueError(f"sample_problems needs one seed per text; got {len(texts)} texts and {len(seeds)} seeds")
@@ -359,9 +357,8 @@ def sample_problems(
         prompt_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long,
                                    device=device)
         if grouped:
-            return sample_loop_groups(model, prompt, prompt_mask, generators=gens, all_ranks=all_ranks, lean=lean,
-                                      **kw)
-        return sample(model, prompt, prompt_mask, generator=gens[0], **kw, **sampler_lean(sample, lean))
+            return sample_loop_groups(model, prompt, prompt_mask, generators=gens, all_ranks=all_ranks, **kw)
+        return sample(model, prompt, prompt_mask, generator=gens[0], **kw)
 
     results = [([], []) for _ in texts]
     calls = 0
@@ -430,7 +427,6 @@ def evaluate(
     lockstep: Optional[Callable[[bool], bool]] = None,
     all_gather: Optional[Callable[[list], list]] = None,
     return_samples: bool = False,
-    lean: bool = True,
 ) -> Any:
     """Evaluate ``model`` on every set; returns ``{"eval/<set>/<metric>": float}`` (same on every rank).
 
@@ -447,7 +443,6 @@ def evaluate(
             ``return_samples`` and ``world > 1``).
         return_samples: also return the per-sample records (see :data:`SAMPLE_COLUMNS`) of every process, sorted
             by set (in ``sets`` order), problem and sample.
-        lean: the sampler's forwards through ``bandpo.training.lean_forward`` where it is the same computation.
     Returns:
         the metrics, or ``(metrics, samples)`` with ``return_samples``. Metrics per set: ``mean@n``, ``pass@k``,
         ``maj@k`` (means over problems), ``length`` (mean completion tokens) and ``problems`` (how many).
@@ -484,7 +479,7 @@ def evaluate(
                             min_calls=sampler_calls(busiest, n, micro_batch_size, batch_size, sampler))
             drawn = sample_problems(model, tokenizer, texts, seeds, n, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, sampler=sampler,
-                                    micro_batch_size=micro_batch_size, batch_size=batch_size, lean=lean, **lock)
+                                    micro_batch_size=micro_batch_size, batch_size=batch_size, **lock)
             for i, seed_i, (completions, lengths) in zip(mine, seeds, drawn):
                 prob = es.problems[i]
                 verdicts: list[Verdict] = [verify(c, prob["answer"]) for c in completions]

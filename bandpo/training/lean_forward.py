@@ -15,8 +15,8 @@ the model is exactly one of the two classes, with the attention backend ``sdpa``
 layer full attention, SiLU MLPs, no attention dropout, no gradient checkpointing, weights on the CPU, no module
 replaced (LoRA, quantised layers) and no hooks (FSDP's all-gathers are hooks), and the installed transformers is
 a series this file was checked against (:data:`CHECKED_TRANSFORMERS`). Otherwise the callers
-(``bandpo.training.rollout``'s log-probs, warm-start and samplers ``loop``/``loop_shared``, with the same KV cache as
-transformers) call the model. ``model.lean_forward: false`` turns it off.
+(``bandpo.training.rollout.completion_logp`` and ``sft_loss``) call the model. ``model.lean_forward: false`` turns it
+off.
 """
 
 from __future__ import annotations
@@ -119,32 +119,28 @@ def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 
 def lean_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
-                logits_to_keep: int = 0, cache: Any = None) -> Tensor:
+                logits_to_keep: int = 0) -> Tensor:
     """The logits of a supported model (:func:`lean_unsupported` is None), as ``model(...).logits`` gives them.
 
     Decoder layer l: ``h = h + o_proj(attn(rope(q), rope(k), v))`` on ``rms_norm(h)``, then
     ``h = h + down(silu(gate(x)) * up(x))`` on ``x = rms_norm(h)``; logits ``= lm_head(rms_norm(h))``.
 
     Args:
-        input_ids: (B, L) token ids. position_ids: (B, L) positions of the tokens (0, 1, ... over the real ones).
-        attention_mask: (B, P + L), 1 for real tokens (either side may be padded), over the P cached tokens and these.
+        input_ids: (B, L) token ids. attention_mask: (B, L), 1 for real tokens (either side may be padded).
+        position_ids: (B, L) positions of the tokens (0, 1, ... over the real ones).
         logits_to_keep: the last ``logits_to_keep`` positions' logits (0: all), as transformers' argument.
-        cache: a transformers ``DynamicCache`` holding the P earlier tokens' keys and values (None: P = 0, nothing
-            kept); these tokens' are appended to it, as ``model(..., past_key_values=cache, use_cache=True)`` does.
     Returns:
         (B, L or logits_to_keep, V) in the model's dtype.
     """
     c, inner = model.config, model.model
     B, L = input_ids.shape
-    past = cache.get_seq_length() if cache is not None else 0
     h = F.embedding(input_ids, inner.embed_tokens.weight, inner.embed_tokens.padding_idx)
     padding = attention_mask.bool()
-    if bool(padding.all()) and (L == 1 or past == 0):  # transformers then leaves the mask to SDPA's is_causal
+    if bool(padding.all()):  # transformers then leaves the mask to SDPA's is_causal (needs more than one query)
         mask, causal, gqa = None, L > 1, {"enable_gqa": True}
-    else:  # key j visible from query i (at position past + i): j <= past + i and j is a real token
-        device = input_ids.device
-        q_pos, k_pos = torch.arange(past, past + L, device=device), torch.arange(past + L, device=device)
-        mask = (k_pos[None, :] <= q_pos[:, None])[None, None, :, :] & padding[:, None, None, :]
+    else:  # key j visible from query i: j <= i and j is a real token
+        pos = torch.arange(L, device=input_ids.device)
+        mask = (pos[None, :] <= pos[:, None])[None, None, :, :] & padding[:, None, None, :]
         causal, gqa = False, {}
     with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):  # rotary angles: float32, no grad
         rot = inner.rotary_emb
@@ -153,7 +149,7 @@ def lean_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, position_
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * rot.attention_scaling).to(h.dtype).unsqueeze(1)
         sin = (emb.sin() * rot.attention_scaling).to(h.dtype).unsqueeze(1)
-    for i, layer in enumerate(inner.layers):
+    for layer in inner.layers:
         a, mlp = layer.self_attn, layer.mlp
         x = _rms_norm(h, layer.input_layernorm)
         shape = (B, L, -1, a.head_dim)
@@ -162,8 +158,6 @@ def lean_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, position_
         v = F.linear(x, a.v_proj.weight, a.v_proj.bias).view(shape).transpose(1, 2)
         q = (q * cos) + (_rotate_half(q) * sin)
         k = (k * cos) + (_rotate_half(k) * sin)
-        if cache is not None:
-            k, v = cache.update(k, v, i)
         if mask is not None:
             k, v = _repeat_kv(k, a.num_key_value_groups), _repeat_kv(v, a.num_key_value_groups)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=a.scaling,

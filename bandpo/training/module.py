@@ -284,7 +284,6 @@ class BandPOModule(L.LightningModule):
             rank=self.global_rank, world=world,
             all_reduce_sum=(lambda t: strategy.reduce(t, reduce_op="sum")) if world > 1 else None,
             lockstep=lockstep, all_gather=_all_gather_lists if world > 1 else None, return_samples=e.save_samples,
-            lean=self.cfg.model.lean_forward,
         )
         out, samples = result if e.save_samples else (result, None)
         out["eval/time_s"] = time.perf_counter() - t0

@@ -150,17 +150,6 @@ def _forward_params(model_cls: type) -> frozenset:
     return frozenset(inspect.signature(model_cls.forward).parameters)
 
 
-def _cached_logits(model: Any, ids: Tensor, mask: Tensor, pos: Tensor, cache_kw: str, cache: Any, first: dict,
-                   lean: bool) -> Tensor:
-    """A sampler's forward with the KV cache ``cache``: ``model(ids, mask, pos, use_cache=True, **first).logits``
-    (``first``: ``logits_to_keep`` for the prompt's pass), through
-    :func:`bandpo.training.lean_forward.lean_logits` when ``lean`` and it is the same computation."""
-    if lean and lean_unsupported(model) is None:
-        return lean_logits(model, ids, mask, pos, first.get("logits_to_keep", 0), cache)
-    return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache},
-                 **first).logits
-
-
 def _lm_logits(model: Any, ids: Tensor, mask: Tensor, logits_to_keep: int, lean: bool) -> Tensor:
     """``model(ids, mask, position ids).logits`` for (B, L) ``ids`` and ``mask``: the last ``logits_to_keep``
     positions where the model can skip the others (0: all), through :func:`bandpo.training.lean_forward.lean_logits`
@@ -214,7 +203,6 @@ def sample_loop(
     top_p: float = 1.0,
     generator: Optional[torch.Generator] = None,
     share_prompts: bool = False,
-    lean: bool = True,
 ) -> tuple:
     """Sample completions token by token with a KV cache, drawing from ``generator``.
 
@@ -233,7 +221,6 @@ def sample_loop(
     Args:
         prompt_ids, prompt_mask: (B, P), left-padded.
         share_prompts: run each distinct prompt row once (False: every row).
-        lean: the forwards through ``bandpo.training.lean_forward`` where it is the same computation (same floats).
     Returns:
         ``(completion_ids, completion_mask)``, both (B, T) with T <= max_new_tokens.
     """
@@ -246,7 +233,9 @@ def sample_loop(
         if distinct.shape[0] < prompt_ids.shape[0] and distinct.shape[0] * P >= 2:
             first_ids, first_mask, repeat = distinct[:, :P], distinct[:, P:], inverse
             first_pos = position_ids(first_mask)
-    logits = _cached_logits(model, first_ids, first_mask, first_pos, cache_kw, cache, first, lean)[:, -1]
+    out = model(input_ids=first_ids, attention_mask=first_mask, position_ids=first_pos, use_cache=True,
+                **{cache_kw: cache}, **first)
+    logits = out.logits[:, -1]
     if repeat is not None:
         cache.reorder_cache(repeat)
         logits = logits[repeat]
@@ -263,7 +252,9 @@ def sample_loop(
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last_pos = last_pos + 1
-        logits = _cached_logits(model, nxt[:, None], mask, last_pos, cache_kw, cache, {}, lean)[:, -1]
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
+                    **{cache_kw: cache})
+        logits = out.logits[:, -1]
     return _stack_and_mask_after_eos(tokens, eos_id, pad_id)
 
 
@@ -280,7 +271,6 @@ def sample_loop_groups(
     temperature: float = 1.0,
     top_p: float = 1.0,
     all_ranks: Optional[Callable[[bool], bool]] = None,
-    lean: bool = True,
 ) -> tuple:
     """:func:`sample_loop` for ``S = len(generators)`` independent streams sampled in one batch.
 
@@ -296,7 +286,6 @@ def sample_loop_groups(
         all_ranks: for a sharded model (FSDP), whose every forward pass is a collective over the processes:
             ``all_ranks(flag)`` is True iff ``flag`` is True on every process. Decoding then goes on until every
             process's rows are done, so all processes make the same number of forward passes.
-        lean: as :func:`sample_loop`.
     Returns:
         ``(completion_ids, completion_mask)``, both (B, T) with T <= max_new_tokens.
     """
@@ -305,13 +294,14 @@ def sample_loop_groups(
         raise ValueError(f"sample_loop_groups needs the {B} rows to split into len(generators) = {S} equal groups")
     size = B // S
     cache_kw, cache, mask, pos, first = _prefill_inputs(model, prompt_mask)
-    logits = _cached_logits(model, prompt_ids, mask, pos, cache_kw, cache, first, lean)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache},
+                **first)
     last_pos = pos[:, -1:]
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     running = [True] * S
     tokens = []
     for t in range(max_new_tokens):
-        probs = torch.softmax(top_p_filter(logits[:, -1].float() / temperature, top_p), dim=-1)
+        probs = torch.softmax(top_p_filter(out.logits[:, -1].float() / temperature, top_p), dim=-1)
         nxt = torch.full((B,), pad_id, dtype=torch.long, device=prompt_ids.device)
         for s in (s for s in range(S) if running[s]):
             rows = slice(s * size, (s + 1) * size)
@@ -327,7 +317,8 @@ def sample_loop_groups(
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last_pos = last_pos + 1
-        logits = _cached_logits(model, nxt[:, None], mask, last_pos, cache_kw, cache, {}, lean)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
+                    **{cache_kw: cache})
     return _stack_and_mask_after_eos(tokens, eos_id, pad_id)
 
 
@@ -363,15 +354,6 @@ SAMPLERS: Registry[Sampler] = Registry(
     "sampler", hint="register your own with bandpo.training.rollout.register_sampler"
 )
 """Sampler name -> sampling function with the contract of :func:`sample_loop` (``rollout.sampler`` in the config)."""
-
-
-def sampler_lean(sample: Callable, lean: bool) -> dict:
-    """``{"lean": lean}`` for a sampler that takes that keyword (the built-in loops), else ``{}`` (a registered
-    sampler needs only the contract of :func:`sample_loop`)."""
-    try:
-        return {"lean": lean} if "lean" in inspect.signature(sample).parameters else {}
-    except (TypeError, ValueError):  # no signature to read
-        return {}
 
 
 def register_sampler(name: str, *, overwrite: bool = False) -> Callable[[Sampler], Sampler]:
@@ -554,7 +536,7 @@ def rollout(
     for sl in _chunks(len(texts_rep), micro_batch_size):
         parts.append(sample(policy, prompt_ids[sl], prompt_mask[sl], max_new_tokens=max_new_tokens,
                             eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, temperature=temperature,
-                            top_p=top_p, generator=generator, **sampler_lean(sample, lean)))
+                            top_p=top_p, generator=generator))
     completion_ids = _pad_right([p[0] for p in parts], tokenizer.pad_token_id)
     mask = _pad_right([p[1] for p in parts], 0)
 
