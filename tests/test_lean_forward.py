@@ -138,10 +138,11 @@ def test_models_it_does_not_reproduce_are_declined():
 
 @needs_checked
 def test_a_training_run_is_the_same_with_and_without_it(tmp_path):
-    """The testbed task's warm-start and RL steps: every logged value (timings aside) and the final weights."""
+    """The testbed task's warm-start, RL steps and held-out evaluations: every logged value (timings aside) and
+    the final weights."""
     tiny = {"trainer.max_steps": 3, "warmstart.steps": 6, "task.heldout_size": 8, "eval.n": 2, "eval.k": [1, 2],
             "trainer.checkpoint_every": 3, "trainer.numerics": "native"}
-    rows, weights = {}, {}
+    rows, weights, evals = {}, {}, {}
     for lean in (True, False):
         cfg = load_config(preset_path("testbed"), {**tiny, "model.lean_forward": lean})
         out = tmp_path / f"lean{lean}"
@@ -149,8 +150,11 @@ def test_a_training_run_is_the_same_with_and_without_it(tmp_path):
         with open(out / "metrics.csv", newline="") as f:
             rows[lean] = [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))}
                           for r in csv.DictReader(f)]
+        with open(out / "eval.csv", newline="") as f:
+            evals[lean] = [{k: v for k, v in r.items() if k != "eval/time_s"} for r in csv.DictReader(f)]
         weights[lean] = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu",
                                    weights_only=False)["state_dict"]
     assert len(rows[True]) == 3 and rows[True] == rows[False]
+    assert len(evals[True]) == 2 and evals[True] == evals[False]  # before and after training
     assert weights[True].keys() == weights[False].keys()
     assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
