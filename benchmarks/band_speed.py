@@ -227,14 +227,15 @@ def main(argv=None) -> dict:
         exact32 = float(torch.tensor(args.delta, dtype=torch.float32))  # the float32 tensor's delta
         e_lo, e_up = reference(name, sub.double(), exact32)
         tensor_err = max(max_rel_err(t_lo, e_lo), max_rel_err(t_up, e_up))
-        # float32 tokens with a Python delta: closed forms; the per-delta bits table (never-saturating
-        # divergences) or kink table (saturating ones). A tensor delta: start table + one Halley step.
+        # float32 tokens with a Python delta on the eager CPU: closed forms; the per-delta bits table, for the
+        # saturating divergences one with rows refined next to the kinks (the kink table only for denormal or
+        # invalid inputs). A tensor delta: start table + one Halley step.
         if div.log_band is not None:
             path = "closed form"
         elif math.isinf(div.f_at_0):
             path = "bits table"
         else:
-            path = "kink table"
+            path = "bits table, kink rows"
         t_comp = math.nan
         if name in (args.compile or []):
             compiled = torch.compile(lambda x: bandpo.band(x, args.delta, name, validate=False), dynamic=False)
